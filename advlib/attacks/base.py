@@ -1,0 +1,159 @@
+"""The uniform attack interface: an `Attack` turns (model, x, y) into an `AttackResult`.
+
+Whatever the backend, results are clipped to [0, 1], projected into the eps-ball of the attack's
+norm (for minimal-norm attacks only when an eps is given) and `success` is recomputed by
+re-predicting the adversarials, never taken from the backend.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+Norm = Literal["linf", "l2", "l1", "none"]
+Kind = Literal["fixed", "minimal"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1", "none")
+
+
+def lp_norms(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample Lp norm of a batch of perturbations ('none' gives the L2 norm)."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    if norm in ("l2", "none"):
+        return flat.norm(p=2, dim=1)
+    raise ValueError(f"norm {norm!r} is not allowed; choose one of {', '.join(NORMS)}")
+
+
+def project_l1_ball(delta: Tensor, eps: float | Tensor) -> Tensor:
+    """Euclidean projection of each sample onto the L1 ball of radius eps (sort-based, Duchi et al. 2008).
+
+    Native: neither foolbox nor torch offer an exact L1-ball projection (foolbox rescales instead).
+    """
+    flat = delta.flatten(1)
+    n, d = flat.shape
+    eps_t = torch.as_tensor(eps, dtype=flat.dtype, device=flat.device).expand(n)
+    abs_flat = flat.abs()
+    inside = abs_flat.sum(dim=1) <= eps_t
+    sorted_abs, _ = abs_flat.sort(dim=1, descending=True)
+    cumsum = sorted_abs.cumsum(dim=1)
+    ranks = torch.arange(1, d + 1, device=flat.device, dtype=flat.dtype)
+    condition = sorted_abs - (cumsum - eps_t[:, None]) / ranks > 0
+    rho = condition.to(flat.dtype).mul(ranks).argmax(dim=1)  # last index where the condition holds
+    theta = (cumsum.gather(1, rho[:, None]).squeeze(1) - eps_t) / (rho + 1).to(flat.dtype)
+    projected = flat.sign() * (abs_flat - theta[:, None]).clamp_min(0)
+    return torch.where(inside[:, None], flat, projected).view_as(delta)
+
+
+def project(delta: Tensor, norm: str, eps: float) -> Tensor:
+    """Project perturbations onto the eps-ball of `norm`."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        norms = lp_norms(delta, "l2").clamp_min(1e-12)
+        factor = (eps / norms).clamp(max=1.0)
+        return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+    if norm == "l1":
+        return project_l1_ball(delta, eps)
+    if norm == "none":
+        return delta
+    raise ValueError(f"norm {norm!r} is not allowed; choose one of {', '.join(NORMS)}")
+
+
+@dataclass
+class AttackResult:
+    """Adversarials in [0,1] and inside the eps-ball, success by re-prediction, per-sample norms."""
+
+    x_adv: Tensor
+    success: Tensor
+    norms: Tensor
+    l2: Tensor
+    norm: str
+    eps: float | None
+
+    def broken(self, eps: float | None = None, tol: float = 1e-4) -> Tensor:
+        """Samples the attack breaks within eps (+tol); misclassified clean inputs come out as successes."""
+        eps = self.eps if eps is None else eps
+        if eps is None or self.norm == "none":
+            return self.success.clone()
+        return self.success & (self.norms <= eps + tol)
+
+
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Predicted labels, in batches, without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
+
+
+def check_batch(x: Tensor, y: Tensor, target: Tensor | None = None) -> None:
+    """Reject bad attack inputs before any work: shape, NaN/Inf, range, label count."""
+    if x.dim() != 4:
+        raise ValueError(f"images must be a 4-d batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0:
+        raise ValueError("empty batch: no images to attack")
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or Inf values; allowed: finite values in [0, 1]")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise ValueError(f"image values span [{low:.4g}, {high:.4g}]; allowed range is [0, 1]")
+    if y.shape != (len(x),):
+        raise ValueError(f"labels must have shape ({len(x)},), got {tuple(y.shape)}")
+    if target is not None and target.shape != (len(x),):
+        raise ValueError(f"targets must have shape ({len(x)},), got {tuple(target.shape)}")
+
+
+class Attack(ABC):
+    """Base class: subclasses set the class attributes and implement `generate` on one batch."""
+
+    norm: ClassVar[str]
+    kind: ClassVar[Kind]
+    targeted_ok: ClassVar[bool] = False
+    backend: ClassVar[str] = "native"
+
+    def __init__(self, eps: float | None = None, *, targeted: bool = False, **options: Any):
+        if eps is not None and eps <= 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if self.kind == "fixed" and eps is None:
+            raise ValueError(f"{type(self).__name__} is a fixed-eps attack and needs eps > 0")
+        if targeted and not self.targeted_ok:
+            raise ValueError(f"{type(self).__name__} has no targeted mode")
+        self.eps = eps
+        self.targeted = targeted
+        self.options = options
+
+    @abstractmethod
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """Raw adversarials for one batch (before clipping and projection)."""
+
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+        """Adversarials clipped to [0, 1] and, when eps is set, projected into the eps-ball."""
+        x_adv = self.generate(model, x, y, target).detach()
+        if self.eps is not None:
+            x_adv = x + project(x_adv - x, self.norm, self.eps)
+        return x_adv.clamp(0.0, 1.0)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
+                 *, batch_size: int = 256) -> AttackResult:
+        if self.targeted and target is None:
+            raise ValueError(f"{type(self).__name__} was built targeted; pass `target` labels")
+        check_batch(x, y, target)
+        was_training = model.training
+        model.eval()
+        try:
+            chunks = []
+            for i in range(0, len(x), batch_size):
+                t = None if target is None else target[i:i + batch_size]
+                chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t))
+            x_adv = torch.cat(chunks)
+            pred = predict(model, x_adv, batch_size)
+        finally:
+            model.train(was_training)
+        success = pred == target if self.targeted else pred != y
+        delta = x_adv - x
+        return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(delta, self.norm),
+                            l2=lp_norms(delta, "l2"), norm=self.norm, eps=self.eps)

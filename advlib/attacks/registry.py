@@ -1,0 +1,127 @@
+"""The attack registry: names used in parameter files -> attack factories, with norm and kind."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+from .base import Attack, AttackResult
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    name: str
+    factory: Callable[..., Attack]
+    norm: str
+    kind: str
+    targeted: bool
+    backend: str
+    summary: str
+
+
+ATTACKS: dict[str, AttackInfo] = {}
+SPEC_FIELDS = ("eps", "steps", "stepsize", "rel_stepsize", "random_start")
+
+
+def register_attack(name: str, factory: Callable[..., Attack], *, norm: str, kind: str, targeted: bool,
+                    backend: str, summary: str) -> None:
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is registered twice")
+    ATTACKS[name] = AttackInfo(name, factory, norm, kind, targeted, backend, summary)
+
+
+def list_attacks() -> list[str]:
+    _ensure_registered()
+    return sorted(ATTACKS)
+
+
+def attack_info(name: str) -> AttackInfo:
+    _ensure_registered()
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name]
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    if isinstance(spec, str):
+        return {"name": spec}
+    if hasattr(spec, "model_dump"):
+        return spec.model_dump()
+    if isinstance(spec, Mapping):
+        return dict(spec)
+    raise TypeError(f"attack spec must be a name, a mapping or an AttackSpec, got {type(spec).__name__}")
+
+
+def create_attack(spec: Any) -> Attack:
+    """Build an attack from an AttackSpec, a mapping with the same keys, or a bare name."""
+    raw = _spec_dict(spec)
+    info = attack_info(raw.get("name", ""))
+    kwargs = {k: raw[k] for k in SPEC_FIELDS if raw.get(k) is not None}
+    kwargs.update(raw.get("options") or {})
+    if raw.get("targeted"):
+        kwargs["targeted"] = True
+    try:
+        return info.factory(**kwargs)
+    except TypeError as error:
+        raise ValueError(f"attack {info.name!r}: {error}") from None
+
+
+def run_attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
+               *, batch_size: int = 256) -> AttackResult:
+    """The one call: build the attack named by `spec` and run it on (x, y)."""
+    return create_attack(spec)(model, x, y, target, batch_size=batch_size)
+
+
+def _ensure_registered() -> None:
+    if not ATTACKS:
+        _register_builtin()
+
+
+def _register_builtin() -> None:
+    import foolbox.attacks as fa
+
+    from .backends import AutoAttackAttack, FoolboxAttack, SPSAAttack, TrustRegionAttack
+    from .pgd import PGD
+
+    def fb(name: str, cls: type, norm: str, kind: str, summary: str, *, targeted: bool = True,
+           only_correct: bool = False, **defaults: Any) -> None:
+        factory = partial(FoolboxAttack, cls, norm, kind, targeted_ok=targeted, only_correct=only_correct, defaults=defaults)
+        register_attack(name, factory, norm=norm, kind=kind, targeted=targeted, backend="foolbox", summary=summary)
+
+    for norm in ("linf", "l2", "l1"):
+        register_attack(f"pgd_{norm}", partial(PGD, norm=norm), norm=norm, kind="fixed", targeted=True, backend="native",
+                        summary=f"PGD in {norm}, random start; options update=steepest|adam, loss=ce|margin")
+    fb("fgsm", fa.FGSM, "linf", "fixed", "fast gradient sign method (Goodfellow et al. 2015)")
+    fb("fgm_l2", fa.L2FastGradientAttack, "l2", "fixed", "fast gradient method in L2")
+    fb("bim", fa.LinfBasicIterativeAttack, "linf", "fixed", "basic iterative method / IFGSM (Kurakin et al. 2017)")
+    fb("ifgsm", fa.LinfBasicIterativeAttack, "linf", "fixed", "alias of bim")
+    fb("fb_pgd_linf", fa.LinfPGD, "linf", "fixed", "foolbox's own Linf PGD (reference for the native engine)")
+    fb("fb_pgd_l2", fa.L2PGD, "l2", "fixed", "foolbox's own L2 PGD")
+    fb("deepfool_l2", fa.L2DeepFoolAttack, "l2", "minimal", "DeepFool L2 (Moosavi-Dezfooli et al. 2016)", targeted=False)
+    fb("deepfool_linf", fa.LinfDeepFoolAttack, "linf", "minimal", "DeepFool Linf", targeted=False)
+    fb("cw_l2", fa.L2CarliniWagnerAttack, "l2", "minimal", "Carlini & Wagner L2 (abort_early off: batch-independent)",
+       steps=1000, abort_early=False)
+    fb("uniform_noise", fa.L2AdditiveUniformNoiseAttack, "l2", "fixed", "additive uniform noise with L2 norm eps", targeted=False)
+    fb("gaussian_noise", fa.L2AdditiveGaussianNoiseAttack, "l2", "fixed", "additive Gaussian noise with L2 norm eps", targeted=False)
+    fb("repeated_gaussian_noise", fa.L2RepeatedAdditiveGaussianNoiseAttack, "l2", "fixed",
+       "repeated additive Gaussian noise (best of `repeats` draws)", targeted=False)
+    fb("salt_and_pepper", fa.SaltAndPepperNoiseAttack, "l2", "minimal", "salt-and-pepper noise, minimal L2", targeted=False)
+    fb("sparse_l1_descent", fa.SparseL1DescentAttack, "l1", "fixed", "sparse L1 descent / SLIDE (Tramer & Boneh 2019)")
+    fb("boundary", fa.BoundaryAttack, "l2", "minimal", "decision-based boundary attack (Brendel et al. 2018)",
+       targeted=False, only_correct=True, steps=5000)
+    fb("hopskipjump", fa.HopSkipJumpAttack, "l2", "minimal", "HopSkipJump L2 (Chen et al. 2020)", targeted=False,
+       only_correct=True)
+    fb("hopskipjump_linf", fa.HopSkipJumpAttack, "linf", "minimal", "HopSkipJump Linf", targeted=False,
+       only_correct=True, constraint="linf")
+    fb("spatial", fa.SpatialAttack, "none", "minimal", "worst rotation + translation on a grid (Engstrom et al. 2019)",
+       targeted=False)
+    register_attack("spsa", SPSAAttack, norm="linf", kind="fixed", targeted=True, backend="torchattacks",
+                    summary="SPSA gradient-free Linf (Uesato et al. 2018)")
+    for norm in ("l2", "linf"):
+        register_attack(f"trust_region_{norm}", partial(TrustRegionAttack, norm=norm), norm=norm, kind="minimal",
+                        targeted=False, backend="adv-lib", summary=f"trust region attack in {norm} (Yao et al. 2019)")
+    for norm in ("linf", "l2", "l1"):
+        register_attack(f"autoattack_{norm}", partial(AutoAttackAttack, norm=norm), norm=norm, kind="fixed",
+                        targeted=False, backend="pyautoattack", summary=f"AutoAttack standard, {norm}")

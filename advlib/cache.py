@@ -1,0 +1,255 @@
+"""Content-addressed artifact cache: tensors as safetensors, metadata as JSON, atomic and checksummed.
+
+An entry lives in <root>/<kind>/<key>/ with `tensors.safetensors` and `meta.json`; the key is the
+hash of the canonical parameters that determine the artifact. Entries appear by one atomic rename
+of a fully written temp dir, builds of the same key are serialised by a file lock, and a load whose
+checksum does not match is rebuilt with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from filelock import FileLock
+from safetensors.torch import load_file, save_file
+
+from .runtime import cache_root
+
+log = logging.getLogger("advlib")
+
+CACHE_FORMAT = 1
+TENSORS = "tensors.safetensors"
+META = "meta.json"
+_KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+class CacheError(RuntimeError):
+    """A cache entry that cannot be written or read."""
+
+
+@dataclass
+class Artifact:
+    """What a build returns and a load gives back: named tensors plus JSON-able metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    from_cache: bool = False
+
+
+def canonical(params: Any) -> str:
+    """Canonical JSON of the parameters (sorted keys, pydantic models dumped) used for the key."""
+    if hasattr(params, "model_dump"):
+        params = params.model_dump(mode="json")
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def make_key(kind: str, params: Any) -> str:
+    """sha256 over kind, cache format and the canonical parameters; first 20 hex digits."""
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{canonical(params)}".encode()).hexdigest()
+    return digest[:20]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_kind(kind: str) -> None:
+    if not kind or set(kind) - _KIND_CHARS:
+        raise ValueError(f"cache kind {kind!r} must be lowercase letters, digits, '_' or '-'")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Cache:
+    """A cache rooted at a directory (default: $ADVLIB_CACHE or <project>/artifacts)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else cache_root()
+
+    # -- paths -------------------------------------------------------------------------------
+    def entry_dir(self, kind: str, key: str) -> Path:
+        _check_kind(kind)
+        return self.root / kind / key
+
+    def checkpoint_dir(self, kind: str, key: str) -> Path:
+        """Where a build of (kind, key) keeps its resumable per-epoch checkpoints."""
+        _check_kind(kind)
+        return self.root / "checkpoints" / kind / key
+
+    # -- read / write ------------------------------------------------------------------------
+    def write(self, kind: str, key: str, artifact: Artifact, params: Any = None) -> Path:
+        """Write an entry atomically: temp dir in the same folder, fsync, then one rename."""
+        final = self.entry_dir(kind, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            tensors = {name: t.detach().cpu().contiguous() for name, t in artifact.tensors.items()}
+            save_file(tensors, str(tmp / TENSORS))
+            meta = {
+                "kind": kind,
+                "key": key,
+                "format": CACHE_FORMAT,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "params": json.loads(canonical(params)) if params is not None else None,
+                "sha256": {TENSORS: file_sha256(tmp / TENSORS)},
+                "meta": artifact.meta,
+            }
+            (tmp / META).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as error:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CacheError(f"could not write cache entry {kind}/{key} under {self.root}: {error}") from error
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
+
+    def read(self, kind: str, key: str) -> Artifact | None:
+        """The entry if present and intact; None if absent; CacheError if corrupt."""
+        entry = self.entry_dir(kind, key)
+        if not entry.is_dir():
+            return None
+        problem = self.verify_entry(entry)
+        if problem:
+            raise CacheError(f"cache entry {kind}/{key} is corrupt: {problem}")
+        meta = json.loads((entry / META).read_text())
+        return Artifact(tensors=load_file(str(entry / TENSORS)), meta=meta.get("meta") or {}, from_cache=True)
+
+    @staticmethod
+    def verify_entry(entry: Path) -> str | None:
+        """None when the entry's files exist and match their recorded checksums, else what is wrong."""
+        meta_path = entry / META
+        if not meta_path.is_file():
+            return f"{META} missing"
+        try:
+            meta = json.loads(meta_path.read_text())
+            expected = meta["sha256"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            return f"{META} unreadable ({error})"
+        for name, digest in expected.items():
+            path = entry / name
+            if not path.is_file():
+                return f"{name} missing"
+            if file_sha256(path) != digest:
+                return f"{name} checksum mismatch"
+        return None
+
+    def get_or_build(self, kind: str, params: Any, build: Callable[[], Artifact], *, label: str | None = None) -> Artifact:
+        """Return the cached artifact for (kind, params), building and storing it under a lock if absent."""
+        key = make_key(kind, params)
+        name = label or kind
+        lock_path = self.root / kind / f"{key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_path)):
+            try:
+                found = self.read(kind, key)
+            except CacheError as error:
+                log.warning("%s; rebuilding", error)
+                shutil.rmtree(self.entry_dir(kind, key), ignore_errors=True)
+                found = None
+            if found is not None:
+                log.info("cache: loaded %s from %s", name, self.entry_dir(kind, key))
+                return found
+            log.info("cache: building %s (%s/%s)", name, kind, key)
+            artifact = build()
+            self.write(kind, key, artifact, params)
+            return artifact
+
+    # -- maintenance -------------------------------------------------------------------------
+    def entries(self) -> Iterator[Path]:
+        if not self.root.is_dir():
+            return
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != "checkpoints"):
+            for entry in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
+                yield entry
+
+    def ls(self) -> list[dict[str, Any]]:
+        rows = []
+        for entry in self.entries():
+            size = sum(f.stat().st_size for f in entry.iterdir() if f.is_file())
+            created = ""
+            try:
+                created = json.loads((entry / META).read_text()).get("created", "")
+            except (OSError, json.JSONDecodeError):
+                pass
+            rows.append({"kind": entry.parent.name, "key": entry.name, "bytes": size, "created": created})
+        return rows
+
+    def verify(self) -> list[tuple[Path, str]]:
+        """Every entry that fails its checksum, with the reason."""
+        return [(entry, problem) for entry in self.entries() if (problem := self.verify_entry(entry))]
+
+    def prune(self, kind: str | None = None, *, corrupt_only: bool = False) -> list[Path]:
+        """Remove entries (of one kind, or only corrupt ones), stale temp dirs and lock files; returns what went."""
+        removed = []
+        bad = {entry for entry, _ in self.verify()}
+        for entry in list(self.entries()):
+            if (kind is None or entry.parent.name == kind) and (not corrupt_only or entry in bad):
+                shutil.rmtree(entry)
+                removed.append(entry)
+        if self.root.is_dir():
+            for kind_dir in self.root.iterdir():
+                for stale in kind_dir.glob(".tmp-*") if kind_dir.is_dir() else ():
+                    shutil.rmtree(stale, ignore_errors=True)
+                    removed.append(stale)
+            if kind is None and not corrupt_only:
+                shutil.rmtree(self.root / "checkpoints", ignore_errors=True)
+        return removed
+
+
+def cached(kind: str, params: Any, build: Callable[[], Artifact], *, cache: Cache | None = None, label: str | None = None) -> Artifact:
+    """`Cache().get_or_build` for the default cache root."""
+    return (cache or Cache()).get_or_build(kind, params, build, label=label)
+
+
+def state_to_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as plain contiguous CPU tensors (safetensors refuses shared storage)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def cached_model(kind: str, params: Any, model: torch.nn.Module, train: Callable[[torch.nn.Module, Path], dict[str, Any]],
+                 *, cache: Cache | None = None, label: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load `model`'s weights from the cache, or run `train(model, checkpoint_dir)` and store the result.
+
+    `train` returns metadata (history, accuracy); it may checkpoint into `checkpoint_dir` so an
+    interrupted build resumes; the checkpoints are removed once the entry is written.
+    """
+    cache = cache or Cache()
+    checkpoints = cache.checkpoint_dir(kind, make_key(kind, params))
+
+    def build() -> Artifact:
+        meta = train(model, checkpoints)
+        return Artifact(tensors=state_to_tensors(model), meta=meta)
+
+    artifact = cache.get_or_build(kind, params, build, label=label)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    if artifact.from_cache:
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in artifact.tensors.items()})
+    return model, artifact.meta

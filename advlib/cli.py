@@ -1,0 +1,131 @@
+"""Command line: `advlib run|list|cache|bench` — papermill runs of the notebooks and cache upkeep."""
+from __future__ import annotations
+
+import argparse
+import logging
+import runpy
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import params as params_mod
+from .cache import Cache
+from .runtime import project_root
+
+log = logging.getLogger("advlib")
+
+
+def notebook_path(stem: str) -> Path:
+    """notebooks/NN_<stem>.ipynb for a stem."""
+    matches = sorted((project_root() / "notebooks").glob(f"[0-9][0-9]_{stem}.ipynb"))
+    if not matches:
+        raise SystemExit(f"no notebook for {stem!r}; allowed: {', '.join(available_stems())}")
+    return matches[0]
+
+
+def available_stems() -> list[str]:
+    found = {p.stem[3:] for p in (project_root() / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    return sorted(found & set(params_mod.list_stems()))
+
+
+def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path | None = None) -> Path:
+    """Validate the parameters (fails before any work), then execute the notebook with papermill."""
+    import papermill
+
+    params_mod.load(stem, profile, list(overrides))
+    source = notebook_path(stem)
+    profile_name = Path(profile).stem
+    target = output or project_root() / "runs" / stem / f"{profile_name}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    parsed = dict(params_mod.parse_override(item) for item in overrides)
+    log.info("run: %s (profile %s) -> %s", source.name, profile, target)
+    papermill.execute_notebook(str(source), str(target), parameters={"profile": profile, "overrides": parsed},
+                               cwd=str(source.parent), progress_bar=True)
+    return target
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    stems = available_stems() if args.stem == "all" else [args.stem]
+    for stem in stems:
+        run_notebook(stem, args.profile, args.set or [], Path(args.output) if args.output and len(stems) == 1 else None)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .attacks import attack_info, list_attacks
+    from .data import list_datasets
+    from .models import list_models
+
+    out = sys.stdout
+    out.write("notebooks: " + ", ".join(available_stems()) + "\n")
+    out.write("models:    " + ", ".join(list_models()) + "\n")
+    out.write("datasets:  " + ", ".join(list_datasets()) + "\n")
+    out.write("attacks:\n")
+    for name in list_attacks():
+        info = attack_info(name)
+        out.write(f"  {name:<24} {info.norm:<5} {info.kind:<8} {'targeted' if info.targeted else '':<9} {info.backend:<13} {info.summary}\n")
+    return 0
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    cache = Cache(args.root) if args.root else Cache()
+    out = sys.stdout
+    if args.action == "ls":
+        rows = cache.ls()
+        for row in rows:
+            out.write(f"{row['kind']:<14} {row['key']}  {row['bytes']:>12,d} B  {row['created']}\n")
+        out.write(f"{len(rows)} entries in {cache.root}\n")
+        return 0
+    if args.action == "verify":
+        bad = cache.verify()
+        for entry, problem in bad:
+            out.write(f"CORRUPT {entry}: {problem}\n")
+        out.write(f"{len(bad)} corrupt of {len(list(cache.entries()))} entries\n")
+        return 1 if bad else 0
+    removed = cache.prune(args.kind, corrupt_only=args.corrupt)
+    out.write(f"removed {len(removed)} paths\n")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    script = project_root() / "benchmarks" / "run.py"
+    if not script.is_file():
+        raise SystemExit(f"benchmark script {script} not found")
+    sys.argv = [str(script), *(["--quick"] if args.quick else [])]
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute a notebook (or all) with papermill")
+    run.add_argument("stem", help="notebook stem (e.g. quickstart) or 'all'")
+    run.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)")
+    run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>.ipynb)")
+    run.set_defaults(func=_cmd_run)
+    sub.add_parser("list", help="notebooks, models, datasets and attacks").set_defaults(func=_cmd_list)
+    cache = sub.add_parser("cache", help="inspect or clean the artifact cache")
+    cache.add_argument("action", choices=["ls", "verify", "prune"])
+    cache.add_argument("--root", help="cache root (default $ADVLIB_CACHE or artifacts/)")
+    cache.add_argument("--kind", help="prune only this kind of entry")
+    cache.add_argument("--corrupt", action="store_true", help="prune only entries that fail verification")
+    cache.set_defaults(func=_cmd_cache)
+    bench = sub.add_parser("bench", help="run the benchmarks and write benchmarks/RESULTS.md")
+    bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except params_mod.ParamsError as error:
+        sys.stderr.write(f"advlib: {error}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""Load a notebook's parameters from a YAML profile plus overrides into a validated pydantic model.
+
+Every error names the offending key and the allowed values, and is raised before any work starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .runtime import DEVICE_CHOICES, project_root
+
+PROFILES = ("ci", "default", "paper")
+SCHEMAS: dict[str, type["Params"]] = {}
+
+
+class ParamsError(ValueError):
+    """A profile or override that does not fit the notebook's parameter schema."""
+
+
+class Strict(BaseModel):
+    """Base for every parameter block: unknown keys are errors, values are checked on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class AttackSpec(Strict):
+    """One attack as the notebooks name it: a registry name, its eps and the knobs it takes."""
+
+    name: str
+    eps: float | None = Field(default=None, gt=0)
+    steps: int | None = Field(default=None, ge=1)
+    stepsize: float | None = Field(default=None, gt=0)
+    rel_stepsize: float | None = Field(default=None, gt=0)
+    random_start: bool | None = None
+    targeted: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_attack(cls, name: str) -> str:
+        from .attacks.registry import list_attacks
+
+        allowed = list_attacks()
+        if name not in allowed:
+            raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+    @model_validator(mode="after")
+    def _targeted_supported(self) -> "AttackSpec":
+        from .attacks.registry import attack_info
+
+        info = attack_info(self.name)
+        if self.targeted and not info.targeted:
+            raise ValueError(f"attack {self.name!r} has no targeted mode; targeted attacks: "
+                             + ", ".join(n for n in _targeted_names()))
+        if info.kind == "fixed" and self.eps is None:
+            raise ValueError(f"attack {self.name!r} is a fixed-eps attack and needs an eps > 0")
+        return self
+
+
+def _targeted_names() -> list[str]:
+    from .attacks.registry import attack_info, list_attacks
+
+    return [n for n in list_attacks() if attack_info(n).targeted]
+
+
+class Params(Strict):
+    """Keys every notebook shares: seed, device and CPU threads."""
+
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    threads: int | None = Field(default=2, ge=1)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if device.split(":")[0] not in DEVICE_CHOICES:
+            raise ValueError(f"device {device!r} is not allowed; choose one of {', '.join(DEVICE_CHOICES)} or 'cuda:N'")
+        return device
+
+
+def register_schema(stem: str) -> Callable[[type[Params]], type[Params]]:
+    """Class decorator: make `cls` the parameter schema of notebook `stem`."""
+
+    def decorate(cls: type[Params]) -> type[Params]:
+        SCHEMAS[stem] = cls
+        return cls
+
+    return decorate
+
+
+class TrainSpec(Strict):
+    """How a classifier is trained (clean training unless `adversary` is set)."""
+
+    model: str = "lenet5"
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    adversary: AttackSpec | None = None
+    adv_weight: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        from .models import list_models
+
+        allowed = list_models()
+        if name not in allowed:
+            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+
+class DataSpec(Strict):
+    """Which dataset and how many images of each split."""
+
+    name: str = "mnist5k"
+    n_train: int | None = Field(default=None, ge=1)
+    n_test: int | None = Field(default=None, ge=1)
+    download: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from .data import list_datasets
+
+        allowed = list_datasets()
+        if name not in allowed:
+            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+
+class EpsCurveSpec(Strict):
+    attack: AttackSpec
+    eps: list[float] = Field(min_length=1)
+
+    @field_validator("eps")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if v <= 0]
+        if bad:
+            raise ValueError(f"every eps must be > 0, got {bad}")
+        return values
+
+
+class StepsCurveSpec(Strict):
+    attack: AttackSpec
+    steps: int = Field(ge=1)
+
+
+@register_schema("quickstart")
+class QuickstartParams(Params):
+    """00_quickstart: train LeNet-5, attack it with a suite, draw the standard plots."""
+
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    n_eval: int = Field(default=100, ge=1)
+    attacks: list[AttackSpec] = Field(min_length=1)
+    eps_curve: EpsCurveSpec
+    steps_curve: StepsCurveSpec
+    grid_images: int = Field(default=4, ge=1)
+
+
+def list_stems() -> list[str]:
+    return sorted(SCHEMAS)
+
+
+def profile_path(stem: str, profile: str | Path) -> Path:
+    """params/<stem>/<profile>.yaml for a profile name, or the path itself for a YAML file."""
+    text = str(profile)
+    if text.endswith((".yaml", ".yml")):
+        path = Path(text).expanduser().resolve()
+        if not path.is_file():
+            raise ParamsError(f"profile file {text!r} does not exist")
+        return path
+    directory = project_root() / "params" / stem
+    available = sorted(p.stem for p in directory.glob("*.yaml"))
+    if text not in available:
+        raise ParamsError(f"unknown profile {text!r} for {stem!r}; allowed: {', '.join(available) or 'none found in ' + str(directory)} "
+                          "(or a path to a .yaml file)")
+    return directory / f"{text}.yaml"
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'a.b=3' -> ('a.b', 3); the value is read as YAML (numbers, booleans, lists), never evaluated as code."""
+    if "=" not in item:
+        raise ParamsError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"override {item!r} has an empty key")
+    return key, yaml.safe_load(value) if value.strip() else ""
+
+
+def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted key in the raw tree; missing levels are created so the schema reports unknown keys."""
+    parts = dotted.split(".")
+    node: Any = tree
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, dotted)]
+            continue
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, (dict, list)):
+            raise ParamsError(f"override {dotted!r}: {'.'.join(parts[:depth + 1])!r} holds a value, not a block of keys")
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, dotted)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ParamsError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} (allowed 0..{len(node) - 1})")
+    return int(part)
+
+
+def _format_error(stem: str, schema: type[Params], error: ValidationError) -> str:
+    lines = [f"invalid parameters for {stem!r}:"]
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            parent = schema
+            for part in item["loc"][:-1]:
+                field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
+                annotation = getattr(field, "annotation", None)
+                parent = _model_in(annotation) or parent
+            allowed = ", ".join(parent.model_fields)
+            lines.append(f"  unknown key {loc!r}; allowed: {allowed}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            lines.append(f"  {loc}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | Sequence[str] | None = None) -> Params:
+    """Resolve the parameters of notebook `stem`: profile YAML, then overrides ({'a.b': v} or ['a.b=v'])."""
+    if stem not in SCHEMAS:
+        raise ParamsError(f"unknown notebook {stem!r}; allowed: {', '.join(list_stems())}")
+    schema = SCHEMAS[stem]
+    path = profile_path(stem, profile)
+    tree = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(tree, dict):
+        raise ParamsError(f"profile {str(path)!r} must hold a mapping of keys, got {type(tree).__name__}")
+    pairs = [parse_override(o) for o in overrides] if isinstance(overrides, (list, tuple)) else list((overrides or {}).items())
+    for key, value in pairs:
+        _apply(tree, key, value)
+    try:
+        return schema.model_validate(tree)
+    except ValidationError as error:
+        raise ParamsError(_format_error(stem, schema, error)) from None

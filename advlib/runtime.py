@@ -1,0 +1,141 @@
+"""Device choice, seeding, threads, project paths and the run manifest written beside outputs."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+_MANIFEST_PACKAGES = ("advlib", "torch", "torchvision", "foolbox", "numpy", "pandas")
+
+
+def project_root() -> Path:
+    """The advlib checkout: $ADVLIB_HOME, else the nearest parent of the cwd holding params/ and pyproject.toml."""
+    env = os.environ.get("ADVLIB_HOME")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "params").is_dir() and (candidate / "pyproject.toml").is_file():
+            return candidate
+    package_parent = Path(__file__).resolve().parent.parent
+    if (package_parent / "params").is_dir():
+        return package_parent
+    return here
+
+
+def cache_root() -> Path:
+    """Root of the artifact cache: $ADVLIB_CACHE, else <project>/artifacts."""
+    env = os.environ.get("ADVLIB_CACHE")
+    return Path(env).resolve() if env else project_root() / "artifacts"
+
+
+def data_root() -> Path:
+    """Root for downloaded or local datasets: $ADVLIB_DATA, else <project>/data."""
+    env = os.environ.get("ADVLIB_DATA")
+    return Path(env).resolve() if env else project_root() / "data"
+
+
+def output_dir(stem: str, profile: str) -> Path:
+    """figures/<stem>/<profile>/, created on demand."""
+    profile_name = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+    path = project_root() / "figures" / stem / profile_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else CPU; 'cuda', 'cuda:1', 'mps' and 'cpu' are taken as asked."""
+    base = name.split(":")[0]
+    if base not in DEVICE_CHOICES:
+        raise ValueError(f"device {name!r} is not allowed; choose one of {', '.join(DEVICE_CHOICES)} (or 'cuda:N')")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; with `deterministic`, ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def set_threads(threads: int | None) -> int:
+    """Fix torch's intra-op thread count (None keeps torch's choice); returns the count in force."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def git_commit() -> str:
+    """The commit of the checkout, with '+dirty' when the tree has changes; 'unknown' outside git."""
+    try:
+        root = project_root()
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _MANIFEST_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class Run:
+    """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
+
+    def __init__(self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None):
+        self.stem, self.profile, self.params, self.seed = stem, profile, params, seed
+        self.device = resolve_device(device)
+        self.threads = set_threads(threads)
+        seed_everything(seed)
+        self.started = time.time()
+        self.out = output_dir(stem, profile)
+
+    def manifest(self) -> dict[str, Any]:
+        params = self.params.model_dump(mode="json") if hasattr(self.params, "model_dump") else self.params
+        return {
+            "stem": self.stem,
+            "profile": self.profile,
+            "seed": self.seed,
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "threads": self.threads,
+            "git_commit": git_commit(),
+            "versions": package_versions(),
+            "params": params,
+            "wall_time_s": round(time.time() - self.started, 2),
+        }
+
+    def write_manifest(self) -> Path:
+        """Write manifest.json beside the run's figures and tables; returns its path."""
+        path = self.out / "manifest.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+        return path

@@ -1,0 +1,150 @@
+"""One training loop for every notebook: clean or adversarial, LR schedules, per-epoch checkpoints
+that make an interrupted run resume to the same final weights, and a tqdm progress bar.
+
+Determinism: each epoch reseeds its shuffling and attack randomness from (seed, epoch), so a run
+resumed at epoch e sees exactly the batches and random starts an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .attacks import create_attack
+from .evaluate import accuracy
+from .params import TrainSpec
+
+log = logging.getLogger("advlib")
+CHECKPOINT = "checkpoint.safetensors"
+EpochCallback = Callable[[int, nn.Module, dict[str, Any]], None]
+
+
+def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
+    if spec.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.9, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch schedule: constant, cosine to zero, or x0.1 at 50% and 75% of the epochs."""
+    if spec.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs)
+    if spec.schedule == "step":
+        milestones = sorted({max(1, spec.epochs // 2), max(1, (3 * spec.epochs) // 4)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 100_003 + epoch
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]]) -> None:
+    """Model, optimizer and schedule state in one safetensors file, replaced atomically."""
+    tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    scalars: dict[str, Any] = {}
+    for index, state in opt_state["state"].items():
+        for name, value in state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optim.{index}.{name}"] = value.detach().cpu().clone().contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"], "scalars": scalars,
+            "scheduler": scheduler.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, Any]]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["advlib"])
+    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value.to(device)
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    return int(meta["epoch"]), list(meta["history"])
+
+
+def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0, device: torch.device | str = "cpu",
+        checkpoint_dir: Path | None = None, eval_data: tuple[Tensor, Tensor] | None = None,
+        on_epoch: EpochCallback | None = None, desc: str = "train") -> dict[str, Any]:
+    """Train `model` in place per `spec`; returns {'history': [per-epoch loss, train/test accuracy]}.
+
+    With `spec.adversary`, each batch is attacked (model in eval mode) and the loss is
+    (1 - adv_weight) * CE(clean) + adv_weight * CE(adversarial).
+    """
+    if len(train_set) == 0:
+        raise ValueError("training set is empty")
+    model.to(device)
+    optimizer = make_optimizer(model, spec)
+    scheduler = make_scheduler(optimizer, spec)
+    adversary = create_attack(spec.adversary) if spec.adversary is not None else None
+    start, history = 0, []
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.is_file():
+        start, history = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        log.info("train: resuming %s from the checkpoint after epoch %d", desc, start)
+    batches = -(-len(train_set) // spec.batch_size)
+    bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
+    for epoch in range(start, spec.epochs):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        order = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=order, num_workers=0)
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if adversary is not None:
+                model.eval()
+                x_adv = adversary.perturb(model, x, y)
+                model.train()
+                logits = model(x)
+                loss = (1 - spec.adv_weight) * F.cross_entropy(logits, y) + spec.adv_weight * F.cross_entropy(model(x_adv), y)
+            else:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss) * len(y)
+            bar.update(1)
+        scheduler.step()
+        record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_acc": correct / total}
+        if eval_data is not None:
+            record["test_acc"] = accuracy(model, eval_data[0].to(device), eval_data[1].to(device))
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, record)
+    bar.close()
+    model.eval()
+    return {"history": history}

@@ -1,0 +1,98 @@
+"""Tests for advlib.plots: figure builders and reproducible saving."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+from advlib import plots
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
+    return tmp_path
+
+
+def small_curve() -> Figure:
+    df = pd.DataFrame({"eps": [0.0, 0.1, 0.3] * 2, "acc": [0.99, 0.8, 0.1, 0.98, 0.9, 0.6], "model": ["A"] * 3 + ["B"] * 3})
+    return plots.curves(df, "eps", "acc", hue="model", title="Accuracy vs eps")
+
+
+def test_save_figure_png_pdf_byte_identical(home):
+    fig = small_curve()
+    first = plots.save_figure(fig, "demo", "ci", "figure1", close=False)
+    out = home / "figures" / "demo" / "ci"
+    assert first == {"png": out / "figure1.png", "pdf": out / "figure1.pdf"}
+    png, pdf = first["png"].read_bytes(), first["pdf"].read_bytes()
+    assert png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF")
+    assert b"CreationDate" not in pdf and b"Matplotlib" not in pdf and b"Software" not in png
+    second = plots.save_figure(fig, "demo", "ci", "figure1")
+    assert second["png"].read_bytes() == png and second["pdf"].read_bytes() == pdf
+    assert not list(out.glob("*.tmp"))
+
+
+def test_save_figure_same_plot_rebuilt_is_identical(home):
+    a = plots.save_figure(small_curve(), "demo", "ci", "a")
+    b = plots.save_figure(small_curve(), "demo", "ci", "b")
+    assert a["png"].read_bytes() == b["png"].read_bytes()
+    assert a["pdf"].read_bytes() == b["pdf"].read_bytes()
+
+
+def test_save_figure_rejects_bad_name(home):
+    fig = small_curve()
+    with pytest.raises(ValueError, match="invalid output name"):
+        plots.save_figure(fig, "demo", "ci", "../escape")
+
+
+def test_heatmap_annotates_every_cell():
+    data = pd.DataFrame(np.arange(12, dtype=float).reshape(4, 3) * 7.5, index=[f"class {i}" for i in range(4)], columns=["FGSM", "PGD", "CW"])
+    fig = plots.heatmap(data, title="Accuracy", vmin=0, vmax=100)
+    ax = fig.axes[0]
+    numbers = [t.get_text() for t in ax.texts]
+    assert len(numbers) == data.size
+    assert sorted(numbers, key=float) == [f"{v:.0f}" for v in sorted(data.to_numpy().ravel())]
+    assert ax.get_title() == "Accuracy"
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_grid_channels(channels):
+    images = torch.rand(5, channels, 8, 8)
+    fig = plots.image_grid(images, nrow=3, titles=[str(i) for i in range(5)], row_labels=["clean", "adv"], col_labels=["a", "b", "c"])
+    shown = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(fig.axes) == 6 and len(shown) == 5
+    expected = (8, 8) if channels == 1 else (8, 8, 3)
+    assert all(isinstance(im, AxesImage) and im.get_array().shape == expected for im in shown)
+    if channels == 1:
+        assert shown[0].get_cmap().name == "gray"
+    assert fig.axes[0].get_title() == "a\n0" and fig.axes[3].get_ylabel() == "adv"
+
+
+def test_image_grid_numpy_input():
+    fig = plots.image_grid(np.ones((2, 3, 4, 4)), nrow=2)
+    assert len(fig.axes) == 2
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (2, 8, 8), (1, 2, 1, 8, 8), (2, 2, 8, 8)])
+def test_image_grid_rejects_bad_shape(shape):
+    with pytest.raises(ValueError, match="shape"):
+        plots.image_grid(np.zeros(shape), nrow=2)
+
+
+def test_image_grid_rejects_label_count():
+    with pytest.raises(ValueError, match="row_labels"):
+        plots.image_grid(np.zeros((4, 1, 4, 4)), nrow=2, row_labels=["only one"])
+
+
+def test_curves_and_bars():
+    fig = small_curve()
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) >= 2 and ax.get_xlabel() == "eps"
+    df = pd.DataFrame({"attack": ["FGSM", "PGD", "FGSM", "PGD"], "acc": [0.9, 0.5, 0.8, 0.4], "model": ["A", "A", "B", "B"]})
+    bar_fig = plots.bars(df, "attack", "acc", hue="model", title="Robust accuracy")
+    assert len(bar_fig.axes[0].patches) >= 4
+    with pytest.raises(KeyError, match="nope"):
+        plots.curves(df, "nope", "acc")
