@@ -133,7 +133,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
             optimizer.step()
             total += len(y)
             correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss) * len(y)
+            loss_sum += float(loss.detach()) * len(y)
             bar.update(1)
         scheduler.step()
         record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_acc": correct / total}

@@ -50,7 +50,7 @@ class FoolboxAttack(_OnCorrectOnly):
         self.norm, self.kind, self.targeted_ok, self.only_correct = norm, kind, targeted_ok, only_correct
         super().__init__(eps, targeted=targeted)
         accepted = set(inspect.signature(fb_class.__init__).parameters) - {"self"}
-        renamed = {_ATTACK_FIELDS.get(k, k): v for k, v in options.items()}
+        renamed = {(_ATTACK_FIELDS[k] if _ATTACK_FIELDS.get(k) in accepted else k): v for k, v in options.items()}
         kwargs = {**(defaults or {}), **_checked_options(fb_class.__name__, accepted, renamed)}
         self.fb_attack = fb_class(**kwargs)
 

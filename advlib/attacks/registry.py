@@ -93,8 +93,8 @@ def _register_builtin() -> None:
     for norm in ("linf", "l2", "l1"):
         register_attack(f"pgd_{norm}", partial(PGD, norm=norm), norm=norm, kind="fixed", targeted=True, backend="native",
                         summary=f"PGD in {norm}, random start; options update=steepest|adam, loss=ce|margin")
-    fb("fgsm", fa.FGSM, "linf", "fixed", "fast gradient sign method (Goodfellow et al. 2015)")
-    fb("fgm_l2", fa.L2FastGradientAttack, "l2", "fixed", "fast gradient method in L2")
+    fb("fgsm", fa.FGSM, "linf", "fixed", "fast gradient sign method (Goodfellow et al. 2015)", targeted=False)
+    fb("fgm_l2", fa.L2FastGradientAttack, "l2", "fixed", "fast gradient method in L2", targeted=False)
     fb("bim", fa.LinfBasicIterativeAttack, "linf", "fixed", "basic iterative method / IFGSM (Kurakin et al. 2017)")
     fb("ifgsm", fa.LinfBasicIterativeAttack, "linf", "fixed", "alias of bim")
     fb("fb_pgd_linf", fa.LinfPGD, "linf", "fixed", "foolbox's own Linf PGD (reference for the native engine)")

@@ -1,0 +1,189 @@
+"""Attacks: every registered attack runs, respects [0,1] and its eps-ball, and fools an undefended model;
+native PGD agrees with foolbox; projections are exact."""
+from __future__ import annotations
+
+import itertools
+
+import foolbox as fb
+import pytest
+import torch
+
+from advlib.attacks import attack_info, create_attack, list_attacks, lp_norms, project_l1_ball, run_attack
+from advlib.attacks.pgd import pgd, topk_l1_direction
+
+EPS = {"linf": 0.3, "l2": 3.0, "l1": 15.0}
+FAST_OPTIONS = {  # cut iteration budgets so the whole suite stays fast on 2 CPU cores
+    "cw_l2": {"steps": 100, "stepsize": 0.05},
+    "boundary": {"steps": 300},
+    "hopskipjump": {"steps": 8, "max_gradient_eval_steps": 300},
+    "hopskipjump_linf": {"steps": 8, "max_gradient_eval_steps": 300},
+    "spsa": {"nb_sample": 64, "lr": 0.05},
+    "autoattack_linf": {"version": "custom", "attacks": ["apgd-ce"]},
+    "autoattack_l2": {"version": "custom", "attacks": ["apgd-ce"]},
+    "autoattack_l1": {"version": "custom", "attacks": ["apgd-ce"]},
+}
+MIN_SUCCESS = {  # weak by design: random noise at a moderate L2 budget rarely flips a digit
+    "uniform_noise": 0.0, "gaussian_noise": 0.0, "repeated_gaussian_noise": 0.0,
+}
+
+
+def spec_for(name: str) -> dict:
+    info = attack_info(name)
+    spec = {"name": name, "options": dict(FAST_OPTIONS.get(name, {}))}
+    if info.kind == "fixed":
+        spec["eps"] = EPS[info.norm]
+    if name == "spsa":
+        spec["steps"] = 20
+    return spec
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_model, mnist_test):
+    x, y = mnist_test
+    correct = mnist_model(x).argmax(1) == y
+    return x[correct][:16], y[correct][:16]
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_every_attack_bounded_and_effective(name, mnist_model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    result = run_attack(spec_for(name), mnist_model, x, y)
+    info = attack_info(name)
+    assert result.x_adv.shape == x.shape
+    assert float(result.x_adv.min()) >= 0 and float(result.x_adv.max()) <= 1
+    if info.kind == "fixed":
+        assert float(lp_norms(result.x_adv - x, info.norm).max()) <= EPS[info.norm] * (1 + 1e-5) + 1e-5
+    # success is re-predicted, never taken from the backend
+    assert torch.equal(result.success, mnist_model(result.x_adv).argmax(1) != y)
+    assert float(result.success.float().mean()) >= MIN_SUCCESS.get(name, 0.6), f"{name} fooled too few"
+
+
+def test_noise_attacks_succeed_at_large_budget(mnist_model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    result = run_attack({"name": "repeated_gaussian_noise", "eps": 12.0}, mnist_model, x, y)
+    assert float(result.success.float().mean()) >= 0.5
+
+
+def test_minimal_attack_clipped_to_eps(mnist_model, batch):
+    x, y = batch
+    result = run_attack({"name": "deepfool_l2", "eps": 0.5}, mnist_model, x, y)
+    assert float(result.l2.max()) <= 0.5 + 1e-5
+    unbounded = run_attack({"name": "deepfool_l2"}, mnist_model, x, y)
+    assert float(unbounded.success.float().mean()) > float(result.success.float().mean())
+
+
+@pytest.mark.parametrize("name", ["pgd_linf", "pgd_l2", "bim", "cw_l2", "spsa"])
+def test_targeted_attacks_reach_target(name, mnist_model, batch):
+    x, y = batch
+    target = (y + 1) % 10
+    spec = {**spec_for(name), "targeted": True}
+    if name.startswith("pgd"):
+        spec["steps"] = 40
+    if name == "pgd_l2":
+        spec["eps"] = 4.0
+    torch.manual_seed(0)
+    result = run_attack(spec, mnist_model, x, y, target)
+    assert torch.equal(result.success, mnist_model(result.x_adv).argmax(1) == target)
+    assert float(result.success.float().mean()) >= (0.3 if name == "spsa" else 0.7)
+
+
+def test_native_pgd_matches_foolbox(mnist_model, mnist_test):
+    x, y = mnist_test
+    eps, steps, stepsize = 0.1, 20, 0.01
+    torch.manual_seed(0)
+    ours = pgd(mnist_model, x, y, eps=eps, steps=steps, stepsize=stepsize).x_adv
+    attack = fb.attacks.LinfPGD(abs_stepsize=stepsize, steps=steps, random_start=True)
+    _, theirs, _ = attack(fb.PyTorchModel(mnist_model, bounds=(0, 1)), x, y, epsilons=eps)
+    acc_ours = float((mnist_model(ours).argmax(1) == y).float().mean())
+    acc_theirs = float((mnist_model(theirs).argmax(1) == y).float().mean())
+    assert abs(acc_ours - acc_theirs) <= 0.02, (acc_ours, acc_theirs)
+    assert acc_ours < 0.9 * float((mnist_model(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_pgd_adam_update_stays_in_ball(norm, mnist_model, batch):
+    x, y = batch
+    eps = EPS[norm]
+    out = pgd(mnist_model, x, y, eps=eps, norm=norm, steps=20, stepsize=eps / 10, update="adam")
+    assert float(lp_norms(out.x_adv - x, norm).max()) <= eps * (1 + 1e-5)
+    assert (mnist_model(out.x_adv).argmax(1) != y).float().mean() > 0.5
+
+
+def test_pgd_record_equals_separate_runs(mnist_model, batch):
+    x, y = batch
+    torch.manual_seed(3)
+    long_run = pgd(mnist_model, x, y, eps=0.1, steps=12, stepsize=0.01, record=True)
+    for steps in (1, 5, 12):
+        torch.manual_seed(3)
+        short = pgd(mnist_model, x, y, eps=0.1, steps=steps, stepsize=0.01)
+        assert torch.equal(long_run.correct[steps], mnist_model(short.x_adv).argmax(1) == y)
+
+
+def test_l1_projection_is_closest_point_in_ball():
+    torch.manual_seed(0)
+    delta = torch.randn(6, 1, 4, 4) * 3
+    eps = 5.0
+    projected = project_l1_ball(delta, eps)
+    assert torch.all(lp_norms(projected, "l1") <= eps + 1e-4)
+    # optimality: no random point of the ball is closer than the projection
+    for _ in range(200):
+        candidate = project_l1_ball(projected + 0.3 * torch.randn_like(projected), eps)
+        assert torch.all((candidate - delta).flatten(1).norm(dim=1) >= (projected - delta).flatten(1).norm(dim=1) - 1e-5)
+    inside = delta / lp_norms(delta, "l1").view(-1, 1, 1, 1)  # L1 norm 1 < eps: unchanged
+    assert torch.allclose(project_l1_ball(inside, eps), inside)
+
+
+def test_topk_step_is_sparse_and_respects_box():
+    grad = torch.randn(4, 1, 6, 6)
+    x = torch.rand(4, 1, 6, 6)
+    x[:, :, 0, :] = 1.0  # a saturated row: positive-gradient moves there are blocked
+    grad[:, :, 0, :] = 10.0
+    direction = topk_l1_direction(grad, x, k=7)
+    assert torch.all((direction != 0).flatten(1).sum(dim=1) <= 7)
+    assert torch.all(direction[:, :, 0, :] == 0)
+    assert torch.allclose(lp_norms(direction, "l1"), torch.ones(4))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"name": "fgsmm", "eps": 0.1}, "unknown attack 'fgsmm'"),
+    ({"name": "fgsm"}, "needs eps"),
+    ({"name": "fgsm", "eps": -1}, "eps must be > 0"),
+    ({"name": "deepfool_l2", "targeted": True}, "no targeted mode"),
+    ({"name": "fgsm", "eps": 0.1, "targeted": True}, "no targeted mode"),
+    ({"name": "pgd_linf", "eps": 0.1, "options": {"update": "nesterov"}}, "update 'nesterov'"),
+    ({"name": "cw_l2", "options": {"bogus": 1}}, "bogus"),
+])
+def test_bad_specs_rejected(bad, message):
+    with pytest.raises(ValueError, match=message):
+        create_attack(bad)
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
+    (torch.full((2, 1, 28, 28), 1.5), r"\[0, 1\]"),
+    (torch.rand(1, 28, 28), "4-d"),
+    (torch.rand(0, 1, 28, 28), "empty"),
+])
+def test_bad_images_rejected(x, message, mnist_model):
+    with pytest.raises(ValueError, match=message):
+        run_attack({"name": "fgsm", "eps": 0.1}, mnist_model, x, torch.zeros(len(x), dtype=torch.long))
+
+
+def test_foolbox_sample_images_attacked(mnist_model):
+    images, labels = fb.utils.samples(fb.PyTorchModel(mnist_model, bounds=(0, 1)), dataset="mnist", batchsize=20)
+    result = run_attack({"name": "pgd_linf", "eps": 0.3, "steps": 20}, mnist_model, images, labels)
+    clean = mnist_model(images).argmax(1) == labels
+    assert clean.float().mean() >= 0.8
+    assert float((clean & ~result.success).float().mean()) <= 0.1
+
+
+def test_registry_covers_the_required_attacks():
+    required = {"fgsm", "bim", "ifgsm", "pgd_linf", "pgd_l2", "pgd_l1", "deepfool_l2", "deepfool_linf", "cw_l2",
+                "uniform_noise", "gaussian_noise", "repeated_gaussian_noise", "salt_and_pepper", "sparse_l1_descent",
+                "boundary", "hopskipjump", "spatial", "spsa", "trust_region_l2", "autoattack_linf", "autoattack_l2",
+                "autoattack_l1"}
+    assert required <= set(list_attacks())
+    assert all(attack_info(n).backend == "foolbox" for n in ("fgsm", "bim", "deepfool_l2", "cw_l2", "boundary"))
+    assert len(set(itertools.chain(list_attacks()))) == len(list_attacks())
