@@ -103,29 +103,46 @@ def union_robustness(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any
     return result
 
 
-def per_attack_accuracy(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any], *, model_key: str | None = None,
-                        cache: Cache | None = None) -> tuple[pd.DataFrame, dict[str, AttackResult]]:
-    """Each attack on every sample: a table of clean and robust accuracy (percent) and the raw results."""
-    clean = predict(model.eval(), x) == y
-    rows, results = [{"attack": "clean", "eps": np.nan, "accuracy": 100 * float(clean.float().mean())}], {}
-    for spec in tqdm(specs, desc="attacks", leave=False):
-        outcome = attack(spec, model, x, y, model_key=model_key, cache=cache)
-        label = spec_label(spec)
-        results[label] = outcome
-        robust = clean & ~outcome.broken(tol=TOLERANCE)
-        rows.append({"attack": label, "eps": outcome.eps if outcome.eps is not None else np.nan,
-                     "accuracy": 100 * float(robust.float().mean()),
-                     "median_l2": float(outcome.l2[outcome.success].median()) if outcome.success.any() else np.nan})
-    return pd.DataFrame(rows), results
+@dataclass
+class SuiteResult:
+    """Every attack of a suite run on every sample: clean correctness and each attack's result."""
+
+    y: Tensor
+    clean: Tensor
+    results: dict[str, AttackResult]
+
+    def robust(self) -> dict[str, Tensor]:
+        """Per attack, the samples that are correct and not broken within eps (+1e-4)."""
+        return {label: self.clean & ~r.broken(tol=TOLERANCE) for label, r in self.results.items()}
+
+    def table(self) -> pd.DataFrame:
+        """Clean and per-attack robust accuracy (percent) with the median L2 of successful adversarials."""
+        rows = [{"attack": "clean", "norm": "", "eps": np.nan, "accuracy": 100 * float(self.clean.float().mean()),
+                 "median_l2": np.nan}]
+        for label, robust in self.robust().items():
+            r = self.results[label]
+            rows.append({"attack": label, "norm": r.norm, "eps": r.eps if r.eps is not None else np.nan,
+                         "accuracy": 100 * float(robust.float().mean()),
+                         "median_l2": float(r.l2[r.success].median()) if r.success.any() else np.nan})
+        return pd.DataFrame(rows)
+
+
+def attack_suite(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any], *, model_key: str | None = None,
+                 cache: Cache | None = None) -> SuiteResult:
+    """Run each attack on every sample (cached per attack when `model_key` is given)."""
+    model.eval()
+    results = {spec_label(spec): attack(spec, model, x, y, model_key=model_key, cache=cache)
+               for spec in tqdm(specs, desc="attacks", leave=False)}
+    return SuiteResult(y=y, clean=predict(model, x) == y, results=results)
 
 
 def per_class_attack_table(y: Tensor, robust_by_attack: Mapping[str, Tensor], num_classes: int) -> pd.DataFrame:
-    """Accuracy (percent) per true class (rows) x attack (columns) from per-sample robust masks."""
+    """Accuracy (percent) per true class (rows) x attack (columns) from per-sample robust masks
+    (e.g. `SuiteResult.robust()`, or {'clean': clean_mask, **robust})."""
     table = {}
     for label, robust in robust_by_attack.items():
         table[label] = [100 * float(robust[y == c].float().mean()) if (y == c).any() else np.nan for c in range(num_classes)]
-    frame = pd.DataFrame(table, index=pd.Index(range(num_classes), name="class"))
-    return frame
+    return pd.DataFrame(table, index=pd.Index(range(num_classes), name="class"))
 
 
 def accuracy_vs_eps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, eps_values: Sequence[float], *,
@@ -154,7 +171,7 @@ def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: 
     model.eval()
     correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct for i in range(0, len(x), 256)], dim=1)
     return pd.DataFrame({"attack": raw["name"], "steps": np.arange(steps + 1),
-                         "accuracy": 100 * correct.float().mean(dim=1).cpu().numpy()})
+                         "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy()})
 
 
 def rho_adv(x: Tensor, x_adv: Tensor, mask: Tensor | None = None) -> float:

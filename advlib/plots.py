@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +169,10 @@ def save_figure(fig: Figure, stem: str, profile: str, name: str, *, close: bool 
     if close:
         plt.close(fig)
     return paths
+
+
+def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int) -> Figure:
+    """Clean images in the first row and each attack's adversarials below: one row per attack, `n` columns."""
+    rows = {"clean": x[:n], **{label: adv[:n] for label, adv in adversarials.items()}}
+    images = np.concatenate([_as_array(r) for r in rows.values()])
+    return image_grid(images, nrow=n, row_labels=list(rows))

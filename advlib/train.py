@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,8 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .attacks import create_attack
+from .cache import Cache, cached_model, make_key
+from .data import dataset_info, load_dataset, to_tensors
 from .evaluate import accuracy
-from .params import TrainSpec
+from .models import create_model_for
+from .params import DataSpec, TrainSpec
 
 log = logging.getLogger("advlib")
 CHECKPOINT = "checkpoint.safetensors"
@@ -148,3 +152,31 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     bar.close()
     model.eval()
     return {"history": history}
+
+
+@dataclass
+class TrainedModel:
+    """A trained classifier, its training metadata and the cache key that identifies it."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    key: str
+
+
+def train_classifier(spec: TrainSpec, data: DataSpec, *, seed: int = 0, device: torch.device | str = "cpu",
+                     cache: Cache | None = None) -> TrainedModel:
+    """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier."""
+    info = dataset_info(data.name)
+    torch.manual_seed(seed)
+    model = create_model_for(spec.model, info).to(device)
+    key_params = {"train": spec.model_dump(mode="json"), "data": data.model_dump(mode="json", exclude={"download"}),
+                  "seed": seed}
+    train_set = load_dataset(data.name, "train", n=data.n_train, download=data.download)
+    test = to_tensors(load_dataset(data.name, "test", n=data.n_test, download=data.download))
+
+    def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
+        return fit(module, train_set, spec, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
+                   eval_data=test, desc=f"train {spec.model}")
+
+    model, meta = cached_model("model", key_params, model, build, cache=cache, label=f"{spec.model} on {data.name}")
+    return TrainedModel(model=model.eval(), meta=meta, key=make_key("model", key_params))

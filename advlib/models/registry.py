@@ -48,3 +48,14 @@ def create_model(name: str, **kwargs) -> nn.Module:
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of scalar parameters of `model` (only those with requires_grad when `trainable_only`)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def create_model_for(name: str, info, **kwargs) -> nn.Module:
+    """`create_model` with in_channels, num_classes, input_size and normalisation taken from a DatasetInfo
+    (only those the builder accepts; explicit kwargs win)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    accepted = inspect.signature(_MODELS[name]).parameters
+    implied = {"in_channels": info.shape[0], "num_classes": info.num_classes, "input_size": tuple(info.shape[1:]),
+               "normalize": (tuple(info.mean), tuple(info.std))}
+    return create_model(name, **{**{k: v for k, v in implied.items() if k in accepted}, **kwargs})
