@@ -1,0 +1,227 @@
+"""Benchmark of the native PGD engine, measured as ratios side by side in one process.
+
+Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick]` or `python benchmarks/run.py [--quick]`.
+
+Rules kept here (see benchmarks/README.md):
+- one warm-up call of each contender, then at least 5 repetitions (3 under --quick);
+- each repetition times ours and the peer (or the limit) back to back, alternating which goes
+  first, and a ratio is taken per pair; the table reports the median of those ratios and the
+  median time of each side;
+- targets are constants below and are never adjusted to the result: a missed target is
+  reported as "missed".
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from advlib.attacks.pgd import pgd
+from advlib.models import create_model
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+EPS, STEPS, ALPHA = 0.3, 40, 0.01
+FULL_REPS, QUICK_REPS = 5, 3
+# (operator, bound): ratio must satisfy it. Fixed targets; never lowered to fit a result.
+TARGET_LIMIT = ("<=", 1.05)   # native PGD-40 / (40 x one forward+backward)
+TARGET_PEER = ("<", 1.0)      # native PGD-40 / peer PGD-40
+
+
+@dataclass
+class Row:
+    what: str
+    ours: str
+    peer: str
+    ratio: float | None
+    target: tuple[str, float]
+    note: str = ""
+    ratios: tuple[float, ...] = ()
+
+    @property
+    def verdict(self) -> str:
+        if self.ratio is None:
+            return f"not measured ({self.note})" if self.note else "not measured"
+        op, bound = self.target
+        met = self.ratio <= bound if op == "<=" else self.ratio < bound
+        return "met" if met else "missed"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def compare(ours: Callable[[], object], peer: Callable[[], object], reps: int, device: torch.device,
+            desc: str) -> tuple[float, float, float, tuple[float, ...]]:
+    """Median time of ours, median time of peer, median of the per-pair ratios ours/peer, all ratios."""
+    ours()
+    peer()  # one warm-up each
+    t_ours, t_peer, ratios = [], [], []
+    for i in tqdm(range(reps), desc=desc, leave=False):
+        if i % 2 == 0:
+            a = _timed(ours, device)
+            b = _timed(peer, device)
+        else:
+            b = _timed(peer, device)
+            a = _timed(ours, device)
+        t_ours.append(a)
+        t_peer.append(b)
+        ratios.append(a / b)
+    return statistics.median(t_ours), statistics.median(t_peer), statistics.median(ratios), tuple(ratios)
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int,
+                device: torch.device) -> list[Row]:
+    label = f"{name} b{len(x)}"
+
+    def ours():
+        return pgd(model, x, y, eps=EPS, norm="linf", steps=STEPS, stepsize=ALPHA)
+
+    def limit():
+        # 40 forward+backward passes of the CE loss w.r.t. the input, nothing else
+        for _ in range(STEPS):
+            xr = x.detach().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+
+    rows = []
+    o, p, r, rs = compare(ours, limit, reps, device, f"{label}: PGD vs fwd+bwd")
+    rows.append(Row(f"{label}: PGD-{STEPS} Linf / {STEPS} x (fwd+bwd of CE w.r.t. input)", _fmt(o),
+                    f"{STEPS} x fwd+bwd: {_fmt(p)}", r, TARGET_LIMIT, ratios=rs))
+
+    what_fb = f"{label}: PGD-{STEPS} Linf vs foolbox LinfPGD"
+    try:
+        import foolbox as fb
+    except ImportError:
+        rows.append(Row(what_fb, "", "foolbox", None, TARGET_PEER, "foolbox not installed"))
+    else:
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
+        fb_attack = fb.attacks.LinfPGD(abs_stepsize=ALPHA, steps=STEPS, random_start=True)
+        o, p, r, rs = compare(ours, lambda: fb_attack(fmodel, x, y, epsilons=EPS), reps, device, f"{label}: vs foolbox")
+        model.zero_grad(set_to_none=True)  # foolbox's loss.backward() also accumulates parameter grads
+        rows.append(Row(what_fb, _fmt(o), f"foolbox {fb.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs))
+
+    what_ta = f"{label}: PGD-{STEPS} Linf vs torchattacks PGD"
+    try:
+        import torchattacks
+    except ImportError:
+        rows.append(Row(what_ta, "", "torchattacks", None, TARGET_PEER, "torchattacks not installed"))
+    else:
+        ta_attack = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=True)
+        o, p, r, rs = compare(ours, lambda: ta_attack(x, y), reps, device, f"{label}: vs torchattacks")
+        rows.append(Row(what_ta, _fmt(o), f"torchattacks {torchattacks.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs))
+    model.eval()  # peers may touch the mode; keep eval for what follows
+    return rows
+
+
+def _cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds used by the whole machine, CPU seconds used by this process) so far; None off Linux."""
+    try:
+        import resource
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return busy, own.ru_utime + own.ru_stime
+    except (OSError, ValueError, ImportError, IndexError):
+        return None
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPS} repetitions, batch 64, no resnet18")
+    args = parser.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reps = QUICK_REPS if args.quick else FULL_REPS
+    torch.manual_seed(0)
+
+    cases = [("lenet5", dict(), (1, 28, 28), 64 if args.quick else 256)]
+    if not args.quick:
+        cases.append(("resnet18", dict(in_channels=3, num_classes=10), (3, 32, 32), 64))
+
+    cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
+    rows: list[Row] = []
+    for name, kwargs, shape, batch in cases:
+        model = create_model(name, **kwargs).to(device).eval()
+        x = torch.rand(batch, *shape, device=device)
+        y = torch.randint(0, 10, (batch,), device=device)
+        rows.extend(bench_model(name, model, x, y, reps, device))
+
+    cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
+    foreign = None
+    if cpu_start is not None and cpu_end is not None:
+        foreign = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1])) / (wall * (os.cpu_count() or 1))
+    where = machine(device)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Date {now}; torch {torch.__version__}; device {device.type}"
+        f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; "
+        f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'} "
+        f"({reps} repetitions after one warm-up"
+        + (", lenet5 batch 64 instead of 256, resnet18 skipped" if args.quick else "") + ").",
+        "",
+        f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the "
+        f"{wall:.0f} s run." if foreign is not None else "CPU use by other processes was not measured (no /proc/stat).",
+        "",
+        *(["**Warning: the machine was shared during this run; timings and verdicts are unreliable, "
+           "rerun on an idle machine.**", ""] if foreign is not None and foreign > 0.10 else []),
+        "Times are medians; ratio = median over repetitions of (ours / peer or limit), each pair timed back to back.",
+        "",
+        "| what | ours | peer or limit | ratio | target | verdict | machine |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = f"{row.ratio:.3f}" if row.ratio is not None else "n/a"
+        op, bound = row.target
+        lines.append(f"| {row.what} | {row.ours} | {row.peer} | {ratio} | {op} {bound:g} | {row.verdict} | {where} |")
+    lines += ["", "Per-pair ratios (spread; a wide spread means a noisy machine, rerun before trusting a verdict):", ""]
+    for row in rows:
+        if row.ratios:
+            lines.append(f"- {row.what}: " + ", ".join(f"{r:.3f}" for r in row.ratios))
+    lines.append("")
+    RESULTS.write_text("\n".join(lines))
+    print(f"wrote {RESULTS}")
+
+
+
+if __name__ == "__main__":
+    main()

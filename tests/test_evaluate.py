@@ -1,0 +1,105 @@
+"""Evaluation: cascade union equals the naive union, curves, per-class tables, rho_adv, transfer, cached attacks."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from advlib.attacks.pgd import pgd
+from advlib.cache import Cache
+from advlib.evaluate import (accuracy, accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite, per_class_attack_table,
+                             rho_adv, transfer_matrix, union_robustness)
+
+# deterministic attacks (no random start), so cascade and naive runs see identical perturbations per sample
+DETERMINISTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "deepfool_l2", "eps": 1.0, "options": {"steps": 20}},
+                 {"name": "pgd_linf", "eps": 0.1, "steps": 5, "random_start": False},
+                 {"name": "pgd_l2", "eps": 1.5, "steps": 5, "random_start": False}]
+
+
+def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
+    x, y = mnist_test
+    cascade = union_robustness(mnist_model, x, y, DETERMINISTIC, cascade=True)
+    naive = union_robustness(mnist_model, x, y, DETERMINISTIC, cascade=False)
+    assert torch.equal(cascade.robust, naive.robust)
+    assert cascade.robust_accuracy == naive.robust_accuracy
+    suite = attack_suite(mnist_model, x, y, DETERMINISTIC)
+    worst = torch.stack(list(suite.robust().values())).all(dim=0)  # per-sample worst case over attacks
+    assert torch.equal(naive.robust, worst)
+    assert cascade.robust_accuracy <= min(float(m.float().mean()) for m in suite.robust().values())
+
+
+def test_suite_table_and_per_class(mnist_model, mnist_test):
+    x, y = mnist_test
+    suite = attack_suite(mnist_model, x, y, DETERMINISTIC[:2])
+    table = suite.table()
+    assert list(table["attack"]) == ["clean", "fgsm@0.1", "deepfool_l2@1"]
+    assert table["accuracy"].iloc[0] == pytest.approx(100 * accuracy(mnist_model, x, y))
+    per_class = per_class_attack_table(y, {"clean": suite.clean, **suite.robust()}, 10)
+    assert per_class.shape == (10, 3)
+    counts = torch.bincount(y, minlength=10).numpy()
+    overall = (per_class["clean"].to_numpy() * counts).sum() / counts.sum()
+    assert overall == pytest.approx(table["accuracy"].iloc[0])
+
+
+def test_accuracy_vs_eps_decreases(mnist_model, mnist_test):
+    x, y = mnist_test
+    curve = accuracy_vs_eps(mnist_model, x, y, {"name": "fgsm", "eps": 0.1}, [0.02, 0.1, 0.3])
+    assert list(curve["eps"]) == [0.02, 0.1, 0.3]
+    assert curve["accuracy"].is_monotonic_decreasing and curve["accuracy"].iloc[-1] < curve["accuracy"].iloc[0]
+
+
+def test_accuracy_vs_steps_matches_separate_runs(mnist_model, mnist_test):
+    x, y = mnist_test[0][:64], mnist_test[1][:64]
+    spec = {"name": "pgd_linf", "eps": 0.1, "stepsize": 0.01}
+    torch.manual_seed(7)
+    curve = accuracy_vs_steps(mnist_model, x, y, spec, 8)
+    assert list(curve["steps"]) == list(range(9))
+    assert curve["accuracy"].iloc[0] == pytest.approx(100 * accuracy(mnist_model, x, y))
+    for steps in (2, 8):
+        torch.manual_seed(7)
+        x_adv = pgd(mnist_model, x, y, eps=0.1, steps=steps, stepsize=0.01).x_adv
+        assert curve["accuracy"].iloc[steps] == pytest.approx(100 * accuracy(mnist_model, x_adv, y))
+    with pytest.raises(ValueError, match="native PGD"):
+        accuracy_vs_steps(mnist_model, x, y, {"name": "fgsm", "eps": 0.1}, 3)
+
+
+def test_rho_adv_on_linear_model_is_distance_to_boundary():
+    # f(x) = [0, w.x + b]: the L2 distance of x to the boundary is |w.x + b| / ||w||; DeepFool finds it exactly
+    torch.manual_seed(0)
+    w = torch.randn(16) * 0.5
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    with torch.no_grad():
+        linear[1].weight.copy_(torch.stack([torch.zeros(16), w]))
+        linear[1].bias.copy_(torch.tensor([0.0, -0.3]))
+    x = torch.rand(32, 1, 4, 4) * 0.2 + 0.4
+    y = linear(x).argmax(1)
+    result = attack({"name": "deepfool_l2", "options": {"overshoot": 0.0, "steps": 50}}, linear, x, y)
+    distance = (x.flatten(1) @ w - 0.3).abs() / w.norm()
+    expected = float((distance / x.flatten(1).norm(dim=1)).mean())
+    assert rho_adv(x, result.x_adv) == pytest.approx(expected, rel=1e-3)
+    assert rho_adv(x, x) == 0.0
+
+
+def test_transfer_matrix_diagonal_is_white_box(mnist_model, mnist_test):
+    x, y = mnist_test[0][:64], mnist_test[1][:64]
+    torch.manual_seed(1)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    spec = {"name": "fgsm", "eps": 0.15}
+    matrix = transfer_matrix({"lenet": mnist_model, "linear": other}, x, y, spec)
+    assert matrix.shape == (2, 2) and list(matrix.index) == ["lenet", "linear"]
+    white_box = attack(spec, mnist_model, x, y)
+    assert matrix.loc["lenet", "lenet"] == pytest.approx(100 * accuracy(mnist_model, white_box.x_adv, y))
+
+
+def test_cached_attack_is_reloaded(mnist_model, mnist_test, tmp_path, caplog):
+    x, y = mnist_test[0][:32], mnist_test[1][:32]
+    spec = {"name": "pgd_linf", "eps": 0.1, "steps": 5}
+    first = attack(spec, mnist_model, x, y, model_key="m1", cache=Cache(tmp_path))
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        second = attack(spec, mnist_model, x, y, model_key="m1", cache=Cache(tmp_path))
+    assert "loaded adversarials pgd_linf@0.1" in caplog.text
+    assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.success, second.success)
+    assert np.isclose(float(first.norms.max()), float(second.norms.max()))
