@@ -1,0 +1,84 @@
+"""CLI and runtime: listing, cache commands, early rejection of bad runs, devices, seeding, manifests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from advlib import cli, params, runtime
+from advlib.cache import Artifact, Cache
+
+
+def test_list_shows_registries(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("quickstart", "lenet5", "mnist5k", "pgd_linf", "autoattack_linf", "foolbox"):
+        assert name in out
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("eps_curve.eps=[-1]", "> 0"),
+    ("attacks.0.name=nope", "unknown attack 'nope'"),
+    ("trian.epochs=1", "unknown key 'trian'"),
+])
+def test_run_rejects_bad_overrides_before_work(override, fragment, capsys, monkeypatch):
+    import papermill
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("papermill started despite invalid parameters")
+
+    monkeypatch.setattr(papermill, "execute_notebook", must_not_run)
+    assert cli.main(["run", "quickstart", "--profile", "ci", "--set", override]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_run_passes_profile_and_overrides_to_papermill(monkeypatch, tmp_path):
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, **kw: calls.append((src, dst, kw)))
+    out = tmp_path / "out.ipynb"
+    assert cli.main(["run", "quickstart", "--profile", "ci", "--set", "train.epochs=2", "--output", str(out)]) == 0
+    src, dst, kw = calls[0]
+    assert src.endswith("00_quickstart.ipynb") and dst == str(out)
+    assert kw["parameters"] == {"profile": "ci", "overrides": {"train.epochs": 2}}
+
+
+def test_cache_commands(project, capsys):
+    cache = Cache()
+    cache.get_or_build("model", {"a": 1}, lambda: Artifact({"w": torch.ones(2)}, {}))
+    assert cli.main(["cache", "ls"]) == 0
+    assert "1 entries" in capsys.readouterr().out
+    entry = next(cache.entries())
+    (entry / "tensors.safetensors").write_bytes(b"broken")
+    assert cli.main(["cache", "verify"]) == 1
+    assert "CORRUPT" in capsys.readouterr().out
+    assert cli.main(["cache", "prune", "--corrupt"]) == 0
+    assert cli.main(["cache", "verify"]) == 0
+
+
+def test_resolve_device():
+    assert runtime.resolve_device("cpu").type == "cpu"
+    assert runtime.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device 'tpu'.*auto, cpu, cuda, mps"):
+        runtime.resolve_device("tpu")
+
+
+def test_seeding_is_reproducible():
+    runtime.seed_everything(5)
+    a = torch.rand(3)
+    runtime.seed_everything(5)
+    assert torch.equal(a, torch.rand(3))
+
+
+def test_run_manifest(project):
+    (project / "params" / "quickstart").mkdir()
+    p = params.Params(seed=3, device="cpu", threads=None)
+    run = runtime.Run("quickstart", "ci", p, seed=3, device="cpu", threads=None)
+    path = run.write_manifest()
+    manifest = json.loads(path.read_text())
+    assert path.parent == project / "figures" / "quickstart" / "ci"
+    assert manifest["seed"] == 3 and manifest["device"] == "cpu" and manifest["threads"] == torch.get_num_threads()
+    assert manifest["params"]["seed"] == 3 and "torch" in manifest["versions"]
+    assert manifest["wall_time_s"] >= 0
