@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import AttackResult, attack_info, create_attack, predict
+from .attacks.base import seeded
 from .attacks.registry import _spec_dict
 from .cache import Artifact, Cache
 
@@ -169,7 +170,9 @@ def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: 
         raise ValueError(f"accuracy_vs_steps needs a native PGD attack (pgd_linf, pgd_l2, pgd_l1), got {raw['name']!r}")
     adversary = create_attack(raw)
     model.eval()
-    correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct for i in range(0, len(x), 256)], dim=1)
+    with seeded(adversary.seed, x.device):
+        correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct
+                             for i in range(0, len(x), 256)], dim=1)
     return pd.DataFrame({"attack": raw["name"], "steps": np.arange(steps + 1),
                          "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy()})
 

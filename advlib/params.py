@@ -36,6 +36,7 @@ class AttackSpec(Strict):
     rel_stepsize: float | None = Field(default=None, gt=0)
     random_start: bool | None = None
     targeted: bool = False
+    seed: int = Field(default=0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")

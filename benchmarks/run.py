@@ -222,6 +222,5 @@ def main() -> None:
     print(f"wrote {RESULTS}")
 
 
-
 if __name__ == "__main__":
     main()

@@ -187,3 +187,17 @@ def test_registry_covers_the_required_attacks():
     assert required <= set(list_attacks())
     assert all(attack_info(n).backend == "foolbox" for n in ("fgsm", "bim", "deepfool_l2", "cw_l2", "boundary"))
     assert len(set(itertools.chain(list_attacks()))) == len(list_attacks())
+
+
+def test_attack_results_do_not_depend_on_global_rng(mnist_model, batch):
+    x, y = batch
+    spec = {"name": "pgd_linf", "eps": 0.1, "steps": 5}
+    torch.manual_seed(1)
+    a = run_attack(spec, mnist_model, x, y).x_adv
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    b = run_attack(spec, mnist_model, x, y).x_adv
+    assert torch.equal(a, b)
+    assert torch.equal(state, torch.get_rng_state())  # the caller's RNG stream is left untouched
+    c = run_attack({**spec, "seed": 1}, mnist_model, x, y).x_adv
+    assert not torch.equal(a, c)

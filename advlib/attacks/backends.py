@@ -45,10 +45,10 @@ class FoolboxAttack(_OnCorrectOnly):
     backend = "foolbox"
 
     def __init__(self, fb_class: type, norm: str, kind: str, eps: float | None = None, *, targeted: bool = False,
-                 targeted_ok: bool = True, only_correct: bool = False, defaults: dict[str, Any] | None = None,
-                 **options: Any):
+                 seed: int = 0, targeted_ok: bool = True, only_correct: bool = False,
+                 defaults: dict[str, Any] | None = None, **options: Any):
         self.norm, self.kind, self.targeted_ok, self.only_correct = norm, kind, targeted_ok, only_correct
-        super().__init__(eps, targeted=targeted)
+        super().__init__(eps, targeted=targeted, seed=seed)
         accepted = set(inspect.signature(fb_class.__init__).parameters) - {"self"}
         renamed = {(_ATTACK_FIELDS[k] if _ATTACK_FIELDS.get(k) in accepted else k): v for k, v in options.items()}
         kwargs = {**(defaults or {}), **_checked_options(fb_class.__name__, accepted, renamed)}
@@ -69,8 +69,9 @@ class SPSAAttack(Attack):
 
     norm, kind, targeted_ok, backend = "linf", "fixed", True, "torchattacks"
 
-    def __init__(self, eps: float | None = None, *, targeted: bool = False, steps: int = 100, **options: Any):
-        super().__init__(eps, targeted=targeted)
+    def __init__(self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, steps: int = 100,
+                 **options: Any):
+        super().__init__(eps, targeted=targeted, seed=seed)
         self.kwargs = {"nb_iter": steps, **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options)}
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -88,9 +89,10 @@ class TrustRegionAttack(_OnCorrectOnly):
 
     kind, targeted_ok, backend, only_correct = "minimal", False, "adv-lib", True
 
-    def __init__(self, eps: float | None = None, *, norm: str = "l2", steps: int = 100, targeted: bool = False, **options: Any):
+    def __init__(self, eps: float | None = None, *, norm: str = "l2", steps: int = 100, targeted: bool = False,
+                 seed: int = 0, **options: Any):
         self.norm = norm
-        super().__init__(eps, targeted=targeted)
+        super().__init__(eps, targeted=targeted, seed=seed)
         self.kwargs = {"iter": steps, **_checked_options("trust_region", {"adaptive", "eps", "c", "worst_case"}, options)}
         # adv-lib's per-step trust radius (not the attack budget), grown adaptively: its fixed 1e-3
         # default caps 100 steps at an L2 move of 0.1, far below what MNIST models need
@@ -112,7 +114,7 @@ class AutoAttackAttack(Attack):
     def __init__(self, eps: float | None = None, *, norm: str = "linf", targeted: bool = False,
                  version: str = "standard", attacks: list[str] | None = None, seed: int = 0):
         self.norm = norm
-        super().__init__(eps, targeted=targeted)
+        super().__init__(eps, targeted=targeted, seed=seed)
         self.version, self.attacks, self.seed = version, attacks, seed
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:

@@ -7,8 +7,9 @@ re-predicting the adversarials, never taken from the backend.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,18 @@ def check_batch(x: Tensor, y: Tensor, target: Tensor | None = None) -> None:
         raise ValueError(f"targets must have shape ({len(x)},), got {tuple(target.shape)}")
 
 
+@contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with torch's RNG seeded to `seed`, restoring the caller's RNG state afterwards.
+
+    Attacks draw random starts and noise inside it, so a result never depends on what ran before
+    (for example on whether earlier stages were loaded from the cache or computed).
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 class Attack(ABC):
     """Base class: subclasses set the class attributes and implement `generate` on one batch."""
 
@@ -115,7 +128,7 @@ class Attack(ABC):
     targeted_ok: ClassVar[bool] = False
     backend: ClassVar[str] = "native"
 
-    def __init__(self, eps: float | None = None, *, targeted: bool = False, **options: Any):
+    def __init__(self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, **options: Any):
         if eps is not None and eps <= 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if self.kind == "fixed" and eps is None:
@@ -124,6 +137,7 @@ class Attack(ABC):
             raise ValueError(f"{type(self).__name__} has no targeted mode")
         self.eps = eps
         self.targeted = targeted
+        self.seed = seed
         self.options = options
 
     @abstractmethod
@@ -145,10 +159,11 @@ class Attack(ABC):
         was_training = model.training
         model.eval()
         try:
-            chunks = []
-            for i in range(0, len(x), batch_size):
-                t = None if target is None else target[i:i + batch_size]
-                chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t))
+            with seeded(self.seed, x.device):
+                chunks = []
+                for i in range(0, len(x), batch_size):
+                    t = None if target is None else target[i:i + batch_size]
+                    chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t))
             x_adv = torch.cat(chunks)
             pred = predict(model, x_adv, batch_size)
         finally:

@@ -142,8 +142,8 @@ class PGD(Attack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40, stepsize: float | None = None,
                  rel_stepsize: float | None = None, random_start: bool = True, update: str = "steepest",
-                 loss: str = "ce", targeted: bool = False):
-        super().__init__(eps, targeted=targeted)
+                 loss: str = "ce", targeted: bool = False, seed: int = 0):
+        super().__init__(eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2", "l1"):
             raise ValueError(f"PGD norm {norm!r} is not allowed; choose linf, l2 or l1")
         if update not in UPDATES or loss not in LOSSES:

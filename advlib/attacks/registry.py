@@ -22,7 +22,7 @@ class AttackInfo:
 
 
 ATTACKS: dict[str, AttackInfo] = {}
-SPEC_FIELDS = ("eps", "steps", "stepsize", "rel_stepsize", "random_start")
+SPEC_FIELDS = ("eps", "steps", "stepsize", "rel_stepsize", "random_start", "seed")
 
 
 def register_attack(name: str, factory: Callable[..., Attack], *, norm: str, kind: str, targeted: bool,
