@@ -236,18 +236,19 @@ def _load_mnist(request: DatasetRequest) -> Dataset:
     """torchvision MNIST under `root`, downloaded there when `download` is set."""
     from torchvision.datasets import MNIST
 
+    dataset = _torchvision_dataset(MNIST, request)
+    return _take(dataset, dataset.targets.numpy(), request)
+
+
+def _torchvision_dataset(cls: Callable[..., Dataset], request: DatasetRequest) -> Dataset:
+    """A torchvision train/test dataset under `root`; missing files without `download` get a clear error."""
     try:
-        dataset = MNIST(
-            str(request.root),
-            train=request.split == "train",
-            download=request.download,
-            transform=_to_tensor_transform(),
-        )
+        return cls(str(request.root), train=request.split == "train", download=request.download,
+                   transform=_to_tensor_transform())
     except RuntimeError as err:
         if request.download:
             raise
         raise _missing_data_error(request, err) from err
-    return _take(dataset, dataset.targets.numpy(), request)
 
 
 @register_dataset(
@@ -264,17 +265,7 @@ def _load_cifar10(request: DatasetRequest) -> Dataset:
     """torchvision CIFAR-10 under `root`, downloaded there when `download` is set."""
     from torchvision.datasets import CIFAR10
 
-    try:
-        dataset = CIFAR10(
-            str(request.root),
-            train=request.split == "train",
-            download=request.download,
-            transform=_to_tensor_transform(),
-        )
-    except RuntimeError as err:
-        if request.download:
-            raise
-        raise _missing_data_error(request, err) from err
+    dataset = _torchvision_dataset(CIFAR10, request)
     return _take(dataset, np.asarray(dataset.targets), request)
 
 
