@@ -167,6 +167,44 @@ class QuickstartParams(Params):
     grid_images: int = Field(default=4, ge=1)
 
 
+class MixGenSpec(Strict):
+    """Training of one mixture-of-generators system (Sections 3.2, 4.1, 4.4 of the paper)."""
+
+    identity_epochs: int = Field(default=10, ge=1)
+    train_epochs: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    zero_fraction: float = Field(default=0.05, ge=0, lt=1)
+
+
+@register_schema("mixture_of_generators")
+class MixtureOfGeneratorsParams(Params):
+    """01_mixture_of_generators: attacks of Table 1, the attack sets of Table 3, budgets and repeats."""
+
+    data: DataSpec = DataSpec()
+    classifier: TrainSpec = TrainSpec()
+    attacks: dict[str, AttackSpec] = Field(min_length=1)
+    attack_sets: dict[int, list[str]] = Field(min_length=1)
+    n_success: int = Field(default=128, ge=1)
+    n_canonical: int = Field(ge=1)
+    n_transformed: int = Field(ge=1)
+    n_test: int = Field(ge=1)
+    mixture: MixGenSpec = MixGenSpec()
+    joint_repeats: int = Field(default=2, ge=1)
+    faster_repeats: int = Field(default=10, ge=1)
+    expertise_faster_repeats: int = Field(default=3, ge=0)
+
+    @model_validator(mode="after")
+    def _sets_name_known_attacks(self) -> "MixtureOfGeneratorsParams":
+        for size, names in self.attack_sets.items():
+            unknown = [n for n in names if n not in self.attacks]
+            if unknown:
+                raise ValueError(f"attack_sets.{size} names unknown attacks {unknown}; allowed: {', '.join(self.attacks)}")
+            if len(names) != size:
+                raise ValueError(f"attack_sets.{size} must list {size} attacks, got {len(names)}")
+        return self
+
+
 def list_stems() -> list[str]:
     return sorted(SCHEMAS)
 

@@ -176,3 +176,29 @@ def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int) -> Figure:
     rows = {"clean": x[:n], **{label: adv[:n] for label, adv in adversarials.items()}}
     images = np.concatenate([_as_array(r) for r in rows.values()])
     return image_grid(images, nrow=n, row_labels=list(rows))
+
+
+def heatmap_rows(rows: Mapping[str, Sequence[pd.DataFrame]], col_titles: Sequence[str], *, fmts: Sequence[str] | None = None,
+                 vmaxes: Sequence[float | None] | None = None, cell: float = 0.32) -> Figure:
+    """A grid of annotated heatmaps: one row per key (e.g. a generator), one column per table kind
+    (e.g. accuracy per class x attack, wins per class x attack)."""
+    set_style()
+    if not rows:
+        raise ValueError("heatmap_rows needs at least one row of tables")
+    ncols = len(col_titles)
+    first = next(iter(rows.values()))[0]
+    width = ncols * (cell * first.shape[1] + 1.6)
+    height = len(rows) * (cell * first.shape[0] + 0.9)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(width, height), squeeze=False)
+    for r, (label, frames) in enumerate(rows.items()):
+        if len(frames) != ncols:
+            raise ValueError(f"row {label!r} has {len(frames)} tables, expected {ncols} (one per column title)")
+        for c, frame in enumerate(frames):
+            vmax = vmaxes[c] if vmaxes is not None else None
+            fmt = fmts[c] if fmts is not None else ".0f"
+            sns.heatmap(frame, annot=True, fmt=fmt, vmin=0, vmax=vmax, cmap="viridis", linewidths=0.3,
+                        annot_kws={"fontsize": 5}, ax=axes[r][c], cbar=False)
+            axes[r][c].tick_params(axis="both", labelsize=6, rotation=0)
+            axes[r][c].set_title(f"{label}: {col_titles[c]}", fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -96,3 +96,20 @@ def test_curves_and_bars():
     assert len(bar_fig.axes[0].patches) >= 4
     with pytest.raises(KeyError, match="nope"):
         plots.curves(df, "nope", "acc")
+
+
+def test_heatmap_rows_and_adversarial_grid():
+    import numpy as np
+    import pandas as pd
+
+    from advlib.plots import adversarial_grid, heatmap_rows
+
+    frame = pd.DataFrame(np.arange(6.0).reshape(3, 2))
+    fig = heatmap_rows({"G1": (frame, frame), "G2": (frame, frame)}, ["accuracy", "wins"])
+    assert len(fig.axes) == 4
+    assert sum(len(ax.texts) for ax in fig.axes) == 4 * 6  # every cell annotated
+    with pytest.raises(ValueError, match="row 'G1' has 1 tables, expected 2"):
+        heatmap_rows({"G1": (frame,)}, ["accuracy", "wins"])
+    x = np.random.default_rng(0).random((5, 1, 8, 8))
+    grid = adversarial_grid(x, {"a": x, "b": x}, 3)
+    assert sum(1 for ax in grid.axes if ax.images) == 9  # clean + 2 attacks, 3 images each

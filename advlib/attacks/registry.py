@@ -104,6 +104,8 @@ def _register_builtin() -> None:
     fb("cw_l2", fa.L2CarliniWagnerAttack, "l2", "minimal", "Carlini & Wagner L2 (abort_early off: batch-independent)",
        steps=1000, abort_early=False)
     fb("uniform_noise", fa.L2AdditiveUniformNoiseAttack, "l2", "fixed", "additive uniform noise with L2 norm eps", targeted=False)
+    fb("uniform_noise_linf", fa.LinfAdditiveUniformNoiseAttack, "linf", "fixed", "additive uniform noise with Linf norm eps",
+       targeted=False)
     fb("gaussian_noise", fa.L2AdditiveGaussianNoiseAttack, "l2", "fixed", "additive Gaussian noise with L2 norm eps", targeted=False)
     fb("repeated_gaussian_noise", fa.L2RepeatedAdditiveGaussianNoiseAttack, "l2", "fixed",
        "repeated additive Gaussian noise (best of `repeats` draws)", targeted=False)

@@ -1,0 +1,218 @@
+"""Tests for the mixture-of-generators defense: exact architectures, identity and faster initialisation,
+winner-only updates of Algorithm 1, determinism, generator roles and an end-to-end FGSM defense."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advlib.attacks import run_attack
+from advlib.data import load_dataset, to_tensors
+from advlib.defenses.mixgen import (
+    DefenseEvaluation,
+    MixtureOfGenerators,
+    evaluate_defense,
+    faster_init,
+    identity_init,
+    train_competitive,
+)
+from advlib.models import count_parameters, create_model
+
+
+@pytest.fixture(scope="module")
+def mnist_train() -> tuple[torch.Tensor, torch.Tensor]:
+    return to_tensors(load_dataset("mnist5k", "train"))
+
+
+@pytest.fixture(scope="module")
+def mnist_images(mnist_train: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    return mnist_train[0]
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (BatchNorm running statistics included), cloned."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name, expected", [("mixgen_generator", 28_609), ("mixgen_large_generator", 333_697)])
+def test_generator_parameter_counts_match_the_paper(name: str, expected: int) -> None:
+    generator = create_model(name)
+    assert count_parameters(generator) == expected
+    with torch.no_grad():
+        out = generator.eval()(torch.rand(3, 1, 28, 28))
+    assert out.shape == (3, 1, 28, 28) and float(out.min()) > 0 and float(out.max()) < 1
+
+
+def test_discriminator_returns_one_logit_per_image() -> None:
+    discriminator = create_model("mixgen_discriminator")
+    assert discriminator(torch.rand(5, 1, 28, 28)).shape == (5, 1)
+    pools = [m for m in discriminator if isinstance(m, nn.AvgPool2d)]
+    assert len(pools) == 3 and discriminator[-3].in_features == 64 * 3 * 3  # 28 -> 14 -> 7 -> 3
+    with pytest.raises(ValueError, match="too small"):
+        create_model("mixgen_discriminator", input_size=6)
+
+
+def test_identity_init_learns_a_near_identity_map(mnist_images: torch.Tensor) -> None:
+    x = mnist_images[:128]
+    torch.manual_seed(0)
+    generator = create_model("mixgen_generator").eval()
+    with torch.no_grad():
+        before = F.mse_loss(generator(x), x).item()
+    history = identity_init([generator], x, epochs=2, batch_size=16, lr=3e-3, seed=0)
+    assert len(history) == 2 and history[1] < history[0]
+    assert not generator.training
+    with torch.no_grad():
+        after = F.mse_loss(generator(x), x).item()
+    assert after < 0.01 and after < before / 10
+
+
+def test_faster_init_zeroes_a_fraction_of_each_copy() -> None:
+    torch.manual_seed(0)
+    source = create_model("mixgen_generator")
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.01)  # no exact zeros in the source, so every zero below was set by faster_init
+    original = torch.cat([p.flatten() for p in source.parameters()])
+    copies = faster_init(source, 3, zero_fraction=0.05, seed=1)
+    vectors = [torch.cat([p.flatten() for p in c.parameters()]) for c in copies]
+    expected = round(0.05 * original.numel())
+    for vector in vectors:
+        zeroed = vector != original
+        assert int(zeroed.sum()) == expected and bool((vector[zeroed] == 0).all())
+    assert not torch.equal(vectors[0] == 0, vectors[1] == 0)
+    assert torch.equal(torch.cat([p.flatten() for p in source.parameters()]), original)  # source untouched
+    with pytest.raises(ValueError, match="zero_fraction"):
+        faster_init(source, 2, zero_fraction=1.5)
+    with pytest.raises(ValueError, match="n must be"):
+        faster_init(source, 0)
+
+
+def test_only_winners_change_in_a_competitive_step(mnist_images: torch.Tensor) -> None:
+    """D scores mean brightness, so G1 (constant zeros) and G2 (a dimmer copy of G0) can never win."""
+    torch.manual_seed(0)
+    g0 = create_model("mixgen_generator")
+    g1 = create_model("mixgen_generator")
+    g2 = copy.deepcopy(g0)
+    with torch.no_grad():
+        g1[-2].weight.zero_()
+        g1[-2].bias.fill_(-30.0)
+        g2[-2].bias.sub_(2.0)
+    discriminator = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 1))
+    with torch.no_grad():
+        discriminator[1].weight.fill_(1.0 / 28 / 28)
+        discriminator[1].bias.zero_()
+    mixture = MixtureOfGenerators([g0, g1, g2], discriminator)
+    x = mnist_images[:16]
+    assert torch.equal(mixture.scores(x).argmax(dim=0), torch.zeros(16, dtype=torch.long))
+    before = [_state(g) for g in (g0, g1, g2)] + [_state(discriminator)]
+    history = train_competitive(mixture, mnist_images[16:32], x, epochs=1, batch_size=16)["history"]
+    assert history[0]["wins"] == [16, 0, 0]
+    assert np.isnan(history[0]["generator_losses"][1]) and np.isnan(history[0]["generator_losses"][2])
+    after = [_state(g) for g in (g0, g1, g2)] + [_state(discriminator)]
+    assert _same(before[1], after[1]) and _same(before[2], after[2])  # weights and BN buffers bit-identical
+    assert not torch.equal(before[0]["0.weight"], after[0]["0.weight"])
+    assert not torch.equal(before[0]["2.running_mean"], after[0]["2.running_mean"])
+    assert not _same(before[3], after[3])
+
+
+def test_competitive_training_is_deterministic_and_updates_the_discriminator(mnist_images: torch.Tensor) -> None:
+    def run(seed: int) -> tuple[MixtureOfGenerators, dict]:
+        torch.manual_seed(0)
+        mixture = MixtureOfGenerators([create_model("mixgen_generator") for _ in range(2)],
+                                      create_model("mixgen_discriminator"))
+        initial = _state(mixture.discriminator)
+        result = train_competitive(mixture, mnist_images[32:56], mnist_images[:32], epochs=1, batch_size=16, seed=seed)
+        assert not _same(initial, _state(mixture.discriminator))
+        return mixture, result
+
+    (first, h1), (second, h2), (third, _) = run(0), run(0), run(1)
+    assert _same(_state(first), _state(second))
+    np.testing.assert_equal(h1, h2)  # NaN-aware: a generator that wins nothing has NaN loss
+    assert not _same(_state(first), _state(third))
+    record = h1["history"][0]
+    assert sum(record["wins"]) == 32 and record["discriminator_loss"] > 0
+    with pytest.raises(ValueError, match="epochs"):
+        train_competitive(first, mnist_images[:4], mnist_images[:4], epochs=0, batch_size=2)
+    with pytest.raises(ValueError, match="differ in shape"):
+        train_competitive(first, torch.rand(4, 1, 14, 14), mnist_images[:4], epochs=1, batch_size=2)
+
+
+def _roles_example() -> DefenseEvaluation:
+    """4 attacks x 100 samples, 4 generators: G0 wins 80 of each of attacks 0-2 at 90% accuracy (generalist);
+    G1 wins 80 of attack 3 at 75% (specialist); G2 wins the other 20 of attack 3, all correct, but only 5% of
+    all samples (marginalist by share); G3 wins 20 of each of attacks 0-2 at 30% (marginalist by accuracy)."""
+    attack = np.repeat(np.arange(4), 100)
+    winner = np.empty(400, dtype=np.int64)
+    correct = np.zeros(400, dtype=bool)
+    for a in range(3):
+        block = slice(100 * a, 100 * a + 100)
+        winner[block] = [0] * 80 + [3] * 20
+        correct[block] = [True] * 72 + [False] * 8 + [True] * 6 + [False] * 14
+    winner[300:] = [1] * 80 + [2] * 20
+    correct[300:] = [True] * 60 + [False] * 20 + [True] * 20
+    y = np.tile(np.arange(10), 40)
+    return DefenseEvaluation(y=y, attack=attack, attack_names=["fgsm", "pgd", "df", "aun"], winner=winner,
+                             correct=correct, correct_undefended=np.zeros(400, dtype=bool), num_generators=4)
+
+
+def test_generator_roles_follow_the_stated_rule() -> None:
+    roles = _roles_example().generator_roles()
+    assert roles["role"].tolist() == ["generalist", "specialist", "marginalist", "marginalist"]
+    assert roles["wins"].tolist() == [240, 80, 20, 60]
+    assert roles["attacks_covered"].tolist() == [3, 1, 1, 3]
+    np.testing.assert_allclose(roles["accuracy"], [90.0, 75.0, 100.0, 30.0])
+    np.testing.assert_allclose(roles["win_share"], [0.6, 0.2, 0.05, 0.15])
+
+
+def test_defense_evaluation_breakdowns() -> None:
+    evaluation = _roles_example()
+    assert evaluation.accuracy() == pytest.approx(100 * (3 * 78 + 80) / 400)
+    assert evaluation.accuracy_undefended() == 0.0
+    assert evaluation.accuracy_by_attack().to_dict() == {"fgsm": 78.0, "pgd": 78.0, "df": 78.0, "aun": 80.0}
+    wins = evaluation.class_attack_wins(1)
+    assert wins.shape == (10, 4) and int(wins.values.sum()) == 80 and int(wins["aun"].sum()) == 80
+    accuracy = evaluation.class_attack_accuracy(1)
+    assert accuracy["fgsm"].isna().all() and accuracy["aun"].notna().all()
+    assert list(evaluation.class_attack_accuracy().index) == list(range(10))
+    with pytest.raises(ValueError, match="generator must be in"):
+        evaluation.class_attack_wins(4)
+    with pytest.raises(ValueError, match="attack indices"):
+        DefenseEvaluation(y=[0], attack=[2], attack_names=["fgsm"], winner=[0], correct=[True],
+                          correct_undefended=[False])
+    with pytest.raises(ValueError, match="same non-zero length"):
+        DefenseEvaluation(y=[0, 1], attack=[0], attack_names=["fgsm"], winner=[0], correct=[True],
+                          correct_undefended=[False])
+
+
+def test_mixture_defends_lenet_against_fgsm(mnist_model: nn.Module, mnist_train: tuple[torch.Tensor, torch.Tensor],
+                                            mnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Section 4 in miniature: transformed = FGSM(0.3) of 384 training images, canonical = 384 other ones,
+    no labels used in training; on 200 test images' FGSM adversarials the defense beats no defense."""
+    x_train, y_train = mnist_train
+    fgsm = {"name": "fgsm", "eps": 0.3}
+    transformed = run_attack(fgsm, mnist_model, x_train[:384], y_train[:384]).x_adv
+    canonical = x_train[384:768]
+    torch.manual_seed(0)
+    mixture = MixtureOfGenerators([create_model("mixgen_generator") for _ in range(2)],
+                                  create_model("mixgen_discriminator"))
+    identity_init(mixture.generators, transformed, epochs=2, batch_size=64, seed=0)
+    epochs_seen: list[int] = []
+    history = train_competitive(mixture, canonical, transformed, epochs=2, batch_size=64, seed=0,
+                                on_epoch=lambda epoch, record: epochs_seen.append(epoch))["history"]
+    assert epochs_seen == [1, 2] and all(sum(r["wins"]) == 384 for r in history)
+
+    x_test, y_test = mnist_test
+    x_adv = run_attack(fgsm, mnist_model, x_test, y_test).x_adv
+    evaluation = evaluate_defense(mixture, mnist_model, {"fgsm": (x_adv, y_test)}, batch_size=128)
+    assert len(evaluation.y) == 200 and evaluation.num_classes == 10
+    defended, winner = mixture.defend(x_adv[:8])
+    assert defended.shape == (8, 1, 28, 28) and winner.tolist() == evaluation.winner[:8].tolist()
+    assert evaluation.accuracy() > evaluation.accuracy_undefended() + 5
