@@ -23,7 +23,7 @@ FAST_OPTIONS = {  # cut iteration budgets so the whole suite stays fast on 2 CPU
     "autoattack_l1": {"version": "custom", "attacks": ["apgd-ce"]},
 }
 MIN_SUCCESS = {  # weak by design: random noise at a moderate L2 budget rarely flips a digit
-    "uniform_noise": 0.0, "gaussian_noise": 0.0, "repeated_gaussian_noise": 0.0,
+    "uniform_noise": 0.0, "uniform_noise_linf": 0.0, "gaussian_noise": 0.0, "repeated_gaussian_noise": 0.0,
 }
 
 
@@ -64,6 +64,8 @@ def test_noise_attacks_succeed_at_large_budget(mnist_model, batch):
     torch.manual_seed(0)
     result = run_attack({"name": "repeated_gaussian_noise", "eps": 12.0}, mnist_model, x, y)
     assert float(result.success.float().mean()) >= 0.5
+    saturated = run_attack({"name": "uniform_noise_linf", "eps": 3.5}, mnist_model, x, y)  # Table 1 of paper 1: AUN
+    assert float(saturated.success.float().mean()) >= 0.6
 
 
 def test_minimal_attack_clipped_to_eps(mnist_model, batch):
