@@ -117,14 +117,15 @@ class SuiteResult:
         return {label: self.clean & ~r.broken(tol=TOLERANCE) for label, r in self.results.items()}
 
     def table(self) -> pd.DataFrame:
-        """Clean and per-attack robust accuracy (percent) with the median L2 of successful adversarials."""
+        """Clean and per-attack robust accuracy (percent) with the median L2 of the adversarials that broke a
+        correctly classified sample (already misclassified inputs need no perturbation and are left out)."""
         rows = [{"attack": "clean", "norm": "", "eps": np.nan, "accuracy": 100 * float(self.clean.float().mean()),
                  "median_l2": np.nan}]
         for label, robust in self.robust().items():
             r = self.results[label]
             rows.append({"attack": label, "norm": r.norm, "eps": r.eps if r.eps is not None else np.nan,
                          "accuracy": 100 * float(robust.float().mean()),
-                         "median_l2": float(r.l2[r.success].median()) if r.success.any() else np.nan})
+                         "median_l2": float(r.l2[broken].median()) if (broken := self.clean & r.success).any() else np.nan})
         return pd.DataFrame(rows)
 
 
