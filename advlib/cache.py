@@ -124,7 +124,6 @@ class Cache:
             os.rename(tmp, final)
             _fsync_dir(final.parent)
         except OSError as error:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise CacheError(f"could not write cache entry {kind}/{key} under {self.root}: {error}") from error
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -100,7 +100,8 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     """Train `model` in place per `spec`; returns {'history': [per-epoch loss, train/test accuracy]}.
 
     With `spec.adversary`, each batch is attacked (model in eval mode) and the loss is
-    (1 - adv_weight) * CE(clean) + adv_weight * CE(adversarial).
+    (1 - adv_weight) * CE(clean) + adv_weight * CE(adversarial); train accuracy is measured on the clean
+    batch, or on the adversarial one when adv_weight = 1 (Madry-style training, no clean pass).
     """
     if len(train_set) == 0:
         raise ValueError("training set is empty")
@@ -127,8 +128,12 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
                 model.eval()
                 x_adv = adversary.perturb(model, x, y)
                 model.train()
-                logits = model(x)
-                loss = (1 - spec.adv_weight) * F.cross_entropy(logits, y) + spec.adv_weight * F.cross_entropy(model(x_adv), y)
+                logits = model(x_adv)
+                loss = spec.adv_weight * F.cross_entropy(logits, y)
+                if spec.adv_weight < 1:  # the clean term only when it carries weight
+                    clean_logits = model(x)
+                    loss = loss + (1 - spec.adv_weight) * F.cross_entropy(clean_logits, y)
+                    logits = clean_logits
             else:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)

@@ -96,3 +96,12 @@ def test_empty_dataset_rejected():
     empty = torch.utils.data.TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         fit(_fresh(), empty, SPEC)
+
+
+def test_pure_adversarial_training_reports_adversarial_accuracy(small_train):
+    spec = SPEC.model_copy(update={"epochs": 1, "adversary": AttackSpec(name="fgsm", eps=0.3)})
+    clean, adversarial = _fresh(), _fresh()
+    clean_acc = fit(clean, small_train, SPEC.model_copy(update={"epochs": 1}), seed=1)["history"][0]["train_acc"]
+    adv_acc = fit(adversarial, small_train, spec, seed=1)["history"][0]["train_acc"]
+    assert adv_acc < clean_acc  # measured on the FGSM batches the loss saw
+    assert not all(torch.equal(v, clean.state_dict()[k]) for k, v in adversarial.state_dict().items())
