@@ -74,3 +74,16 @@ def test_mean_and_errors():
     assert stats["std"] == pytest.approx(2.1602469, rel=1e-6)
     assert stats["se"] == pytest.approx(2.1602469 / 2, rel=1e-6)
     assert mean_and_errors([4.0])["se"] != mean_and_errors([4.0])["se"]  # NaN spread for one run
+
+
+def test_table6_reference_rows():
+    import pandas as pd
+
+    from advlib.experiments.mixture_of_generators import MixtureTables
+
+    table6 = pd.DataFrame([{"kind": "joint", "experiment": "1", "3": 70.0},
+                           {"kind": "faster", "experiment": "mean", "3": 60.0},
+                           {"kind": "faster", "experiment": "std", "3": 5.0}])
+    rows = MixtureTables.table6_reference_rows(table6)
+    assert rows.loc["jointly_experiment1", "3"] == 70.0 and rows.loc["faster_pm", "3"] == 5.0
+    assert rows.loc["jointly_experiment2"].isna().all()  # a run with one joint repeat

@@ -216,3 +216,14 @@ class MixtureTables:
     def joint(self, size: int, seed: int | None = None, kind: str = "joint") -> DefenseEvaluation:
         """The evaluation of a joint (or faster) system on the attack set of `size` attacks."""
         return self._evaluate(kind, self.p.attack_sets[size], self.p.seed if seed is None else seed)
+
+    @staticmethod
+    def table6_reference_rows(table6: pd.DataFrame) -> pd.DataFrame:
+        """Table 6 reshaped to the paper's rows: the two joint experiments, the faster mean and its spread
+        (the paper's '±' equals the sample standard deviation); NaN where this run has fewer repeats."""
+        indexed = table6.set_index(["kind", "experiment"])
+        wanted = {"jointly_experiment1": ("joint", "1"), "jointly_experiment2": ("joint", "2"),
+                  "faster_mean": ("faster", "mean"), "faster_pm": ("faster", "std")}
+        rows = {name: indexed.loc[key] if key in indexed.index else pd.Series(np.nan, index=indexed.columns)
+                for name, key in wanted.items()}
+        return pd.DataFrame(rows).T
