@@ -216,3 +216,19 @@ def test_mixture_defends_lenet_against_fgsm(mnist_model: nn.Module, mnist_train:
     defended, winner = mixture.defend(x_adv[:8])
     assert defended.shape == (8, 1, 28, 28) and winner.tolist() == evaluation.winner[:8].tolist()
     assert evaluation.accuracy() > evaluation.accuracy_undefended() + 5
+
+
+def test_expertise_tables_and_role_examples():
+    from advlib.defenses.mixgen import DefenseEvaluation
+
+    # generator 0 wins everything on both attacks and is right: a generalist; generator 1 never wins: a marginalist
+    n = 40
+    evaluation = DefenseEvaluation(y=np.arange(n) % 10, attack=np.arange(n) // 20, attack_names=["A", "B"],
+                                   winner=np.zeros(n), correct=np.ones(n, bool), correct_undefended=np.zeros(n, bool),
+                                   num_generators=2)
+    tables = evaluation.expertise()
+    assert list(tables) == ["G1 (generalist)", "G2 (marginalist)"]
+    accuracy, wins = tables["G1 (generalist)"]
+    assert (accuracy.to_numpy() == 100).all() and int(wins.to_numpy().sum()) == n
+    assert evaluation.role_examples() == [0, 1]
+    assert list(evaluation.expertise([1])) == ["G2 (marginalist)"]

@@ -404,6 +404,18 @@ class DefenseEvaluation:
                              "role": pd.Categorical(roles, categories=ROLES)}, index=pd.RangeIndex(g, name="generator"))
 
 
+    def expertise(self, generators: Sequence[int] | None = None) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+        """Per generator (all, or those given), labelled 'G<n> (<role>)': its accuracy and wins per class x attack."""
+        roles = self.generator_roles()["role"]
+        chosen = range(self.num_generators) if generators is None else generators
+        return {f"G{g + 1} ({roles[g]})": (self.class_attack_accuracy(g), self.class_attack_wins(g)) for g in chosen}
+
+    def role_examples(self) -> list[int]:
+        """The first generator of each role present, in the order generalist, specialist, marginalist (Fig. 4)."""
+        roles = self.generator_roles()["role"]
+        return [int(roles.index[roles == role][0]) for role in ROLES if (roles == role).any()]
+
+
 def evaluate_defense(mixture: MixtureOfGenerators, classifier: nn.Module,
                      adversarials: Mapping[str, tuple[Tensor, Tensor]], *, batch_size: int = 256) -> DefenseEvaluation:
     """Defend each attack's adversarial images and classify them with and without the defense (classifier in

@@ -217,6 +217,13 @@ class MixtureTables:
         """The evaluation of a joint (or faster) system on the attack set of `size` attacks."""
         return self._evaluate(kind, self.p.attack_sets[size], self.p.seed if seed is None else seed)
 
+    def expertise_systems(self) -> dict[str, DefenseEvaluation]:
+        """Figures 7-30: the joint system of every attack set and the first expertise_faster_repeats faster ones."""
+        faster_seeds = [self.p.seed + r for r in range(min(self.p.expertise_faster_repeats, self.p.faster_repeats))]
+        return {f"expertise_{kind}_{size}attacks_seed{seed}": self.joint(size, seed, kind)
+                for size in sorted(self.p.attack_sets)
+                for kind, seeds in (("joint", [self.p.seed]), ("faster", faster_seeds)) for seed in seeds}
+
     @staticmethod
     def table6_reference_rows(table6: pd.DataFrame) -> pd.DataFrame:
         """Table 6 reshaped to the paper's rows: the two joint experiments, the faster mean and its spread
