@@ -97,6 +97,7 @@ class TrainSpec(Strict):
     """How a classifier is trained (clean training unless `adversary` is set)."""
 
     model: str = "lenet5"
+    model_options: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0)

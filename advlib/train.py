@@ -173,8 +173,8 @@ def train_classifier(spec: TrainSpec, data: DataSpec, *, seed: int = 0, device: 
     """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier."""
     info = dataset_info(data.name)
     torch.manual_seed(seed)
-    model = create_model_for(spec.model, info).to(device)
-    key_params = {"train": spec.model_dump(mode="json"), "data": data.model_dump(mode="json", exclude={"download"}),
+    model = create_model_for(spec.model, info, **spec.model_options).to(device)
+    key_params = {"train": spec.model_dump(mode="json", exclude={"model_options"} if not spec.model_options else None), "data": data.model_dump(mode="json", exclude={"download"}),
                   "seed": seed}
     train_set = load_dataset(data.name, "train", n=data.n_train, download=data.download)
     test = to_tensors(load_dataset(data.name, "test", n=data.n_test, download=data.download))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,13 +55,16 @@ def _batches(n: int, batch_size: int, desc: str) -> Iterator[slice]:
 class PreactivationRecorder:
     """Forward hooks that capture the outputs (pre-activations) of a model's Conv2d and Linear layers.
 
-    Use as a context manager (hooks are removed on exit) or call `close()`; layers are kept in the
-    model's registration order, which is the forward order of the sequential models REGroup targets.
+    Layers are reported in forward order (the order their hooks fire), which is what "the highest k
+    layers" means. `reduce` maps each captured output to what is kept (default: a detached copy);
+    REGroup keeps only the positive/negative accumulators, so no activation map outlives its layer.
+    Use as a context manager (hooks are removed on exit) or call `close()`.
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
+                 reduce: Callable[[Tensor], Any] | None = None) -> None:
         self.model = model
-        available = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        available = voter_layers(model)
         if layers is None:
             names = available
         else:
@@ -74,38 +77,47 @@ class PreactivationRecorder:
         if not names:
             raise ValueError("the model has no Conv2d or Linear layer to record")
         self._names = names
-        self._captured: dict[str, Tensor] = {}
+        self._reduce = reduce or (lambda output: output.detach().clone())
+        self._captured: dict[str, Any] = {}
+        self._active = False
         modules = dict(model.named_modules())
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        """A forward hook that stores a detached copy of the module output (before any in-place ReLU)."""
+        """A forward hook that keeps `reduce(output)`, taken before any in-place activation runs."""
 
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            self._captured[name] = output.detach().clone()
+            if not self._active:  # the model called outside `forward` is not recorded
+                return
+            if name in self._captured:
+                raise RuntimeError(f"layer {name!r} ran twice in one forward pass; REGroup needs each voter once")
+            self._captured[name] = self._reduce(output)
 
         return hook
 
     @property
     def layer_names(self) -> list[str]:
-        """The recorded module names, in forward order."""
+        """The recorded module names, in forward order once a forward pass has run (registration order before)."""
         return list(self._names)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Run the model on x without gradients; return its output and the captured pre-activations in order."""
+    def forward(self, x: Tensor, *, grad: bool = False) -> tuple[Tensor, list[Any]]:
+        """Run the model on x (without gradients unless `grad`); its output and the captures in forward order."""
         if not self._handles:
             raise RuntimeError("this PreactivationRecorder is closed; create a new one")
-        self._captured = {}
-        with torch.no_grad():
-            output = self.model(x)
-        missing = [name for name in self._names if name not in self._captured]
+        self._captured, self._active = {}, True
+        try:
+            with torch.set_grad_enabled(grad):
+                output = self.model(x)
+        finally:
+            captured, self._captured, self._active = self._captured, {}, False
+        missing = [name for name in self._names if name not in captured]
         if missing:
             raise RuntimeError(f"layers {missing} were not called in the forward pass")
-        captured, self._captured = self._captured, {}
-        return output, [captured[name] for name in self._names]
+        self._names = list(captured)  # dicts keep insertion order: the order the hooks fired
+        return output, list(captured.values())
 
-    def __call__(self, x: Tensor) -> list[Tensor]:
-        """The captured pre-activations of x, one tensor per recorded layer, in forward order."""
+    def __call__(self, x: Tensor) -> list[Any]:
+        """The captured pre-activations of x, one per recorded layer, in forward order."""
         return self.forward(x)[1]
 
     def close(self) -> None:
@@ -122,23 +134,34 @@ class PreactivationRecorder:
         self.close()
 
 
-def layer_pmfs(preacts: Tensor) -> tuple[Tensor, Tensor]:
-    """Positive and negative PMFs (N, K) of one layer's pre-activations (Algorithm 1).
+def voter_layers(model: nn.Module) -> list[str]:
+    """Names of the model's Conv2d and Linear modules (registration order): REGroup's default voters."""
+    return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
-    Conv (N, C, H, W): per channel, the sums over H, W of the positive values and of |negative| values;
-    linear (N, D): each neuron's positive part and |negative| part. Both get a 1e-20 floor and sum to 1.
+
+def accumulators(preacts: Tensor) -> tuple[Tensor, Tensor]:
+    """Positive and negative response accumulators (N, K) of one layer (Algorithm 1, before normalisation).
+
+    Conv (N, C, H, W): per channel, the sum over H, W of max(0, phi) and of max(0, -phi); linear (N, D): the
+    neuron's positive and negative part.
     """
     if preacts.dim() == 4:
-        pos = preacts.clamp_min(0).sum(dim=(2, 3))
-        neg = (-preacts).clamp_min(0).sum(dim=(2, 3))
-    elif preacts.dim() == 2:
-        pos = preacts.clamp_min(0)
-        neg = (-preacts).clamp_min(0)
-    else:
-        raise ValueError(f"pre-activations must be (N, C, H, W) or (N, D); got shape {tuple(preacts.shape)}")
-    pos = pos + PMF_FLOOR
-    neg = neg + PMF_FLOOR
-    return pos / pos.sum(dim=-1, keepdim=True), neg / neg.sum(dim=-1, keepdim=True)
+        return preacts.clamp_min(0).sum(dim=(2, 3)), (-preacts).clamp_min(0).sum(dim=(2, 3))
+    if preacts.dim() == 2:
+        return preacts.clamp_min(0), (-preacts).clamp_min(0)
+    raise ValueError(f"pre-activations must be (N, C, H, W) or (N, D); got shape {tuple(preacts.shape)}")
+
+
+def normalise(accumulator: Tensor) -> Tensor:
+    """Accumulator plus the 1e-20 floor, divided by its sum: a PMF over the layer's units (Algorithm 1)."""
+    floored = accumulator + PMF_FLOOR
+    return floored / floored.sum(dim=-1, keepdim=True)
+
+
+def layer_pmfs(preacts: Tensor) -> tuple[Tensor, Tensor]:
+    """Positive and negative PMFs (N, K) of one layer's pre-activations (Algorithm 1); each row sums to 1."""
+    pos, neg = accumulators(preacts)
+    return normalise(pos), normalise(neg)
 
 
 def kl_to_classes(class_pmf: Tensor, sample_pmf: Tensor) -> Tensor:
@@ -159,10 +182,7 @@ def borda(scores: Tensor) -> Tensor:
     """
     if scores.dim() != 3:
         raise ValueError(f"scores must be (N, L, M); got shape {tuple(scores.shape)}")
-    num_classes = scores.shape[-1]
-    order = torch.argsort(scores, dim=-1, stable=True)
-    rank = torch.argsort(order, dim=-1)
-    return (num_classes - 1 - rank).sum(dim=1)
+    return borda_points(scores).sum(dim=1)
 
 
 def topk_accuracy(scores: Tensor, y: Tensor, k: int = 1) -> float:
@@ -237,12 +257,16 @@ def fit_regroup(
     per_class: int = 50,
     weights: Weights = "softmax",
     batch_size: int = 256,
+    on_empty_class: Literal["error", "uniform"] = "error",
 ) -> RegroupStatistics:
     """Class-conditional mixture PMFs from the first `per_class` correctly classified samples of each class.
 
     Mixture weights are proportional to the softmax probability of the true class ("softmax", the paper)
-    or equal ("equal", the authors' demo).
+    or equal ("equal", the authors' demo). A class without any correctly classified sample is an error, or
+    gets a uniform PMF with a warning when on_empty_class="uniform" (dry runs of untrained models).
     """
+    if on_empty_class not in ("error", "uniform"):
+        raise ValueError(f"unknown on_empty_class={on_empty_class!r}; choose one of error, uniform")
     if weights not in WEIGHT_MODES:
         raise ValueError(f"unknown weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
     if per_class < 1:
@@ -254,7 +278,7 @@ def fit_regroup(
     neg_sums: list[Tensor] = []
     weight_sums: Tensor | None = None
     counts: Tensor | None = None
-    with _inference(model), PreactivationRecorder(model, layers) as recorder:
+    with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators) as recorder:
         for batch in _batches(len(x), batch_size, "REGroup statistics"):
             logits, preacts = recorder.forward(x[batch].to(device))
             labels = y[batch].to(device)
@@ -275,8 +299,8 @@ def fit_regroup(
             weighted = onehot.float() * w.unsqueeze(1)  # (B, M): weight of each kept sample in its class
             counts += onehot.sum(dim=0)
             weight_sums += weighted.sum(dim=0)
-            for i, layer in enumerate(preacts):
-                pos, neg = layer_pmfs(layer)
+            for i, (pos_acc, neg_acc) in enumerate(preacts):
+                pos, neg = normalise(pos_acc), normalise(neg_acc)
                 if i == len(pos_sums):
                     pos_sums.append(torch.zeros(counts.numel(), pos.shape[1], device=device))
                     neg_sums.append(torch.zeros(counts.numel(), neg.shape[1], device=device))
@@ -288,8 +312,14 @@ def fit_regroup(
     if counts is None or weight_sums is None:
         raise ValueError("x must hold at least one sample; got none")
     empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty and on_empty_class == "error":
+        raise ValueError(f"classes {empty} have no correctly classified sample; pass more samples of them "
+                         "(or on_empty_class='uniform' to give them uniform PMFs)")
     if empty:
-        raise ValueError(f"classes {empty} have no correctly classified sample; pass more samples of them")
+        log.warning("REGroup: classes %s have no correctly classified sample; their PMFs are uniform", empty)
+        weight_sums[counts == 0] = 1.0
+        for sums in (*pos_sums, *neg_sums):
+            sums[counts == 0] = 1.0 / sums.shape[1]
     log.info("REGroup statistics from %d correctly classified samples (%d to %d per class) over %d layers",
              int(counts.sum()), int(counts.min()), int(counts.max()), len(layer_names))
 
@@ -300,6 +330,63 @@ def fit_regroup(
 
     return RegroupStatistics(layer_names=layer_names, pos=[mixture(s) for s in pos_sums],
                              neg=[mixture(s) for s in neg_sums], counts=counts.cpu())
+
+
+VOTER_SLICES = {"pos": slice(0, 1), "neg": slice(1, 2), "pos+neg": slice(0, 2)}
+
+
+def borda_points(kl: Tensor) -> Tensor:
+    """Borda points (same shape) from lower-is-better KL scores (..., M): M - 1 - rank, ties by class index."""
+    order = torch.argsort(kl, dim=-1, stable=True)
+    return kl.shape[-1] - 1 - torch.argsort(order, dim=-1)
+
+
+def _ranked(scores: Tensor, topk: int) -> Tensor:
+    """The topk best classes (..., topk) of higher-is-better scores; ties go to the lower class index."""
+    return torch.argsort(scores, dim=-1, descending=True, stable=True)[..., :topk]
+
+
+@dataclass
+class RegroupOutcome:
+    """REGroup on one sample set, for every aggregation at once (Figures 3-4 and the tables read from it).
+
+    top1/top5: (3, L, N) booleans, [voters, k - 1, sample] = correct with the Borda count of the highest k
+    layers using voters VOTER_MODES[voters]; per_layer: (L, N), each layer alone (Pos+Neg); softmax_top1/top5 (N,).
+    """
+
+    top1: Tensor
+    top5: Tensor
+    per_layer: Tensor
+    softmax_top1: Tensor
+    softmax_top5: Tensor
+
+    def __len__(self) -> int:
+        return int(self.per_layer.shape[1])
+
+    def accuracy(self, k: int, voters: Voters = "pos+neg", top: int = 1) -> float:
+        """Top-1 (or top-5) accuracy in percent of REGroup with the highest k layers; NaN on an empty set."""
+        table = {1: self.top1, 5: self.top5}.get(top)
+        if table is None:
+            raise ValueError(f"top must be 1 or 5; got top={top}")
+        if not 1 <= k <= table.shape[1]:
+            raise ValueError(f"k must be between 1 and the number of layers {table.shape[1]}; got k={k}")
+        return _percent(table[VOTER_MODES.index(voters), k - 1])
+
+    def softmax_accuracy(self, top: int = 1) -> float:
+        """Top-1 (or top-5) accuracy in percent of the network's own softmax prediction."""
+        return _percent(self.softmax_top1 if top == 1 else self.softmax_top5)
+
+    def per_layer_accuracy(self) -> list[float]:
+        """Accuracy in percent of each layer's own Borda count (Pos+Neg), in forward order."""
+        return [_percent(row) for row in self.per_layer]
+
+    def accuracy_vs_k(self, voters: Voters = "pos+neg") -> list[float]:
+        """Top-1 accuracy in percent for k = 1 .. L."""
+        return [_percent(row) for row in self.top1[VOTER_MODES.index(voters)]]
+
+
+def _percent(correct: Tensor) -> float:
+    return 100 * float(correct.float().mean()) if correct.numel() else float("nan")
 
 
 class RegroupClassifier:
@@ -321,38 +408,95 @@ class RegroupClassifier:
         self._pos = [p.to(self._device) for p in stats.pos]
         self._neg = [n.to(self._device) for n in stats.neg]
 
-    def _layer_kl(self, x: Tensor, layer_indices: Sequence[int]) -> Tensor:
-        """KL scores (N, V, M) of the chosen layers' voters (pos, neg or both per layer), lower is better."""
-        names = [self.stats.layer_names[i] for i in layer_indices]
-        parts: list[Tensor] = []
-        with _inference(self.model), PreactivationRecorder(self.model, names) as recorder:
-            for batch in _batches(len(x), self.batch_size, "REGroup scores"):
-                voters = []
-                for i, layer in zip(layer_indices, recorder(x[batch].to(self._device))):
-                    pos, neg = layer_pmfs(layer)
-                    if self.voters in ("pos", "pos+neg"):
-                        voters.append(kl_to_classes(self._pos[i], pos))
-                    if self.voters in ("neg", "pos+neg"):
-                        voters.append(kl_to_classes(self._neg[i], neg))
-                parts.append(torch.stack(voters, dim=1))
-        return torch.cat(parts)
+    @property
+    def num_layers(self) -> int:
+        return len(self.stats.layer_names)
+
+    def _votes(self, x: Tensor, first: int) -> Iterator[tuple[slice, Tensor, Tensor]]:
+        """Per batch: its slice, the model logits and the Borda points (B, L', 2, M) of layers first..L-1
+        (polarity 0 = Pos, 1 = Neg); the model runs once per batch with hooks only on those layers."""
+        names = self.stats.layer_names[first:]
+        with _inference(self.model), PreactivationRecorder(self.model, names, reduce=accumulators) as recorder:
+            for batch in _batches(len(x), self.batch_size, "REGroup"):
+                logits, captured = recorder.forward(x[batch].to(self._device))
+                by_name = dict(zip(recorder.layer_names, captured))
+                kl = []
+                for offset, name in enumerate(names):
+                    pos_acc, neg_acc = by_name[name]
+                    i = first + offset
+                    kl.append(torch.stack([kl_to_classes(self._pos[i], normalise(pos_acc)),
+                                           kl_to_classes(self._neg[i], normalise(neg_acc))], dim=1))
+                yield batch, logits, borda_points(torch.stack(kl, dim=1))
 
     def scores(self, x: Tensor) -> Tensor:
-        """Borda totals (N, M) summed over the voters of the last k layers; higher is better."""
-        num_layers = len(self.stats.layer_names)
-        return borda(self._layer_kl(x, range(num_layers - self.k, num_layers))).cpu()
+        """Borda totals (N, M) summed over the chosen voters of the last k layers; higher is better."""
+        parts = [votes[:, :, VOTER_SLICES[self.voters]].sum(dim=(1, 2))
+                 for _, _, votes in self._votes(x, self.num_layers - self.k)]
+        return torch.cat(parts).cpu()
 
     def predict(self, x: Tensor, topk: int = 1) -> Tensor:
         """Predicted labels (N,) for topk=1, else the topk best classes (N, topk); ties go to the lower class index."""
         scores = self.scores(x)
         if not 1 <= topk <= scores.shape[-1]:
             raise ValueError(f"topk must be between 1 and the number of classes {scores.shape[-1]}; got topk={topk}")
-        top = torch.argsort(scores, dim=-1, descending=True, stable=True)[:, :topk]
+        top = _ranked(scores, topk)
         return top[:, 0] if topk == 1 else top
 
     def per_layer_predictions(self, x: Tensor) -> Tensor:
-        """The argmin-KL class (N, L) of every layer alone (its voters' KL summed), for `choose_k`."""
-        num_layers = len(self.stats.layer_names)
-        kl = self._layer_kl(x, range(num_layers))
-        per_layer = kl.view(kl.shape[0], num_layers, -1, kl.shape[-1]).sum(dim=2)
-        return per_layer.argmin(dim=-1).cpu()
+        """Each layer's own prediction (N, L): argmax of its Pos+Neg Borda count, as in the paper's k rule."""
+        parts = [_ranked(votes.sum(dim=2), 1).squeeze(-1) for _, _, votes in self._votes(x, 0)]
+        return torch.cat(parts).cpu()
+
+    def evaluate(self, x: Tensor, y: Tensor) -> RegroupOutcome:
+        """Correctness of every aggregation (Pos / Neg / Pos+Neg x every k, top-1 and top-5), of every layer
+        alone and of the softmax, from one forward pass per batch over all layers."""
+        if len(x) != len(y):
+            raise ValueError(f"x and y must hold the same number of samples; got {len(x)} and {len(y)}")
+        topk = min(5, self.stats.num_classes)
+        parts: dict[str, list[Tensor]] = {"top1": [], "top5": [], "per_layer": [], "softmax_top1": [], "softmax_top5": []}
+        for batch, logits, votes in self._votes(x, 0):
+            labels = y[batch].to(self._device)
+            # cumulative Borda over the highest k layers: reverse the layer axis, cumsum, (B, L, M) per voter mode
+            totals = torch.stack([votes[:, :, VOTER_SLICES[mode]].sum(dim=2).flip(1).cumsum(dim=1)
+                                  for mode in VOTER_MODES], dim=0)
+            hit = _ranked(totals, topk) == labels.view(1, -1, 1, 1)
+            parts["top1"].append(hit[..., 0].transpose(1, 2))
+            parts["top5"].append(hit.any(dim=-1).transpose(1, 2))
+            parts["per_layer"].append((_ranked(votes.sum(dim=2), 1).squeeze(-1) == labels.unsqueeze(1)).T)
+            soft = _ranked(logits, topk) == labels.unsqueeze(1)
+            parts["softmax_top1"].append(soft[:, 0])
+            parts["softmax_top5"].append(soft.any(dim=1))
+        if not parts["top1"]:
+            empty = torch.zeros(3, self.num_layers, 0, dtype=torch.bool)
+            return RegroupOutcome(empty, empty.clone(), empty[0].clone(), empty[0, 0].clone(), empty[0, 0].clone())
+        return RegroupOutcome(**{name: torch.cat(values, dim=-1).cpu() for name, values in parts.items()})
+
+
+class RegroupSurrogate(nn.Module):
+    """A differentiable stand-in for REGroup, for adaptive attacks: logits = minus the KL divergence of each
+    class, summed over the chosen voters of the highest k layers (the rank step replaced by the KL it sorts).
+
+    Native code: REGroup's Borda count has no gradient; an attacker who knows the defense descends these KLs.
+    """
+
+    def __init__(self, model: nn.Module, stats: RegroupStatistics, *, k: int, voters: Voters = "pos+neg") -> None:
+        super().__init__()
+        self.classifier = RegroupClassifier(model, stats, k=k, voters=voters)
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.classifier
+        names = c.stats.layer_names[c.num_layers - c.k:]
+        # clone inside the hook: the graph must survive the in-place ReLU that may follow the layer
+        with PreactivationRecorder(self.model, names, reduce=lambda out: accumulators(out.clone())) as recorder:
+            _, captured = recorder.forward(x, grad=torch.is_grad_enabled())
+            by_name = dict(zip(recorder.layer_names, captured))
+        logits = torch.zeros(len(x), c.stats.num_classes, device=x.device)
+        for offset, name in enumerate(names):
+            i = c.num_layers - c.k + offset
+            pos_acc, neg_acc = by_name[name]
+            if c.voters in ("pos", "pos+neg"):
+                logits = logits - kl_to_classes(c._pos[i], normalise(pos_acc))
+            if c.voters in ("neg", "pos+neg"):
+                logits = logits - kl_to_classes(c._neg[i], normalise(neg_acc))
+        return logits
