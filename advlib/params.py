@@ -206,6 +206,85 @@ class MixtureOfGeneratorsParams(Params):
         return self
 
 
+class PretrainedSpec(Strict):
+    """A network used as published, without training here (e.g. torchvision ResNet-50 with ImageNet weights)."""
+
+    model: str
+    model_options: dict[str, Any] = Field(default_factory=dict)
+
+    _known_model = field_validator("model")(TrainSpec._known_model.__func__)
+
+
+class ArchitectureSpec(Strict):
+    """One network REGroup dissects: trained here (`train`) or pretrained (`pretrained`); `layers` picks the
+    voters (None: every Conv2d and Linear layer)."""
+
+    train: TrainSpec | None = None
+    pretrained: PretrainedSpec | None = None
+    layers: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ArchitectureSpec":
+        if (self.train is None) == (self.pretrained is None):
+            raise ValueError("give exactly one of 'train' (a network trained here) or 'pretrained' (used as published)")
+        return self
+
+
+class RegroupStatsSpec(Strict):
+    """The subset S of correctly classified training images behind the class-conditional mixtures (Section 3.1)."""
+
+    per_class: int = Field(default=50, ge=1)
+    weights: Literal["softmax", "equal"] = "softmax"
+    n_pool: int | None = Field(default=None, ge=1)
+    on_empty_class: Literal["error", "uniform"] = "error"
+
+
+class TimingSpec(Strict):
+    """Table 6: the median of `repeats` timed batches of `batch_size` images after one warm-up."""
+
+    batch_size: int = Field(default=32, ge=1)
+    repeats: int = Field(default=5, ge=1)
+
+
+@register_schema("regroup")
+class RegroupParams(Params):
+    """02_regroup: networks, the statistics subset, the k rule, the sample sets and every attack of Tables 1-5."""
+
+    data: DataSpec = DataSpec()
+    architectures: dict[str, ArchitectureSpec] = Field(min_length=1)
+    stats: RegroupStatsSpec = RegroupStatsSpec()
+    k: int | None = Field(default=None, ge=1)
+    k_threshold: float = Field(default=0.75, ge=0, le=1)
+    n_test: int | None = Field(default=None, ge=1)
+    n_select: int = Field(ge=1)
+    n_clean: int = Field(ge=1)
+    n_untargeted: int = Field(ge=1)
+    n_targeted: int = Field(ge=1)
+    table1_attack: AttackSpec
+    eps_curve: EpsCurveSpec
+    paper_eps: list[float] = Field(min_length=1)
+    untargeted: dict[str, AttackSpec] = Field(min_length=1)
+    targeted: dict[str, AttackSpec] = Field(min_length=1)
+    high_confidence: dict[str, AttackSpec] = Field(min_length=1)
+    min_confidence: float = Field(default=0.9, gt=0, lt=1)
+    spsa: dict[str, AttackSpec] = Field(min_length=1)
+    adaptive: AttackSpec
+    timing: TimingSpec = TimingSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RegroupParams":
+        if len(self.paper_eps) != len(self.eps_curve.eps):
+            raise ValueError(f"paper_eps must give the paper's value of each of the {len(self.eps_curve.eps)} "
+                             f"eps_curve.eps; got {len(self.paper_eps)}")
+        untargeted = [name for name, spec in self.targeted.items() if not spec.targeted]
+        if untargeted:
+            raise ValueError(f"targeted attacks {untargeted} must set targeted: true (Table 3 is targeted)")
+        targeted = [name for name, spec in self.untargeted.items() if spec.targeted]
+        if targeted:
+            raise ValueError(f"untargeted attacks {targeted} must not set targeted (Table 2 is untargeted)")
+        return self
+
+
 def list_stems() -> list[str]:
     return sorted(SCHEMAS)
 

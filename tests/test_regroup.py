@@ -304,3 +304,14 @@ def test_recorder_reports_forward_order_and_refuses_double_calls():
     with PreactivationRecorder(_Reordered(twice=True)) as recorder:
         with pytest.raises(RuntimeError, match="'late' ran twice"):
             recorder(x)
+
+
+def test_fit_regroup_from_batches_equals_from_tensors(regroup_setup):
+    model, _, (x, y), _ = regroup_setup
+    want = fit_regroup(model, x, y, per_class=5)
+    got = fit_regroup(model, ((x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)), per_class=5)
+    assert torch.equal(got.counts, want.counts)
+    for a, b in zip(got.pos + got.neg, want.pos + want.neg):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="same number of samples"):
+        fit_regroup(model, x, y[:-1])

@@ -60,8 +60,27 @@ class FoolboxAttack(_OnCorrectOnly):
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         criterion = fb.criteria.TargetedMisclassification(target) if self.targeted else fb.criteria.Misclassification(y)
         epsilons = self.eps if self.kind == "fixed" else None
-        raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons)
+        kwargs = {}
+        if isinstance(self.fb_attack, (fb.attacks.BoundaryAttack, fb.attacks.HopSkipJumpAttack)) and not self.targeted:
+            starts = closest_other_class(x, predict(model, x), y)
+            if starts is not None:
+                kwargs["starting_points"] = starts
+        raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons, **kwargs)
         return raw
+
+
+def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> Tensor | None:
+    """Starting points for decision-based attacks: for each x_i, the nearest (L2) batch image predicted as another
+    class than y_i; None when some sample has no such image (then foolbox's random blended-noise search runs).
+
+    foolbox's default start (blended uniform noise) fails outright on some inputs and aborts the whole batch.
+    """
+    distance = torch.cdist(x.flatten(1), x.flatten(1))
+    distance[pred.unsqueeze(0) == y.unsqueeze(1)] = float("inf")
+    nearest = distance.argmin(dim=1)
+    if torch.isinf(distance.gather(1, nearest[:, None])).any():
+        return None
+    return x[nearest]
 
 
 class SPSAAttack(Attack):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -250,8 +250,8 @@ class RegroupStatistics:
 
 def fit_regroup(
     model: nn.Module,
-    x: Tensor,
-    y: Tensor,
+    x: Tensor | Iterable[tuple[Tensor, Tensor]],
+    y: Tensor | None = None,
     *,
     layers: Sequence[str] | None = None,
     per_class: int = 50,
@@ -262,7 +262,8 @@ def fit_regroup(
     """Class-conditional mixture PMFs from the first `per_class` correctly classified samples of each class.
 
     Mixture weights are proportional to the softmax probability of the true class ("softmax", the paper)
-    or equal ("equal", the authors' demo). A class without any correctly classified sample is an error, or
+    or equal ("equal", the authors' demo). `x, y` are tensors, or `x` is an iterable of (images, labels)
+    batches (a DataLoader over a large training set; reading stops once every class is full). A class without any correctly classified sample is an error, or
     gets a uniform PMF with a warning when on_empty_class="uniform" (dry runs of untrained models).
     """
     if on_empty_class not in ("error", "uniform"):
@@ -271,17 +272,23 @@ def fit_regroup(
         raise ValueError(f"unknown weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
     if per_class < 1:
         raise ValueError(f"per_class must be a positive number of samples; got per_class={per_class}")
-    if len(x) != len(y):
-        raise ValueError(f"x and y must hold the same number of samples; got {len(x)} and {len(y)}")
+    if isinstance(x, Tensor):
+        if y is None or len(x) != len(y):
+            raise ValueError(f"x and y must hold the same number of samples; got {len(x)} and "
+                             f"{None if y is None else len(y)}")
+        batches: Iterable[tuple[Tensor, Tensor]] = ((x[b], y[b]) for b in _batches(len(x), batch_size,
+                                                                                  "REGroup statistics"))
+    else:
+        batches = tqdm(x, desc="REGroup statistics", leave=False)
     device = _model_device(model)
     pos_sums: list[Tensor] = []
     neg_sums: list[Tensor] = []
     weight_sums: Tensor | None = None
     counts: Tensor | None = None
     with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators) as recorder:
-        for batch in _batches(len(x), batch_size, "REGroup statistics"):
-            logits, preacts = recorder.forward(x[batch].to(device))
-            labels = y[batch].to(device)
+        for images, labels in batches:
+            logits, preacts = recorder.forward(images.to(device))
+            labels = labels.to(device)
             if counts is None:
                 num_classes = logits.shape[-1]
                 counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
