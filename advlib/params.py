@@ -260,6 +260,7 @@ class RegroupParams(Params):
     n_clean: int = Field(ge=1)
     n_untargeted: int = Field(ge=1)
     n_targeted: int = Field(ge=1)
+    n_spsa: int = Field(ge=1)
     table1_attack: AttackSpec
     eps_curve: EpsCurveSpec
     paper_eps: list[float] = Field(min_length=1)

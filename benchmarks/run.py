@@ -1,4 +1,4 @@
-"""Benchmark of the native PGD engine, measured as ratios side by side in one process.
+"""Benchmarks of the native PGD engine and of REGroup inference, measured as ratios side by side in one process.
 
 Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick]` or `python benchmarks/run.py [--quick]`.
 
@@ -36,6 +36,8 @@ FULL_REPS, QUICK_REPS = 5, 3
 # (operator, bound): ratio must satisfy it. Fixed targets; never lowered to fit a result.
 TARGET_LIMIT = ("<=", 1.05)   # native PGD-40 / (40 x one forward+backward)
 TARGET_PEER = ("<", 1.0)      # native PGD-40 / peer PGD-40
+TARGET_REGROUP = ("<=", 1.5)  # REGroup prediction / softmax prediction, same model and batch (paper: 5.8 on CPU)
+REGROUP_K = 5                 # the paper's k for ResNet-50 and VGG-19
 
 
 @dataclass
@@ -136,6 +138,25 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     return rows
 
 
+def bench_regroup(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int, device: torch.device) -> Row:
+    """REGroup inference (hooks on the highest k layers, KL to every class, Borda) vs the softmax prediction."""
+    from advlib.defenses.regroup import RegroupClassifier, fit_regroup
+
+    with torch.no_grad():
+        labels = model(x).argmax(1)  # statistics from the batch itself: timing does not depend on their quality
+    stats = fit_regroup(model, x, labels, per_class=len(x), on_empty_class="uniform")
+    k = min(REGROUP_K, len(stats.layer_names))
+    classifier = RegroupClassifier(model, stats, k=k, batch_size=len(x))
+
+    def softmax():
+        with torch.no_grad():
+            return model(x).softmax(1).argmax(1)
+
+    o, p, r, rs = compare(lambda: classifier.predict(x), softmax, reps, device, f"{name}: REGroup vs softmax")
+    return Row(f"{name} b{len(x)}: REGroup (k={k}) / softmax inference", _fmt(o), f"softmax: {_fmt(p)}", r,
+               TARGET_REGROUP, ratios=rs)
+
+
 def _cpu_seconds() -> tuple[float, float] | None:
     """(CPU seconds used by the whole machine, CPU seconds used by this process) so far; None off Linux."""
     try:
@@ -165,7 +186,8 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_REPS} repetitions, batch 64, no resnet18")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_REPS} repetitions, batch 64, no resnet18 or resnet50_imagenet")
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -183,6 +205,12 @@ def main() -> None:
         x = torch.rand(batch, *shape, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         rows.extend(bench_model(name, model, x, y, reps, device))
+    regroup_cases = [("vgg_small", dict(in_channels=1, input_size=28), (1, 28, 28), 256)]
+    if not args.quick:
+        regroup_cases.append(("resnet50_imagenet", dict(), (3, 224, 224), 8))
+    for name, kwargs, shape, batch in regroup_cases:
+        model = create_model(name, **kwargs).to(device).eval()
+        rows.append(bench_regroup(name, model, torch.rand(batch, *shape, device=device), reps, device))
 
     cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
     foreign = None
@@ -197,7 +225,7 @@ def main() -> None:
         f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; "
         f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'} "
         f"({reps} repetitions after one warm-up"
-        + (", lenet5 batch 64 instead of 256, resnet18 skipped" if args.quick else "") + ").",
+        + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ").",
         "",
         f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the "
         f"{wall:.0f} s run." if foreign is not None else "CPU use by other processes was not measured (no /proc/stat).",

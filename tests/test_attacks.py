@@ -203,3 +203,26 @@ def test_attack_results_do_not_depend_on_global_rng(mnist_model, batch):
     assert torch.equal(state, torch.get_rng_state())  # the caller's RNG stream is left untouched
     c = run_attack({**spec, "seed": 1}, mnist_model, x, y).x_adv
     assert not torch.equal(a, c)
+
+
+def test_decision_based_start_is_the_nearest_image_of_another_class():
+    from advlib.attacks.backends import closest_other_class
+
+    x = torch.tensor([[0.0], [0.1], [0.9], [1.0]]).view(4, 1, 1, 1)
+    pred = torch.tensor([0, 0, 1, 1])
+    starts, found = closest_other_class(x, pred, torch.tensor([0, 0, 1, 1]))
+    assert found.all() and torch.equal(starts.flatten(), x.flatten()[[2, 2, 1, 1]])
+    _, found = closest_other_class(x, torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1]))
+    assert found.tolist() == [False, False, True, True]  # nothing is predicted as another class than 0
+
+
+def test_boundary_leaves_inputs_without_a_start_unattacked(caplog):
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+        constant[1].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+    x = torch.rand(3, 1, 2, 2)
+    with caplog.at_level("WARNING", logger="advlib"):
+        result = run_attack({"name": "boundary", "options": {"steps": 5}}, constant, x, torch.zeros(3, dtype=torch.long))
+    assert "no image of another class" in caplog.text
+    assert torch.equal(result.x_adv, x) and not result.success.any()

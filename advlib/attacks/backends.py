@@ -14,6 +14,8 @@ from torch import Tensor, nn
 
 from .base import Attack, predict
 
+log = logging.getLogger("advlib")
+
 _ATTACK_FIELDS = {"steps": "steps", "stepsize": "abs_stepsize", "rel_stepsize": "rel_stepsize", "random_start": "random_start"}
 
 
@@ -60,27 +62,32 @@ class FoolboxAttack(_OnCorrectOnly):
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
         criterion = fb.criteria.TargetedMisclassification(target) if self.targeted else fb.criteria.Misclassification(y)
         epsilons = self.eps if self.kind == "fixed" else None
-        kwargs = {}
         if isinstance(self.fb_attack, (fb.attacks.BoundaryAttack, fb.attacks.HopSkipJumpAttack)) and not self.targeted:
-            starts = closest_other_class(x, predict(model, x), y)
-            if starts is not None:
-                kwargs["starting_points"] = starts
-        raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons, **kwargs)
+            starts, found = closest_other_class(x, predict(model, x), y)
+            out = x.clone()
+            if not found.all():
+                log.warning("%s: no image of another class to start from for %d of %d inputs; they stay unattacked",
+                            type(self.fb_attack).__name__, int((~found).sum()), len(x))
+            if found.any():
+                criterion = fb.criteria.Misclassification(y[found])
+                out[found] = self.fb_attack(fmodel, x[found], criterion, epsilons=None,
+                                            starting_points=starts[found])[0]
+            return out
+        raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons)
         return raw
 
 
-def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> Tensor | None:
+def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Starting points for decision-based attacks: for each x_i, the nearest (L2) batch image predicted as another
-    class than y_i; None when some sample has no such image (then foolbox's random blended-noise search runs).
+    class than y_i, and a mask of the inputs for which one exists.
 
     foolbox's default start (blended uniform noise) fails outright on some inputs and aborts the whole batch.
     """
     distance = torch.cdist(x.flatten(1), x.flatten(1))
     distance[pred.unsqueeze(0) == y.unsqueeze(1)] = float("inf")
     nearest = distance.argmin(dim=1)
-    if torch.isinf(distance.gather(1, nearest[:, None])).any():
-        return None
-    return x[nearest]
+    found = ~torch.isinf(distance.gather(1, nearest[:, None]).squeeze(1))
+    return x[nearest], found
 
 
 class SPSAAttack(Attack):

@@ -37,7 +37,7 @@ class Network:
     """One dissected network: the model, its cache key, REGroup statistics, the chosen k and its sample sets.
 
     Index tensors point into the study's test images: `select` (the k rule), `untargeted` (Table 2),
-    `targeted` (Tables 3-5), all correctly classified by this network; `clean` (Table 1, every image).
+    `targeted` (Tables 3-4), `spsa` (Table 5), all correctly classified by this network; `clean` (Table 1, every image).
     """
 
     name: str
@@ -50,6 +50,7 @@ class Network:
     select: Tensor
     untargeted: Tensor
     targeted: Tensor
+    spsa: Tensor
     clean: Tensor
     test_accuracy: float
 
@@ -154,7 +155,8 @@ class RegroupStudy:
         log.info("%s: %d voting layers, k = %d", name, len(stats.layer_names), k)
         return Network(name=name, model=model, key=key, stats=stats, stats_key=stats_key, k=k, selection=selection, select=select,
                        untargeted=_first(pool, self.p.n_untargeted, "Table 2", name),
-                       targeted=_first(pool, self.p.n_targeted, "Tables 3-5", name),
+                       targeted=_first(pool, self.p.n_targeted, "Tables 3-4", name),
+                       spsa=_first(pool, min(self.p.n_spsa, self.p.n_targeted), "Table 5", name),
                        clean=torch.arange(min(self.p.n_clean, len(self.y))),
                        test_accuracy=100 * float(correct.float().mean()))
 
@@ -175,6 +177,11 @@ class RegroupStudy:
             return self.sets[memo]
         net = self.network(name)
         index = getattr(net, which)
+        if len(index) == 0:  # nothing to attack (a dry run of an untrained network)
+            empty = torch.zeros(0, dtype=torch.bool)
+            self.sets[memo] = AttackedSet(name, table, row, 0, empty, net.classifier.evaluate(self.x[index], self.y[index]),
+                                          self.x[index])
+            return self.sets[memo]
         x, y = self.x[index].to(self.device), self.y[index].to(self.device)
         target = self.targets(self.y[index]).to(self.device) if spec.targeted else None
         victim = net.model if model is None else model
@@ -248,7 +255,7 @@ class RegroupStudy:
         return self._attack_table("table2", self.p.untargeted, "untargeted")
 
     def table3(self) -> pd.DataFrame:
-        """Targeted attacks (random target class) on the Tables 3-5 set."""
+        """Targeted attacks (random target class) on the Tables 3-4 set."""
         return self._attack_table("table3", self.p.targeted, "targeted")
 
     def table4(self) -> pd.DataFrame:
@@ -258,7 +265,7 @@ class RegroupStudy:
 
     def table5(self) -> pd.DataFrame:
         """SPSA, gradient-free, at two eps: does REGroup mask gradients?"""
-        return self._attack_table("table5", self.p.spsa, "targeted", clean_row=False)
+        return self._attack_table("table5", self.p.spsa, "spsa", clean_row=False)
 
     def figure3(self) -> pd.DataFrame:
         """Top-1 of REGroup with Pos, Neg and Pos+Neg voters for every set evaluated so far (at each network's k)."""

@@ -1,0 +1,150 @@
+"""The REGroup experiment plan: sample sets, the k rule, #S accounting, cached statistics, the paper dry run."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from advlib import params
+from advlib.cache import Cache
+from advlib.defenses.regroup import choose_k
+from advlib.experiments.regroup import RegroupStudy, network_summary
+
+SMALL = {"n_test": 200, "n_select": 40, "n_clean": 24, "n_untargeted": 16, "n_targeted": 8,
+         "eps_curve.eps": [0.075, 0.3], "paper_eps": [4, 16]}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    p = params.load("regroup", "ci", SMALL)
+    return RegroupStudy(p, "cpu", cache=Cache(tmp_path_factory.mktemp("cache")))
+
+
+def test_sample_sets_are_correct_disjoint_and_sized(study):
+    for net in study.networks():
+        with torch.no_grad():
+            pred = net.model(study.x).argmax(1)
+        assert len(net.select) == 40 and len(net.untargeted) == 16 and len(net.targeted) == 8
+        for index in (net.select, net.untargeted, net.targeted):
+            assert bool((pred[index] == study.y[index]).all())
+        assert not set(net.select.tolist()) & set(net.untargeted.tolist())
+        assert set(net.targeted.tolist()) <= set(net.untargeted.tolist())
+        assert net.clean.tolist() == list(range(24))
+        assert net.k == choose_k([a / 100 for a in net.selection.per_layer_accuracy()], 0.75)
+    summary = network_summary(study.networks())
+    assert summary["layers"].tolist() == [8, 11]
+    assert summary["S_images"].tolist() == [200, 200]  # 20 per class from the training split
+
+
+def test_table2_counts_broken_samples_and_softmax_is_zero_on_them(study):
+    table = study.table2().set_index(["network", "attack"])
+    for (name, attack), row in table.iterrows():
+        attacked_set = study.sets[(name, "table2", attack)]
+        assert row["attacked"] == int(attacked_set.hit.sum()) and row["n"] == 16
+        assert len(attacked_set.outcome) == row["attacked"]
+        if attack == "Clean Images":
+            assert row["softmax"] == 100.0
+        elif row["attacked"] > 0:
+            assert row["softmax"] == 0.0  # every #S sample fools the softmax, measured on the adversarials
+    # minimal-norm attacks run unbounded: they break (almost) every correctly classified image
+    assert table.loc[("VGG", "DFool"), "attacked"] >= 14
+
+
+def test_table4_keeps_only_confident_adversarials(study):
+    table = study.table4().set_index(["network", "attack"])
+    s = study.sets[("VGG", "table4", "PGD (un-targeted)")]
+    net = study.network("VGG")
+    with torch.no_grad():
+        confidence = net.model(s.x_adv).softmax(1).amax(1)
+    assert bool((confidence[s.hit] >= 0.9).all())
+    assert table.loc[("VGG", "PGD (un-targeted)"), "attacked"] == int(s.hit.sum())
+
+
+def test_targets_differ_from_labels_and_are_seeded(study):
+    y = study.y[:100]
+    targets = study.targets(y)
+    assert bool((targets != y).all()) and targets.min() >= 0 and targets.max() <= 9
+    assert torch.equal(targets, study.targets(y))
+
+
+def test_table1_and_figure2_share_the_eps16_attack(study):
+    table1 = study.table1()
+    figure2 = study.figure2()
+    for name in ("VGG", "ResNet"):
+        at16 = figure2[(figure2.network == name) & (figure2.paper_eps == 16)].set_index("method")
+        assert at16.loc["REGroup", "top1"] == table1.loc[f"{name} REGroup", "attacked_top1"]
+        assert at16.loc["SoftMax", "top5"] == table1.loc[f"{name} SoftMax", "attacked_top5"]
+
+
+def test_figure4_rows_are_k_and_per_layer_reads_from_the_top(study):
+    frame = study.figure4("VGG")
+    net = study.network("VGG")
+    assert list(frame.index) == list(range(1, 9))
+    assert frame["layer"].iloc[0] == net.stats.layer_names[-1]
+    assert frame["per_layer"].tolist() == net.selection.per_layer_accuracy()[::-1]
+    assert frame.loc[net.k, "Clean Images"] == study.sets[("VGG", "table2", "Clean Images")].outcome.accuracy(net.k)
+
+
+def test_statistics_come_from_the_cache_the_second_time(study, caplog):
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        again = RegroupStudy(study.p, "cpu", cache=study.cache).network("VGG")
+    assert "loaded REGroup statistics" in caplog.text
+    first = study.network("VGG")
+    assert all(torch.equal(a, b) for a, b in zip(again.stats.pos, first.stats.pos)) and again.k == first.k
+
+
+def test_adaptive_surrogate_attack_is_at_least_as_strong_as_transfer(study):
+    table = study.adaptive().set_index("network")
+    assert list(table.columns)[:3] == ["k", "clean", "transfer_softmax"]
+    for name, row in table.iterrows():
+        assert row["worst_of_both_regroup"] <= min(row["transfer_regroup"], row["adaptive_regroup"])
+
+
+def test_k_larger_than_the_layers_is_refused(tmp_path):
+    p = params.load("regroup", "ci", {**SMALL, "k": 12})
+    with pytest.raises(ValueError, match=r"k=12 is larger than the number of layers 8 of 'VGG'"):
+        RegroupStudy(p, "cpu", cache=Cache(tmp_path)).network("VGG")
+
+
+def test_bad_regroup_parameters_are_named():
+    with pytest.raises(params.ParamsError, match="paper_eps must give"):
+        params.load("regroup", "ci", {"paper_eps": [4]})
+    with pytest.raises(params.ParamsError, match=r"targeted attacks \['PGD'\] must set targeted"):
+        params.load("regroup", "ci", {"targeted.PGD.targeted": False})
+    with pytest.raises(params.ParamsError, match="exactly one of 'train'"):
+        params.load("regroup", "ci", {"architectures.VGG.pretrained": {"model": "vgg19_imagenet"}})
+    with pytest.raises(params.ParamsError, match="k"):
+        params.load("regroup", "ci", {"k": 0})
+
+
+def test_paper_profile_dry_run_on_fake_data(tmp_path):
+    """The paper's code path (torchvision ResNet-50 and VGG-19, their 54 and 19 voting layers, k = 5, every
+    table) on fake images with random weights and one-or-two-step attacks."""
+    budget = {"steps": 1}
+    overrides = {
+        "data.name": "fake", "n_test": 64, "n_select": 1, "n_clean": 4, "n_untargeted": 2, "n_targeted": 2,
+        "stats": {"per_class": 1, "n_pool": 16, "on_empty_class": "uniform"}, "device": "cpu",
+        "architectures.ResNet.pretrained.model_options": {"weights": None},
+        "architectures.VGG.pretrained.model_options": {"weights": None},
+        "table1_attack.steps": 1, "eps_curve.attack.steps": 1, "eps_curve.eps": [0.0627451], "paper_eps": [16],
+        "untargeted.PGD.steps": 1, "untargeted.DFool.options.steps": 1,
+        "untargeted.C&W.options": {"binary_search_steps": 1, "steps": 1}, "untargeted.Trust Region.steps": 1,
+        "untargeted.Boundary.options.steps": 1,
+        "untargeted.Spatial.options": {"max_translation": 1, "max_rotation": 1, "num_translations": 2, "num_rotations": 2},
+        "targeted.PGD.steps": 1, "targeted.C&W.options": {"binary_search_steps": 1, "steps": 1},
+        "high_confidence.PGD (un-targeted).steps": 1, "high_confidence.PGD (targeted).steps": 1,
+        "spsa.SPSA (eps=4)": {"name": "spsa", "eps": 0.0157, "options": {"nb_sample": 2}, **budget},
+        "spsa.SPSA (eps=8)": {"name": "spsa", "eps": 0.0314, "options": {"nb_sample": 2}, **budget},
+        "adaptive.steps": 1, "timing": {"batch_size": 2, "repeats": 1},
+    }
+    p = params.load("regroup", "paper", overrides)
+    study = RegroupStudy(p, "cpu", cache=Cache(tmp_path))
+    layers = {n.name: n.num_layers for n in study.networks()}
+    assert layers == {"ResNet": 54, "VGG": 19}  # the paper: ResNet-50 has 54 layers with its 4 down-sampling convs
+    assert {n.k for n in study.networks()} == {5}
+    assert len(study.table1()) == 4 and len(study.figure2()) == 4
+    for table in (study.table2(), study.table3(), study.table4(), study.table5(), study.adaptive(), study.table6()):
+        assert set(table["network"]) == {"ResNet", "VGG"}
+    assert sum(len(n.untargeted) for n in study.networks()) > 0  # some attacks really ran
+    assert list(study.figure4("VGG").index) == list(range(1, 20))
