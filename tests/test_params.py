@@ -13,6 +13,13 @@ def test_every_quickstart_profile_validates(profile):
     assert p.attacks and p.train.epochs >= 1
 
 
+@pytest.mark.parametrize("stem", ["mixture_of_generators", "regroup"])
+@pytest.mark.parametrize("profile", ["ci", "default", "paper"])
+def test_every_paper_profile_validates(stem, profile):
+    p = params.load(stem, profile)
+    assert p.seed == 0 and p.data.name in ("mnist5k", "mnist", "imagenet")
+
+
 def test_overrides_dict_and_strings_agree():
     a = params.load("quickstart", "ci", {"train.epochs": 3, "attacks.0.eps": 0.25})
     b = params.load("quickstart", "ci", ["train.epochs=3", "attacks.0.eps=0.25"])
