@@ -103,7 +103,9 @@ class TrainSpec(Strict):
     lr: float = Field(default=1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(default=0.0, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "multistep"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0, le=1)
     adversary: AttackSpec | None = None
     adv_weight: float = Field(default=1.0, ge=0, le=1)
 
@@ -116,6 +118,14 @@ class TrainSpec(Strict):
         if name not in allowed:
             raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
         return name
+
+    @model_validator(mode="after")
+    def _milestones_for_multistep(self) -> "TrainSpec":
+        if self.schedule == "multistep" and not self.milestones:
+            raise ValueError("schedule 'multistep' needs milestones (epochs at which the lr is multiplied by gamma)")
+        if self.milestones and self.schedule != "multistep":
+            raise ValueError(f"milestones are only used by schedule 'multistep', not {self.schedule!r}")
+        return self
 
 
 class DataSpec(Strict):
@@ -283,6 +293,52 @@ class RegroupParams(Params):
         targeted = [name for name, spec in self.untargeted.items() if spec.targeted]
         if targeted:
             raise ValueError(f"untargeted attacks {targeted} must not set targeted (Table 2 is untargeted)")
+        return self
+
+
+class StrongestSpec(Strict):
+    """Appendix A's strongest adversary: PGD on the CW margin loss, steps doubled from `start_steps` until the
+    accuracy stops falling (at most `max_steps`)."""
+
+    attack: AttackSpec
+    start_steps: int = Field(default=25, ge=1)
+    max_steps: int = Field(default=1600, ge=1)
+
+
+@register_schema("strength_in_numbers")
+class StrengthInNumbersParams(Params):
+    """03_strength_in_numbers: the model family, Algorithm 1's training, the evaluation job and Appendix A."""
+
+    data: DataSpec = DataSpec()
+    train: TrainSpec
+    double_options: dict[str, Any] = Field(min_length=1)
+    train_attack: AttackSpec
+    rho: float = Field(default=1.0, ge=0)
+    systems: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    n_eval: int = Field(ge=1)
+    eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
+    blackbox_sources: list[TrainSpec] = Field(min_length=1)
+    blackbox_attack: AttackSpec
+    steps_curve: StepsCurveSpec
+    long_attacks: dict[str, AttackSpec] = Field(min_length=1)
+    strongest: StrongestSpec
+    transfer_steps: list[int] = Field(min_length=1)
+
+    @field_validator("systems")
+    @classmethod
+    def _known_systems(cls, names: list[str]) -> list[str]:
+        from .defenses.ensemble_at import SYSTEMS
+
+        unknown = [n for n in names if n not in SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown systems {unknown}; allowed: {', '.join(SYSTEMS)}")
+        return names
+
+    @model_validator(mode="after")
+    def _train_without_adversary(self) -> "StrengthInNumbersParams":
+        if self.train.adversary is not None:
+            raise ValueError("train.adversary must be empty: adversarial systems use train_attack (Algorithm 1)")
         return self
 
 

@@ -39,7 +39,9 @@ def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: constant, cosine to zero, or x0.1 at 50% and 75% of the epochs."""
+    """Per-epoch schedule: constant, cosine to zero, x0.1 at 50% and 75% of the epochs, or x gamma at milestones."""
+    if spec.schedule == "multistep":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(spec.milestones), gamma=spec.gamma)
     if spec.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=spec.epochs)
     if spec.schedule == "step":
@@ -150,10 +152,10 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
             record["test_acc"] = accuracy(model, eval_data[0].to(device), eval_data[1].to(device))
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
+        if on_epoch is not None:  # before the checkpoint, so what it adds to `record` survives a resume
+            on_epoch(epoch + 1, model, record)
         if ckpt is not None:
             _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model, record)
     bar.close()
     model.eval()
     return {"history": history}
@@ -168,13 +170,20 @@ class TrainedModel:
     key: str
 
 
+def _key_fields(spec: TrainSpec) -> dict[str, Any]:
+    """The TrainSpec fields that identify a trained model; fields added later are left out while they hold their
+    defaults, so models cached before they existed keep their keys."""
+    later = {"model_options": {}, "milestones": [], "gamma": 0.1}
+    return spec.model_dump(mode="json", exclude={k for k, v in later.items() if getattr(spec, k) == v})
+
+
 def train_classifier(spec: TrainSpec, data: DataSpec, *, seed: int = 0, device: torch.device | str = "cpu",
                      cache: Cache | None = None) -> TrainedModel:
     """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier."""
     info = dataset_info(data.name)
     torch.manual_seed(seed)
     model = create_model_for(spec.model, info, **spec.model_options).to(device)
-    key_params = {"train": spec.model_dump(mode="json", exclude={"model_options"} if not spec.model_options else None), "data": data.model_dump(mode="json", exclude={"download"}),
+    key_params = {"train": _key_fields(spec), "data": data.model_dump(mode="json", exclude={"download"}),
                   "seed": seed}
     train_set = load_dataset(data.name, "train", n=data.n_train, download=data.download)
     test = to_tensors(load_dataset(data.name, "test", n=data.n_test, download=data.download))

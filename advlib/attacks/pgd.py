@@ -91,13 +91,16 @@ class PGDOutput:
 
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
         stepsize: float | None = None, rel_stepsize: float = 0.025, start: bool = True, target: Tensor | None = None,
-        update: str = "steepest", loss: str = "ce", record: bool = False,
+        update: str = "steepest", loss: str = "ce", record: bool = False, start_sigma: float | None = None,
         generator: torch.Generator | None = None) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
     The step size is absolute (`stepsize`, else rel_stepsize * eps), so the first t iterates of a
     long run equal a t-step run with the same start: one recording run gives the whole steps curve.
+    The start is uniform in the ball, or x + N(0, start_sigma^2) projected into it (Strength in Numbers, Algorithm 1).
     """
+    if start_sigma is not None and start_sigma <= 0:
+        raise ValueError(f"start_sigma must be > 0 (or None for a uniform start); got start_sigma={start_sigma}")
     if update not in UPDATES:
         raise ValueError(f"update {update!r} is not allowed; choose one of {', '.join(UPDATES)}")
     if loss not in LOSSES:
@@ -107,7 +110,11 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
     x = x.detach()
-    x_adv = random_start(x, norm, eps, generator) if start else x.clone()
+    if start and start_sigma is not None:
+        noise = torch.randn(x.shape, generator=generator, device=x.device) * start_sigma
+        x_adv = (x + project(noise, norm, eps)).clamp(0, 1)
+    else:
+        x_adv = random_start(x, norm, eps, generator) if start else x.clone()
     m = v = None
     history = []
     for t in range(1, steps + 1):
@@ -135,14 +142,14 @@ def _correct(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 
 
 class PGD(Attack):
-    """Registry face of `pgd`: options update ('steepest'|'adam'), loss ('ce'|'margin'), stepsize."""
+    """Registry face of `pgd`: options update ('steepest'|'adam'), loss ('ce'|'margin'), start_sigma (Gaussian start)."""
 
     kind = "fixed"
     targeted_ok = True
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40, stepsize: float | None = None,
                  rel_stepsize: float | None = None, random_start: bool = True, update: str = "steepest",
-                 loss: str = "ce", targeted: bool = False, seed: int = 0):
+                 loss: str = "ce", start_sigma: float | None = None, targeted: bool = False, seed: int = 0):
         super().__init__(eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2", "l1"):
             raise ValueError(f"PGD norm {norm!r} is not allowed; choose linf, l2 or l1")
@@ -151,7 +158,7 @@ class PGD(Attack):
         self.norm = norm
         self.steps, self.stepsize, self.update, self.loss = steps, stepsize, update, loss
         self.rel_stepsize = rel_stepsize if rel_stepsize is not None else 2.5 / steps
-        self.start = random_start
+        self.start, self.start_sigma = random_start, start_sigma
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         return self.run(model, x, y, target).x_adv
@@ -159,4 +166,4 @@ class PGD(Attack):
     def run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, *, record: bool = False) -> PGDOutput:
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, stepsize=self.stepsize,
                    rel_stepsize=self.rel_stepsize, start=self.start, target=target, update=self.update,
-                   loss=self.loss, record=record)
+                   loss=self.loss, record=record, start_sigma=self.start_sigma)

@@ -93,3 +93,28 @@ def small_cnn(
     )
     classifier = nn.Sequential(nn.Linear(64 * feat[0] * feat[1], 1024), nn.ReLU(), nn.Linear(1024, num_classes))
     return FeatureClassifier(make_normalize(normalize), features, classifier)
+
+
+@register_model("width_cnn")
+def width_cnn(
+    width: float = 1.0,
+    in_channels: int = 1,
+    num_classes: int = 10,
+    input_size: int | Sequence[int] = 28,
+    normalize: NormalizeSpec | None = None,
+) -> FeatureClassifier:
+    """A small CNN whose width scales every layer (Strength in Numbers' model family on MNIST, where width
+    plays the role of the WRN width factor): conv(16w) 3x3, ReLU, maxpool2, conv(32w) 3x3, ReLU, maxpool2,
+    FC(64w), ReLU, FC. Parameters grow about as w^2: width 1.42 has about twice the parameters of width 1."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0; got width={width}")
+    c1, c2, hidden = (max(1, round(base * width)) for base in (16, 32, 64))
+    size = to_2tuple(input_size)
+    feat = tuple(conv_out(conv_out(conv_out(conv_out(s, 3, 1), 2, stride=2), 3, 1), 2, stride=2) for s in size)
+    check_feature_size("width_cnn", feat, size)
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    )
+    classifier = nn.Sequential(nn.Linear(c2 * feat[0] * feat[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+    return FeatureClassifier(make_normalize(normalize), features, classifier)

@@ -1,0 +1,152 @@
+"""Strength in Numbers (Grefenstette et al. 2018): ensembles adversarially trained as one model.
+
+Algorithm 1: at every step, IFGSM-N attacks the whole ensemble (the mean of its members' softmax) from a
+Gaussian-noise start, and every member is updated on CE(clean) + rho * CE(adversarial) of that mean. The
+ensemble is `advlib.models.Ensemble` (probability averaging; "remove softmax" = logit averaging); training is
+`advlib.train.fit` with the ensemble as the model, so this module only names the systems and the evaluation.
+Native code: no library trains ensembles adversarially as a single model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ..attacks import create_attack
+from ..models import Ensemble
+
+Builder = Callable[[], nn.Module]
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """One compared model (Figure 1 of the paper): how many members, wide or not, adversarially trained or not.
+
+    `separate` = members trained as independent single models and ensembled only at test time (Separate2Adv).
+    """
+
+    name: str
+    members: int
+    wide: bool = False
+    adversarial: bool = False
+    separate: bool = False
+
+
+SYSTEMS: dict[str, SystemSpec] = {s.name: s for s in (
+    SystemSpec("Baseline", 1),
+    SystemSpec("Ensemble2", 2),
+    SystemSpec("Ensemble4", 4),
+    SystemSpec("SingleAdv", 1, adversarial=True),
+    SystemSpec("DoubleAdv", 1, wide=True, adversarial=True),
+    SystemSpec("Ensemble2Adv", 2, adversarial=True),
+    SystemSpec("Ensemble4Adv", 4, adversarial=True),
+    SystemSpec("Separate2Adv", 2, adversarial=True, separate=True),
+)}
+
+
+def system_spec(name: str) -> SystemSpec:
+    """The SystemSpec of a model name of the paper; unknown names list the allowed ones."""
+    if name not in SYSTEMS:
+        raise ValueError(f"unknown system {name!r}; allowed: {', '.join(SYSTEMS)}")
+    return SYSTEMS[name]
+
+
+def build_ensemble(builder: Builder, members: int, seed: int, mode: str = "prob") -> Ensemble:
+    """`members` copies of the architecture, each initialised differently (seed, seed + 1, ...), averaged."""
+    if members < 1:
+        raise ValueError(f"an ensemble needs members >= 1; got members={members}")
+    nets = []
+    for i in range(members):
+        torch.manual_seed(seed * 1000 + i)
+        nets.append(builder())
+    return Ensemble(nets, mode=mode)
+
+
+def with_mode(ensemble: Ensemble, mode: str) -> Ensemble:
+    """The same members (shared parameters) averaged in another mode ('logit' = the paper's "remove softmax")."""
+    return Ensemble(list(ensemble.members), mode=mode)
+
+
+def member_mean_loss(members: Sequence[nn.Module]) -> nn.Module:
+    """A module whose CE loss is the mean of the members' CE losses (Appendix A.2's transfer attack on the mean
+    loss): log-softmax of each member, averaged, so CE(output, y) = mean_m CE(member_m(x), y)."""
+
+    class MeanLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.members = nn.ModuleList(members)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members]).mean(dim=0)
+
+    return MeanLoss()
+
+
+def robust_accuracy(model: nn.Module, spec: Any, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    """Accuracy (percent) of `model` on the adversarials of attack `spec` (every sample counts)."""
+    attack = create_attack(spec)
+    model.eval()
+    adversarial = attack(model, x, y, batch_size=batch_size).x_adv
+    with torch.no_grad():
+        pred = torch.cat([model(adversarial[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    return 100 * float((pred == y).float().mean())
+
+
+def evaluation_scores(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, Any],
+                      blackbox: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    """Section 4.3's evaluation job: clean accuracy, each white-box attack's accuracy and the black-box accuracy on
+    a precomputed adversarial set (percent)."""
+    model.eval()
+    with torch.no_grad():
+        scores = {"clean": 100 * float((model(x).argmax(1) == y).float().mean())}
+    for name, spec in attacks.items():
+        scores[name] = robust_accuracy(model, spec, x, y)
+    if blackbox is not None:
+        with torch.no_grad():
+            scores["blackbox"] = 100 * float((model(blackbox[0]).argmax(1) == blackbox[1]).float().mean())
+    return scores
+
+
+def remove_outliers(series: Sequence[float], window: int = 50, n_std: float = 3.0) -> np.ndarray:
+    """Section 4.3's outlier removal: a centred rolling median of `window`; points whose absolute difference to
+    it exceeds the mean difference plus n_std standard deviations are replaced by the smoothed value."""
+    values = pd.Series(np.asarray(series, dtype=float))
+    smooth = values.rolling(window, center=True, min_periods=1).median()
+    difference = (values - smooth).abs()
+    outlier = difference > difference.mean() + n_std * difference.std(ddof=0)
+    return values.where(~outlier, smooth).to_numpy()
+
+
+def average_seeds(curves: Sequence[tuple[Sequence[float], Sequence[float]]], points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Section 4.3's seed averaging: each (steps, values) curve, outliers removed, is interpolated onto the same
+    `points` steps (over the range all curves cover) and the curves are averaged."""
+    if not curves:
+        raise ValueError("average_seeds needs at least one (steps, values) curve")
+    start = max(float(np.min(s)) for s, _ in curves)
+    stop = min(float(np.max(s)) for s, _ in curves)
+    grid = np.linspace(start, stop, points)
+    stacked = [np.interp(grid, np.asarray(s, dtype=float), remove_outliers(v)) for s, v in curves]
+    return grid, np.mean(stacked, axis=0)
+
+
+def strongest_attack(model: nn.Module, x: Tensor, y: Tensor, spec: Mapping[str, Any], *, start_steps: int,
+                     max_steps: int) -> tuple[float, int, list[tuple[int, float]]]:
+    """Appendix A: PGD on the CW margin loss, doubling the steps until the accuracy stops falling (or max_steps).
+    Returns the lowest accuracy (percent), the steps that reached it and every (steps, accuracy) tried."""
+    if start_steps < 1 or max_steps < start_steps:
+        raise ValueError(f"need 1 <= start_steps <= max_steps; got start_steps={start_steps}, max_steps={max_steps}")
+    tried: list[tuple[int, float]] = []
+    steps = start_steps
+    while steps <= max_steps:
+        accuracy = robust_accuracy(model, {**spec, "steps": steps, "options": {**spec.get("options", {}), "loss": "margin"}}, x, y)
+        if tried and accuracy >= tried[-1][1]:
+            tried.append((steps, accuracy))
+            break
+        tried.append((steps, accuracy))
+        steps *= 2
+    best_steps, best = min(tried, key=lambda item: (item[1], item[0]))
+    return best, best_steps, tried

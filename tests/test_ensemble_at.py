@@ -1,0 +1,150 @@
+"""Strength in Numbers: ensemble output, Algorithm 1's gradient flow, parameter matching, smoothing, the study."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from advlib import params
+from advlib.cache import Cache
+from advlib.defenses.ensemble_at import (SYSTEMS, average_seeds, build_ensemble, member_mean_loss, remove_outliers,
+                                         strongest_attack, system_spec, with_mode)
+from advlib.evaluate import accuracy_vs_steps
+from advlib.experiments.strength_in_numbers import EnsembleStudy, member_gradients_reached
+from advlib.models import count_parameters, create_model
+
+
+def _builder():
+    return create_model("width_cnn", width=0.5)
+
+
+def test_ensemble_output_is_the_mean_of_member_probabilities():
+    ensemble = build_ensemble(_builder, 3, seed=0).eval()
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        want = torch.stack([m(x).softmax(1) for m in ensemble.members]).mean(0)
+        torch.testing.assert_close(ensemble(x).exp(), want)
+        torch.testing.assert_close(with_mode(ensemble, "logit")(x), torch.stack([m(x) for m in ensemble.members]).mean(0))
+        mean_loss = member_mean_loss(list(ensemble.members))(x)
+        y = torch.tensor([0, 1, 2, 3, 4])
+        want_loss = torch.stack([torch.nn.functional.cross_entropy(m(x), y) for m in ensemble.members]).mean()
+        torch.testing.assert_close(torch.nn.functional.nll_loss(mean_loss, y), want_loss)
+
+
+def test_members_are_initialised_differently_and_reproducibly():
+    a, b = build_ensemble(_builder, 2, seed=0), build_ensemble(_builder, 2, seed=0)
+    first = [p.detach().clone() for p in a.members[0].parameters()]
+    second = [p.detach().clone() for p in a.members[1].parameters()]
+    assert not all(torch.equal(u, v) for u, v in zip(first, second))
+    assert all(torch.equal(u, v) for u, v in zip(first, [p.detach() for p in b.members[0].parameters()]))
+
+
+def test_training_attack_gradient_reaches_every_member():
+    ensemble = build_ensemble(_builder, 4, seed=1)
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    spec = {"name": "pgd_linf", "eps": 0.3, "steps": 7, "options": {"start_sigma": 0.15}}
+    assert member_gradients_reached(ensemble, x, y, spec) == [True] * 4
+
+
+def test_double_adv_has_about_the_parameters_of_ensemble2():
+    base = count_parameters(create_model("width_cnn", width=1.0))
+    double = count_parameters(create_model("width_cnn", width=1.42))
+    assert abs(double - 2 * base) / (2 * base) < 0.10
+    p = params.load("strength_in_numbers", "default")
+    assert p.double_options == {"width": 1.42} and p.train.model_options == {"width": 1.0}
+
+
+def test_systems_are_the_papers_eight():
+    assert list(SYSTEMS) == ["Baseline", "Ensemble2", "Ensemble4", "SingleAdv", "DoubleAdv", "Ensemble2Adv",
+                             "Ensemble4Adv", "Separate2Adv"]
+    assert system_spec("Ensemble4Adv").members == 4 and system_spec("DoubleAdv").wide
+    with pytest.raises(ValueError, match="unknown system 'Triple'"):
+        system_spec("Triple")
+
+
+def test_gaussian_start_stays_in_the_ball_and_is_seeded():
+    from advlib.attacks import run_attack
+
+    model = _builder().eval()
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    spec = {"name": "pgd_linf", "eps": 0.1, "steps": 1, "stepsize": 1e-6, "options": {"start_sigma": 0.05}}
+    a, b = run_attack(spec, model, x, y), run_attack(spec, model, x, y)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert (a.x_adv - x).abs().max() <= 0.1 + 1e-6 and a.x_adv.min() >= 0 and a.x_adv.max() <= 1
+    with pytest.raises(ValueError, match="start_sigma"):
+        run_attack({**spec, "options": {"start_sigma": -1.0}}, model, x, y)
+
+
+def test_outlier_removal_replaces_only_spikes():
+    values = np.linspace(50, 60, 200)
+    spiky = values.copy()
+    spiky[[40, 120]] = [0.0, 100.0]
+    cleaned = remove_outliers(spiky)
+    assert abs(cleaned[40] - values[40]) < 1 and abs(cleaned[120] - values[120]) < 1
+    assert np.allclose(np.delete(cleaned, [40, 120]), np.delete(spiky, [40, 120]))
+
+
+def test_seed_average_interpolates_onto_one_grid():
+    grid, mean = average_seeds([([0, 10], [0.0, 10.0]), ([0, 5, 10], [2.0, 7.0, 12.0])], points=3)
+    assert grid.tolist() == [0.0, 5.0, 10.0]
+    assert mean.tolist() == [1.0, 6.0, 11.0]
+
+
+def test_strongest_attack_doubles_until_accuracy_stops_falling():
+    model = _builder().eval()
+    x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    best, steps, tried = strongest_attack(model, x, y, {"name": "pgd_linf", "eps": 0.3, "stepsize": 0.01},
+                                          start_steps=1, max_steps=16)
+    assert [s for s, _ in tried][:2] == [1, 2] and all(b == 2 * a for (a, _), (b, _) in zip(tried, tried[1:]))
+    assert best == min(a for _, a in tried) and steps in [s for s, _ in tried]
+    assert len(tried) == 5 or tried[-1][1] >= tried[-2][1]  # stopped at the cap or when accuracy stopped falling
+
+
+def test_steps_curve_from_one_recording_run_equals_separate_runs():
+    model = _builder().eval()
+    x, y = torch.rand(12, 1, 28, 28), torch.randint(0, 10, (12,))
+    spec = {"name": "pgd_linf", "eps": 0.3, "stepsize": 0.02, "options": {"update": "adam"}, "seed": 3}
+    curve = accuracy_vs_steps(model, x, y, spec, 8).set_index("steps")["accuracy"]
+    from advlib.attacks import run_attack
+    for steps in (1, 2, 5, 8):
+        result = run_attack({**spec, "steps": steps}, model, x, y)
+        with torch.no_grad():
+            separate = 100 * float((model(result.x_adv).argmax(1) == y).float().mean())
+        assert math.isclose(curve[steps], separate), steps
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    p = params.load("strength_in_numbers", "ci", {"systems": ["Baseline", "SingleAdv", "Ensemble2Adv", "Separate2Adv"]})
+    return EnsembleStudy(p, "cpu", cache=Cache(tmp_path_factory.mktemp("cache")))
+
+
+def test_study_histories_tables_and_cache(study):
+    model, history = study.system("Ensemble2Adv", 0)
+    assert len(model.members) == 2 and len(history) == study.p.train.epochs
+    assert set(history[0]) >= {"clean", "IFGSM5", "PGD5", "PGD20", "blackbox", "epoch"}
+    separate, none = study.system("Separate2Adv", 0)
+    single_a, single_b = study.system("SingleAdv", 0)[0], study.system("SingleAdv", 1000)[0]
+    assert none == [] and separate.members[0] is single_a.members[0] and separate.members[1] is single_b.members[0]
+    again = EnsembleStudy(study.p, "cpu", cache=study.cache).system("Ensemble2Adv", 0)[1]
+    assert again == history
+    curves = study.curves()
+    assert set(curves["system"]) == {"Baseline", "SingleAdv", "Ensemble2Adv"}
+    table1a = study.table1a(curves)
+    assert list(table1a.columns) == ["clean", "IFGSM5", "PGD5", "PGD20", "blackbox"]
+    final = history[-1]
+    assert table1a.loc["Ensemble2Adv", "clean"] == pytest.approx(np.mean([h["clean"] for h in history[-10:]]))
+    assert final["PGD20"] <= final["clean"]
+    counts = study.parameter_counts()
+    assert counts.loc["Ensemble2Adv", "parameters"] == 2 * counts.loc["SingleAdv", "parameters"]
+
+
+def test_bad_strength_in_numbers_parameters():
+    with pytest.raises(params.ParamsError, match="unknown systems \\['Triple'\\]"):
+        params.load("strength_in_numbers", "ci", {"systems": ["Triple"]})
+    with pytest.raises(params.ParamsError, match="train.adversary must be empty"):
+        params.load("strength_in_numbers", "ci", {"train.adversary": {"name": "fgsm", "eps": 0.3}})
+    with pytest.raises(params.ParamsError, match="multistep"):
+        params.load("strength_in_numbers", "ci", {"train.schedule": "multistep"})
