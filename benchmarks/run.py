@@ -1,4 +1,4 @@
-"""Benchmarks of the native PGD engine and of REGroup inference, measured as ratios side by side in one process.
+"""Benchmarks of the native PGD engine, one-run accuracy-vs-steps curves and REGroup inference, measured as ratios side by side in one process.
 
 Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick]` or `python benchmarks/run.py [--quick]`.
 
@@ -38,6 +38,8 @@ TARGET_LIMIT = ("<=", 1.05)   # native PGD-40 / (40 x one forward+backward)
 TARGET_PEER = ("<", 1.0)      # native PGD-40 / peer PGD-40
 TARGET_REGROUP = ("<=", 1.5)  # REGroup prediction / softmax prediction, same model and batch (paper: 5.8 on CPU)
 REGROUP_K = 5                 # the paper's k for ResNet-50 and VGG-19
+TARGET_STEPS = ("<=", 0.6)    # accuracy-vs-steps: one recording run / separate runs at every step count
+STEP_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 
 
 @dataclass
@@ -157,6 +159,23 @@ def bench_regroup(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int,
                TARGET_REGROUP, ratios=rs)
 
 
+def bench_steps_curve(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, counts: tuple[int, ...],
+                      reps: int, device: torch.device) -> Row:
+    """Accuracy after k PGD steps for every k in `counts`: one run that records every iterate vs one run per k."""
+    from advlib.evaluate import accuracy_vs_steps
+
+    spec = {"name": "pgd_linf", "eps": EPS, "stepsize": ALPHA, "options": {"update": "adam"}}
+
+    def separate():
+        for k in counts:
+            pgd(model, x, y, eps=EPS, norm="linf", steps=k, stepsize=ALPHA, update="adam")
+
+    o, p, r, rs = compare(lambda: accuracy_vs_steps(model, x, y, spec, max(counts)), separate, reps, device,
+                          f"{name}: steps curve")
+    return Row(f"{name} b{len(x)}: accuracy vs PGD steps {list(counts)}: one recording run / separate runs",
+               _fmt(o), f"separate runs: {_fmt(p)}", r, TARGET_STEPS, ratios=rs)
+
+
 def _cpu_seconds() -> tuple[float, float] | None:
     """(CPU seconds used by the whole machine, CPU seconds used by this process) so far; None off Linux."""
     try:
@@ -205,6 +224,10 @@ def main() -> None:
         x = torch.rand(batch, *shape, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         rows.extend(bench_model(name, model, x, y, reps, device))
+    counts = STEP_COUNTS if not args.quick else tuple(k for k in STEP_COUNTS if k <= 100)
+    model = create_model("width_cnn").to(device).eval()
+    x = torch.rand(64, 1, 28, 28, device=device)
+    rows.append(bench_steps_curve("width_cnn", model, x, torch.randint(0, 10, (64,), device=device), counts, reps, device))
     regroup_cases = [("vgg_small", dict(in_channels=1, input_size=28), (1, 28, 28), 256)]
     if not args.quick:
         regroup_cases.append(("resnet50_imagenet", dict(), (3, 224, 224), 8))

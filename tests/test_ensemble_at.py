@@ -148,3 +148,29 @@ def test_bad_strength_in_numbers_parameters():
         params.load("strength_in_numbers", "ci", {"train.adversary": {"name": "fgsm", "eps": 0.3}})
     with pytest.raises(params.ParamsError, match="multistep"):
         params.load("strength_in_numbers", "ci", {"train.schedule": "multistep"})
+
+
+def test_paper_profile_dry_run_on_fake_data(tmp_path):
+    """The paper's code path (SGD with the multistep schedule, CIFAR-shaped images, every system, two seeds
+    averaged, Appendix A) on fake data, with the WRN shrunk to depth 10 so that it runs on a CPU in seconds."""
+    tiny = {"model": "wrn", "model_options": {"depth": 10, "width": 1}, "epochs": 1, "batch_size": 4, "lr": 0.1,
+            "optimizer": "sgd"}
+    overrides = {
+        "data.name": "fake", "data.n_train": 8, "device": "cpu", "n_eval": 4, "seeds": [0, 1],
+        "train.model_options": {"depth": 10, "width": 1}, "train.epochs": 2, "train.batch_size": 4,
+        "train.milestones": [1], "double_options": {"width": 2},
+        "train_attack.steps": 1, "eval_attacks.PGD20.steps": 2, "blackbox_sources": [tiny, {**tiny, "model": "vgg_small", "model_options": {}}],
+        "blackbox_attack.steps": 1, "steps_curve.steps": 3, "long_attacks.IFGSM.steps": 2, "long_attacks.PGD.steps": 2,
+        "strongest.start_steps": 1, "strongest.max_steps": 2, "transfer_steps": [1, 2],
+    }
+    p = params.load("strength_in_numbers", "paper", overrides)
+    assert p.train.schedule == "multistep" and p.train.optimizer == "sgd" and p.train.gamma == 0.2
+    study = EnsembleStudy(p, "cpu", cache=Cache(tmp_path))
+    curves = study.curves()
+    assert set(curves["system"]) == set(p.systems) - {"Separate2Adv"}
+    assert len(study.table1a(curves)) == 7 and len(study.table1b(curves)) == 7
+    assert list(study.table1c().index) == p.systems
+    assert set(study.steps_curves()["steps"]) == {0, 1, 2, 3}
+    table2, _ = study.table2()
+    assert list(table2.index) == ["Model 1", "Model 2", "Model 3", "Model 4", "Ensemble", "Ensemble (remove softmax)"]
+    assert len(study.figure3()) == 6
