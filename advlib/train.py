@@ -55,8 +55,10 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]]) -> None:
-    """Model, optimizer and schedule state in one safetensors file, replaced atomically."""
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]],
+                     callback_done: bool = True) -> None:
+    """Model, optimizer and schedule state in one safetensors file, replaced atomically; `callback_done` says
+    whether the epoch callback has already run on this epoch's record."""
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     opt_state = optimizer.state_dict()
     scalars: dict[str, Any] = {}
@@ -67,7 +69,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
             else:
                 scalars[f"{index}.{name}"] = value
     meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"], "scalars": scalars,
-            "scheduler": scheduler.state_dict()}
+            "scheduler": scheduler.state_dict(), "callback_done": callback_done}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
@@ -75,7 +77,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, Any]]]:
+                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, Any]], bool]:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
@@ -93,7 +95,7 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
-    return int(meta["epoch"]), list(meta["history"])
+    return int(meta["epoch"]), list(meta["history"]), bool(meta.get("callback_done", True))
 
 
 def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0, device: torch.device | str = "cpu",
@@ -114,8 +116,11 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     start, history = 0, []
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.is_file():
-        start, history = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
         log.info("train: resuming %s from the checkpoint after epoch %d", desc, start)
+        if not callback_done and on_epoch is not None and history:  # interrupted inside the callback: run it again
+            on_epoch(start, model, history[-1])
+            _save_checkpoint(ckpt, model, optimizer, scheduler, start, history)
     batches = -(-len(train_set) // spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     for epoch in range(start, spec.epochs):
@@ -152,10 +157,12 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
             record["test_acc"] = accuracy(model, eval_data[0].to(device), eval_data[1].to(device))
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
-        if on_epoch is not None:  # before the checkpoint, so what it adds to `record` survives a resume
-            on_epoch(epoch + 1, model, record)
         if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history, callback_done=on_epoch is None)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, record)
+            if ckpt is not None:  # keep what the callback added to `record` (evaluations) across a resume
+                _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
     bar.close()
     model.eval()
     return {"history": history}

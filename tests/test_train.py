@@ -105,3 +105,16 @@ def test_pure_adversarial_training_reports_adversarial_accuracy(small_train):
     adv_acc = fit(adversarial, small_train, spec, seed=1)["history"][0]["train_acc"]
     assert adv_acc < clean_acc  # measured on the FGSM batches the loss saw
     assert not all(torch.equal(v, clean.state_dict()[k]) for k, v in adversarial.state_dict().items())
+
+
+def test_records_added_by_the_epoch_callback_survive_a_resume(small_train, tmp_path):
+    def add_score(epoch, model, record):
+        record["score"] = 10.0 * epoch
+        if epoch == 1 and not (tmp_path / "resumed").exists():
+            (tmp_path / "resumed").touch()
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(_fresh(), small_train, SPEC, seed=1, checkpoint_dir=tmp_path, on_epoch=add_score)
+    history = fit(_fresh(), small_train, SPEC, seed=1, checkpoint_dir=tmp_path, on_epoch=add_score)["history"]
+    assert [h["score"] for h in history] == [10.0 * (i + 1) for i in range(SPEC.epochs)]
