@@ -9,10 +9,10 @@ import torch
 
 from advlib import params
 from advlib.cache import Cache
-from advlib.defenses.ensemble_at import (SYSTEMS, average_seeds, build_ensemble, member_mean_loss, remove_outliers,
-                                         strongest_attack, system_spec, with_mode)
+from advlib.defenses.ensemble_at import (SYSTEMS, average_seeds, build_ensemble, member_gradients_reached,
+                                         member_mean_loss, remove_outliers, strongest_attack, system_spec, with_mode)
 from advlib.evaluate import accuracy_vs_steps
-from advlib.experiments.strength_in_numbers import EnsembleStudy, member_gradients_reached
+from advlib.experiments.strength_in_numbers import EnsembleStudy
 from advlib.models import count_parameters, create_model
 
 

@@ -150,3 +150,12 @@ def strongest_attack(model: nn.Module, x: Tensor, y: Tensor, spec: Mapping[str, 
         steps *= 2
     best_steps, best = min(tried, key=lambda item: (item[1], item[0]))
     return best, best_steps, tried
+
+
+def member_gradients_reached(ensemble: Ensemble, x: Tensor, y: Tensor, spec: Any) -> list[bool]:
+    """Per member: does the loss on the training attack's adversarials (crafted against the whole ensemble)
+    give it a non-zero parameter gradient? Algorithm 1 needs every member to learn from the joint attack."""
+    x_adv = create_attack(spec)(ensemble.eval(), x, y).x_adv
+    ensemble.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(ensemble(x_adv), y).backward()
+    return [any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters()) for m in ensemble.members]

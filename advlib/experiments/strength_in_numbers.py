@@ -7,9 +7,8 @@ their evaluation histories are cached together.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -177,16 +176,3 @@ class EnsembleStudy:
                     acc = 100 * float((ensemble(x_adv).argmax(1) == self.y).float().mean())
                 rows.append({"attack on": label, "steps": steps, "accuracy": acc})
         return pd.DataFrame(rows)
-
-
-def member_gradients_reached(ensemble: Ensemble, x: Tensor, y: Tensor, spec: Any) -> list[bool]:
-    """Whether the adversarial training loss on `spec`'s adversarials gives every member a non-zero gradient."""
-    x_adv = attack(spec, ensemble.eval(), x, y).x_adv
-    ensemble.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(ensemble(x_adv), y).backward()
-    return [any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in m.parameters()) for m in ensemble.members]
-
-
-def mean_and_spread(values: Sequence[float]) -> dict[str, float]:
-    array = np.asarray(values, dtype=float)
-    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else float("nan")}
