@@ -83,6 +83,7 @@ def _register_builtin() -> None:
     import foolbox.attacks as fa
 
     from .backends import AutoAttackAttack, FoolboxAttack, SPSAAttack, TrustRegionAttack
+    from .confidence import ConfidenceAttack
     from .pgd import PGD
 
     def fb(name: str, cls: type, norm: str, kind: str, summary: str, *, targeted: bool = True,
@@ -119,6 +120,8 @@ def _register_builtin() -> None:
        only_correct=True, constraint="linf")
     fb("spatial", fa.SpatialAttack, "none", "minimal", "worst rotation + translation on a grid (Engstrom et al. 2019)",
        targeted=False)
+    register_attack("confidence_l2", ConfidenceAttack, norm="l2", kind="minimal", targeted=True, backend="native",
+                    summary="Adversary Critic's high-confidence L2 attack (eq. 7): closest target, own confidence")
     register_attack("spsa", SPSAAttack, norm="linf", kind="fixed", targeted=True, backend="torchattacks",
                     summary="SPSA gradient-free Linf (Uesato et al. 2018)")
     for norm in ("l2", "linf"):
