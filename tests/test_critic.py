@@ -1,0 +1,74 @@
+"""Adversary Critic pieces: the critic's architecture and noise, and the losses against direct computations."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from advlib.defenses.critic import class_logit, critic_loss, cycle_loss, gradient_penalty
+from advlib.models import count_parameters, create_model
+
+
+def test_critic_architecture_and_noise_at_test_time():
+    critic = create_model("critic_mlp")
+    assert count_parameters(critic) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+    critic.eval()
+    x = torch.rand(4, 1, 28, 28)
+    assert critic(x).shape == (4, 10)
+    assert not torch.equal(critic(x), critic(x))  # Gaussian noise stays on in eval mode, as in the paper
+
+
+def test_gradient_penalty_matches_a_per_sample_autograd_computation():
+    torch.manual_seed(0)
+    critic = create_model("critic_mlp", input_sigma=0.0, hidden_sigma=0.0)
+    x_data, x_adv = torch.rand(5, 1, 28, 28), torch.rand(5, 1, 28, 28)
+    y_data, y_adv = torch.randint(0, 10, (5,)), torch.randint(0, 10, (5,))
+    want = 0.0
+    for x, y in ((x_adv, y_adv), (x_data, y_data)):
+        norms = []
+        for i in range(5):
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            g, = torch.autograd.grad(critic(xi)[0, y[i]], xi)
+            norms.append(g.norm())
+        want += torch.stack([(n - 1) ** 2 for n in norms]).mean()
+    got = gradient_penalty(critic, x_data, y_data, x_adv, y_adv)
+    torch.testing.assert_close(got, 10 * want)
+    got.backward()  # differentiable for the critic's update (the output bias does not change input gradients)
+    assert all(p.grad is not None for name, p in critic.named_parameters() if name.endswith("weight"))
+
+
+def test_critic_loss_and_cycle_loss_by_hand():
+    torch.manual_seed(1)
+    critic = create_model("critic_mlp", input_sigma=0.0, hidden_sigma=0.0)
+    x_data, x_adv = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
+    y_data, y_adv = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    real, fake = class_logit(critic, x_data, y_data), class_logit(critic, x_adv, y_adv)
+    bce = -(torch.log(torch.sigmoid(real)).mean() + torch.log(1 - torch.sigmoid(fake)).mean())
+    want = bce + gradient_penalty(critic, x_data, y_data, x_adv, y_adv)
+    torch.testing.assert_close(critic_loss(critic, x_data, y_data, x_adv, y_adv), want)
+    back = x_data + 0.1
+    torch.testing.assert_close(cycle_loss(x_data, back), torch.tensor(784 * 0.01))
+    torch.testing.assert_close(F.mse_loss(back, x_data, reduction="sum") / 3, cycle_loss(x_data, back))
+
+
+def test_class_confidence_is_an_ema_per_class():
+    from advlib.defenses.critic import ClassConfidence
+
+    running = ClassConfidence(3, decay=0.5, initial=0.5)
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    running.update(probs, torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(running.values, torch.tensor([0.5 * 0.5 + 0.5 * 0.8, 0.5 * 0.5 + 0.5 * 0.8, 0.5]))
+
+
+def test_classifier_step_loss_reaches_the_classifier_through_the_attack(mnist_model, mnist_test):
+    from advlib.defenses.critic import ClassConfidence, classifier_step_loss
+
+    import copy
+
+    classifier = copy.deepcopy(mnist_model).train()
+    critic = create_model("critic_mlp")
+    x, y = mnist_test[0][:16], mnist_test[1][:16]
+    loss, stats = classifier_step_loss(classifier, critic, x, y, ClassConfidence(10), weight=0.1)
+    assert stats["reached"] > 0.5 and {"nll", "gan", "cycle"} <= set(stats)
+    classifier.zero_grad(set_to_none=True)
+    (loss - F.cross_entropy(classifier(x), y)).backward()  # only the critic and cycle terms
+    assert sum(float(p.grad.abs().sum()) for p in classifier.parameters() if p.grad is not None) > 0
