@@ -72,3 +72,33 @@ def test_classifier_step_loss_reaches_the_classifier_through_the_attack(mnist_mo
     classifier.zero_grad(set_to_none=True)
     (loss - F.cross_entropy(classifier(x), y)).backward()  # only the critic and cycle terms
     assert sum(float(p.grad.abs().sum()) for p in classifier.parameters() if p.grad is not None) > 0
+
+
+def test_virtual_adversarial_loss_is_zero_for_a_constant_model_and_positive_otherwise(mnist_model, mnist_test):
+    from advlib.defenses.critic import virtual_adversarial_loss
+
+    x = mnist_test[0][:16]
+    constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    with torch.no_grad():
+        constant[1].weight.zero_()
+    torch.manual_seed(0)
+    assert float(virtual_adversarial_loss(constant, x).detach()) < 1e-6
+    torch.manual_seed(0)
+    loss = virtual_adversarial_loss(mnist_model, x, eps=2.0).detach()
+    torch.manual_seed(0)
+    random_direction = virtual_adversarial_loss(mnist_model, x, eps=2.0, iterations=0).detach()
+    assert float(loss) > float(random_direction) > 0  # the power iteration finds a more damaging direction
+
+
+def test_critic_defense_trains_both_networks(mnist_test):
+    from advlib.defenses.critic import train_critic_defense
+
+    torch.manual_seed(0)
+    classifier, critic = create_model("lenet5"), create_model("critic_mlp")
+    x, y = mnist_test[0][:64], mnist_test[1][:64]
+    batches = lambda: ((x[i:i + 32], y[i:i + 32]) for i in (0, 32))
+    before = [p.detach().clone() for p in critic.parameters()]
+    history = train_critic_defense(classifier, critic, batches, epochs=2, weight=0.1, pretrain_batches=batches)
+    assert [h["epoch"] for h in history] == [1, 2] and all("nll" in h and "reached" in h for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
+    assert not classifier.training
