@@ -1,0 +1,113 @@
+"""An MTurk-style human-study kit (Adversary Critic, Table 2): assignments of adversarial images, a batch CSV with a
+HIT template for upload, and the import and analysis of the workers' answers.
+
+Native: the study's bookkeeping is specific to the paper. Images are written as PNG files; the batch CSV has one row
+per assignment with `image_k_id` and `image_k_url` columns, which the HIT template reads as ${image_k_url}; MTurk's
+results CSV repeats them as `Input.image_k_id` and adds the answers as `Answer.label_k`.
+"""
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from torch import Tensor
+
+HIT_TEMPLATE = """<!-- advlib human study: one HIT = {n} images; write the digit you see under each -->
+<crowd-form answer-format="flatten-objects">
+  <p>Which digit (0-9) does each image show? If none, answer your best guess.</p>
+{rows}
+</crowd-form>
+<script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
+"""
+HIT_ROW = """  <div><img src="${{image_{k}_url}}" width="112" height="112"/>
+    <crowd-input name="label_{k}" type="number" min="0" max="9" required></crowd-input></div>"""
+
+
+@dataclass(frozen=True)
+class StudyItem:
+    """One adversarial image of the study: who made it, its original label and the label the attack aimed at."""
+
+    image_id: str
+    defense: str
+    network: str
+    original: int
+    target: int
+    confidence: float
+
+
+def make_assignments(items: Sequence[StudyItem], per_assignment: int = 25, seed: int = 0) -> list[list[StudyItem]]:
+    """Shuffle the items (seeded) and cut them into assignments of `per_assignment` images (the last may be short)."""
+    if per_assignment < 1:
+        raise ValueError(f"per_assignment must be >= 1; got per_assignment={per_assignment}")
+    ids = [item.image_id for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("image ids must be unique")
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return [order[i:i + per_assignment] for i in range(0, len(order), per_assignment)]
+
+
+def write_images(images: Tensor, ids: Sequence[str], folder: Path) -> list[Path]:
+    """Each image (C, H, W) in [0, 1] as <id>.png in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for image, image_id in zip(images.detach().cpu(), ids):
+        array = (image.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        array = array[0] if array.shape[0] == 1 else np.transpose(array, (1, 2, 0))
+        path = folder / f"{image_id}.png"
+        Image.fromarray(array).save(path)
+        paths.append(path)
+    return paths
+
+
+def export_batch(assignments: Sequence[Sequence[StudyItem]], folder: Path, url_prefix: str) -> dict[str, Path]:
+    """Write batch.csv (one row per assignment: assignment, image_k_id, image_k_url), hit.html (the template)
+    and items.csv (the key: every item with its labels) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    width = max(len(a) for a in assignments)
+    header = ["assignment"] + [f"image_{k}_{field}" for k in range(1, width + 1) for field in ("id", "url")]
+    with open(folder / "batch.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for number, assignment in enumerate(assignments, 1):
+            cells = [str(number)]
+            for k in range(width):
+                item = assignment[k] if k < len(assignment) else None
+                cells += [item.image_id, f"{url_prefix.rstrip('/')}/{item.image_id}.png"] if item else ["", ""]
+            writer.writerow(cells)
+    rows = "\n".join(HIT_ROW.format(k=k) for k in range(1, width + 1))
+    (folder / "hit.html").write_text(HIT_TEMPLATE.format(n=width, rows=rows))
+    pd.DataFrame([asdict(i) for a in assignments for i in a]).to_csv(folder / "items.csv", index=False)
+    return {"batch": folder / "batch.csv", "hit": folder / "hit.html", "items": folder / "items.csv"}
+
+
+def import_results(path: Path) -> pd.DataFrame:
+    """MTurk's results CSV (or one written like it) as long format: worker, image_id, label."""
+    raw = pd.read_csv(path, dtype=str).fillna("")
+    ks = sorted(int(c.split("_")[1]) for c in raw.columns if c.startswith("Input.image_") and c.endswith("_id"))
+    if not ks:
+        raise ValueError(f"{path}: no Input.image_k_id columns; is this an MTurk results file of an advlib batch?")
+    rows = []
+    for _, row in raw.iterrows():
+        for k in ks:
+            image_id, answer = row[f"Input.image_{k}_id"], row.get(f"Answer.label_{k}", "")
+            if image_id and answer != "":
+                rows.append({"worker": row.get("WorkerId", ""), "image_id": image_id, "label": int(answer)})
+    return pd.DataFrame(rows, columns=["worker", "image_id", "label"])
+
+
+def label_table(answers: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: per defense and network, % of answers naming the adversarial target and % naming the original label."""
+    merged = answers.merge(items, on="image_id", how="inner")
+    if merged.empty:
+        raise ValueError("no answer refers to a known image id")
+    merged["as_target"] = merged["label"] == merged["target"]
+    merged["as_original"] = merged["label"] == merged["original"]
+    table = merged.groupby(["defense", "network"], sort=False)[["as_target", "as_original"]].mean() * 100
+    return table.rename(columns={"as_target": "target_percent", "as_original": "original_percent"})

@@ -1,0 +1,64 @@
+"""The human-study kit: assignments, the MTurk batch export, the results import (round trip) and Table 2."""
+from __future__ import annotations
+
+import csv
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from advlib.human import StudyItem, export_batch, import_results, label_table, make_assignments, write_images
+
+
+def _items(n=60):
+    return [StudyItem(f"img{i:03d}", "critic" if i % 2 else "reference", "lenet5", i % 10, (i + 3) % 10, 0.95)
+            for i in range(n)]
+
+
+def test_assignments_are_seeded_complete_and_sized():
+    items = _items()
+    a, b = make_assignments(items, 25, seed=1), make_assignments(items, 25, seed=1)
+    assert a == b and [len(x) for x in a] == [25, 25, 10]
+    assert sorted(i.image_id for x in a for i in x) == sorted(i.image_id for i in items)
+    with pytest.raises(ValueError, match="unique"):
+        make_assignments(items + items[:1])
+
+
+def test_export_then_import_round_trips_the_answers(tmp_path):
+    items = _items()
+    assignments = make_assignments(items, 25, seed=0)
+    files = export_batch(assignments, tmp_path, "https://example.org/study")
+    assert "${image_25_url}" in files["hit"].read_text() and 'name="label_25"' in files["hit"].read_text()
+    batch = list(csv.DictReader(open(files["batch"])))
+    assert len(batch) == 3 and batch[0]["image_1_url"] == f"https://example.org/study/{batch[0]['image_1_id']}.png"
+    # a results file as MTurk writes it: Input.* echoes the batch row, Answer.* holds the worker's labels
+    truth = {item.image_id: (item.target if int(item.image_id[3:]) % 3 else item.original) for item in items}
+    with open(tmp_path / "results.csv", "w", newline="") as handle:
+        writer = None
+        for row in batch:
+            out = {"WorkerId": "W1", **{f"Input.{k}": v for k, v in row.items()}}
+            out.update({f"Answer.label_{k}": truth[row[f"image_{k}_id"]] if row[f"image_{k}_id"] else ""
+                        for k in range(1, 26)})
+            if writer is None:
+                writer = csv.DictWriter(handle, fieldnames=list(out))
+                writer.writeheader()
+            writer.writerow(out)
+    answers = import_results(tmp_path / "results.csv")
+    assert dict(zip(answers.image_id, answers.label)) == truth
+    table = label_table(answers, pd.read_csv(files["items"]))
+    ids = {item.image_id: item for item in items}
+    for (defense, network), row in table.iterrows():
+        chosen = [i for i in ids.values() if i.defense == defense]
+        assert row["target_percent"] == pytest.approx(100 * sum(truth[i.image_id] == i.target for i in chosen) / len(chosen))
+
+
+def test_images_are_written_as_png(tmp_path):
+    paths = write_images(torch.rand(2, 1, 28, 28), ["a", "b"], tmp_path)
+    assert [p.name for p in paths] == ["a.png", "b.png"] and Image.open(paths[0]).size == (28, 28)
+
+
+def test_import_refuses_a_foreign_file(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="no Input.image_k_id"):
+        import_results(tmp_path / "x.csv")
