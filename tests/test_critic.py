@@ -1,6 +1,7 @@
 """Adversary Critic pieces: the critic's architecture and noise, and the losses against direct computations."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -102,3 +103,26 @@ def test_critic_defense_trains_both_networks(mnist_test):
     assert [h["epoch"] for h in history] == [1, 2] and all("nll" in h and "reached" in h for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
     assert not classifier.training
+
+
+def test_vat_training_makes_the_model_smoother(mnist_test):
+    from advlib.data import load_dataset
+    from advlib.defenses.critic import vat_regularizer, virtual_adversarial_loss
+    from advlib.params import TrainSpec
+    from advlib.train import fit
+
+    train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(600))
+    spec = TrainSpec(model="lenet5", epochs=2, batch_size=50)
+    models = {}
+    for name, regularizer in (("plain", None), ("vat", vat_regularizer(eps=2.0))):
+        torch.manual_seed(0)
+        models[name] = create_model("lenet5")
+        fit(models[name], train, spec, seed=0, regularizer=regularizer)
+    x = mnist_test[0][:100]
+    smoothness = {}
+    for name, model in models.items():
+        torch.manual_seed(1)
+        smoothness[name] = float(virtual_adversarial_loss(model.eval(), x, eps=2.0).detach())
+    assert smoothness["vat"] < smoothness["plain"]
+    with pytest.raises(ValueError, match="eps=0"):
+        vat_regularizer(eps=0)

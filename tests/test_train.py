@@ -118,3 +118,18 @@ def test_records_added_by_the_epoch_callback_survive_a_resume(small_train, tmp_p
         fit(_fresh(), small_train, SPEC, seed=1, checkpoint_dir=tmp_path, on_epoch=add_score)
     history = fit(_fresh(), small_train, SPEC, seed=1, checkpoint_dir=tmp_path, on_epoch=add_score)["history"]
     assert [h["score"] for h in history] == [10.0 * (i + 1) for i in range(SPEC.epochs)]
+
+
+def test_regularizer_is_added_to_every_batch_loss(small_train):
+    plain, shrunk = _fresh(), _fresh()
+    fit(plain, small_train, SPEC, seed=1)
+    calls = []
+
+    def weight_penalty(model, x, y):
+        calls.append(len(x))
+        return 0.05 * sum(p.pow(2).sum() for p in model.parameters())
+
+    history = fit(shrunk, small_train, SPEC, seed=1, regularizer=weight_penalty)["history"]
+    norm = lambda m: float(sum(p.detach().pow(2).sum() for p in m.parameters()))
+    assert sum(calls) == SPEC.epochs * len(small_train)  # once per batch, on every sample
+    assert norm(shrunk) < norm(plain) and history[0]["loss"] > 0

@@ -3,10 +3,12 @@
 Native: the paper's objective (eqs. 4-6) has no library implementation. The critic gives one logit per class; the
 logit at an input's (true or adversarial-target) class scores natural vs adversarial. Work in progress (issue 6):
 the losses, the running class confidence, the classifier's per-batch loss, the alternating training loop and the
-VAT baseline loss are written and tested; the L2 margin-maximisation baseline, the experiment plan, the human-study
+VAT baseline (a `train.fit` regularizer) are written and tested; the L2 margin-maximisation baseline, the experiment plan, the human-study
 kit and the notebook are not written yet.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -175,3 +177,10 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, batches, *, e
         history.append({"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}})
     classifier.eval()
     return history
+
+
+def vat_regularizer(eps: float = 2.0, weight: float = 1.0) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
+    """The VAT baseline as a `train.fit` regularizer: weight * KL(p(x) || p(x + r_vadv)) at L2 radius eps."""
+    if eps <= 0 or weight < 0:
+        raise ValueError(f"VAT needs eps > 0 and weight >= 0; got eps={eps}, weight={weight}")
+    return lambda model, x, y: weight * virtual_adversarial_loss(model, x, eps=eps)
