@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import create_attack
+from ..evaluate import accuracy
 from ..models import Ensemble
 
 Builder = Callable[[], nn.Module]
@@ -88,12 +89,8 @@ def member_mean_loss(members: Sequence[nn.Module]) -> nn.Module:
 
 def robust_accuracy(model: nn.Module, spec: Any, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
     """Accuracy (percent) of `model` on the adversarials of attack `spec` (every sample counts)."""
-    attack = create_attack(spec)
-    model.eval()
-    adversarial = attack(model, x, y, batch_size=batch_size).x_adv
-    with torch.no_grad():
-        pred = torch.cat([model(adversarial[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return 100 * float((pred == y).float().mean())
+    adversarial = create_attack(spec)(model, x, y, batch_size=batch_size).x_adv
+    return 100 * accuracy(model, adversarial, y)
 
 
 def evaluation_scores(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, Any],
@@ -101,13 +98,11 @@ def evaluation_scores(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[s
     """Section 4.3's evaluation job: clean accuracy, each white-box attack's accuracy and the black-box accuracy on
     a precomputed adversarial set (percent)."""
     model.eval()
-    with torch.no_grad():
-        scores = {"clean": 100 * float((model(x).argmax(1) == y).float().mean())}
+    scores = {"clean": 100 * accuracy(model, x, y)}
     for name, spec in attacks.items():
         scores[name] = robust_accuracy(model, spec, x, y)
     if blackbox is not None:
-        with torch.no_grad():
-            scores["blackbox"] = 100 * float((model(blackbox[0]).argmax(1) == blackbox[1]).float().mean())
+        scores["blackbox"] = 100 * accuracy(model, *blackbox)
     return scores
 
 

@@ -190,7 +190,7 @@ def topk_accuracy(scores: Tensor, y: Tensor, k: int = 1) -> float:
     num_classes = scores.shape[-1]
     if not 1 <= k <= num_classes:
         raise ValueError(f"k must be between 1 and the number of classes {num_classes}; got k={k}")
-    top = torch.argsort(scores, dim=-1, descending=True, stable=True)[:, :k]
+    top = _ranked(scores, k)
     return (top == y.to(top.device).unsqueeze(1)).any(dim=1).float().mean().item()
 
 

@@ -17,7 +17,7 @@ from ..cache import Cache, cached_model
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.ensemble_at import (average_seeds, build_ensemble, evaluation_scores, member_mean_loss, robust_accuracy,
                                     strongest_attack, system_spec, with_mode)
-from ..evaluate import accuracy_vs_steps, attack
+from ..evaluate import accuracy, accuracy_vs_steps, attack
 from ..models import Ensemble, count_parameters, create_model_for
 from ..params import StrengthInNumbersParams
 from ..train import fit, train_classifier
@@ -151,12 +151,11 @@ class EnsembleStudy:
         spec = self.p.strongest.attack.model_dump()
         rows, tried = [], []
         for label, model in models.items():
-            model.eval()
-            with torch.no_grad():
-                clean = 100 * float((model(self.x).argmax(1) == self.y).float().mean())
-            accuracy, steps, history = strongest_attack(model, self.x, self.y, spec, start_steps=self.p.strongest.start_steps,
-                                                        max_steps=self.p.strongest.max_steps)
-            rows.append({"model": label, "clean accuracy": clean, "adversarial accuracy": accuracy, "steps": steps})
+            clean = 100 * accuracy(model, self.x, self.y)
+            adversarial, steps, history = strongest_attack(model, self.x, self.y, spec,
+                                                           start_steps=self.p.strongest.start_steps,
+                                                           max_steps=self.p.strongest.max_steps)
+            rows.append({"model": label, "clean accuracy": clean, "adversarial accuracy": adversarial, "steps": steps})
             tried += [{"model": label, "steps": s, "accuracy": a} for s, a in history]
         return pd.DataFrame(rows).set_index("model"), pd.DataFrame(tried)
 
@@ -172,7 +171,5 @@ class EnsembleStudy:
             spec = {**base, "steps": steps, "options": {**base.get("options", {}), "loss": "margin"}}
             for label, source in targets.items():
                 x_adv = attack(spec, source, self.x, self.y).x_adv
-                with torch.no_grad():
-                    acc = 100 * float((ensemble(x_adv).argmax(1) == self.y).float().mean())
-                rows.append({"attack on": label, "steps": steps, "accuracy": acc})
+                rows.append({"attack on": label, "steps": steps, "accuracy": 100 * accuracy(ensemble, x_adv, self.y)})
         return pd.DataFrame(rows)
