@@ -101,13 +101,15 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0, device: torch.device | str = "cpu",
         checkpoint_dir: Path | None = None, eval_data: tuple[Tensor, Tensor] | None = None,
         on_epoch: EpochCallback | None = None, desc: str = "train",
-        regularizer: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> dict[str, Any]:
+        regularizer: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+        criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> dict[str, Any]:
     """Train `model` in place per `spec`; returns {'history': [per-epoch loss, train/test accuracy]}.
 
     With `spec.adversary`, each batch is attacked (model in eval mode) and the loss is
     (1 - adv_weight) * CE(clean) + adv_weight * CE(adversarial); train accuracy is measured on the clean
     batch, or on the adversarial one when adv_weight = 1 (Madry-style training, no clean pass).
-    `regularizer(model, x, y)` is added to every batch's loss (e.g. the VAT term of the Adversary Critic's baselines).
+    `regularizer(model, x, y)` is added to every batch's loss (e.g. the VAT term of the Adversary Critic's baselines);
+    `criterion(logits, y)` replaces CE where a method trains with another loss (margin maximisation: hinge).
     """
     if len(train_set) == 0:
         raise ValueError("training set is empty")
@@ -138,14 +140,14 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
                 x_adv = adversary.perturb(model, x, y)
                 model.train()
                 logits = model(x_adv)
-                loss = spec.adv_weight * F.cross_entropy(logits, y)
+                loss = spec.adv_weight * criterion(logits, y)
                 if spec.adv_weight < 1:  # the clean term only when it carries weight
                     clean_logits = model(x)
-                    loss = loss + (1 - spec.adv_weight) * F.cross_entropy(clean_logits, y)
+                    loss = loss + (1 - spec.adv_weight) * criterion(clean_logits, y)
                     logits = clean_logits
             else:
                 logits = model(x)
-                loss = F.cross_entropy(logits, y)
+                loss = criterion(logits, y)
             if regularizer is not None:
                 loss = loss + regularizer(model, x, y)
             optimizer.zero_grad(set_to_none=True)

@@ -68,15 +68,17 @@ def test_classifier_step_loss_reaches_the_classifier_through_the_attack(mnist_mo
     classifier = copy.deepcopy(mnist_model).train()
     critic = create_model("critic_mlp")
     x, y = mnist_test[0][:16], mnist_test[1][:16]
-    loss, stats = classifier_step_loss(classifier, critic, x, y, ClassConfidence(10), weight=0.1)
+    loss, stats, (x_adv, target) = classifier_step_loss(classifier, critic, x, y, ClassConfidence(10), weight=0.1)
     assert stats["reached"] > 0.5 and {"nll", "gan", "cycle"} <= set(stats)
+    assert len(x_adv) == round(stats["reached"] * 16) and not x_adv.requires_grad
+    assert bool((classifier(x_adv).argmax(1) == target).all())  # the critic is handed only adversarials that reached
     classifier.zero_grad(set_to_none=True)
     (loss - F.cross_entropy(classifier(x), y)).backward()  # only the critic and cycle terms
     assert sum(float(p.grad.abs().sum()) for p in classifier.parameters() if p.grad is not None) > 0
 
 
 def test_virtual_adversarial_loss_is_zero_for_a_constant_model_and_positive_otherwise(mnist_model, mnist_test):
-    from advlib.defenses.critic import virtual_adversarial_loss
+    from advlib.defenses.baselines import virtual_adversarial_loss
 
     x = mnist_test[0][:16]
     constant = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
@@ -96,18 +98,42 @@ def test_critic_defense_trains_both_networks(mnist_test):
 
     torch.manual_seed(0)
     classifier, critic = create_model("lenet5"), create_model("critic_mlp")
-    x, y = mnist_test[0][:64], mnist_test[1][:64]
-    batches = lambda: ((x[i:i + 32], y[i:i + 32]) for i in (0, 32))
+    data = torch.utils.data.TensorDataset(mnist_test[0][:64], mnist_test[1][:64])
     before = [p.detach().clone() for p in critic.parameters()]
-    history = train_critic_defense(classifier, critic, batches, epochs=2, weight=0.1, pretrain_batches=batches)
-    assert [h["epoch"] for h in history] == [1, 2] and all("nll" in h and "reached" in h for h in history)
+    out = train_critic_defense(classifier, critic, data, epochs=2, weight=0.1, batch_size=32)
+    history = out["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2]  # the pre-training epoch, then two regularised ones
+    assert "gan" not in history[0] and all({"nll", "reached", "critic"} <= set(h) for h in history[1:])
     assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
-    assert not classifier.training
+    assert not classifier.training and len(out["confidence"]) == 10
+
+
+def test_critic_defense_resumes_to_the_same_weights(mnist_test, tmp_path):
+    from advlib.defenses.critic import train_critic_defense
+
+    data = torch.utils.data.TensorDataset(mnist_test[0][:48], mnist_test[1][:48])
+
+    def run(epochs, checkpoint_dir=None):
+        torch.manual_seed(0)
+        classifier, critic = create_model("mlp1200", width=64), create_model("critic_mlp", width=64)
+        out = train_critic_defense(classifier, critic, data, epochs=epochs, weight=0.5, batch_size=16, halve_every=1,
+                                   checkpoint_dir=checkpoint_dir)
+        return classifier, critic, out
+
+    whole = run(2)
+    run(1, tmp_path)                      # stopped after one regularised epoch ...
+    resumed = run(2, tmp_path)            # ... and continued from its checkpoint
+    for a, b in zip(list(whole[0].parameters()) + list(whole[1].parameters()),
+                    list(resumed[0].parameters()) + list(resumed[1].parameters())):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert whole[2]["confidence"] == resumed[2]["confidence"]
+    with pytest.raises(ValueError, match="epochs"):
+        train_critic_defense(whole[0], whole[1], data, epochs=0, weight=0.5)
 
 
 def test_vat_training_makes_the_model_smoother(mnist_test):
     from advlib.data import load_dataset
-    from advlib.defenses.critic import vat_regularizer, virtual_adversarial_loss
+    from advlib.defenses.baselines import vat_regularizer, virtual_adversarial_loss
     from advlib.params import TrainSpec
     from advlib.train import fit
 

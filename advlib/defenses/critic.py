@@ -1,18 +1,19 @@
 """Adversary Critic (Matyasko & Chau 2018): losses of the class-conditional critic and of the classifier.
 
 Native: the paper's objective (eqs. 4-6) has no library implementation. The critic gives one logit per class; the
-logit at an input's (true or adversarial-target) class scores natural vs adversarial. Work in progress (issue 6):
-the losses, the running class confidence, the classifier's per-batch loss, the alternating training loop and the
-VAT baseline (a `train.fit` regularizer) are written and tested; the L2 margin-maximisation baseline, the experiment plan, the human-study
-kit and the notebook are not written yet.
+logit at an input's (true or adversarial-target) class scores natural vs adversarial. The paper's baselines
+(VAT, margin maximisation) are in `baselines.py`; the runs are in `advlib/experiments/adversary_critic.py`.
 """
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 GRADIENT_PENALTY = 10.0  # lambda_grad of the paper
 CYCLE_WEIGHT = 1e-2      # lambda_rec of the paper
@@ -56,21 +57,22 @@ def cycle_loss(x: Tensor, x_back: Tensor) -> Tensor:
     return (x_back - x).flatten(1).pow(2).sum(1).mean()
 
 
-class ClassConfidence:
+class ClassConfidence(nn.Module):
     """Per-class running mean (EMA, decay 0.5) of the classifier's softmax confidence on natural images: the
-    target confidence C of the training attack."""
+    target confidence C of the training attack. A module so its values travel with checkpoints."""
 
     def __init__(self, num_classes: int, decay: float = 0.5, initial: float = 0.9) -> None:
+        super().__init__()
         if not 0 <= decay < 1:
             raise ValueError(f"decay must lie in [0, 1); got decay={decay}")
         self.decay = decay
-        self.values = torch.full((num_classes,), initial)
+        self.register_buffer("values", torch.full((num_classes,), initial))
 
     def update(self, probs: Tensor, labels: Tensor) -> None:
         """Blend in the batch mean confidence of every class present in the batch."""
-        probs, labels = probs.detach().cpu(), labels.cpu()
+        probs, labels = probs.detach(), labels.to(probs.device)
         for c in labels.unique().tolist():
-            batch_mean = probs[labels == c, c].mean()
+            batch_mean = probs[labels == c, c].mean().to(self.values)
             self.values[c] = self.decay * self.values[c] + (1 - self.decay) * batch_mean
 
     def of(self, classes: Tensor) -> Tensor:
@@ -78,12 +80,14 @@ class ClassConfidence:
 
 
 def classifier_step_loss(classifier: nn.Module, critic: nn.Module, x: Tensor, y: Tensor, confidence: ClassConfidence,
-                         *, weight: float, steps: int = 5, overshoot: float = 0.05) -> tuple[Tensor, dict[str, float]]:
+                         *, weight: float, steps: int = 5, overshoot: float = 0.05
+                         ) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
     """The classifier's loss on one batch (eq. 5 + eq. 6): NLL + weight * critic term + 0.01 * cycle term.
 
     The attack targets each input's DeepFool-closest class with the running class confidence and is unrolled
     differentiably, so the critic and cycle terms reach the classifier through the attack (second order). Only
-    adversarials that reach their target enter those terms.
+    adversarials that reach their target enter those terms. Also returns those adversarials (detached) and their
+    targets, which the critic's step of the same batch uses.
     """
     from ..attacks.confidence import closest_target, confidence_attack
 
@@ -95,92 +99,84 @@ def classifier_step_loss(classifier: nn.Module, critic: nn.Module, x: Tensor, y:
                               differentiable=True)
     reached = classifier(x_adv).argmax(1) == target
     stats = {"nll": float(nll.detach()), "reached": float(reached.float().mean())}
+    adversarials = (x_adv.detach()[reached], target[reached])
     if not reached.any():
-        return nll, stats
+        return nll, stats, adversarials
     x_back = confidence_attack(classifier, x_adv[reached], y[reached], confidence.of(y[reached]), steps=steps,
                                overshoot=overshoot, differentiable=True)
     gan = classifier_critic_loss(critic, x_adv[reached], target[reached])
     cycle = cycle_loss(x[reached], x_back)
     stats.update(gan=float(gan.detach()), cycle=float(cycle.detach()))
-    return nll + weight * gan + CYCLE_WEIGHT * cycle, stats
+    return nll + weight * gan + CYCLE_WEIGHT * cycle, stats, adversarials
 
 
-def virtual_adversarial_loss(model: nn.Module, x: Tensor, eps: float = 2.0, xi: float = 1e-6,
-                             iterations: int = 1) -> Tensor:
-    """VAT (Miyato et al.): KL(p(x) || p(x + r_vadv)) with r_vadv = eps * d / ||d||_2, d found by `iterations` power
-    iterations from a random direction (finite difference xi); p(x) is held fixed."""
-    with torch.no_grad():
-        p_clean = F.softmax(model(x), dim=1)
-    d = torch.randn_like(x)
-    for _ in range(iterations):
-        d = xi * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        d.requires_grad_(True)
-        kl = F.kl_div(F.log_softmax(model(x + d), dim=1), p_clean, reduction="batchmean")
-        d, = torch.autograd.grad(kl, d)
-    r_vadv = eps * d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-    return F.kl_div(F.log_softmax(model(x + r_vadv.detach()), dim=1), p_clean, reduction="batchmean")
+def _step(optimizer: torch.optim.Optimizer, loss: Tensor, frozen: nn.Module) -> None:
+    """One optimizer step on `loss`, leaving `frozen`'s parameters untouched (their gradients are dropped)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    for parameter in frozen.parameters():
+        parameter.grad = None
+    optimizer.step()
 
 
-def train_critic_defense(classifier: nn.Module, critic: nn.Module, batches, *, epochs: int, weight: float,
-                         lr_classifier: float = 5e-4, lr_critic: float = 1e-3, halve_every: int = 40,
-                         steps: int = 5, overshoot: float = 0.05, pretrain_batches=None,
-                         num_classes: int = 10) -> list[dict[str, float]]:
-    """Alternate the classifier's and the critic's updates (Adam, beta1 0.5; learning rates halved every
-    `halve_every` epochs). `batches()` yields (x, y) batches for one epoch. One pre-training epoch without
-    regularization (when `pretrain_batches` is given) initialises the running class confidence. Returns the mean
-    per-epoch statistics (nll, reached, gan, cycle, critic)."""
-    from tqdm.auto import tqdm
+def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Dataset, *, epochs: int, weight: float,
+                         seed: int = 0, batch_size: int = 100, lr_classifier: float = 5e-4, lr_critic: float = 1e-3,
+                         halve_every: int = 40, steps: int = 5, overshoot: float = 0.05, pretrain_epochs: int = 1,
+                         num_classes: int = 10, device: torch.device | str = "cpu",
+                         checkpoint_dir: Path | None = None, desc: str = "critic defense") -> dict[str, Any]:
+    """Alternate the classifier's and the critic's updates on every batch (Adam, beta1 0.5; learning rates halved
+    every `halve_every` epochs); the critic learns from the adversarials of the classifier's step. `pretrain_epochs`
+    epochs of plain NLL first initialise the running class confidence. Epochs are seeded from (seed, epoch) and
+    checkpointed like `train.fit`, so an interrupted run resumes to the same weights. Returns {'history': per-epoch
+    means of nll, reached, gan, cycle and critic}."""
+    from ..train import _load_checkpoint, _save_checkpoint, epoch_seed
 
-    from ..attacks.confidence import closest_target, confidence_attack
-
-    opt_f = torch.optim.Adam(classifier.parameters(), lr=lr_classifier, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(critic.parameters(), lr=lr_critic, betas=(0.5, 0.999))
-    sched_f = torch.optim.lr_scheduler.StepLR(opt_f, halve_every, 0.5)
-    sched_d = torch.optim.lr_scheduler.StepLR(opt_d, halve_every, 0.5)
+    if epochs < 1 or pretrain_epochs < 0:
+        raise ValueError(f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}")
+    if len(train_set) == 0:
+        raise ValueError("training set is empty")
     confidence = ClassConfidence(num_classes)
-    if pretrain_batches is not None:
-        classifier.train()
-        for x, y in pretrain_batches():
-            logits = classifier(x)
-            loss = F.cross_entropy(logits, y)
-            opt_f.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_f.step()
-            confidence.update(logits.softmax(1), y)
-    history = []
-    for epoch in tqdm(range(epochs), desc="critic defense", leave=False):
+    state = nn.ModuleDict({"classifier": classifier, "critic": critic, "confidence": confidence}).to(device)
+    optimizer = torch.optim.Adam([{"params": classifier.parameters(), "lr": lr_classifier},
+                                  {"params": critic.parameters(), "lr": lr_critic}], betas=(0.5, 0.999))
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, halve_every, 0.5)
+    total = pretrain_epochs + epochs
+    start, history = 0, []
+    ckpt = checkpoint_dir / "checkpoint.safetensors" if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.is_file():
+        start, history, _ = _load_checkpoint(ckpt, state, optimizer, scheduler)
+    batches = -(-len(train_set) // batch_size)
+    bar = tqdm(total=(total - start) * batches, desc=desc, leave=False)
+    for epoch in range(start, total):
+        torch.manual_seed(epoch_seed(seed, epoch))
+        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        state.train()
         sums: dict[str, float] = {}
-        count = 0
-        for x, y in batches():
-            classifier.train()
-            loss, stats = classifier_step_loss(classifier, critic, x, y, confidence, weight=weight, steps=steps,
-                                               overshoot=overshoot)
-            opt_f.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_f.step()
-            # the critic sees this step's adversarials that reached their target, detached from the classifier
-            target = closest_target(classifier, x, exclude=y)
-            x_adv = confidence_attack(classifier, x, target, confidence.of(target), steps=steps, overshoot=overshoot)
-            with torch.no_grad():
-                reached = classifier(x_adv).argmax(1) == target
-            if reached.any():
-                d_loss = critic_loss(critic, x, y, x_adv[reached], target[reached])
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                stats["critic"] = float(d_loss.detach())
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if epoch < pretrain_epochs:
+                logits = classifier(x)
+                _step(optimizer, F.cross_entropy(logits, y), critic)
+                confidence.update(logits.softmax(1), y)
+                stats = {"nll": float(F.cross_entropy(logits.detach(), y))}
+            else:
+                loss, stats, (x_adv, target) = classifier_step_loss(classifier, critic, x, y, confidence, weight=weight,
+                                                                    steps=steps, overshoot=overshoot)
+                _step(optimizer, loss, critic)
+                if len(x_adv):
+                    d_loss = critic_loss(critic, x, y, x_adv, target)
+                    _step(optimizer, d_loss, classifier)
+                    stats["critic"] = float(d_loss.detach())
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
-            count += 1
-        sched_f.step()
-        sched_d.step()
-        history.append({"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()}})
-    classifier.eval()
-    return history
-
-
-def vat_regularizer(eps: float = 2.0, weight: float = 1.0) -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """The VAT baseline as a `train.fit` regularizer: weight * KL(p(x) || p(x + r_vadv)) at L2 radius eps."""
-    if eps <= 0 or weight < 0:
-        raise ValueError(f"VAT needs eps > 0 and weight >= 0; got eps={eps}, weight={weight}")
-    return lambda model, x, y: weight * virtual_adversarial_loss(model, x, eps=eps)
+            bar.update(1)
+        if epoch >= pretrain_epochs:
+            scheduler.step()
+        history.append({"epoch": epoch + 1 - pretrain_epochs, **{k: v / batches for k, v in sums.items()}})
+        bar.set_postfix(nll=f"{history[-1]['nll']:.3f}")
+        if ckpt is not None:
+            _save_checkpoint(ckpt, state, optimizer, scheduler, epoch + 1, history)
+    bar.close()
+    state.eval()
+    return {"history": history, "confidence": confidence.values.tolist()}
