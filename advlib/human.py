@@ -8,6 +8,7 @@ results CSV repeats them as `Input.image_k_id` and adds the answers as `Answer.l
 from __future__ import annotations
 
 import csv
+import hashlib
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +16,9 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-from torch import Tensor
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor, nn
 
 HIT_TEMPLATE = """<!-- advlib human study: one HIT = {n} images; write the digit you see under each -->
 <crowd-form answer-format="flatten-objects">
@@ -39,6 +41,11 @@ class StudyItem:
     original: int
     target: int
     confidence: float
+
+
+def anonymous_id(*parts: object) -> str:
+    """A short stable id that does not reveal which model made the image (annotators see file names in URLs)."""
+    return "img-" + hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:12]
 
 
 def make_assignments(items: Sequence[StudyItem], per_assignment: int = 25, seed: int = 0) -> list[list[StudyItem]]:
@@ -64,6 +71,28 @@ def write_images(images: Tensor, ids: Sequence[str], folder: Path) -> list[Path]
         Image.fromarray(array).save(path)
         paths.append(path)
     return paths
+
+
+def write_sheet(images: Tensor, path: Path, columns: int = 5, scale: int = 3) -> Path:
+    """One assignment as a numbered grid sheet (PNG): image k of the assignment under the number k, enlarged
+    `scale` times, for annotators working from a printout or a single page."""
+    if len(images) == 0:
+        raise ValueError("an assignment sheet needs at least one image")
+    array = (images.detach().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    height, width = array.shape[2] * scale, array.shape[3] * scale
+    pad, label = 6, 14
+    rows = -(-len(array) // columns)
+    sheet = Image.new("L" if array.shape[1] == 1 else "RGB", (columns * (width + pad) + pad, rows * (height + label + pad) + pad), 255)
+    draw = ImageDraw.Draw(sheet)
+    for k, image in enumerate(array):
+        tile = Image.fromarray(image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0)))
+        row, col = divmod(k, columns)
+        left, top = pad + col * (width + pad), pad + row * (height + label + pad)
+        draw.text((left, top), str(k + 1), fill=0)
+        sheet.paste(tile.resize((width, height), Image.NEAREST), (left, top + label))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path
 
 
 def export_batch(assignments: Sequence[Sequence[StudyItem]], folder: Path, url_prefix: str) -> dict[str, Path]:
@@ -111,3 +140,14 @@ def label_table(answers: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     merged["as_original"] = merged["label"] == merged["original"]
     table = merged.groupby(["defense", "network"], sort=False)[["as_target", "as_original"]].mean() * 100
     return table.rename(columns={"as_target": "target_percent", "as_original": "original_percent"})
+
+
+def proxy_answers(annotator: nn.Module, images: Tensor, ids: Sequence[str], batch_size: int = 500) -> pd.DataFrame:
+    """The proxy annotator's labels (its argmax) in import_results' format, worker 'proxy'; for runs without humans."""
+    if len(images) != len(ids):
+        raise ValueError(f"{len(images)} images but {len(ids)} ids")
+    device = next(annotator.parameters()).device
+    with torch.no_grad():
+        labels = torch.cat([annotator(images[i:i + batch_size].to(device)).argmax(1).cpu()
+                            for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, dtype=torch.long)
+    return pd.DataFrame({"worker": "proxy", "image_id": list(ids), "label": labels.tolist()}, columns=["worker", "image_id", "label"])

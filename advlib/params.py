@@ -342,6 +342,94 @@ class StrengthInNumbersParams(Params):
         return self
 
 
+
+class CriticSpec(Strict):
+    """The Adversary Critic defense's training (Section 5): lambda per network, Adam lrs, halving, attack unrolling."""
+
+    weight: dict[str, float] = Field(min_length=1)
+    epochs: int = Field(ge=1)
+    pretrain_epochs: int = Field(default=1, ge=0)
+    lr_classifier: float = Field(default=5e-4, gt=0)
+    lr_critic: float = Field(default=1e-3, gt=0)
+    halve_every: int = Field(default=40, ge=1)
+    steps: int = Field(default=5, ge=1)
+    overshoot: float = Field(default=0.05, ge=0)
+
+
+class BaselineSpec(Strict):
+    """The baselines' settings: FGSM adversarial training, VAT and L2 margin maximisation."""
+
+    at_attack: AttackSpec
+    at_weight: float = Field(default=0.5, ge=0, le=1)
+    vat_eps: float = Field(default=2.0, gt=0)
+    vat_weight: float = Field(default=1.0, ge=0)
+    margin_weight: float = Field(default=0.1, ge=0)
+
+
+class FigureSpec(Strict):
+    """Which trained model a figure shows (network, defense; the first seed) and the C&W attack it uses."""
+
+    network: str
+    defense: Literal["reference", "at", "vat", "margin", "critic"] = "critic"
+    attack: AttackSpec
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    n_images: int = Field(default=10, ge=1)
+
+
+class HumanStudySpec(Strict):
+    """Table 2's study: images per model, assignment size, the proxy annotator and, once collected, the answers."""
+
+    n_images: int = Field(ge=1)
+    per_assignment: int = Field(default=25, ge=1)
+    attack: AttackSpec
+    proxy: list[TrainSpec] = Field(min_length=1)
+    results: str | None = None
+    url_prefix: str = "https://example.org/advlib-study"
+    sheets_shown: int = Field(default=2, ge=0)
+
+
+@register_schema("adversary_critic")
+class AdversaryCriticParams(Params):
+    """04_adversary_critic: networks x defenses x runs, Table 1's attacks, Figures 2 and 4 and the human study."""
+
+    data: DataSpec = DataSpec()
+    train: TrainSpec
+    networks: list[str] = Field(min_length=1)
+    defenses: list[Literal["reference", "at", "vat", "margin", "critic"]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    baselines: BaselineSpec
+    critic: CriticSpec
+    n_eval: int = Field(ge=1)
+    eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
+    figure2: FigureSpec
+    figure4: FigureSpec
+    study: HumanStudySpec
+
+    @field_validator("networks")
+    @classmethod
+    def _known_networks(cls, names: list[str]) -> list[str]:
+        from .models import list_models
+
+        unknown = [n for n in names if n not in list_models()]
+        if unknown:
+            raise ValueError(f"unknown networks {unknown}; allowed: {', '.join(list_models())}")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AdversaryCriticParams":
+        missing = [n for n in self.networks if n not in self.critic.weight]
+        if "critic" in self.defenses and missing:
+            raise ValueError(f"critic.weight has no lambda for networks {missing}; give one per network in {self.networks}")
+        for name in ("figure2", "figure4"):
+            figure = getattr(self, name)
+            if figure.network not in self.networks or figure.defense not in self.defenses:
+                raise ValueError(f"{name} shows {figure.network}/{figure.defense}, which is not trained; "
+                                 f"networks: {self.networks}, defenses: {self.defenses}")
+        if self.train.adversary is not None:
+            raise ValueError("train.adversary must be empty: adversarial training is the 'at' defense (baselines.at_attack)")
+        return self
+
+
 def list_stems() -> list[str]:
     return sorted(SCHEMAS)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -62,3 +63,33 @@ def test_import_refuses_a_foreign_file(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="no Input.image_k_id"):
         import_results(tmp_path / "x.csv")
+
+
+def test_sheet_has_one_numbered_tile_per_image(tmp_path):
+    from advlib.human import write_sheet
+
+    images = torch.zeros(7, 1, 28, 28)
+    images[3] = 1.0  # one white tile among black ones
+    path = write_sheet(images, tmp_path / "sheet.png", columns=5, scale=2)
+    sheet = np.asarray(Image.open(path))
+    # 5 columns x 2 rows of 56 px tiles with 6 px padding and a 14 px number strip above each tile
+    assert sheet.shape == (2 * (56 + 14 + 6) + 6, 5 * (56 + 6) + 6)
+    left, top = 6 + 3 * (56 + 6), 6 + 14
+    assert sheet[top:top + 56, left:left + 56].min() == 255       # tile 4 is the white image
+    assert sheet[top:top + 56, left - 62:left - 6].max() == 0     # tile 3 is black
+    with pytest.raises(ValueError, match="at least one image"):
+        write_sheet(images[:0], tmp_path / "empty.png")
+
+
+def test_proxy_answers_and_anonymous_ids(mnist_model, mnist_test):
+    from advlib.human import anonymous_id, proxy_answers
+
+    x = mnist_test[0][:12]
+    ids = [anonymous_id("lenet5", "critic", 0, i) for i in range(12)]
+    assert len(set(ids)) == 12 and ids[0] == anonymous_id("lenet5", "critic", 0, 0)
+    assert not any("critic" in i or "lenet5" in i for i in ids)
+    answers = proxy_answers(mnist_model, x, ids, batch_size=5)
+    assert list(answers.columns) == ["worker", "image_id", "label"] and (answers.worker == "proxy").all()
+    assert answers.label.tolist() == mnist_model(x).argmax(1).tolist()
+    with pytest.raises(ValueError, match="12 images but 3 ids"):
+        proxy_answers(mnist_model, x, ids[:3])
