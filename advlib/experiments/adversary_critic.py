@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..cache import Cache, cached_model, make_key
 from ..data import dataset_info, load_dataset, to_tensors
@@ -106,7 +107,7 @@ class CriticStudy:
         self._models[(network, defense, seed)] = (classifier.eval(), meta, make_key("adversary_critic", key))
         return self._models[(network, defense, seed)]
 
-    def models(self):
+    def models(self) -> list[tuple[str, str, int]]:
         """Every (network, defense, seed) in the profile's order."""
         return [(n, d, s) for n in self.p.networks for d in self.p.defenses for s in self.p.seeds]
 
@@ -116,7 +117,7 @@ class CriticStudy:
         images the model classifies correctly and the attack breaks, with that success rate (%)."""
         x, y = self.x[:self.p.n_eval], self.y[:self.p.n_eval]
         rows = []
-        for network, defense, seed in self.models():
+        for network, defense, seed in tqdm(self.models(), desc="Table 1 runs", leave=False):
             model, _, key = self.model(network, defense, seed)
             row: dict[str, Any] = {"network": network, "defense": defense, "seed": seed,
                                    "error": 100 - 100 * accuracy(model, self.x, self.y)}
