@@ -103,7 +103,7 @@ class TrainSpec(Strict):
     lr: float = Field(default=1e-3, gt=0)
     optimizer: Literal["adam", "sgd"] = "adam"
     weight_decay: float = Field(default=0.0, ge=0)
-    schedule: Literal["constant", "cosine", "step", "multistep"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "multistep", "triangle"] = "constant"
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(default=0.1, gt=0, le=1)
     adversary: AttackSpec | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -39,7 +40,13 @@ def make_optimizer(model: nn.Module, spec: TrainSpec) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch schedule: constant, cosine to zero, x0.1 at 50% and 75% of the epochs, or x gamma at milestones."""
+    """Per-epoch schedule: constant, cosine to zero, x0.1 at 50% and 75% of the epochs, x gamma at milestones, or
+    triangle (Smith's one cycle as MAT uses it: linear from 0 to lr over the first 40% of the epochs, then to 0; epoch
+    e trains at the value the line takes at its end, so no epoch runs at lr 0)."""
+    if spec.schedule == "triangle":
+        peak = 0.4 * spec.epochs
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: float(np.interp(epoch + 1, [0, peak, spec.epochs + 1], [0.0, 1.0, 0.0])))
     if spec.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(spec.milestones), gamma=spec.gamma)
     if spec.schedule == "cosine":

@@ -1,0 +1,247 @@
+"""MIMO adversarial training (MAT): the inner maximisation with the approximate gradient, MSD, the outer step and the
+instrumentation that counts forward and backward passes (Table 6 is measured, not typed in).
+
+Native: MAT's one-backward inner loop over M members in M norms and the per-example MSD choice have no library
+implementation; the steepest directions (sign, L2, top-k L1) and the projections come from `advlib.attacks`.
+Every model here speaks the MIMO interface (inputs (N, M, C, H, W), logits (N, M, classes)); a plain classifier is
+wrapped by `SingleAsMIMO` (M = 1), so single-model adversarial training and MSD use the same code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..attacks.base import lp_norms, project
+from ..attacks.pgd import random_start, steepest_direction
+from ..models.mimo import member_losses
+from ..params import TrainSpec
+
+NORMS = ("linf", "l2", "l1")
+
+
+@dataclass(frozen=True)
+class NormStep:
+    """One member's threat model for the inner maximisation: its norm, radius and step size."""
+
+    norm: str
+    eps: float
+    stepsize: float
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm {self.norm!r} is not allowed; choose one of {', '.join(NORMS)}")
+        if self.eps <= 0 or self.stepsize <= 0:
+            raise ValueError(f"eps and stepsize must be > 0; got eps={self.eps}, stepsize={self.stepsize}")
+
+
+class PassCounter:
+    """Counts forward passes through `module` and backward passes through its output (a tensor hook per forward),
+    so a backward that reaches the module's output counts once however it is requested (backward() or autograd.grad)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.forward = self.backward = 0
+        self._handle = module.register_forward_hook(self._on_forward)
+
+    def _on_forward(self, module: nn.Module, inputs, output: Tensor) -> None:
+        self.forward += 1
+        if isinstance(output, Tensor) and output.requires_grad:
+            output.register_hook(self._on_backward)
+
+    def _on_backward(self, grad: Tensor) -> None:
+        self.backward += 1
+
+    def reset(self) -> None:
+        self.forward = self.backward = 0
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _start(x: Tensor, steps: Sequence[NormStep], generator: torch.Generator | None) -> Tensor:
+    return torch.stack([random_start(x[:, m], s.norm, s.eps, generator) for m, s in enumerate(steps)], dim=1)
+
+
+def _take_step(x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator: torch.Generator | None) -> Tensor:
+    """One projected steepest-ascent step of one member's inputs (N, C, H, W) in its own norm."""
+    moved = x_adv + step.stepsize * steepest_direction(grad, x_adv, step.norm, generator)
+    return (x + project(moved - x, step.norm, step.eps)).clamp(0, 1)
+
+
+def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], iterations: int, *,
+               approximate: bool = True, start: bool = True, generator: torch.Generator | None = None) -> Tensor:
+    """MAT's inner maximisation (eq. 6): every step one forward of the M inputs and ONE backward of the summed member
+    losses, whose gradient w.r.t. input m drives member m's step in its own norm. approximate=False is the naive
+    MIMO AT of eq. 5: one backward per member loss (M backward passes per step)."""
+    if len(steps) != x.shape[1]:
+        raise ValueError(f"{len(steps)} norm steps for M={x.shape[1]} members; give one per member")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1; got iterations={iterations}")
+    x = x.detach()
+    x_adv = _start(x, steps, generator) if start else x.clone()
+    for _ in range(iterations):
+        x_adv.requires_grad_(True)
+        losses = member_losses(model, x_adv, y).sum(0)  # (M,): each member's loss summed over the batch
+        if approximate:
+            grad, = torch.autograd.grad(losses.sum(), x_adv)
+        else:
+            grad = torch.stack([torch.autograd.grad(losses[m], x_adv, retain_graph=m < len(steps) - 1)[0][:, m]
+                                for m in range(len(steps))], dim=1)
+        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator)
+                             for m, s in enumerate(steps)], dim=1)
+    return x_adv.detach()
+
+
+def msd_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], iterations: int, *,
+               generator: torch.Generator | None = None) -> Tensor:
+    """MSD (Maini et al. 2020) for every member: one gradient per step (one backward of the summed losses), the
+    steepest step of every norm in `steps`, and per example and member the candidate with the largest loss (one extra
+    forward per norm). Starts from the clean inputs, as MSD does."""
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1; got iterations={iterations}")
+    x = x.detach()
+    x_adv = x.clone()
+    for _ in range(iterations):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(member_losses(model, x_adv, y).sum(), x_adv)
+        x_adv = x_adv.detach()
+        best, best_loss = x_adv, torch.full(y.shape, float("-inf"), device=x.device)
+        for step in steps:
+            candidate = torch.stack([_take_step(x[:, m], x_adv[:, m], grad[:, m], step, generator)
+                                     for m in range(x.shape[1])], dim=1)
+            with torch.no_grad():
+                loss = member_losses(model, candidate, y)
+            better = loss > best_loss
+            best = torch.where(better.view(*better.shape, *([1] * (x.dim() - 2))), candidate, best)
+            best_loss = torch.maximum(loss, best_loss)
+        x_adv = best
+    return x_adv
+
+
+def outer_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """The training loss on member logits (N, M, classes): the sum over members of each member's batch-mean
+    cross-entropy (the released scripts' choice; Algorithm 1 prints a max)."""
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(0).sum()
+
+
+def cross_gradient_ratio(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """Figure 1: per member m, ||grad_{x_m} sum_{j != m} L_j|| / ||grad_{x_m} L_m|| (batch means of per-sample L2
+    norms), with the cross gradient as the approximate minus the true gradient (eq. 7)."""
+    x = x.detach().requires_grad_(True)
+    losses = member_losses(model, x, y).sum(0)
+    total, = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+    ratios = []
+    for m in range(x.shape[1]):
+        own, = torch.autograd.grad(losses[m], x, retain_graph=m < x.shape[1] - 1)
+        cross = (total - own)[:, m]
+        ratios.append((lp_norms(cross, "l2") / lp_norms(own[:, m], "l2").clamp_min(1e-12)).mean())
+    return torch.stack(ratios)
+
+
+def sign_disagreement(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], k: int = 20) -> Tensor:
+    """Figure 4: per member, the fraction of input entries where the steepest direction of its norm differs between
+    the approximate gradient (of the summed losses) and the true one (of its own loss): sign for Linf, the top-k
+    step for L1, NaN for L2 (the paper defines E_p for those two operators)."""
+    from ..attacks.pgd import topk_l1_direction
+
+    x = x.detach().requires_grad_(True)
+    losses = member_losses(model, x, y).sum(0)
+    total, = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+    out = []
+    for m, step in enumerate(steps):
+        own, = torch.autograd.grad(losses[m], x, retain_graph=m < len(steps) - 1)
+        if step.norm == "l2":  # the paper defines E for the sign and top-k operators only
+            out.append(torch.tensor(float("nan")))
+            continue
+        if step.norm == "l1":
+            a, b = topk_l1_direction(total[:, m], x[:, m].detach(), k), topk_l1_direction(own[:, m], x[:, m].detach(), k)
+        else:
+            a, b = total[:, m].sign(), own[:, m].sign()
+        out.append((a != b).float().mean().cpu())
+    return torch.stack(out)
+
+
+Inner = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
+
+
+def member_batches(train_set: Dataset, members: int, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of MIMO batches: M loaders, each with its own seeded shuffle, zipped into (N, M, C, H, W) inputs
+    and (N, M) labels (member m's slot holds an independent sample)."""
+    loaders = [DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(seed * 1_009 + m)) for m in range(members)]
+    for parts in zip(*loaders):
+        yield torch.stack([x for x, _ in parts], dim=1), torch.stack([y for _, y in parts], dim=1)
+
+
+def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: int, inner: Inner | None = None,
+             seed: int = 0, device: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
+             on_epoch: Callable[[int, nn.Module, dict[str, Any]], None] | None = None,
+             desc: str = "train MIMO") -> dict[str, Any]:
+    """Train a MIMO-interface model (a `MIMO`, or a plain classifier in `SingleAsMIMO`): every batch stacks M
+    independently shuffled batches, `inner(model, x, y)` (run in eval mode) gives the adversarial inputs, and the
+    step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
+    epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
+    passes per batch (counted by hooks, attack and update together)."""
+    from ..train import _load_checkpoint, _save_checkpoint, epoch_seed, make_optimizer, make_scheduler
+
+    if len(train_set) == 0:
+        raise ValueError("training set is empty")
+    model.to(device)
+    optimizer = make_optimizer(model, spec)
+    scheduler = make_scheduler(optimizer, spec)
+    start, history = 0, []
+    ckpt = checkpoint_dir / "checkpoint.safetensors" if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.is_file():
+        start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
+        if not callback_done and on_epoch is not None and history:  # interrupted inside the callback: run it again
+            on_epoch(start, model, history[-1])
+            _save_checkpoint(ckpt, model, optimizer, scheduler, start, history)
+    counter = PassCounter(model)
+    batches = len(train_set) // spec.batch_size + bool(len(train_set) % spec.batch_size)
+    bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
+    try:
+        for epoch in range(start, spec.epochs):
+            torch.manual_seed(epoch_seed(seed, epoch))
+            generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
+            counter.reset()
+            began, total, correct, loss_sum, count = time.perf_counter(), 0, 0, 0.0, 0
+            for x, y in member_batches(train_set, members, spec.batch_size, epoch_seed(seed, epoch)):
+                x, y = x.to(device), y.to(device)
+                if inner is not None:
+                    model.eval()
+                    x = inner(model, x, y, generator)
+                model.train()
+                logits = model(x)
+                loss = outer_loss(logits, y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += y.numel()
+                correct += int((logits.argmax(2) == y).sum())
+                loss_sum += float(loss.detach())
+                count += 1
+                bar.update(1)
+            scheduler.step()
+            record = {"epoch": epoch + 1, "loss": loss_sum / count, "train_acc": correct / total,
+                      "seconds": time.perf_counter() - began, "forward_per_batch": counter.forward / count,
+                      "backward_per_batch": counter.backward / count}
+            history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if ckpt is not None:
+                _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history, callback_done=on_epoch is None)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, model, record)
+                if ckpt is not None:  # keep what the callback added to `record` (diagnostics) across a resume
+                    _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
+    finally:
+        counter.remove()
+        bar.close()
+    model.eval()
+    return {"history": history}
