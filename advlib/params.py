@@ -430,6 +430,60 @@ class AdversaryCriticParams(Params):
         return self
 
 
+class ThreatSpec(Strict):
+    """One norm's training threat: radius and PGD step size."""
+
+    eps: float = Field(gt=0)
+    stepsize: float = Field(gt=0)
+
+
+MAT_SYSTEMS = ("standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat", "mat_linf", "mat_l2", "mat_msd")
+
+
+@register_schema("mimo_adversarial_training")
+class MATParams(Params):
+    """05_mimo_adversarial_training: the systems of Tables 4 and 8, their training attacks, the evaluation attacks
+    and their unions, transferability, the diagnostics and the curves."""
+
+    data: DataSpec = DataSpec()
+    train: TrainSpec
+    msd_model: str
+    threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
+    members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)
+    iterations: int = Field(ge=1)
+    systems: list[str] = Field(min_length=1)
+    n_eval: int = Field(ge=1)
+    eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
+    groups: dict[str, list[str]] = Field(min_length=1)
+    transfer_attacks: dict[Literal["linf", "l2", "l1"], AttackSpec] = Field(min_length=1)
+    diagnostics_images: int = Field(default=64, ge=1)
+    curve_steps: int = Field(ge=1)
+    curve_eps: dict[Literal["linf", "l2", "l1"], list[float]] = Field(min_length=1)
+
+    @field_validator("systems")
+    @classmethod
+    def _known_systems(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in MAT_SYSTEMS]
+        if unknown:
+            raise ValueError(f"unknown systems {unknown}; allowed: {', '.join(MAT_SYSTEMS)}")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MATParams":
+        from .models import list_models
+
+        if self.msd_model not in list_models():
+            raise ValueError(f"unknown msd_model {self.msd_model!r}; allowed: {', '.join(list_models())}")
+        unknown = sorted({a for names in self.groups.values() for a in names} - set(self.eval_attacks))
+        if unknown:
+            raise ValueError(f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}")
+        if "vanilla" in self.systems and not {"linf_at", "l2_at", "l1_at"} <= set(self.systems):
+            raise ValueError("'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems")
+        if self.train.adversary is not None:
+            raise ValueError("train.adversary must be empty: each system's training attack comes from threats")
+        return self
+
+
 def list_stems() -> list[str]:
     return sorted(SCHEMAS)
 

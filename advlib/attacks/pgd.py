@@ -71,14 +71,16 @@ def topk_l1_direction(grad: Tensor, x_adv: Tensor, k: int) -> Tensor:
     return (chosen * flat_g.sign() / k).view_as(grad)
 
 
-def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.Generator | None = None) -> Tensor:
-    """The unit-norm steepest-ascent direction of `norm` for each sample."""
+def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.Generator | None = None,
+                       l1_k: int | None = None) -> Tensor:
+    """The unit-norm steepest-ascent direction of `norm` for each sample; the L1 step moves `l1_k` coordinates, or
+    a k drawn in 5..20 per step when None (MAT's training; its tests fix k = 20)."""
     if norm == "linf":
         return grad.sign()
     if norm == "l2":
         return grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
     if norm == "l1":
-        k = int(torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (1,), generator=generator).item())
+        k = l1_k if l1_k is not None else int(torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (1,), generator=generator).item())
         return topk_l1_direction(grad, x_adv, k)
     raise ValueError(f"norm {norm!r} is not allowed for PGD; choose linf, l2 or l1")
 
@@ -92,7 +94,7 @@ class PGDOutput:
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
         stepsize: float | None = None, rel_stepsize: float = 0.025, start: bool = True, target: Tensor | None = None,
         update: str = "steepest", loss: str = "ce", record: bool = False, start_sigma: float | None = None,
-        generator: torch.Generator | None = None) -> PGDOutput:
+        generator: torch.Generator | None = None, l1_k: int | None = None) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
     The step size is absolute (`stepsize`, else rel_stepsize * eps), so the first t iterates of a
@@ -123,7 +125,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         if record:
             history.append(_correct(logits, y, target))
         grad, = torch.autograd.grad(attack_loss(logits, labels, loss).sum(), x_adv)
-        direction = steepest_direction(grad, x_adv.detach(), norm, generator)
+        direction = steepest_direction(grad, x_adv.detach(), norm, generator, l1_k)
         if update == "adam":
             m = 0.9 * m + 0.1 * direction if m is not None else 0.1 * direction
             v = 0.999 * v + 0.001 * direction ** 2 if v is not None else 0.001 * direction ** 2
@@ -149,7 +151,8 @@ class PGD(Attack):
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40, stepsize: float | None = None,
                  rel_stepsize: float | None = None, random_start: bool = True, update: str = "steepest",
-                 loss: str = "ce", start_sigma: float | None = None, targeted: bool = False, seed: int = 0):
+                 loss: str = "ce", start_sigma: float | None = None, l1_k: int | None = None, targeted: bool = False,
+                 seed: int = 0):
         super().__init__(eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2", "l1"):
             raise ValueError(f"PGD norm {norm!r} is not allowed; choose linf, l2 or l1")
@@ -158,7 +161,9 @@ class PGD(Attack):
         self.norm = norm
         self.steps, self.stepsize, self.update, self.loss = steps, stepsize, update, loss
         self.rel_stepsize = rel_stepsize if rel_stepsize is not None else 2.5 / steps
-        self.start, self.start_sigma = random_start, start_sigma
+        if l1_k is not None and l1_k < 1:
+            raise ValueError(f"l1_k must be >= 1 (or None for a k drawn in 5..20); got l1_k={l1_k}")
+        self.start, self.start_sigma, self.l1_k = random_start, start_sigma, l1_k
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
         return self.run(model, x, y, target).x_adv
@@ -166,4 +171,4 @@ class PGD(Attack):
     def run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, *, record: bool = False) -> PGDOutput:
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, stepsize=self.stepsize,
                    rel_stepsize=self.rel_stepsize, start=self.start, target=target, update=self.update,
-                   loss=self.loss, record=record, start_sigma=self.start_sigma)
+                   loss=self.loss, record=record, start_sigma=self.start_sigma, l1_k=self.l1_k)

@@ -111,6 +111,8 @@ def _register_builtin() -> None:
     fb("repeated_gaussian_noise", fa.L2RepeatedAdditiveGaussianNoiseAttack, "l2", "fixed",
        "repeated additive Gaussian noise (best of `repeats` draws)", targeted=False)
     fb("salt_and_pepper", fa.SaltAndPepperNoiseAttack, "l2", "minimal", "salt-and-pepper noise, minimal L2", targeted=False)
+    fb("salt_and_pepper_l1", fa.SaltAndPepperNoiseAttack, "l1", "minimal",
+       "salt-and-pepper noise judged in L1 (MAT's L1 group: broken only within the L1 radius)", targeted=False)
     fb("sparse_l1_descent", fa.SparseL1DescentAttack, "l1", "fixed", "sparse L1 descent / SLIDE (Tramer & Boneh 2019)")
     fb("boundary", fa.BoundaryAttack, "l2", "minimal", "decision-based boundary attack (Brendel et al. 2018)",
        targeted=False, only_correct=True, steps=5000)
