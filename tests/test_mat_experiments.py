@@ -1,0 +1,107 @@
+"""The MAT study on the ci profile: counted passes equal Table 6's formulas, unions are per-sample worst cases,
+transferability bookkeeping, the vanilla ensemble, diagnostics; bad parameters; a paper-profile dry run."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from advlib import params
+from advlib.cache import Cache
+from advlib.evaluate import attack_suite
+from advlib.experiments.mimo_adversarial_training import LABELS, MATStudy, transfer_for_paper
+
+SYSTEMS = ["standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    p = params.load("mimo_adversarial_training", "ci", {"systems": SYSTEMS, "n_eval": 12})
+    return MATStudy(p, "cpu", cache=Cache(tmp_path_factory.mktemp("cache")))
+
+
+def test_counted_passes_match_table6(study):
+    table = study.passes_table(SYSTEMS)
+    trained = table.drop(index=LABELS["vanilla"])
+    assert (trained["forward"] == trained["formula forward"]).all()
+    assert (trained["backward"] == trained["formula backward"]).all()
+    k = study.p.iterations
+    assert tuple(table.loc["MAT", ["forward", "backward"]]) == (k + 1, k + 1)
+    assert tuple(table.loc["MSD", ["forward", "backward"]]) == (4 * k + 1, k + 1)
+
+
+def test_unions_are_per_sample_worst_cases(study):
+    table = study.robustness_table(["linf_at", "mat"])
+    model, key = study.classifier("mat")
+    suite = attack_suite(model, study.x, study.y, list(study.p.eval_attacks.values()), model_key=key, cache=study.cache)
+    robust = dict(zip(study.p.eval_attacks, suite.robust().values()))
+    for group, names in study.p.groups.items():
+        expected = 100 * float(torch.stack([robust[a] for a in names]).all(0).float().mean())
+        assert table.loc[f"All {group}", "MAT"] == pytest.approx(expected)
+        assert table.loc[f"All {group}", "MAT"] <= min(table.loc[a, "MAT"] for a in names)
+    assert table.loc["All attacks", "MAT"] <= table.loc[[f"All {g}" for g in study.p.groups], "MAT"].min()
+    assert (table.drop(index="clean") <= table.loc["clean"] + 1e-9).all().all()
+
+
+def test_transfer_tables_bookkeeping(study):
+    table = study.transfer_table("mat", "l2")
+    counts, ratios = table["count"], table["ratio %"]
+    assert list(counts.columns) == ["Sub-model 1 (linf)", "Sub-model 2 (l2)", "Sub-model 3 (l1)", "MAT"]
+    assert list(counts.index) == ["Sub-model 2 (l2)", "MAT", "No Attack"]
+    assert ratios.loc["Sub-model 2 (l2)", "Sub-model 2 (l2)"] == 100 and ratios.loc["MAT", "MAT"] == 100
+    model, _ = study.classifier("mat")
+    with torch.no_grad():
+        assert counts.loc["No Attack", "MAT"] == int((model(study.x).argmax(1) != study.y).sum())
+    paper_keys = transfer_for_paper(table, "MAT")
+    assert list(paper_keys.index) == ["source sub-model", "ensemble", "No Attack"]
+    assert list(paper_keys.columns) == ["Sub-model 1", "Sub-model 2", "Sub-model 3", "ensemble"]
+
+
+def test_vanilla_is_the_mean_of_the_three_at_models(study):
+    vanilla, _ = study.classifier("vanilla")
+    parts = [study.classifier(n)[0] for n in ("linf_at", "l2_at", "l1_at")]
+    with torch.no_grad():
+        mean = torch.stack([m(study.x).softmax(1) for m in parts]).mean(0)
+        torch.testing.assert_close(vanilla(study.x).exp(), mean)
+    with pytest.raises(ValueError, match="not trained"):
+        study.trained("vanilla")
+
+
+def test_diagnostics_and_times(study):
+    diagnostics = study.diagnostics("mat")
+    assert len(diagnostics) == study.p.train.epochs * 3
+    assert (diagnostics["cross_gradient_ratio"] > 0).all()
+    assert diagnostics[diagnostics.member.str.contains("l2")]["sign_disagreement"].isna().all()
+    times = study.time_table(SYSTEMS)
+    assert times.loc["Linf AT", "x Linf AT"] == 1 and (times["seconds"] > 0).all()
+
+
+def test_bad_parameters_are_refused():
+    with pytest.raises(params.ParamsError, match="unknown systems"):
+        params.load("mimo_adversarial_training", "ci", {"systems": ["mat", "nonsense"]})
+    with pytest.raises(params.ParamsError, match="vanilla"):
+        params.load("mimo_adversarial_training", "ci", {"systems": ["vanilla", "linf_at"]})
+    with pytest.raises(params.ParamsError, match="groups name attacks"):
+        params.load("mimo_adversarial_training", "ci", {"groups": {"linf": ["PGD linf", "missing attack"]}})
+
+
+def test_paper_profile_dry_run_on_mnist_shaped_fake_data(tmp_path, monkeypatch):
+    """The paper profile's path (MNIST loader, MIMO ResNet-18 with 3 input channels, every system) on fake data of
+    MNIST's shape, with one epoch, 2-step attacks and 4 evaluation images."""
+    from advlib import data
+
+    monkeypatch.setitem(data._LOADERS, "mnist", lambda request: data._load_fake(dataclasses.replace(request, shape=(1, 28, 28))))
+    overrides = {"device": "cpu", "data.n_train": 16, "train.epochs": 1, "train.batch_size": 8, "iterations": 2,
+                 "n_eval": 4, "diagnostics_images": 4, "curve_steps": 2, "systems": ["linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat"],
+                 "eval_attacks": {"PGD linf": {"name": "pgd_linf", "eps": 0.3, "steps": 2},
+                                  "PGD l1": {"name": "pgd_l1", "eps": 10.0, "steps": 2, "options": {"l1_k": 20}}},
+                 "groups": {"linf": ["PGD linf"], "l1": ["PGD l1"]},
+                 "transfer_attacks.linf.steps": 2, "transfer_attacks.l2.steps": 2, "transfer_attacks.l1.steps": 2}
+    p = params.load("mimo_adversarial_training", "paper", overrides)
+    assert p.train.model == "resnet18" and p.threats["l1"].stepsize == 0.8
+    study = MATStudy(p, "cpu", cache=Cache(tmp_path))
+    table = study.robustness_table(["vanilla", "msd", "mat"])
+    assert list(table.columns) == ["Vanilla Ensemble", "MSD", "MAT"]
+    assert study.passes_table(["mat"]).loc["MAT", "forward"] == 3
+    assert len(study.transfer_table("mat", "linf")) == 3
