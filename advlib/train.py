@@ -105,6 +105,35 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return int(meta["epoch"]), list(meta["history"]), bool(meta.get("callback_done", True))
 
 
+def resume(checkpoint_dir: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: torch.optim.lr_scheduler.LRScheduler, on_epoch: EpochCallback | None = None,
+           ) -> tuple[Path | None, int, list[dict[str, Any]]]:
+    """(checkpoint path or None, epochs done, history) for a training loop; restores model, optimizer and schedule
+    from an existing checkpoint and reruns the epoch callback if the run was killed inside it."""
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
+    if ckpt is None or not ckpt.is_file():
+        return ckpt, 0, []
+    start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
+    log.info("train: resuming from the checkpoint after epoch %d (%s)", start, ckpt.parent.name)
+    if not callback_done and on_epoch is not None and history:
+        on_epoch(start, model, history[-1])
+        _save_checkpoint(ckpt, model, optimizer, scheduler, start, history)
+    return ckpt, start, history
+
+
+def end_epoch(ckpt: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]],
+              on_epoch: EpochCallback | None = None) -> None:
+    """Checkpoint the finished epoch, run the epoch callback on its record, and checkpoint again so what the
+    callback added (evaluations, diagnostics) survives a resume."""
+    if ckpt is not None:
+        _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, history, callback_done=on_epoch is None)
+    if on_epoch is not None:
+        on_epoch(epoch, model, history[-1])
+        if ckpt is not None:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, history)
+
+
 def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0, device: torch.device | str = "cpu",
         checkpoint_dir: Path | None = None, eval_data: tuple[Tensor, Tensor] | None = None,
         on_epoch: EpochCallback | None = None, desc: str = "train",
@@ -124,14 +153,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
     adversary = create_attack(spec.adversary) if spec.adversary is not None else None
-    start, history = 0, []
-    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
-        log.info("train: resuming %s from the checkpoint after epoch %d", desc, start)
-        if not callback_done and on_epoch is not None and history:  # interrupted inside the callback: run it again
-            on_epoch(start, model, history[-1])
-            _save_checkpoint(ckpt, model, optimizer, scheduler, start, history)
+    ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
     batches = -(-len(train_set) // spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     for epoch in range(start, spec.epochs):
@@ -170,12 +192,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
             record["test_acc"] = accuracy(model, eval_data[0].to(device), eval_data[1].to(device))
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.3f}")
-        if ckpt is not None:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history, callback_done=on_epoch is None)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, model, record)
-            if ckpt is not None:  # keep what the callback added to `record` (evaluations) across a resume
-                _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
+        end_epoch(ckpt, model, optimizer, scheduler, epoch + 1, history, on_epoch)
     bar.close()
     model.eval()
     return {"history": history}

@@ -129,7 +129,7 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Da
     epochs of plain NLL first initialise the running class confidence. Epochs are seeded from (seed, epoch) and
     checkpointed like `train.fit`, so an interrupted run resumes to the same weights. Returns {'history': per-epoch
     means of nll, reached, gan, cycle and critic}."""
-    from ..train import _load_checkpoint, _save_checkpoint, epoch_seed
+    from ..train import end_epoch, epoch_seed, resume
 
     if epochs < 1 or pretrain_epochs < 0:
         raise ValueError(f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}")
@@ -141,10 +141,7 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Da
                                   {"params": critic.parameters(), "lr": lr_critic}], betas=(0.5, 0.999))
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, halve_every, 0.5)
     total = pretrain_epochs + epochs
-    start, history = 0, []
-    ckpt = checkpoint_dir / "checkpoint.safetensors" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        start, history, _ = _load_checkpoint(ckpt, state, optimizer, scheduler)
+    ckpt, start, history = resume(checkpoint_dir, state, optimizer, scheduler)
     batches = -(-len(train_set) // batch_size)
     bar = tqdm(total=(total - start) * batches, desc=desc, leave=False)
     for epoch in range(start, total):
@@ -175,8 +172,7 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Da
             scheduler.step()
         history.append({"epoch": epoch + 1 - pretrain_epochs, **{k: v / batches for k, v in sums.items()}})
         bar.set_postfix(nll=f"{history[-1]['nll']:.3f}")
-        if ckpt is not None:
-            _save_checkpoint(ckpt, state, optimizer, scheduler, epoch + 1, history)
+        end_epoch(ckpt, state, optimizer, scheduler, epoch + 1, history)
     bar.close()
     state.eval()
     return {"history": history, "confidence": confidence.values.tolist()}

@@ -189,20 +189,14 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
     step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
     epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
     passes per batch (counted by hooks, attack and update together)."""
-    from ..train import _load_checkpoint, _save_checkpoint, epoch_seed, make_optimizer, make_scheduler
+    from ..train import end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
 
     if len(train_set) == 0:
         raise ValueError("training set is empty")
     model.to(device)
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
-    start, history = 0, []
-    ckpt = checkpoint_dir / "checkpoint.safetensors" if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
-        if not callback_done and on_epoch is not None and history:  # interrupted inside the callback: run it again
-            on_epoch(start, model, history[-1])
-            _save_checkpoint(ckpt, model, optimizer, scheduler, start, history)
+    ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
     counter = PassCounter(model)
     batches = len(train_set) // spec.batch_size + bool(len(train_set) % spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
@@ -234,12 +228,7 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
                       "backward_per_batch": counter.backward / count}
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if ckpt is not None:
-                _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history, callback_done=on_epoch is None)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, model, record)
-                if ckpt is not None:  # keep what the callback added to `record` (diagnostics) across a resume
-                    _save_checkpoint(ckpt, model, optimizer, scheduler, epoch + 1, history)
+            end_epoch(ckpt, model, optimizer, scheduler, epoch + 1, history, on_epoch)
     finally:
         counter.remove()
         bar.close()
