@@ -62,6 +62,13 @@ class AttackSpec(Strict):
         return self
 
 
+def _require_known(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
+    """Raise naming the unknown entries of `names` and the allowed ones."""
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {kind} {unknown}; allowed: {', '.join(allowed)}")
+
+
 def _targeted_names() -> list[str]:
     from .attacks.registry import attack_info, list_attacks
 
@@ -330,9 +337,7 @@ class StrengthInNumbersParams(Params):
     def _known_systems(cls, names: list[str]) -> list[str]:
         from .defenses.ensemble_at import SYSTEMS
 
-        unknown = [n for n in names if n not in SYSTEMS]
-        if unknown:
-            raise ValueError(f"unknown systems {unknown}; allowed: {', '.join(SYSTEMS)}")
+        _require_known("systems", names, list(SYSTEMS))
         return names
 
     @model_validator(mode="after")
@@ -410,9 +415,7 @@ class AdversaryCriticParams(Params):
     def _known_networks(cls, names: list[str]) -> list[str]:
         from .models import list_models
 
-        unknown = [n for n in names if n not in list_models()]
-        if unknown:
-            raise ValueError(f"unknown networks {unknown}; allowed: {', '.join(list_models())}")
+        _require_known("networks", names, list_models())
         return names
 
     @model_validator(mode="after")
@@ -463,17 +466,14 @@ class MATParams(Params):
     @field_validator("systems")
     @classmethod
     def _known_systems(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in MAT_SYSTEMS]
-        if unknown:
-            raise ValueError(f"unknown systems {unknown}; allowed: {', '.join(MAT_SYSTEMS)}")
+        _require_known("systems", names, MAT_SYSTEMS)
         return names
 
     @model_validator(mode="after")
     def _consistent(self) -> "MATParams":
         from .models import list_models
 
-        if self.msd_model not in list_models():
-            raise ValueError(f"unknown msd_model {self.msd_model!r}; allowed: {', '.join(list_models())}")
+        _require_known("msd_model", [self.msd_model], list_models())
         unknown = sorted({a for names in self.groups.values() for a in names} - set(self.eval_attacks))
         if unknown:
             raise ValueError(f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..attacks.base import lp_norms, project
-from ..attacks.pgd import random_start, steepest_direction
+from ..attacks.pgd import random_start, steepest_direction, topk_l1_direction
 from ..models.mimo import member_losses
 from ..params import TrainSpec
 
@@ -149,8 +149,6 @@ def sign_disagreement(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[No
     """Figure 4: per member, the fraction of input entries where the steepest direction of its norm differs between
     the approximate gradient (of the summed losses) and the true one (of its own loss): sign for Linf, the top-k
     step for L1, NaN for L2 (the paper defines E_p for those two operators)."""
-    from ..attacks.pgd import topk_l1_direction
-
     x = x.detach().requires_grad_(True)
     losses = member_losses(model, x, y).sum(0)
     total, = torch.autograd.grad(losses.sum(), x, retain_graph=True)

@@ -230,14 +230,16 @@ class CriticStudy:
 
     def export_kit(self, items: list[StudyItem], images: Tensor, folder: Path) -> dict[str, Any]:
         """The MTurk kit in `folder`: images/, one numbered sheet per assignment in sheets/, batch.csv, hit.html and
-        items.csv (the key). Returns the paths and the assignments."""
+        items.csv (the key). Returns the paths, the assignments and each assignment's images."""
         s = self.p.study
         write_images(images, [item.image_id for item in items], folder / "images")
         assignments = make_assignments(items, s.per_assignment, seed=self.p.seed)
         position = {item.image_id: n for n, item in enumerate(items)}
-        sheets = [write_sheet(images[[position[i.image_id] for i in assignment]], folder / "sheets" / f"assignment_{number:04d}.png")
-                  for number, assignment in enumerate(assignments, 1)]
-        return {**export_batch(assignments, folder, s.url_prefix), "sheets": sheets, "assignments": assignments}
+        sheet_images = [images[[position[i.image_id] for i in assignment]] for assignment in assignments]
+        sheets = [write_sheet(sheet, folder / "sheets" / f"assignment_{number:04d}.png")
+                  for number, sheet in enumerate(sheet_images, 1)]
+        return {**export_batch(assignments, folder, s.url_prefix), "sheets": sheets, "assignments": assignments,
+                "sheet_images": sheet_images}
 
     def table2(self, items: list[StudyItem], images: Tensor) -> tuple[pd.DataFrame, str]:
         """Table 2 from the collected answers (`study.results`) when given, else from the proxy annotator; returns
