@@ -9,7 +9,7 @@ from torch import nn
 from advlib.attacks.base import lp_norms
 from advlib.data import dataset_info, load_dataset, to_tensors
 from advlib.defenses.mat import (NormStep, PassCounter, cross_gradient_ratio, fit_mimo, mat_attack, member_batches,
-                                 msd_attack, sign_disagreement)
+                                 msd_attack, ramp_scale, sign_disagreement)
 from advlib.models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
 from advlib.params import TrainSpec
 
@@ -154,7 +154,7 @@ def test_trained_member_answers_for_its_own_slot():
 def test_mat_training_counts_k_plus_one_passes_and_resumes(tmp_path):
     train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(60))
     spec = TrainSpec(model="lenet5", epochs=2, batch_size=20, schedule="triangle")
-    inner = lambda model, x, y, g: mat_attack(model, x, y, STEPS, iterations=3, generator=g)
+    inner = lambda model, x, y, g, scale: mat_attack(model, x, y, STEPS, iterations=3, generator=g)
 
     def run(checkpoint_dir=None, on_epoch=None):
         torch.manual_seed(0)
@@ -195,3 +195,21 @@ def test_triangle_schedule_peaks_at_40_percent():
     assert lrs[3] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-3 / 4)
     assert all(a < b for a, b in zip(lrs[:4], lrs[1:4])) and all(a > b for a, b in zip(lrs[3:], lrs[4:]))
     assert min(lrs) > 0
+
+
+def test_radius_ramp_scales_the_training_attack_then_reaches_full_radii():
+    assert [ramp_scale(e, 4) for e in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    assert ramp_scale(0, 0) == 1.0
+    with pytest.raises(ValueError, match="ramp_epochs=-1"):
+        ramp_scale(0, -1)
+    assert NormStep("l2", 2.0, 0.5).scaled(0.25) == NormStep("l2", 0.5, 0.125)
+    train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(40))
+    spec = TrainSpec(model="mlp1200", epochs=3, batch_size=20)
+    seen: list[float] = []
+
+    def inner(model, x, y, g, scale):
+        seen.append(scale)
+        return x
+
+    fit_mimo(create_mimo("mlp1200", INFO, 3, width=16, depth=1), train, spec, members=3, inner=inner, ramp_epochs=2)
+    assert seen == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])  # two batches per epoch

@@ -84,6 +84,8 @@ def test_bad_parameters_are_refused():
         params.load("mimo_adversarial_training", "ci", {"systems": ["vanilla", "linf_at"]})
     with pytest.raises(params.ParamsError, match="groups name attacks"):
         params.load("mimo_adversarial_training", "ci", {"groups": {"linf": ["PGD linf", "missing attack"]}})
+    with pytest.raises(params.ParamsError, match="ramp_epochs=2 must be below train.epochs=2"):
+        params.load("mimo_adversarial_training", "ci", {"ramp_epochs": 2})
 
 
 def test_paper_profile_dry_run_on_mnist_shaped_fake_data(tmp_path, monkeypatch):

@@ -41,6 +41,10 @@ class NormStep:
         if self.eps <= 0 or self.stepsize <= 0:
             raise ValueError(f"eps and stepsize must be > 0; got eps={self.eps}, stepsize={self.stepsize}")
 
+    def scaled(self, factor: float) -> "NormStep":
+        """The same threat with radius and step size times `factor` (the radius ramp of `fit_mimo`)."""
+        return NormStep(self.norm, self.eps * factor, self.stepsize * factor)
+
 
 class PassCounter:
     """Counts forward passes through `module` and backward passes through its output (a tensor hook per forward),
@@ -166,7 +170,15 @@ def sign_disagreement(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[No
     return torch.stack(out)
 
 
-Inner = Callable[[nn.Module, Tensor, Tensor, torch.Generator], Tensor]
+Inner = Callable[[nn.Module, Tensor, Tensor, torch.Generator, float], Tensor]
+"""inner(model, x, y, generator, radius_scale) -> adversarial inputs; radius_scale is 1 once the ramp is over."""
+
+
+def ramp_scale(epoch: int, ramp_epochs: int) -> float:
+    """Radius factor of 0-based `epoch` under a linear ramp over the first `ramp_epochs` epochs: (e+1)/(R+1), then 1."""
+    if ramp_epochs < 0:
+        raise ValueError(f"ramp_epochs must be >= 0; got ramp_epochs={ramp_epochs}")
+    return min(1.0, (epoch + 1) / (ramp_epochs + 1))
 
 
 def member_batches(train_set: Dataset, members: int, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -181,9 +193,10 @@ def member_batches(train_set: Dataset, members: int, batch_size: int, seed: int)
 def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: int, inner: Inner | None = None,
              seed: int = 0, device: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
              on_epoch: Callable[[int, nn.Module, dict[str, Any]], None] | None = None,
-             desc: str = "train MIMO") -> dict[str, Any]:
+             desc: str = "train MIMO", ramp_epochs: int = 0) -> dict[str, Any]:
     """Train a MIMO-interface model (a `MIMO`, or a plain classifier in `SingleAsMIMO`): every batch stacks M
-    independently shuffled batches, `inner(model, x, y)` (run in eval mode) gives the adversarial inputs, and the
+    independently shuffled batches, `inner(model, x, y, generator, scale)` (run in eval mode) gives the adversarial
+    inputs, with radii ramped linearly over the first `ramp_epochs` epochs (`ramp_scale`; 0: full radii), and the
     step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
     epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
     passes per batch (counted by hooks, attack and update together)."""
@@ -191,6 +204,7 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
 
     if len(train_set) == 0:
         raise ValueError("training set is empty")
+    ramp_scale(0, ramp_epochs)
     model.to(device)
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
@@ -208,7 +222,7 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
                 x, y = x.to(device), y.to(device)
                 if inner is not None:
                     model.eval()
-                    x = inner(model, x, y, generator)
+                    x = inner(model, x, y, generator, ramp_scale(epoch, ramp_epochs))
                 model.train()
                 logits = model(x)
                 loss = outer_loss(logits, y)

@@ -62,8 +62,8 @@ class MATStudy:
             return None
         steps = self.norm_steps(norms)
         if name in ("msd", "mat_msd"):
-            return lambda model, x, y, g: msd_attack(model, x, y, steps, k, generator=g)
-        return lambda model, x, y, g: mat_attack(model, x, y, steps, k, generator=g)
+            return lambda model, x, y, g, scale: msd_attack(model, x, y, [s.scaled(scale) for s in steps], k, generator=g)
+        return lambda model, x, y, g, scale: mat_attack(model, x, y, [s.scaled(scale) for s in steps], k, generator=g)
 
     def _diagnostic_batch(self, members: int) -> tuple[Tensor, Tensor]:
         n = self.p.diagnostics_images
@@ -81,6 +81,7 @@ class MATStudy:
         module, inner, members, norms = self._recipe(name)
         module = module.to(self.device)
         key = {"system": name, "norms": norms, "members": members, "iterations": p.iterations,
+               **({"ramp_epochs": p.ramp_epochs} if p.ramp_epochs and norms else {}),
                "threats": {n: p.threats[n].model_dump() for n in sorted(set(norms))},
                "model": p.msd_model if name == "msd" else p.train.model, "train": p.train.model_dump(mode="json"),
                "data": p.data.model_dump(mode="json", exclude={"download"}), "seed": p.seed}
@@ -98,6 +99,7 @@ class MATStudy:
         def build(target: nn.Module, checkpoint_dir) -> dict[str, Any]:
             return fit_mimo(target, self.train_set, p.train, members=members, inner=inner, seed=p.seed,
                             device=self.device, checkpoint_dir=checkpoint_dir, on_epoch=diagnostics,
+                            ramp_epochs=p.ramp_epochs,
                             desc=f"train {LABELS[name]}")
 
         module, meta = cached_model("mat", key, module, build, cache=self.cache, label=LABELS[name])
