@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install reproduce test unit nbval lab golden bench clean
+.PHONY: install reproduce test unit nbval reliability lab golden bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ nbval: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -q notebooks
 
 test: unit nbval
+
+# The fault-injection and bad-input tests alone; rewrites README's "Reliability" figures from this run.
+reliability: $(STAMP)
+	ADVLIB_RELIABILITY_REPORT=1 $(BIN)/python -m pytest tests/reliability -q
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

@@ -10,7 +10,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .runtime import DEVICE_CHOICES, project_root
+from .runtime import DEVICE_CHOICES, contained_path, project_root
 
 PROFILES = ("ci", "default", "paper")
 SCHEMAS: dict[str, type["Params"]] = {}
@@ -392,6 +392,13 @@ class HumanStudySpec(Strict):
     url_prefix: str = "https://example.org/advlib-study"
     sheets_shown: int = Field(default=2, ge=0)
 
+    @field_validator("results")
+    @classmethod
+    def _inside_project(cls, text: str | None) -> str | None:
+        if text is not None:
+            contained_path(text, "study.results")
+        return text
+
 
 @register_schema("adversary_critic")
 class AdversaryCriticParams(Params):
@@ -454,6 +461,7 @@ class MATParams(Params):
     threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
     members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)
     iterations: int = Field(ge=1)
+    ramp_epochs: int = Field(default=0, ge=0)  # training radii ramp linearly over these epochs (0: the paper's full radii)
     systems: list[str] = Field(min_length=1)
     n_eval: int = Field(ge=1)
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
@@ -481,6 +489,8 @@ class MATParams(Params):
             raise ValueError("'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems")
         if self.train.adversary is not None:
             raise ValueError("train.adversary must be empty: each system's training attack comes from threats")
+        if self.ramp_epochs >= self.train.epochs:
+            raise ValueError(f"ramp_epochs={self.ramp_epochs} must be below train.epochs={self.train.epochs}")
         return self
 
 
@@ -512,7 +522,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ParamsError(f"override {item!r} has an empty key")
-    return key, yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key, yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as error:
+        raise ParamsError(f"override {item!r}: the value is not plain YAML data ({' '.join(str(error).split())})") from None
 
 
 def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -576,7 +589,10 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
         raise ParamsError(f"unknown notebook {stem!r}; allowed: {', '.join(list_stems())}")
     schema = SCHEMAS[stem]
     path = profile_path(stem, profile)
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"profile {str(path)!r} is not plain YAML data ({' '.join(str(error).split())})") from None
     if not isinstance(tree, dict):
         raise ParamsError(f"profile {str(path)!r} must hold a mapping of keys, got {type(tree).__name__}")
     pairs = [parse_override(o) for o in overrides] if isinstance(overrides, (list, tuple)) else list((overrides or {}).items())

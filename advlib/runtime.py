@@ -45,10 +45,23 @@ def data_root() -> Path:
     return Path(env).resolve() if env else project_root() / "data"
 
 
+def contained_path(text: str, what: str) -> Path:
+    """`text` (relative paths from the project root) resolved, if it lies inside the project, data or cache
+    directory; otherwise a ValueError naming the path and those directories (parameters cannot reach elsewhere)."""
+    path = Path(text).expanduser()
+    resolved = (path if path.is_absolute() else project_root() / path).resolve()
+    roots = [project_root(), data_root(), cache_root()]
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ValueError(f"{what} {text!r} resolves to {str(resolved)!r}, outside the allowed directories: "
+                         f"{', '.join(str(r) for r in roots)}")
+    return resolved
+
+
 def output_dir(stem: str, profile: str) -> Path:
-    """figures/<stem>/<profile>/, created on demand."""
+    """figures/<stem>/<profile>/ ($ADVLIB_FIGURES replaces figures/, as a sweep does per point), created on demand."""
     profile_name = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
-    path = project_root() / "figures" / stem / profile_name
+    env = os.environ.get("ADVLIB_FIGURES")
+    path = (Path(env).resolve() if env else project_root() / "figures") / stem / profile_name
     path.mkdir(parents=True, exist_ok=True)
     return path
 

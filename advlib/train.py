@@ -6,6 +6,7 @@ resumed at epoch e sees exactly the batches and random starts an uninterrupted r
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -76,20 +77,45 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
             else:
                 scalars[f"{index}.{name}"] = value
     meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"], "scalars": scalars,
-            "scheduler": scheduler.state_dict(), "callback_done": callback_done}
+            "scheduler": scheduler.state_dict(), "callback_done": callback_done, "sha256": _tensors_digest(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
+        os.replace(tmp, path)
+    except OSError as error:
+        raise OSError(error.errno, f"could not write the training checkpoint {path} ({error.strerror or error}); "
+                                   "the previous checkpoint is kept") from error
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes (the checkpoint's own checksum)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be parsed or does not match its checksum."""
 
 
 def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, Any]], bool]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = json.loads(handle.metadata()["advlib"])
-    tensors = load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["advlib"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise CorruptCheckpoint(f"unreadable ({type(error).__name__}: {error})") from error
+    if meta.get("sha256") != _tensors_digest(tensors):
+        raise CorruptCheckpoint("checksum mismatch")
     device = next(model.parameters()).device
     model.load_state_dict({k[6:]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
@@ -113,7 +139,12 @@ def resume(checkpoint_dir: Path | None, model: nn.Module, optimizer: torch.optim
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
     if ckpt is None or not ckpt.is_file():
         return ckpt, 0, []
-    start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
+    try:
+        start, history, callback_done = _load_checkpoint(ckpt, model, optimizer, scheduler)
+    except CorruptCheckpoint as error:
+        log.warning("train: checkpoint %s is corrupt (%s); starting this build from scratch", ckpt, error)
+        ckpt.unlink()
+        return ckpt, 0, []
     log.info("train: resuming from the checkpoint after epoch %d (%s)", start, ckpt.parent.name)
     if not callback_done and on_epoch is not None and history:
         on_epoch(start, model, history[-1])

@@ -108,6 +108,20 @@ def check_batch(x: Tensor, y: Tensor, target: Tensor | None = None) -> None:
         raise ValueError(f"targets must have shape ({len(x)},), got {tuple(target.shape)}")
 
 
+def check_model_input(model: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
+    """Reject a batch the model cannot read (wrong channel count or image size) or labels beyond its outputs,
+    by one forward of a single image, before any expensive work."""
+    try:
+        with torch.no_grad():
+            logits = model(x[:1])
+    except RuntimeError as error:
+        raise ValueError(f"the model cannot read images of shape {tuple(x.shape[1:])} (C, H, W): "
+                         f"{str(error).splitlines()[0]}") from error
+    if y is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]):
+        raise ValueError(f"labels span [{int(y.min())}, {int(y.max())}]; the model has {logits.shape[-1]} classes, "
+                         f"allowed labels 0..{logits.shape[-1] - 1}")
+
+
 @contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with torch's RNG seeded to `seed`, restoring the caller's RNG state afterwards.
@@ -159,6 +173,7 @@ class Attack(ABC):
         was_training = model.training
         model.eval()
         try:
+            check_model_input(model, x, y)
             with seeded(self.seed, x.device):
                 chunks = []
                 for i in range(0, len(x), batch_size):

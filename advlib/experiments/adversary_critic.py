@@ -26,7 +26,7 @@ from ..human import StudyItem, anonymous_id, export_batch, import_results, label
 from ..models import Ensemble, create_model, create_model_for
 from ..params import AdversaryCriticParams, AttackSpec
 from ..report import Claim
-from ..runtime import project_root
+from ..runtime import contained_path, project_root
 from ..train import fit, train_classifier
 
 DEFENSE_LABELS = {"reference": "Reference", "at": "AT [7]", "vat": "VAT [16]", "margin": "Margin [19]", "critic": "Our"}
@@ -246,7 +246,7 @@ class CriticStudy:
         the table (per network and defense: % labelled with the target, % with the original) and who answered."""
         key = pd.DataFrame([vars(item) for item in items])
         if self.p.study.results:
-            answers, who = import_results(Path(self.p.study.results)), "human annotators (MTurk results file)"
+            answers, who = import_results(contained_path(self.p.study.results, "study.results")), "human annotators (MTurk results file)"
         else:
             answers = proxy_answers(self.proxy_annotator(), images, [item.image_id for item in items])
             who = "proxy annotator (robust classifier ensemble; no human answers in this run)"

@@ -23,7 +23,7 @@ from ..attacks import predict
 from ..cache import Artifact, Cache, make_key
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.regroup import (VOTER_MODES, RegroupClassifier, RegroupOutcome, RegroupStatistics, RegroupSurrogate,
-                                choose_k, fit_regroup)
+                                choose_k, fit_regroup, voter_layers)
 from ..evaluate import TOLERANCE, attack
 from ..models import create_model_for
 from ..params import ArchitectureSpec, AttackSpec, RegroupParams
@@ -97,6 +97,21 @@ class RegroupStudy:
         self.x, self.y = to_tensors(load_dataset(p.data.name, "test", n=p.n_test, seed=p.seed, download=p.data.download))
         self._networks: dict[str, Network] = {}
         self.sets: dict[tuple[str, str, str], AttackedSet] = {}
+        self._check_k()
+
+    def _check_k(self) -> None:
+        """Refuse a fixed k above an architecture's number of voting layers before anything is trained (the layers
+        are counted on an untrained copy of each network)."""
+        if self.p.k is None:
+            return
+        for name, spec in self.p.architectures.items():
+            source = spec.train or spec.pretrained
+            options = {k: v for k, v in source.model_options.items() if k not in ("weights", "download")}
+            with torch.random.fork_rng():  # counting layers must not move the global RNG the runs draw from
+                layers = spec.layers or voter_layers(create_model_for(source.model, self.info, **options))
+            if self.p.k > len(layers):
+                raise ValueError(f"k={self.p.k} is larger than the number of layers {len(layers)} of {name!r} "
+                                 f"(allowed 1..{len(layers)}, or null for the paper's rule)")
 
     # -- networks --------------------------------------------------------------------------
     def network(self, name: str) -> Network:
@@ -143,9 +158,6 @@ class RegroupStudy:
     def _build_network(self, name: str, spec: ArchitectureSpec) -> Network:
         model, key = self._model(spec)
         stats, stats_key = self._statistics(model, key, spec)
-        if self.p.k is not None and self.p.k > len(stats.layer_names):
-            raise ValueError(f"k={self.p.k} is larger than the number of layers {len(stats.layer_names)} of {name!r} "
-                             f"(allowed 1..{len(stats.layer_names)}, or null for the paper's rule)")
         correct = predict(model, self.x.to(self.device)).cpu() == self.y
         correct_index = correct.nonzero().flatten()
         select = _first(correct_index, self.p.n_select, "the k rule", name)

@@ -11,6 +11,7 @@ from torch import nn
 
 from advlib.models.layers import IMAGENET_NORMALIZE, NormalizeSpec, make_normalize
 from advlib.models.registry import register_model
+from advlib.weights import load_state_dict
 
 
 class BasicBlock(nn.Module):
@@ -188,8 +189,8 @@ def _torchvision_model(
     num_classes: int,
     normalize: NormalizeSpec | None,
 ) -> nn.Sequential:
-    """A torchvision model behind a Normalize layer; named weights load from the local torch hub cache only,
-    unless `download` is set."""
+    """A torchvision model behind a Normalize layer; named weights load (weights-only, `advlib.weights`) from the
+    local torch hub cache only, unless `download` is set."""
     weight = None
     if weights is not None:
         allowed = list(weights_enum.__members__)
@@ -204,7 +205,17 @@ def _torchvision_model(
                 f"weights {weights!r} for {name} are not in the local cache {local}; "
                 f"place the file there (or set TORCH_HOME) or pass download=True"
             )
-    net = builder(weights=weight, num_classes=num_classes, progress=False)
+        classes = len(weight.meta["categories"])
+        if num_classes != classes:
+            raise ValueError(f"weights {weights!r} for {name} have {classes} classes; num_classes={num_classes} does not match")
+        if download and not local.is_file():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            digest = torch.hub.HASH_REGEX.search(local.name)  # torchvision names files <arch>-<sha256 prefix>.pth
+            torch.hub.download_url_to_file(weight.url, str(local), hash_prefix=digest.group(1) if digest else None,
+                                           progress=False)
+    net = builder(weights=None, num_classes=num_classes)
+    if weight is not None:  # loaded here, weights-only: torchvision's own path unpickles the hub file in full
+        net.load_state_dict(load_state_dict(local))
     return nn.Sequential(OrderedDict(normalize=make_normalize(normalize), net=net))
 
 
