@@ -1,4 +1,4 @@
-"""Command line: `advlib run|list|cache|bench` — papermill runs of the notebooks and cache upkeep."""
+"""Command line: `advlib run|sweep|list|cache|bench` — papermill runs and sweeps of the notebooks, cache upkeep."""
 from __future__ import annotations
 
 import argparse
@@ -51,6 +51,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from . import sweep as sweep_mod
+
+    if args.stem not in available_stems():
+        raise SystemExit(f"no notebook for {args.stem!r}; allowed: {', '.join(available_stems())}")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    plot = None
+    if args.plot:
+        metric, sep, key = args.plot.rpartition(":")
+        if not sep or not metric or not key:
+            raise SystemExit(f"--plot {args.plot!r} is not of the form table.column:key")
+        plot = (metric, key)
+    try:
+        planned = sweep_mod.plan(args.stem, args.profile, sweep_mod.parse_grid(args.grid or []), seeds)
+    except ValueError as error:
+        raise SystemExit(f"advlib sweep: {error}") from None
+    results = sweep_mod.run_sweep(planned, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
+                                  resume=args.resume)
+    tidy = sweep_mod.gather(planned, results)
+    paths = sweep_mod.write_gathered(planned, tidy, results)
+    out = sys.stdout
+    failed = [r for r in results if r.status == "failed"]
+    out.write(f"sweep {planned.sweep_id}: {len(results) - len(failed)} of {len(planned.points)} points ok; "
+              f"tables in {paths['results.csv']}\n")
+    for result in failed:
+        out.write(f"FAILED {result.name}: {planned.point(result.name).notebook}\n  "
+                  + result.error.replace("\n", "\n  ") + "\n")
+    if failed:
+        out.write("rerun only the failed points: add --resume\n")
+    if plot and not tidy.empty:
+        out.write(f"plot: {sweep_mod.plot_metric(planned, tidy, *plot)}\n")
+    return 1 if failed else 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .attacks import attack_info, list_attacks
     from .data import list_datasets
@@ -91,7 +125,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     script = project_root() / "benchmarks" / "run.py"
     if not script.is_file():
         raise SystemExit(f"benchmark script {script} not found")
-    sys.argv = [str(script), *(["--quick"] if args.quick else [])]
+    sys.argv = [str(script), *(["--quick"] if args.quick else []), *(["--suite", args.suite] if args.suite else []),
+                *(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else [])]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -105,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)")
     run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>.ipynb)")
     run.set_defaults(func=_cmd_run)
+    sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters (locally or on Dask)")
+    sweep.add_argument("stem", help="notebook stem (e.g. quickstart)")
+    sweep.add_argument("--profile", default="ci", help="ci, default, paper, or a path to a YAML profile")
+    sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a swept key and its values (repeatable)")
+    sweep.add_argument("--seeds", metavar="S1,S2", help="seeds to repeat every grid point with")
+    sweep.add_argument("--executor", default="local", choices=["local", "dask"], help="local process pool or Dask")
+    sweep.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="Dask scheduler (default: a LocalCluster)")
+    sweep.add_argument("--workers", type=int, help="parallel points (default: the number of cores)")
+    sweep.add_argument("--resume", action="store_true", help="rerun only the points that failed or are missing")
+    sweep.add_argument("--plot", metavar="TABLE.COLUMN:KEY", help="plot a gathered metric against a swept key")
+    sweep.set_defaults(func=_cmd_sweep)
     sub.add_parser("list", help="notebooks, models, datasets and attacks").set_defaults(func=_cmd_list)
     cache = sub.add_parser("cache", help="inspect or clean the artifact cache")
     cache.add_argument("action", choices=["ls", "verify", "prune"])
@@ -114,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=_cmd_cache)
     bench = sub.add_parser("bench", help="run the benchmarks and write benchmarks/RESULTS.md")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
+    bench.add_argument("--suite", metavar="PROFILE", help="profile of the notebook-suite rows ('none' skips them)")
+    bench.add_argument("--bf16", action="store_true", help="attack engine under bf16 autocast (CUDA)")
+    bench.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

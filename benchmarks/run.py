@@ -1,6 +1,7 @@
-"""Benchmarks of the native PGD engine, one-run accuracy-vs-steps curves and REGroup inference, measured as ratios side by side in one process.
+"""Benchmarks of the native PGD engine, union evaluation, accuracy-vs-steps curves, REGroup inference, MAT training and
+the notebook suite (cold vs warm, peak memory), measured as ratios side by side in one process.
 
-Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick]` or `python benchmarks/run.py [--quick]`.
+Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick] [--suite PROFILE] [--bf16] [--channels-last]`.
 
 Rules kept here (see benchmarks/README.md):
 - one warm-up call of each contender, then at least 5 repetitions (3 under --quick);
@@ -43,6 +44,8 @@ STEP_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 TARGET_MAT = ("<=", 1.15)     # MAT epoch / single-model Linf-AT epoch at equal steps (paper: 1.22 on MNIST)
 TARGET_VANILLA = (">=", 2.5)  # M = 3 vanilla-ensemble AT time / MAT time: MAT should cost about one AT run
 MAT_STEPS = 10
+TARGET_UNION = ("<=", 0.5)
+TARGET_WARM = ("<=", 0.1)     # notebook suite: warm rerun (everything cached) / cold run    # union of attacks: cascade over survivors / every attack on every sample
 
 
 @dataclass
@@ -101,17 +104,21 @@ def _fmt(seconds: float) -> str:
 
 
 def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int,
-                device: torch.device) -> list[Row]:
-    label = f"{name} b{len(x)}"
+                device: torch.device, *, bf16: bool = False, channels_last: bool = False) -> list[Row]:
+    label = f"{name} b{len(x)}" + (" bf16" if bf16 else "") + (" channels_last" if channels_last else "")
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
     def ours():
-        return pgd(model, x, y, eps=EPS, norm="linf", steps=STEPS, stepsize=ALPHA)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return pgd(model, x, y, eps=EPS, norm="linf", steps=STEPS, stepsize=ALPHA)
 
     def limit():
         # 40 forward+backward passes of the CE loss w.r.t. the input, nothing else
-        for _ in range(STEPS):
-            xr = x.detach().requires_grad_(True)
-            torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            for _ in range(STEPS):
+                xr = x.detach().requires_grad_(True)
+                torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
 
     rows = []
     o, p, r, rs = compare(ours, limit, reps, device, f"{label}: PGD vs fwd+bwd")
@@ -179,10 +186,10 @@ def bench_steps_curve(name: str, model: torch.nn.Module, x: torch.Tensor, y: tor
                _fmt(o), f"separate runs: {_fmt(p)}", r, TARGET_STEPS, ratios=rs)
 
 
-def bench_mat(reps: int, device: torch.device, images: int) -> list[Row]:
-    """Paper 5: one training epoch of MAT (MIMO lenet5_classic, M = 3, members in Linf/L2/L1) against one epoch of
-    single-model Linf AT at equal PGD steps and batch size, on random MNIST-shaped data; and the M-model vanilla
-    ensemble (three AT runs) against MAT."""
+def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> list[Row]:
+    """Paper 5: one training epoch of MAT (MIMO `backbone`, M = 3, members in Linf/L2/L1) against one epoch of
+    single-model Linf AT of the same backbone at equal PGD steps and batch size, on random MNIST-shaped data; and the
+    M-model vanilla ensemble (three AT runs) against MAT."""
     from advlib.data import dataset_info
     from advlib.defenses.mat import NormStep, fit_mimo, mat_attack
     from advlib.models.mimo import SingleAsMIMO, create_mimo
@@ -190,22 +197,106 @@ def bench_mat(reps: int, device: torch.device, images: int) -> list[Row]:
 
     info = dataset_info("mnist5k")
     data = torch.utils.data.TensorDataset(torch.rand(images, 1, 28, 28), torch.randint(0, 10, (images,)))
-    spec = TrainSpec(model="lenet5_classic", epochs=1, batch_size=64)
+    spec = TrainSpec(model=backbone, epochs=1, batch_size=64)
     steps = [NormStep("linf", 0.3, 0.1), NormStep("l2", 2.0, 0.7), NormStep("l1", 10.0, 3.5)]
 
     def mat():
-        fit_mimo(create_mimo("lenet5_classic", info, 3), data, spec, members=3, device=device,
-                 inner=lambda m, x, y, g: mat_attack(m, x, y, steps, MAT_STEPS, generator=g))
+        fit_mimo(create_mimo(backbone, info, 3), data, spec, members=3, device=device,
+                 inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps, MAT_STEPS, generator=g))
 
     def single_at():
-        fit_mimo(SingleAsMIMO(create_model("lenet5_classic")), data, spec, members=1, device=device,
-                 inner=lambda m, x, y, g: mat_attack(m, x, y, steps[:1], MAT_STEPS, generator=g))
+        fit_mimo(SingleAsMIMO(create_model(backbone)), data, spec, members=1, device=device,
+                 inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1], MAT_STEPS, generator=g))
 
-    o, p, r, rs = compare(mat, single_at, reps, device, "MAT vs AT epoch")
-    what = f"lenet5_classic, {images} images b64, PGD-{MAT_STEPS}"
+    o, p, r, rs = compare(mat, single_at, reps, device, f"MAT vs AT epoch ({backbone})")
+    what = f"{backbone}, {images} images b64, PGD-{MAT_STEPS}"
     return [Row(f"{what}: MAT epoch (M = 3) / single-model Linf-AT epoch", _fmt(o), f"Linf AT: {_fmt(p)}", r, TARGET_MAT, ratios=rs),
             Row(f"{what}: 3-model vanilla-ensemble AT (3 AT epochs) / MAT epoch", f"MAT: {_fmt(o)}", f"3 x AT: {_fmt(3 * p)}",
                 3 / r, TARGET_VANILLA, ratios=tuple(3 / x for x in rs))]
+
+
+UNION_ATTACKS = [  # the quickstart suite: six attacks in three norms, cheap ones first as a researcher would order them
+    {"name": "fgsm", "eps": 0.2},
+    {"name": "pgd_linf", "eps": 0.2, "steps": 20},
+    {"name": "pgd_l2", "eps": 2.0, "steps": 20},
+    {"name": "deepfool_l2", "eps": 2.0, "options": {"steps": 20}},
+    {"name": "salt_and_pepper", "eps": 5.0, "options": {"steps": 100}},
+    {"name": "uniform_noise", "eps": 4.0},
+]
+
+
+def bench_union(reps: int, device: torch.device, images: int) -> Row:
+    """Union accuracy of six attacks on an undefended lenet5_classic (one epoch on mnist5k): the cascade (each attack
+    only on the survivors of the earlier ones) against every attack on every sample; the unions must agree."""
+    from advlib.data import load_dataset, to_tensors
+    from advlib.evaluate import union_robustness
+    from advlib.params import TrainSpec
+    from advlib.train import fit
+
+    torch.manual_seed(0)
+    model = create_model("lenet5_classic").to(device)
+    fit(model, load_dataset("mnist5k", "train"), TrainSpec(model="lenet5_classic", epochs=1, batch_size=64), device=device)
+    model.eval()
+    x, y = (t.to(device) for t in to_tensors(load_dataset("mnist5k", "test", n=images)))
+    unions = {}
+
+    def run(cascade: bool):
+        unions[cascade] = union_robustness(model, x, y, UNION_ATTACKS, cascade=cascade).robust_accuracy
+
+    o, p, r, rs = compare(lambda: run(True), lambda: run(False), reps, device, "union cascade vs all")
+    if unions[True] != unions[False]:
+        raise AssertionError(f"cascade union {unions[True]} differs from the all-attacks union {unions[False]}")
+    return Row(f"lenet5_classic (undefended) {images} images: union of 6 attacks, cascade / every attack on every "
+               f"sample (same union accuracy {unions[True]:.1f}%)", _fmt(o), f"all attacks: {_fmt(p)}", r,
+               TARGET_UNION, ratios=rs)
+
+
+_SUITE_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from advlib.cli import run_notebook
+run_notebook(sys.argv[1], sys.argv[2], [], Path(sys.argv[3]))
+usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+print(json.dumps({"self_kib": usage[0], "kernel_kib": usage[1]}))
+"""
+
+
+def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
+    """Every notebook run with `profile` in its own process against a fresh cache (cold), then again on that cache
+    (warm): time per notebook and in total, and the peak resident memory of the notebook's kernel."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from advlib.cli import available_stems
+
+    project = Path(__file__).resolve().parents[1]
+    rows, memory, totals = [], [], {"cold": 0.0, "warm": 0.0}
+    with tempfile.TemporaryDirectory(prefix="advlib-suite-") as tmp:
+        home = Path(tmp)
+        for shared in ("params", "notebooks"):
+            (home / shared).symlink_to(project / shared, target_is_directory=True)
+        (home / "pyproject.toml").write_text("")
+        env = {**os.environ, "ADVLIB_HOME": str(home), "ADVLIB_CACHE": str(home / "artifacts")}
+        for stem in tqdm(available_stems(), desc=f"notebook suite ({profile})"):
+            seconds, peak = {}, 0
+            for state in ("cold", "warm"):
+                began = time.perf_counter()
+                done = subprocess.run([sys.executable, "-c", _SUITE_CHILD, stem, profile, str(home / f"{stem}-{state}.ipynb")],
+                                      env=env, capture_output=True, text=True)
+                seconds[state] = time.perf_counter() - began
+                if done.returncode != 0:
+                    raise RuntimeError(f"notebook {stem} ({profile}, {state}) failed:\n{done.stderr[-2000:]}")
+                usage = json.loads(done.stdout.strip().splitlines()[-1])
+                peak = max(peak, usage["kernel_kib"])
+                totals[state] += seconds[state]
+            rows.append(Row(f"{stem} ({profile}): warm rerun / cold run", _fmt(seconds["warm"]),
+                            f"cold: {_fmt(seconds['cold'])}", seconds["warm"] / seconds["cold"], TARGET_WARM))
+            memory.append(f"| {stem} | {profile} | {peak / 1024:.0f} MiB |")
+    rows.append(Row(f"all notebooks ({profile}): warm rerun / cold run", _fmt(totals["warm"]), f"cold: {_fmt(totals['cold'])}",
+                    totals["warm"] / totals["cold"], TARGET_WARM))
+    return rows, memory
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -239,7 +330,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_REPS} repetitions, batch 64, no resnet18 or resnet50_imagenet")
+    parser.add_argument("--suite", metavar="PROFILE",
+                        help="profile of the notebook-suite rows (cold vs warm, peak memory); default: ci with --quick, "
+                             "else default; 'none' skips them")
+    parser.add_argument("--bf16", action="store_true", help="run the native attack engine under bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
     args = parser.parse_args()
+    suite = args.suite or ("ci" if args.quick else "default")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reps = QUICK_REPS if args.quick else FULL_REPS
@@ -255,7 +352,7 @@ def main() -> None:
         model = create_model(name, **kwargs).to(device).eval()
         x = torch.rand(batch, *shape, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
-        rows.extend(bench_model(name, model, x, y, reps, device))
+        rows.extend(bench_model(name, model, x, y, reps, device, bf16=args.bf16, channels_last=args.channels_last))
     counts = STEP_COUNTS if not args.quick else tuple(k for k in STEP_COUNTS if k <= 100)
     model = create_model("width_cnn").to(device).eval()
     x = torch.rand(64, 1, 28, 28, device=device)
@@ -267,7 +364,13 @@ def main() -> None:
         model = create_model(name, **kwargs).to(device).eval()
         rows.append(bench_regroup(name, model, torch.rand(batch, *shape, device=device), reps, device))
 
-    rows.extend(bench_mat(reps, device, 512 if args.quick else 2048))
+    for backbone in ("lenet5_classic", "lenet5"):  # the tiny classic LeNet, and the default profile's backbone
+        rows.extend(bench_mat(reps, device, 512 if args.quick else 2048, backbone))
+    rows.append(bench_union(reps, device, 128 if args.quick else 512))
+    memory: list[str] = []
+    if suite != "none":
+        suite_rows, memory = bench_suite(suite)
+        rows.extend(suite_rows)
 
     cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
     foreign = None
@@ -280,7 +383,8 @@ def main() -> None:
         "",
         f"Date {now}; torch {torch.__version__}; device {device.type}"
         f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}; "
-        f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'} "
+        f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'}"
+        f"{'; attack engine in bf16 autocast' if args.bf16 else ''}{'; channels_last' if args.channels_last else ''} "
         f"({reps} repetitions after one warm-up"
         + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ").",
         "",
@@ -302,6 +406,9 @@ def main() -> None:
     for row in rows:
         if row.ratios:
             lines.append(f"- {row.what}: " + ", ".join(f"{r:.3f}" for r in row.ratios))
+    if memory:
+        lines += ["", "Peak resident memory of each notebook's kernel (the larger of its cold and warm runs):", "",
+                  "| notebook | profile | peak RSS |", "|---|---|---|", *memory]
     lines.append("")
     RESULTS.write_text("\n".join(lines))
     print(f"wrote {RESULTS}")

@@ -82,7 +82,7 @@ def test_figure4_panels_and_confidences(ci_study):
     assert table["average confidence"].between(10, 100).all()
 
 
-def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path):
+def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path, monkeypatch):
     items, images = ci_study.study_images()
     assert len(items) == len(images) and len({i.image_id for i in items}) == len(items)
     assert all("critic" not in i.image_id and "lenet5" not in i.image_id for i in items)  # anonymous ids
@@ -100,6 +100,7 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
         if f"Input.image_{k}_id" in results:
             results[f"Answer.label_{k}"] = [key.get(i, "") for i in results[f"Input.image_{k}_id"]]
     results["WorkerId"] = [f"W{n}" for n in range(len(results))]
+    monkeypatch.setenv("ADVLIB_DATA", str(tmp_path))  # study.results must lie inside the project, data or cache root
     results.to_csv(tmp_path / "results.csv", index=False)
     answered = copy.copy(ci_study)  # a shallow copy with the results file set
     answered.p = ci_study.p.model_copy(update={"study": ci_study.p.study.model_copy(update={"results": str(tmp_path / "results.csv")})})
