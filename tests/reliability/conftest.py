@@ -33,8 +33,8 @@ def _summary(session: pytest.Session) -> str:
     for row in _LEDGER:
         by_category[row["category"]].append(row)
     lines = [BEGIN, "",
-             f"From the run of `tests/reliability` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
-             f"{os.cpu_count()} cores): {session.testscollected} tests, {session.testsfailed} failed.", "",
+             f"From a pytest run including `tests/reliability` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
+             f"{os.cpu_count()} cores): {session.testscollected} tests in the run, {session.testsfailed} failed.", "",
              "| category | cases | all handled as specified | examples |", "|---|---:|---|---|"]
     for category, rows in sorted(by_category.items()):
         examples = "; ".join(dict.fromkeys(r["case"] for r in rows[:3]))
