@@ -122,15 +122,16 @@ def plan(stem: str, profile: str, grid: dict[str, list[Any]], seeds: Sequence[in
     return sweep
 
 
-def run_point(stem: str, profile: str, point: Point, threads: int) -> PointResult:
-    """Execute one point in a fresh process (`python -m advlib.cli run`); a failure comes back as a result with the
-    papermill error, never as an exception."""
+def run_point(stem: str, profile: str, point: Point, threads: int, home: str, cache: str) -> PointResult:
+    """Execute one point in a fresh process (`python -m advlib.cli run`) in the project `home` with the artifact
+    `cache` (both resolved by the submitting process, so a cluster worker started elsewhere uses the same paths); a
+    failure comes back as a result with the papermill error, never as an exception."""
     began = time.perf_counter()
     overrides = {**({"threads": threads} if "threads" not in point.values else {}), **point.values}
     command = [sys.executable, "-m", "advlib.cli", "run", stem, "--profile", profile, "--output", point.notebook,
                *(item for k, v in overrides.items() for item in ("--set", f"{k}={json.dumps(v)}"))]
-    env = {**os.environ, "ADVLIB_FIGURES": point.figures, "ADVLIB_HOME": str(project_root()),
-           "ADVLIB_CACHE": str(cache_root()), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "ADVLIB_FIGURES": point.figures, "ADVLIB_HOME": home, "ADVLIB_CACHE": cache,
+           "OMP_NUM_THREADS": str(threads)}
     Path(point.notebook).parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - began
@@ -151,9 +152,10 @@ def _papermill_error(stderr: str) -> str:
 
 def _execute(sweep: Sweep, todo: list[Point], executor: str, workers: int, scheduler: str | None) -> Iterable[PointResult]:
     threads = max(1, (os.cpu_count() or 1) // workers)
+    paths = (str(project_root()), str(cache_root()))
     if executor == "local":
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(run_point, sweep.stem, sweep.profile, p, threads) for p in todo]
+            futures = [pool.submit(run_point, sweep.stem, sweep.profile, p, threads, *paths) for p in todo]
             for future in as_completed(futures):
                 yield future.result()
         return
@@ -163,7 +165,7 @@ def _execute(sweep: Sweep, todo: list[Point], executor: str, workers: int, sched
                                                    dashboard_address=None)
     client = Client(scheduler or cluster)
     try:
-        futures = [client.submit(run_point, sweep.stem, sweep.profile, p, threads, key=f"{sweep.sweep_id}-{p.name}",
+        futures = [client.submit(run_point, sweep.stem, sweep.profile, p, threads, *paths, key=f"{sweep.sweep_id}-{p.name}",
                                  pure=False) for p in todo]
         for future in dask_completed(futures):
             yield future.result()

@@ -57,9 +57,12 @@ class Row:
     target: tuple[str, float]
     note: str = ""
     ratios: tuple[float, ...] = ()
+    invalid: str = ""  # why the two sides did not compute the same thing (the timing then proves nothing)
 
     @property
     def verdict(self) -> str:
+        if self.invalid:
+            return f"invalid: {self.invalid}"
         if self.ratio is None:
             return f"not measured ({self.note})" if self.note else "not measured"
         op, bound = self.target
@@ -244,11 +247,11 @@ def bench_union(reps: int, device: torch.device, images: int) -> Row:
         unions[cascade] = union_robustness(model, x, y, UNION_ATTACKS, cascade=cascade).robust_accuracy
 
     o, p, r, rs = compare(lambda: run(True), lambda: run(False), reps, device, "union cascade vs all")
-    if unions[True] != unions[False]:
-        raise AssertionError(f"cascade union {unions[True]} differs from the all-attacks union {unions[False]}")
+    cascade, every = 100 * unions[True], 100 * unions[False]
+    differ = f"union accuracy {cascade:.2f}% by cascade vs {every:.2f}% by every attack" if cascade != every else ""
     return Row(f"lenet5_classic (undefended) {images} images: union of 6 attacks, cascade / every attack on every "
-               f"sample (same union accuracy {unions[True]:.1f}%)", _fmt(o), f"all attacks: {_fmt(p)}", r,
-               TARGET_UNION, ratios=rs)
+               f"sample (union accuracy {cascade:.2f}% / {every:.2f}%)", _fmt(o), f"all attacks: {_fmt(p)}", r,
+               TARGET_UNION, ratios=rs, invalid=differ)
 
 
 _SUITE_CHILD = """
