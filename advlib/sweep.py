@@ -63,6 +63,11 @@ class Sweep:
     def folder(self) -> Path:
         return project_root() / "runs" / self.stem / self.sweep_id
 
+    @property
+    def keys(self) -> list[str]:
+        """The swept keys, with 'seed' last when seeds are swept."""
+        return list(self.grid) + (["seed"] if self.seeds else [])
+
     def point(self, name: str) -> Point:
         return next(p for p in self.points if p.name == name)
 
@@ -107,7 +112,6 @@ def plan(stem: str, profile: str, grid: dict[str, list[Any]], seeds: Sequence[in
     The sweep id is a hash of the stem, profile, grid and seeds, so the same command finds the same folder."""
     if not grid and not seeds:
         raise ValueError("a sweep needs at least one --grid key=v1,v2 or --seeds")
-    keys = list(grid) + (["seed"] if seeds else [])
     if seeds and "seed" in grid:
         raise ValueError("give the seeds either with --seeds or as a grid key 'seed', not both")
     axes = [grid[k] for k in grid] + ([list(seeds)] if seeds else [])
@@ -115,7 +119,7 @@ def plan(stem: str, profile: str, grid: dict[str, list[Any]], seeds: Sequence[in
                             .encode()).hexdigest()[:10]
     sweep = Sweep(stem, str(profile), grid, list(seeds) if seeds else None, sweep_id=f"sweep-{digest}")
     for combo in itertools.product(*axes):
-        values = dict(zip(keys, combo))
+        values = dict(zip(sweep.keys, combo))
         params_mod.load(stem, profile, values)  # a bad point stops the sweep before anything runs
         name = "__".join(f"{_slug(k)}={_slug(v)}" for k, v in values.items())
         sweep.points.append(Point(name, values, str(sweep.folder / f"{name}.ipynb"), str(sweep.folder / name)))
@@ -217,7 +221,7 @@ def _write_record(sweep: Sweep, results: dict[str, PointResult]) -> None:
 def gather(sweep: Sweep, results: Sequence[PointResult]) -> pd.DataFrame:
     """One tidy table of every successful point's result tables: a column per swept key, then table, row (the
     table's first column), column and value."""
-    keys = list(sweep.grid) + (["seed"] if sweep.seeds else [])
+    keys = sweep.keys
     ok = {r.name for r in results if r.status == "ok"}
     rows = []
     for point in sweep.points:
@@ -263,7 +267,7 @@ def plot_metric(sweep: Sweep, tidy: pd.DataFrame, metric: str, key: str) -> Path
     import matplotlib.pyplot as plt
 
     table, _, column = metric.partition(".")
-    keys = list(sweep.grid) + (["seed"] if sweep.seeds else [])
+    keys = sweep.keys
     if key not in keys:
         raise ValueError(f"--plot key {key!r} is not swept; swept keys: {', '.join(keys)}")
     chosen = tidy[(tidy["table"] == table) & (tidy["column"] == column)]
