@@ -303,14 +303,15 @@ def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
-    """(CPU seconds used by the whole machine, CPU seconds used by this process) so far; None off Linux."""
+    """(CPU seconds used by the whole machine, CPU seconds used by this process and its finished children, such as the
+    notebook-suite runs) so far; None off Linux."""
     try:
         import resource
         fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        own = resource.getrusage(resource.RUSAGE_SELF)
-        return busy, own.ru_utime + own.ru_stime
+        own = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        return busy, sum(u.ru_utime + u.ru_stime for u in own)
     except (OSError, ValueError, ImportError, IndexError):
         return None
 
