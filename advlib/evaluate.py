@@ -49,15 +49,18 @@ def spec_label(spec: Any) -> str:
 
 
 def attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, *, model_key: str | None = None,
-           cache: Cache | None = None, target: Tensor | None = None) -> AttackResult:
-    """Run one attack; with `model_key` the adversarial set is cached under (model, spec, samples)."""
+           cache: Cache | None = None, target: Tensor | None = None, keys: Tensor | None = None) -> AttackResult:
+    """Run one attack; with `model_key` the adversarial set is cached under (model, spec, samples, keys).
+    `keys` give each sample its own random stream (see `Attack.__call__`)."""
     adversary = create_attack(spec)
     if model_key is None:
-        return adversary(model, x, y, target)
+        return adversary(model, x, y, target, keys=keys)
     key = {"model": model_key, "spec": _spec_dict(spec), "samples": tensor_digest(x, y) + (tensor_digest(target) if target is not None else "")}
+    if keys is not None:
+        key["keys"] = tensor_digest(keys)
 
     def build() -> Artifact:
-        result = adversary(model, x, y, target)
+        result = adversary(model, x, y, target, keys=keys)
         return Artifact({"x_adv": result.x_adv, "success": result.success, "norms": result.norms, "l2": result.l2}, {})
 
     artifact = (cache or Cache()).get_or_build("adversarial", key, build, label=f"adversarials {spec_label(spec)}")
@@ -87,17 +90,20 @@ class UnionResult:
 
 def union_robustness(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any], *, cascade: bool = True,
                      model_key: str | None = None, cache: Cache | None = None) -> UnionResult:
-    """Union of attacks. cascade=True runs each attack only on the survivors of the earlier ones
-    (same union as running all, at a fraction of the cost); cascade=False runs every attack on every sample."""
+    """Union of attacks. cascade=True runs each attack only on the survivors of the earlier ones, at a fraction of
+    the cost; cascade=False runs every attack on every sample. Both give the same union: every sample draws its
+    randomness from a stream keyed by its position in x, and attacks whose draws serve a whole batch (noise,
+    decision-based; `Attack.per_sample` false) run on every sample in both modes."""
     model.eval()
     result = UnionResult(clean_correct=predict(model, x) == y)
     alive = result.clean_correct.clone()
     for spec in tqdm(specs, desc="attacks", leave=False):
         label = spec_label(spec)
         broken = torch.zeros_like(alive)
-        index = alive.nonzero().squeeze(1) if cascade else torch.arange(len(x), device=x.device)
+        survivors_only = cascade and create_attack(spec).per_sample
+        index = alive.nonzero().squeeze(1) if survivors_only else torch.arange(len(x), device=x.device)
         if len(index):
-            outcome = attack(spec, model, x[index], y[index], model_key=model_key, cache=cache)
+            outcome = attack(spec, model, x[index], y[index], model_key=model_key, cache=cache, keys=index)
             broken[index] = outcome.broken(tol=TOLERANCE)
         result.broken[label] = broken & result.clean_correct
         alive &= ~broken

@@ -31,6 +31,53 @@ def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
     assert cascade.robust_accuracy <= min(float(m.float().mean()) for m in suite.robust().values())
 
 
+# random starts, L1 step sizes drawn per step, and two attacks whose noise serves the whole batch
+STOCHASTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd_linf", "eps": 0.1, "steps": 5},
+              {"name": "pgd_l1", "eps": 8.0, "steps": 5}, {"name": "pgd_l2", "eps": 1.0, "steps": 5,
+                                                          "options": {"start_sigma": 0.3}},
+              {"name": "salt_and_pepper", "eps": 3.0, "options": {"steps": 20}}, {"name": "uniform_noise", "eps": 2.0}]
+
+
+def test_cascade_union_equals_naive_union_with_random_attacks(mnist_model, mnist_test):
+    x, y = mnist_test
+    cascade = union_robustness(mnist_model, x, y, STOCHASTIC, cascade=True)
+    naive = union_robustness(mnist_model, x, y, STOCHASTIC, cascade=False)
+    alive = naive.clean_correct.clone()
+    for label, broken in naive.broken.items():  # each attack breaks the same survivors in both modes
+        assert torch.equal(cascade.broken[label] & alive, broken & alive), label
+        alive &= ~broken
+    assert torch.equal(cascade.robust, naive.robust)
+    assert 0 < naive.robust_accuracy < float(naive.clean_correct.float().mean())  # the attacks do break samples
+
+
+def test_keyed_pgd_result_does_not_depend_on_the_batch(mnist_model, mnist_test):
+    """With keys, a sample's random start comes from its own stream: alone, in a subset or in the full batch, and
+    whatever ran before, its adversarial is the same; without keys the start depends on the batch."""
+    x, y = mnist_test
+    x, y = x[:24], y[:24]
+    keys = torch.arange(24)
+    spec = {"name": "pgd_linf", "eps": 0.1, "steps": 3}
+    full = attack(spec, mnist_model, x, y, keys=keys).x_adv
+    torch.manual_seed(123)
+    subset = torch.tensor([3, 7, 20])
+    part = attack(spec, mnist_model, x[subset], y[subset], keys=keys[subset]).x_adv
+    assert torch.equal(part, full[subset])
+    alone = attack(spec, mnist_model, x[7:8], y[7:8], keys=keys[7:8]).x_adv
+    assert torch.equal(alone, full[7:8])
+    unkeyed = attack(spec, mnist_model, x[subset], y[subset]).x_adv
+    assert not torch.equal(unkeyed, full[subset])
+    other_seed = attack({**spec, "seed": 1}, mnist_model, x, y, keys=keys).x_adv
+    assert not torch.equal(other_seed, full)
+
+
+def test_bad_keys_rejected(mnist_model, mnist_test):
+    x, y = mnist_test
+    with pytest.raises(ValueError, match="keys must be 4 integers"):
+        attack({"name": "pgd_linf", "eps": 0.1, "steps": 1}, mnist_model, x[:4], y[:4], keys=torch.zeros(4))
+    with pytest.raises(ValueError, match="keys must be 4 integers"):
+        attack({"name": "pgd_linf", "eps": 0.1, "steps": 1}, mnist_model, x[:4], y[:4], keys=torch.arange(3))
+
+
 def test_suite_table_and_per_class(mnist_model, mnist_test):
     x, y = mnist_test
     suite = attack_suite(mnist_model, x, y, DETERMINISTIC[:2])

@@ -31,13 +31,15 @@ class _OnCorrectOnly(Attack):
 
     only_correct = False
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
+                keys: Tensor | None = None) -> Tensor:
         if not self.only_correct:
-            return super().perturb(model, x, y, target)
+            return super().perturb(model, x, y, target, keys)
         out = x.clone()
         keep = predict(model, x) == y
         if keep.any():
-            out[keep] = super().perturb(model, x[keep], y[keep], None if target is None else target[keep])
+            out[keep] = super().perturb(model, x[keep], y[keep], None if target is None else target[keep],
+                                        None if keys is None else keys[keep])
         return out
 
 
@@ -47,7 +49,7 @@ class FoolboxAttack(_OnCorrectOnly):
     backend = "foolbox"
 
     def __init__(self, fb_class: type, norm: str, kind: str, eps: float | None = None, *, targeted: bool = False,
-                 seed: int = 0, targeted_ok: bool = True, only_correct: bool = False,
+                 seed: int = 0, targeted_ok: bool = True, only_correct: bool = False, per_sample: bool = True,
                  defaults: dict[str, Any] | None = None, **options: Any):
         self.norm, self.kind, self.targeted_ok, self.only_correct = norm, kind, targeted_ok, only_correct
         super().__init__(eps, targeted=targeted, seed=seed)
@@ -55,8 +57,10 @@ class FoolboxAttack(_OnCorrectOnly):
         renamed = {(_ATTACK_FIELDS[k] if _ATTACK_FIELDS.get(k) in accepted else k): v for k, v in options.items()}
         kwargs = {**(defaults or {}), **_checked_options(fb_class.__name__, accepted, renamed)}
         self.fb_attack = fb_class(**kwargs)
+        # foolbox draws random starts and noise from one stream for the whole batch
+        self.per_sample = per_sample and not getattr(self.fb_attack, "random_start", False)
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         import foolbox as fb
 
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
@@ -93,14 +97,14 @@ def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> tuple[Tensor, Ten
 class SPSAAttack(Attack):
     """SPSA (Uesato et al. 2018), gradient-free Linf, from torchattacks."""
 
-    norm, kind, targeted_ok, backend = "linf", "fixed", True, "torchattacks"
+    norm, kind, targeted_ok, backend, per_sample = "linf", "fixed", True, "torchattacks", False
 
     def __init__(self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, steps: int = 100,
                  **options: Any):
         super().__init__(eps, targeted=targeted, seed=seed)
         self.kwargs = {"nb_iter": steps, **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options)}
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         import torchattacks
 
         attack = torchattacks.SPSA(model, eps=self.eps, **self.kwargs)
@@ -113,7 +117,7 @@ class SPSAAttack(Attack):
 class TrustRegionAttack(_OnCorrectOnly):
     """Trust region attack (Yao et al. 2019), minimal-norm and untargeted, from adv-lib."""
 
-    kind, targeted_ok, backend, only_correct = "minimal", False, "adv-lib", True
+    kind, targeted_ok, backend, only_correct, per_sample = "minimal", False, "adv-lib", True, False
 
     def __init__(self, eps: float | None = None, *, norm: str = "l2", steps: int = 100, targeted: bool = False,
                  seed: int = 0, **options: Any):
@@ -125,7 +129,7 @@ class TrustRegionAttack(_OnCorrectOnly):
         self.kwargs.setdefault("eps", 0.01)
         self.kwargs.setdefault("adaptive", True)
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         from adv_lib.attacks import tr
 
         return tr(model, x, y, p=float("inf") if self.norm == "linf" else 2.0, **self.kwargs)
@@ -134,7 +138,7 @@ class TrustRegionAttack(_OnCorrectOnly):
 class AutoAttackAttack(Attack):
     """AutoAttack (Croce & Hein 2020), 'standard' version by default, from pyautoattack."""
 
-    kind, targeted_ok, backend = "fixed", False, "pyautoattack"
+    kind, targeted_ok, backend, per_sample = "fixed", False, "pyautoattack", False
     _NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
     def __init__(self, eps: float | None = None, *, norm: str = "linf", targeted: bool = False,
@@ -143,7 +147,7 @@ class AutoAttackAttack(Attack):
         super().__init__(eps, targeted=targeted, seed=seed)
         self.version, self.attacks, self.seed = version, attacks, seed
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         from pyautoattack import AutoAttack
 
         logging.getLogger("auto-attack").setLevel(logging.WARNING)

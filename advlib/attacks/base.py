@@ -141,6 +141,9 @@ class Attack(ABC):
     kind: ClassVar[Kind]
     targeted_ok: ClassVar[bool] = False
     backend: ClassVar[str] = "native"
+    #: a sample's adversarial depends on that sample (and its key) alone, not on the rest of its batch: true for
+    #: deterministic attacks and for keyed random draws, false where one random stream serves the whole batch
+    per_sample: bool = True
 
     def __init__(self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, **options: Any):
         if eps is not None and eps <= 0:
@@ -155,21 +158,29 @@ class Attack(ABC):
         self.options = options
 
     @abstractmethod
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        """Raw adversarials for one batch (before clipping and projection)."""
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
+        """Raw adversarials for one batch (before clipping and projection); attacks with random draws take each
+        sample's from a stream keyed by `keys` when given."""
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
+                keys: Tensor | None = None) -> Tensor:
         """Adversarials clipped to [0, 1] and, when eps is set, projected into the eps-ball."""
-        x_adv = self.generate(model, x, y, target).detach()
+        x_adv = self.generate(model, x, y, target, keys).detach()
         if self.eps is not None:
             x_adv = x + project(x_adv - x, self.norm, self.eps)
         return x_adv.clamp(0.0, 1.0)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
-                 *, batch_size: int = 256) -> AttackResult:
+                 *, batch_size: int = 256, keys: Tensor | None = None) -> AttackResult:
+        """Attack (x, y) in batches. `keys` (one integer per sample, e.g. its position in the evaluated set) give
+        every sample its own random stream, seeded by (seed, key), in attacks that draw randomness per sample
+        (native PGD): its adversarial is then the same in any batch, which makes a cascade over survivors exact."""
         if self.targeted and target is None:
             raise ValueError(f"{type(self).__name__} was built targeted; pass `target` labels")
         check_batch(x, y, target)
+        if keys is not None and (keys.shape != (len(x),) or keys.is_floating_point() or keys.is_complex()):
+            raise ValueError(f"keys must be {len(x)} integers, one per sample; got dtype {keys.dtype}, "
+                             f"shape {tuple(keys.shape)}")
         was_training = model.training
         model.eval()
         try:
@@ -178,7 +189,8 @@ class Attack(ABC):
                 chunks = []
                 for i in range(0, len(x), batch_size):
                     t = None if target is None else target[i:i + batch_size]
-                    chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t))
+                    k = None if keys is None else keys[i:i + batch_size]
+                    chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t, k))
             x_adv = torch.cat(chunks)
             pred = predict(model, x_adv, batch_size)
         finally:

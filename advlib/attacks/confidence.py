@@ -96,7 +96,7 @@ class ConfidenceAttack(Attack):
             raise ValueError(f"confidence must lie in (0, 1) or be None (the model's own); got confidence={confidence}")
         self.steps, self.step_clip, self.overshoot, self.confidence = steps, step_clip, overshoot, confidence
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         if target is None:
             target = closest_target(model, x, exclude=y)
         if self.confidence is None:

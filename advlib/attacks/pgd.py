@@ -59,6 +59,20 @@ def random_start(x: Tensor, norm: str, eps: float, generator: torch.Generator | 
     return (x + delta.to(x.dtype)).clamp(0, 1)
 
 
+def keyed_generators(seed: int, keys: Tensor, device: torch.device) -> list[torch.Generator]:
+    """One generator per sample, seeded by (seed, key): a sample's draws then do not depend on its batch."""
+    return [torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + int(k)) % 2 ** 63) for k in keys.tolist()]
+
+
+def start_point(x: Tensor, norm: str, eps: float, start_sigma: float | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """PGD's start: uniform in the eps-ball, or x + N(0, start_sigma^2) projected into it (clipped to [0, 1])."""
+    if start_sigma is None:
+        return random_start(x, norm, eps, generator)
+    noise = torch.randn(x.shape, generator=generator, device=x.device) * start_sigma
+    return (x + project(noise, norm, eps)).clamp(0, 1)
+
+
 def topk_l1_direction(grad: Tensor, x_adv: Tensor, k: int) -> Tensor:
     """Unit-L1 sparse direction: sign(grad)/k on the k largest |grad| coordinates whose move stays in [0,1]."""
     flat_g, flat_x = grad.flatten(1), x_adv.flatten(1)
@@ -94,12 +108,15 @@ class PGDOutput:
 def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
         stepsize: float | None = None, rel_stepsize: float = 0.025, start: bool = True, target: Tensor | None = None,
         update: str = "steepest", loss: str = "ce", record: bool = False, start_sigma: float | None = None,
-        generator: torch.Generator | None = None, l1_k: int | None = None) -> PGDOutput:
+        generator: torch.Generator | None = None, l1_k: int | None = None, keys: Tensor | None = None,
+        seed: int = 0) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
     The step size is absolute (`stepsize`, else rel_stepsize * eps), so the first t iterates of a
     long run equal a t-step run with the same start: one recording run gives the whole steps curve.
     The start is uniform in the ball, or x + N(0, start_sigma^2) projected into it (Strength in Numbers, Algorithm 1).
+    With `keys`, sample i starts from its own stream seeded by (seed, keys[i]) and the L1 step sizes k come from one
+    stream seeded by `seed`, so every sample's result is the same in any batch; else all draws come from `generator`.
     """
     if start_sigma is not None and start_sigma <= 0:
         raise ValueError(f"start_sigma must be > 0 (or None for a uniform start); got start_sigma={start_sigma}")
@@ -112,11 +129,15 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
     x = x.detach()
-    if start and start_sigma is not None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device) * start_sigma
-        x_adv = (x + project(noise, norm, eps)).clamp(0, 1)
+    if not start:
+        x_adv = x.clone()
+    elif keys is not None:
+        x_adv = torch.cat([start_point(x[i:i + 1], norm, eps, start_sigma, g)
+                           for i, g in enumerate(keyed_generators(seed, keys, x.device))])
     else:
-        x_adv = random_start(x, norm, eps, generator) if start else x.clone()
+        x_adv = start_point(x, norm, eps, start_sigma, generator)
+    if keys is not None:
+        generator = torch.Generator().manual_seed(seed)
     m = v = None
     history = []
     for t in range(1, steps + 1):
@@ -165,10 +186,12 @@ class PGD(Attack):
             raise ValueError(f"l1_k must be >= 1 (or None for a k drawn in 5..20); got l1_k={l1_k}")
         self.start, self.start_sigma, self.l1_k = random_start, start_sigma, l1_k
 
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-        return self.run(model, x, y, target).x_adv
+    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
+        return self.run(model, x, y, target, keys=keys).x_adv
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, *, record: bool = False) -> PGDOutput:
+    def run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, *, record: bool = False,
+            keys: Tensor | None = None) -> PGDOutput:
         return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, stepsize=self.stepsize,
                    rel_stepsize=self.rel_stepsize, start=self.start, target=target, update=self.update,
-                   loss=self.loss, record=record, start_sigma=self.start_sigma, l1_k=self.l1_k)
+                   loss=self.loss, record=record, start_sigma=self.start_sigma, l1_k=self.l1_k, keys=keys,
+                   seed=self.seed)

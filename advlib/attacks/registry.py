@@ -87,8 +87,10 @@ def _register_builtin() -> None:
     from .pgd import PGD
 
     def fb(name: str, cls: type, norm: str, kind: str, summary: str, *, targeted: bool = True,
-           only_correct: bool = False, **defaults: Any) -> None:
-        factory = partial(FoolboxAttack, cls, norm, kind, targeted_ok=targeted, only_correct=only_correct, defaults=defaults)
+           only_correct: bool = False, per_sample: bool = True, **defaults: Any) -> None:
+        """per_sample=False: random draws shared by the batch (noise), or starts taken from other batch images."""
+        factory = partial(FoolboxAttack, cls, norm, kind, targeted_ok=targeted, only_correct=only_correct,
+                          per_sample=per_sample, defaults=defaults)
         register_attack(name, factory, norm=norm, kind=kind, targeted=targeted, backend="foolbox", summary=summary)
 
     for norm in ("linf", "l2", "l1"):
@@ -104,22 +106,26 @@ def _register_builtin() -> None:
     fb("deepfool_linf", fa.LinfDeepFoolAttack, "linf", "minimal", "DeepFool Linf", targeted=False)
     fb("cw_l2", fa.L2CarliniWagnerAttack, "l2", "minimal", "Carlini & Wagner L2 (abort_early off: batch-independent)",
        steps=1000, abort_early=False)
-    fb("uniform_noise", fa.L2AdditiveUniformNoiseAttack, "l2", "fixed", "additive uniform noise with L2 norm eps", targeted=False)
+    fb("uniform_noise", fa.L2AdditiveUniformNoiseAttack, "l2", "fixed", "additive uniform noise with L2 norm eps",
+       targeted=False, per_sample=False)
     fb("uniform_noise_linf", fa.LinfAdditiveUniformNoiseAttack, "linf", "fixed", "additive uniform noise with Linf norm eps",
-       targeted=False)
-    fb("gaussian_noise", fa.L2AdditiveGaussianNoiseAttack, "l2", "fixed", "additive Gaussian noise with L2 norm eps", targeted=False)
+       targeted=False, per_sample=False)
+    fb("gaussian_noise", fa.L2AdditiveGaussianNoiseAttack, "l2", "fixed", "additive Gaussian noise with L2 norm eps",
+       targeted=False, per_sample=False)
     fb("repeated_gaussian_noise", fa.L2RepeatedAdditiveGaussianNoiseAttack, "l2", "fixed",
-       "repeated additive Gaussian noise (best of `repeats` draws)", targeted=False)
-    fb("salt_and_pepper", fa.SaltAndPepperNoiseAttack, "l2", "minimal", "salt-and-pepper noise, minimal L2", targeted=False)
+       "repeated additive Gaussian noise (best of `repeats` draws)", targeted=False, per_sample=False)
+    fb("salt_and_pepper", fa.SaltAndPepperNoiseAttack, "l2", "minimal", "salt-and-pepper noise, minimal L2",
+       targeted=False, per_sample=False)
     fb("salt_and_pepper_l1", fa.SaltAndPepperNoiseAttack, "l1", "minimal",
-       "salt-and-pepper noise judged in L1 (MAT's L1 group: broken only within the L1 radius)", targeted=False)
+       "salt-and-pepper noise judged in L1 (MAT's L1 group: broken only within the L1 radius)", targeted=False,
+       per_sample=False)
     fb("sparse_l1_descent", fa.SparseL1DescentAttack, "l1", "fixed", "sparse L1 descent / SLIDE (Tramer & Boneh 2019)")
     fb("boundary", fa.BoundaryAttack, "l2", "minimal", "decision-based boundary attack (Brendel et al. 2018)",
-       targeted=False, only_correct=True, steps=5000)
+       targeted=False, only_correct=True, per_sample=False, steps=5000)
     fb("hopskipjump", fa.HopSkipJumpAttack, "l2", "minimal", "HopSkipJump L2 (Chen et al. 2020)", targeted=False,
-       only_correct=True)
+       only_correct=True, per_sample=False)
     fb("hopskipjump_linf", fa.HopSkipJumpAttack, "linf", "minimal", "HopSkipJump Linf", targeted=False,
-       only_correct=True, constraint="linf")
+       only_correct=True, per_sample=False, constraint="linf")
     fb("spatial", fa.SpatialAttack, "none", "minimal", "worst rotation + translation on a grid (Engstrom et al. 2019)",
        targeted=False)
     register_attack("confidence_l2", ConfidenceAttack, norm="l2", kind="minimal", targeted=True, backend="native",
