@@ -89,6 +89,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+PORTABLE_KERNELS_ENV = "ADVLIB_PORTABLE_KERNELS"
+
+
+def use_portable_kernels() -> bool:
+    """With $ADVLIB_PORTABLE_KERNELS=1 (set by `make golden` and `make nbval`), turn oneDNN off: convolutions then run
+    on ATen and MKL, whose code paths the Makefile pins to AVX2, so every x86-64 CPU computes the same floats (oneDNN
+    picks its kernels and blocking by the CPU's caches). Returns whether it is on."""
+    on = os.environ.get(PORTABLE_KERNELS_ENV, "") not in ("", "0")
+    if on:
+        torch.backends.mkldnn.enabled = False
+    return on
+
+
 def set_threads(threads: int | None) -> int:
     """Fix torch's intra-op thread count (None keeps torch's choice); returns the count in force."""
     if threads is not None:
@@ -126,6 +139,7 @@ class Run:
         self.stem, self.profile, self.params, self.seed = stem, profile, params, seed
         self.device = resolve_device(device)
         self.threads = set_threads(threads)
+        self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
         self.out = output_dir(stem, profile)
@@ -139,6 +153,7 @@ class Run:
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
             "threads": self.threads,
+            "portable_kernels": self.portable_kernels,
             "git_commit": git_commit(),
             "versions": package_versions(),
             "params": params,

@@ -82,3 +82,19 @@ def test_run_manifest(project):
     assert manifest["seed"] == 3 and manifest["device"] == "cpu" and manifest["threads"] == torch.get_num_threads()
     assert manifest["params"]["seed"] == 3 and "torch" in manifest["versions"]
     assert manifest["wall_time_s"] >= 0
+
+
+def test_portable_kernels_turn_onednn_off_only_when_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)  # restored after the test
+    monkeypatch.delenv(runtime.PORTABLE_KERNELS_ENV, raising=False)
+    assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
+    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "0")
+    assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
+    conv = torch.nn.Conv2d(1, 4, 3)
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        fast = conv(x)
+    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "1")
+    assert runtime.use_portable_kernels() is True and not torch.backends.mkldnn.enabled
+    with torch.no_grad():
+        assert torch.allclose(conv(x), fast, atol=1e-5)  # the same convolution, by another kernel
