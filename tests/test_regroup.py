@@ -201,7 +201,13 @@ def test_regroup_accuracy_within_a_few_points_of_softmax(regroup_setup):
     classifier = RegroupClassifier(model, stats, k=k)
     scores = classifier.scores(x)
     top1, top5 = topk_accuracy(scores, y, 1), topk_accuracy(scores, y, 5)
-    assert softmax_acc > 0.95 and softmax_acc - top1 < 0.05, (k, accuracy, top1, softmax_acc)
+    # The clean-accuracy cost of REGroup: 10 points in the paper (Table 1, ResNet-50 76% -> 66%), 2.6 in the authors'
+    # CIFAR-10 demo. Here 1.5-5.2 points, depending on whether the fifth layer from the top lands just above or just
+    # below the 75% rule on a given CPU and thread count (k = 3 or 4; measured 0.744-0.801 across trainings).
+    assert softmax_acc > 0.95 and softmax_acc - top1 < 0.08, (k, accuracy, top1, softmax_acc)
+    # The paper's reason for the rule: voting with every layer, weak early ones included, costs much clean accuracy.
+    all_layers_top1 = topk_accuracy(RegroupClassifier(model, stats).scores(x), y, 1)
+    assert top1 > all_layers_top1 + 0.05, (k, top1, all_layers_top1)
     assert top5 >= top1 and top5 > 0.98
     assert torch.equal(classifier.predict(x), scores.argmax(1))
     assert classifier.predict(x[:4], topk=3).shape == (4, 3)
