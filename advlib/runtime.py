@@ -93,12 +93,13 @@ PORTABLE_KERNELS_ENV = "ADVLIB_PORTABLE_KERNELS"
 
 
 def use_portable_kernels() -> bool:
-    """With $ADVLIB_PORTABLE_KERNELS=1 (set by `make golden` and `make nbval`), turn oneDNN off: convolutions then run
-    on ATen and MKL, whose code paths the Makefile pins to AVX2, so every x86-64 CPU computes the same floats (oneDNN
-    picks its kernels and blocking by the CPU's caches). Returns whether it is on."""
+    """With $ADVLIB_PORTABLE_KERNELS=1 (set by `make golden` and `make nbval`), turn oneDNN and NNPACK off: both pick
+    kernels and blocking by the CPU's ISA and cache sizes. Convolutions then run as im2col + MKL GEMM, and the Makefile
+    pins MKL (CBWR=COMPATIBLE) and ATen (AVX2) to code paths every x86-64 CPU takes alike. Returns whether it is on."""
     on = os.environ.get(PORTABLE_KERNELS_ENV, "") not in ("", "0")
     if on:
         torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
     return on
 
 

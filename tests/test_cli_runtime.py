@@ -84,17 +84,32 @@ def test_run_manifest(project):
     assert manifest["wall_time_s"] >= 0
 
 
-def test_portable_kernels_turn_onednn_off_only_when_asked(monkeypatch):
+def _conv_kernels(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
+    """The ATen convolution kernels a forward and backward pass of `conv` ran."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        conv(x).sum().backward()
+    return {e.name for e in prof.events() if "conv" in e.name and e.name not in (
+        "aten::conv2d", "aten::convolution", "aten::_convolution", "aten::convolution_backward")}
+
+
+def test_portable_kernels_turn_onednn_and_nnpack_off_only_when_asked(monkeypatch):
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)  # restored after the test
-    monkeypatch.delenv(runtime.PORTABLE_KERNELS_ENV, raising=False)
-    assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
-    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "0")
-    assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
-    conv = torch.nn.Conv2d(1, 4, 3)
-    x = torch.rand(2, 1, 8, 8)
-    with torch.no_grad():
-        fast = conv(x)
-    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "1")
-    assert runtime.use_portable_kernels() is True and not torch.backends.mkldnn.enabled
-    with torch.no_grad():
-        assert torch.allclose(conv(x), fast, atol=1e-5)  # the same convolution, by another kernel
+    nnpack_before = torch._C._get_nnpack_enabled()
+    conv = torch.nn.Conv2d(1, 8, 5)
+    x = torch.rand(64, 1, 28, 28, requires_grad=True)  # a batch NNPACK takes when it is on
+    try:
+        monkeypatch.delenv(runtime.PORTABLE_KERNELS_ENV, raising=False)
+        assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
+        monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "0")
+        assert runtime.use_portable_kernels() is False and torch.backends.mkldnn.enabled
+        with torch.no_grad():
+            fast = conv(x)
+        monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "1")
+        assert runtime.use_portable_kernels() is True and not torch.backends.mkldnn.enabled
+        assert not torch._C._get_nnpack_enabled()
+        assert "aten::_slow_conv2d_forward" in _conv_kernels(conv, x)  # im2col + GEMM: MKL, pinned by the Makefile
+        assert not any("nnpack" in name or "mkldnn" in name for name in _conv_kernels(conv, x))
+        with torch.no_grad():
+            assert torch.allclose(conv(x), fast, atol=1e-5)  # the same convolution, by another kernel
+    finally:
+        torch.backends.nnpack.set_flags(nnpack_before)
