@@ -387,7 +387,7 @@ def main() -> None:
 
     cases = [("lenet5", dict(), (1, 28, 28), 64 if args.quick else 256)]
     if not args.quick:
-        # the batch of 256 on a GPU; 64 on a CPU, where 36 timed PGD-40 calls at 256 would take most of an hour
+        # the batch of 256 on a GPU; 64 on a CPU, where 36 timed PGD-40 calls at 256 would take over an hour
         cases.append(("resnet18", dict(in_channels=3, num_classes=10), (3, 32, 32), 256 if device.type == "cuda" else 64))
 
     cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
