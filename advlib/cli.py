@@ -126,7 +126,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if not script.is_file():
         raise SystemExit(f"benchmark script {script} not found")
     sys.argv = [str(script), *(["--quick"] if args.quick else []), *(["--suite", args.suite] if args.suite else []),
-                *(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else [])]
+                *(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else []),
+                *(f"--only={part}" for part in args.only or []), *(["--output", args.output] if args.output else [])]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", metavar="PROFILE", help="profile of the notebook-suite rows ('none' skips them)")
     bench.add_argument("--bf16", action="store_true", help="attack engine under bf16 autocast (CUDA)")
     bench.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
+    bench.add_argument("--only", action="append", metavar="PART",
+                       help="run only this part (repeatable): engine, steps, regroup, mat, union, suite")
+    bench.add_argument("--output", help="where to write the table (default benchmarks/RESULTS.md)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

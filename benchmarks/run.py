@@ -1,7 +1,8 @@
 """Benchmarks of the native PGD engine, union evaluation, accuracy-vs-steps curves, REGroup inference, MAT training and
 the notebook suite (cold vs warm, peak memory), measured as ratios side by side in one process.
 
-Writes benchmarks/RESULTS.md. Run with `advlib bench [--quick] [--suite PROFILE] [--bf16] [--channels-last]`.
+Writes benchmarks/RESULTS.md (or --output). Run with
+`advlib bench [--quick] [--suite PROFILE] [--only PART ...] [--bf16] [--channels-last] [--output PATH]`.
 
 Rules kept here (see benchmarks/README.md):
 - one warm-up call of each contender, then at least 5 repetitions (3 under --quick);
@@ -44,8 +45,9 @@ STEP_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
 TARGET_MAT = ("<=", 1.15)     # MAT epoch / single-model Linf-AT epoch at equal steps (paper: 1.22 on MNIST)
 TARGET_VANILLA = (">=", 2.5)  # M = 3 vanilla-ensemble AT time / MAT time: MAT should cost about one AT run
 MAT_STEPS = 10
-TARGET_UNION = ("<=", 0.5)
-TARGET_WARM = ("<=", 0.1)     # notebook suite: warm rerun (everything cached) / cold run    # union of attacks: cascade over survivors / every attack on every sample
+TARGET_UNION = ("<=", 0.5)    # union of attacks: cascade over survivors / every attack on every sample
+TARGET_WARM = ("<=", 0.1)     # notebook suite: warm rerun (everything cached) / cold run
+PARTS = ("engine", "steps", "regroup", "mat", "union", "suite")  # what --only can pick, in run order
 
 
 @dataclass
@@ -113,13 +115,16 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 
+    def precision():  # every contender, ours and the peers, runs at the same precision
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
     def ours():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision():
             return pgd(model, x, y, eps=EPS, norm="linf", steps=STEPS, stepsize=ALPHA)
 
     def limit():
         # 40 forward+backward passes of the CE loss w.r.t. the input, nothing else
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with precision():
             for _ in range(STEPS):
                 xr = x.detach().requires_grad_(True)
                 torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
@@ -137,7 +142,11 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     else:
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
         fb_attack = fb.attacks.LinfPGD(abs_stepsize=ALPHA, steps=STEPS, random_start=True)
-        o, p, r, rs = compare(ours, lambda: fb_attack(fmodel, x, y, epsilons=EPS), reps, device, f"{label}: vs foolbox")
+        def foolbox_pgd():
+            with precision():
+                return fb_attack(fmodel, x, y, epsilons=EPS)
+
+        o, p, r, rs = compare(ours, foolbox_pgd, reps, device, f"{label}: vs foolbox")
         model.zero_grad(set_to_none=True)  # foolbox's loss.backward() also accumulates parameter grads
         rows.append(Row(what_fb, _fmt(o), f"foolbox {fb.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs))
 
@@ -148,7 +157,11 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
         rows.append(Row(what_ta, "", "torchattacks", None, TARGET_PEER, "torchattacks not installed"))
     else:
         ta_attack = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=True)
-        o, p, r, rs = compare(ours, lambda: ta_attack(x, y), reps, device, f"{label}: vs torchattacks")
+        def torchattacks_pgd():
+            with precision():
+                return ta_attack(x, y)
+
+        o, p, r, rs = compare(ours, torchattacks_pgd, reps, device, f"{label}: vs torchattacks")
         rows.append(Row(what_ta, _fmt(o), f"torchattacks {torchattacks.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs))
     model.eval()  # peers may touch the mode; keep eval for what follows
     return rows
@@ -378,8 +391,12 @@ def main() -> None:
                              "else default; 'none' skips them")
     parser.add_argument("--bf16", action="store_true", help="run the native attack engine under bf16 autocast")
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
+    parser.add_argument("--only", action="append", choices=PARTS, metavar="PART",
+                        help=f"run only this part (repeatable; one of {', '.join(PARTS)}; default: all)")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
     args = parser.parse_args()
     suite = args.suite or ("ci" if args.quick else "default")
+    parts = set(args.only or PARTS) - ({"suite"} if suite == "none" else set())
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reps = QUICK_REPS if args.quick else FULL_REPS
@@ -392,27 +409,30 @@ def main() -> None:
 
     cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
     rows: list[Row] = []
-    for name, kwargs, shape, batch in cases:
+    for name, kwargs, shape, batch in cases if "engine" in parts else []:
         model = create_model(name, **kwargs).to(device).eval()
         x = torch.rand(batch, *shape, device=device)
         y = torch.randint(0, 10, (batch,), device=device)
         rows.extend(bench_model(name, model, x, y, reps, device, bf16=args.bf16, channels_last=args.channels_last))
-    counts = STEP_COUNTS if not args.quick else tuple(k for k in STEP_COUNTS if k <= 100)
-    model = create_model("width_cnn").to(device).eval()
-    x = torch.rand(64, 1, 28, 28, device=device)
-    rows.append(bench_steps_curve("width_cnn", model, x, torch.randint(0, 10, (64,), device=device), counts, reps, device))
+    if "steps" in parts:
+        counts = STEP_COUNTS if not args.quick else tuple(k for k in STEP_COUNTS if k <= 100)
+        model = create_model("width_cnn").to(device).eval()
+        x = torch.rand(64, 1, 28, 28, device=device)
+        rows.append(bench_steps_curve("width_cnn", model, x, torch.randint(0, 10, (64,), device=device), counts, reps,
+                                      device))
     regroup_cases = [("vgg_small", dict(in_channels=1, input_size=28), (1, 28, 28), 256)]
     if not args.quick:
         regroup_cases.append(("resnet50_imagenet", dict(), (3, 224, 224), 8))
-    for name, kwargs, shape, batch in regroup_cases:
+    for name, kwargs, shape, batch in regroup_cases if "regroup" in parts else []:
         model = create_model(name, **kwargs).to(device).eval()
         rows.append(bench_regroup(name, model, torch.rand(batch, *shape, device=device), reps, device))
 
-    for backbone in ("lenet5_classic", "lenet5"):  # the tiny classic LeNet, and the default profile's backbone
-        rows.extend(bench_mat(reps, device, 512 if args.quick else 2048, backbone))
-    rows.append(bench_union(reps, device, 128 if args.quick else 512))
+    for backbone in ("lenet5_classic", "lenet5") if "mat" in parts else ():  # the tiny classic LeNet, and the default
+        rows.extend(bench_mat(reps, device, 512 if args.quick else 2048, backbone))  # profile's backbone
+    if "union" in parts:
+        rows.append(bench_union(reps, device, 128 if args.quick else 512))
     memory: list[str] = []
-    if suite != "none":
+    if "suite" in parts:
         suite_rows, memory = bench_suite(suite)
         rows.extend(suite_rows)
 
@@ -430,7 +450,8 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'}"
         f"{'; attack engine in bf16 autocast' if args.bf16 else ''}{'; channels_last' if args.channels_last else ''} "
         f"({reps} repetitions after one warm-up"
-        + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ").",
+        + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ")"
+        + (f"; only {', '.join(p for p in PARTS if p in parts)}" if parts != set(PARTS) else "") + ".",
         "",
         f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the "
         f"{wall:.0f} s run." if foreign is not None else "CPU use by other processes was not measured (no /proc/stat).",
@@ -457,8 +478,9 @@ def main() -> None:
         lines += ["", "Peak resident memory of each notebook's kernel (the larger of its cold and warm runs):", "",
                   "| notebook | profile | peak RSS |", "|---|---|---|", *memory]
     lines.append("")
-    RESULTS.write_text("\n".join(lines))
-    print(f"wrote {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(lines))
+    print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
