@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -35,6 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 EPS, STEPS, ALPHA = 0.3, 40, 0.01
 FULL_REPS, QUICK_REPS = 5, 3
+MIN_SAMPLE_S = 0.2  # a timed sample repeats a shorter call until it lasts about this long
 # (operator, bound): ratio must satisfy it. Fixed targets; never lowered to fit a result.
 TARGET_LIMIT = ("<=", 1.05)   # native PGD-40 / (40 x one forward+backward)
 TARGET_PEER = ("<", 1.0)      # native PGD-40 / peer PGD-40
@@ -88,17 +90,27 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 def compare(ours: Callable[[], object], peer: Callable[[], object], reps: int, device: torch.device,
             desc: str) -> tuple[float, float, float, tuple[float, ...]]:
-    """Median time of ours, median time of peer, median of the per-pair ratios ours/peer, all ratios."""
-    ours()
-    peer()  # one warm-up each
+    """Median time of ours, median time of peer, median of the per-pair ratios ours/peer, all ratios (per call).
+
+    A side whose call is shorter than MIN_SAMPLE_S (judged from its warm-up) is called n times per timed sample, the
+    same n for both sides, so that launch and timer jitter of short calls (a GPU's) do not decide a verdict."""
+    warm = min(_timed(ours, device), _timed(peer, device))  # one warm-up each
+    n = max(1, math.ceil(MIN_SAMPLE_S / max(warm, 1e-9)))
+
+    def run(fn: Callable[[], object]) -> Callable[[], None]:
+        def calls() -> None:
+            for _ in range(n):
+                fn()
+        return calls
+
     t_ours, t_peer, ratios = [], [], []
-    for i in tqdm(range(reps), desc=desc, leave=False):
+    for i in tqdm(range(reps), desc=desc if n == 1 else f"{desc} ({n} calls per sample)", leave=False):
         if i % 2 == 0:
-            a = _timed(ours, device)
-            b = _timed(peer, device)
+            a = _timed(run(ours), device) / n
+            b = _timed(run(peer), device) / n
         else:
-            b = _timed(peer, device)
-            a = _timed(ours, device)
+            b = _timed(run(peer), device) / n
+            a = _timed(run(ours), device) / n
         t_ours.append(a)
         t_peer.append(b)
         ratios.append(a / b)
