@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
+import pandas as pd
 import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
@@ -252,3 +254,55 @@ def cached_model(kind: str, params: Any, model: torch.nn.Module, train: Callable
         device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in artifact.tensors.items()})
     return model, artifact.meta
+
+
+def _index_to_json(index: pd.Index) -> dict[str, Any]:
+    if isinstance(index, pd.RangeIndex):
+        return {"range": [index.start, index.stop, index.step], "names": list(index.names)}
+    values = [list(v) if isinstance(v, tuple) else v for v in index.tolist()]
+    return {"values": values, "names": list(index.names), "multi": isinstance(index, pd.MultiIndex),
+            "dtype": str(index.dtype)}
+
+
+def _index_from_json(data: dict[str, Any]) -> pd.Index:
+    if "range" in data:
+        return pd.RangeIndex(*data["range"], name=data["names"][0])
+    if data["multi"]:
+        return pd.MultiIndex.from_tuples([tuple(v) for v in data["values"]], names=data["names"])
+    return pd.Index(data["values"], dtype=data["dtype"], name=data["names"][0])
+
+
+def frames_to_artifact(frames: tuple[pd.DataFrame, ...]) -> Artifact:
+    """DataFrames as an artifact that loads back exactly: numeric and boolean columns as tensors, labels, index and
+    text columns as JSON (Python's float repr round-trips, pandas' own JSON rounds to 10 digits)."""
+    tensors, meta = {}, []
+    for f, frame in enumerate(frames):
+        text = {}
+        for c, (_, column) in enumerate(frame.items()):
+            if column.dtype.kind in "biuf":
+                tensors[f"{f}.{c}"] = torch.from_numpy(column.to_numpy().copy())
+            else:
+                text[str(c)] = column.tolist()
+        meta.append({"index": _index_to_json(frame.index), "columns": _index_to_json(frame.columns),
+                     "dtypes": [str(d) for d in frame.dtypes], "text": text})
+    return Artifact(tensors=tensors, meta={"frames": meta})
+
+
+def frames_from_artifact(artifact: Artifact) -> tuple[pd.DataFrame, ...]:
+    """The DataFrames `frames_to_artifact` stored, with their dtypes, index and column labels."""
+    frames = []
+    for f, meta in enumerate(artifact.meta["frames"]):
+        columns = {c: (artifact.tensors[f"{f}.{c}"].numpy() if str(c) not in meta["text"]
+                       else np.asarray(meta["text"][str(c)], dtype=object)).astype(dtype)
+                   for c, dtype in enumerate(meta["dtypes"])}
+        frame = pd.DataFrame(columns, index=_index_from_json(meta["index"]))
+        frame.columns = _index_from_json(meta["columns"])
+        frames.append(frame)
+    return tuple(frames)
+
+
+def cached_frames(kind: str, params: Any, build: Callable[[], tuple[pd.DataFrame, ...]], *, cache: Cache | None = None,
+                  label: str | None = None) -> tuple[pd.DataFrame, ...]:
+    """Tables of results (an evaluation the notebook reports), built once per parameters and then loaded exactly."""
+    artifact = (cache or Cache()).get_or_build(kind, params, lambda: frames_to_artifact(tuple(build())), label=label)
+    return frames_from_artifact(artifact)

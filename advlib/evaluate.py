@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .attacks import AttackResult, attack_info, create_attack, predict
 from .attacks.base import seeded
 from .attacks.registry import _spec_dict
-from .cache import Artifact, Cache
+from .cache import Artifact, Cache, cached_frames
 
 TOLERANCE = 1e-4
 
@@ -166,8 +166,10 @@ def accuracy_vs_eps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, eps_value
     return pd.DataFrame(rows)
 
 
-def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: int) -> pd.DataFrame:
-    """Accuracy (percent) after 0..steps PGD iterations, from ONE run that records every iterate.
+def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: int, *, model_key: str | None = None,
+                      cache: Cache | None = None) -> pd.DataFrame:
+    """Accuracy (percent) after 0..steps PGD iterations, from ONE run that records every iterate; with `model_key`
+    the curve is cached under (model, spec, samples).
 
     Equal to separate runs of 1..steps iterations from the same random start because the
     step size is absolute; see `pgd`.
@@ -176,12 +178,19 @@ def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: 
     if attack_info(raw["name"]).backend != "native":
         raise ValueError(f"accuracy_vs_steps needs a native PGD attack (pgd_linf, pgd_l2, pgd_l1), got {raw['name']!r}")
     adversary = create_attack(raw)
-    model.eval()
-    with seeded(adversary.seed, x.device):
-        correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct
-                             for i in range(0, len(x), 256)], dim=1)
-    return pd.DataFrame({"attack": raw["name"], "steps": np.arange(steps + 1),
-                         "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy()})
+
+    def build() -> tuple[pd.DataFrame]:
+        model.eval()
+        with seeded(adversary.seed, x.device):
+            correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct
+                                 for i in range(0, len(x), 256)], dim=1)
+        return (pd.DataFrame({"attack": raw["name"], "steps": np.arange(steps + 1),
+                              "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy()}),)
+
+    if model_key is None:
+        return build()[0]
+    key = {"model": model_key, "spec": raw, "samples": tensor_digest(x, y)}
+    return cached_frames("steps_curve", key, build, cache=cache, label=f"accuracy vs steps {spec_label(raw)}")[0]
 
 
 def rho_adv(x: Tensor, x_adv: Tensor, mask: Tensor | None = None) -> float:

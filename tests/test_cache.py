@@ -62,3 +62,28 @@ def test_prune(tmp_path):
 def test_bad_kind_rejected(tmp_path):
     with pytest.raises(ValueError, match="kind '../x'"):
         Cache(tmp_path).entry_dir("../x", "abc")
+
+
+def test_cached_frames_load_back_exactly(tmp_path, caplog):
+    import numpy as np
+    import pandas as pd
+
+    from advlib.cache import cached_frames
+
+    named = pd.DataFrame({"system": ["A", "B"], "members": [1, 4], "acc": [0.1 + 0.2, np.nan],
+                          "ok": [True, False]}).set_index("system")
+    curve = pd.DataFrame({"x": [1.0, 2.5]}, index=pd.Index([0.5, 1.0], name="epoch"))
+    curve.columns.name = "score"
+    multi = pd.DataFrame({("a", 1): [1, 2], ("b", 2): [3.3, 4.4]},
+                         index=pd.MultiIndex.from_tuples([("x", 1), ("y", 2)], names=["k", "n"]))
+    text = pd.DataFrame({"s": ["u", "v"], "f": np.array([1e-17, 2 / 3], dtype=np.float32)})
+    frames, calls = (named, curve, multi, text), []
+    cache = Cache(tmp_path)
+    cached_frames("tables", {"t": 1}, lambda: (calls.append(1), frames)[1], cache=cache)
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        loaded = cached_frames("tables", {"t": 1}, lambda: (calls.append(1), frames)[1], cache=cache)
+    assert len(calls) == 1 and "loaded" in caplog.text
+    for built, back in zip(frames, loaded):
+        pd.testing.assert_frame_equal(back, built, check_exact=True, check_index_type=True, check_column_type=True)
+        assert back.to_string() == built.to_string() and back.to_html() == built.to_html()
+    assert isinstance(loaded[3].index, pd.RangeIndex)

@@ -1,9 +1,11 @@
 """Strength in Numbers: ensemble output, Algorithm 1's gradient flow, parameter matching, smoothing, the study."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -139,6 +141,18 @@ def test_study_histories_tables_and_cache(study):
     assert final["PGD20"] <= final["clean"]
     counts = study.parameter_counts()
     assert counts.loc["Ensemble2Adv", "parameters"] == 2 * counts.loc["SingleAdv", "parameters"]
+
+
+def test_evaluated_tables_are_cached_under_the_systems_keys(study, caplog):
+    steps = study.steps_curves()
+    assert set(steps["system"]) == set(study.p.systems)
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        again = EnsembleStudy(study.p, "cpu", cache=study.cache).steps_curves()
+    assert "loaded figure2c" in caplog.text
+    pd.testing.assert_frame_equal(again, steps, check_exact=True)
+    single = study.system_key("SingleAdv", 0)
+    assert study.system_key("Separate2Adv", 0)["members"] == [single, study.system_key("SingleAdv", 1000)]
+    assert single != study.system_key("SingleAdv", 1) != study.system_key("Ensemble2Adv", 1)
 
 
 def test_bad_strength_in_numbers_parameters():

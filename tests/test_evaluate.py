@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -111,6 +112,20 @@ def test_accuracy_vs_steps_matches_separate_runs(mnist_model, mnist_test):
         assert curve["accuracy"].iloc[steps] == pytest.approx(100 * accuracy(mnist_model, x_adv, y))
     with pytest.raises(ValueError, match="native PGD"):
         accuracy_vs_steps(mnist_model, x, y, {"name": "fgsm", "eps": 0.1}, 3)
+
+
+def test_accuracy_vs_steps_is_cached_per_model_spec_and_samples(mnist_model, mnist_test, tmp_path, caplog):
+    x, y = mnist_test[0][:32], mnist_test[1][:32]
+    spec = {"name": "pgd_linf", "eps": 0.1, "stepsize": 0.01}
+    live = accuracy_vs_steps(mnist_model, x, y, spec, 4)
+    built = accuracy_vs_steps(mnist_model, x, y, spec, 4, model_key="m1", cache=Cache(tmp_path))
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        loaded = accuracy_vs_steps(mnist_model, x, y, spec, 4, model_key="m1", cache=Cache(tmp_path))
+    assert "loaded accuracy vs steps" in caplog.text
+    pd.testing.assert_frame_equal(built, live, check_exact=True)
+    pd.testing.assert_frame_equal(loaded, live, check_exact=True)
+    accuracy_vs_steps(mnist_model, x[:16], y[:16], spec, 4, model_key="m1", cache=Cache(tmp_path))
+    assert len(list((tmp_path / "steps_curve").glob("*/meta.json"))) == 2  # other samples, another entry
 
 
 def test_rho_adv_on_linear_model_is_distance_to_boundary():

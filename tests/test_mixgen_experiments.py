@@ -52,6 +52,15 @@ def test_systems_are_cached_and_composed(study, caplog):
                                           joint.discriminator.state_dict().values()))
     evaluation = study.evaluate(joint, ["FGSM", "AUN"])
     assert len(evaluation.y) == 2 * 32 and set(evaluation.attack_names) == {"FGSM", "AUN"}
+    built = study.evaluation("joint", ["FGSM", "AUN"], seed=0)
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        loaded = study.evaluation("joint", ["FGSM", "AUN"], seed=0)
+    assert "loaded evaluation of joint" in caplog.text
+    for result in (built, loaded):  # the cached evaluation is the live one, field by field
+        assert result.attack_names == evaluation.attack_names and result.num_generators == evaluation.num_generators
+        assert result.num_classes == evaluation.num_classes
+        for field in ("y", "attack", "winner", "correct", "correct_undefended"):
+            assert (getattr(result, field) == getattr(evaluation, field)).all(), field
 
 
 def test_bad_system_requests(study):

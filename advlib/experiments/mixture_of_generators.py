@@ -4,7 +4,8 @@ Data follow Section 4: the training split is cut into two disjoint halves, canon
 attacked) and transformed images (attacked); the classifier is pretrained on the training split.
 Every attack's adversarials are built once per split against that classifier and cached; a
 system's transformed training pool gives each transformed image one attack drawn at random
-(seeded), so training sees the attacks in equal shares without attack ids or labels.
+(seeded), so training sees the attacks in equal shares without attack ids or labels. A system's per-sample
+evaluation on the test adversarials is cached under the system's key, so a rerun only loads it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..cache import Cache, cached_model
+from ..cache import Artifact, Cache, cached_model
 from ..data import load_dataset, to_tensors
 from ..defenses.mixgen import (DefenseEvaluation, MixtureOfGenerators, evaluate_defense, faster_init, identity_init,
                                train_competitive)
@@ -106,9 +107,7 @@ class MixtureStudy:
         torch.manual_seed(seed)
         mixture = MixtureOfGenerators([create_model(generator_name) for _ in range(n_generators)],
                                       create_model("mixgen_discriminator")).to(self.device)
-        key = {"kind": kind, "attacks": {n: self.p.attacks[n].model_dump(mode="json") for n in names}, "seed": seed,
-               "mixture": spec.model_dump(mode="json"), "classifier": self.trained.key,
-               "halves": [self.p.data.name, self.p.n_canonical, self.p.n_transformed, self.p.seed]}
+        key = self.system_key(kind, names, seed)
 
         def build(module: nn.Module, checkpoint_dir) -> dict[str, Any]:
             pool = self.transformed_pool(names, seed).to(self.device)
@@ -129,6 +128,12 @@ class MixtureStudy:
         mixture, meta = cached_model("mixgen", key, mixture, build, cache=self.cache, label=label)
         return mixture.eval(), meta
 
+    def system_key(self, kind: str, names: Sequence[str], seed: int) -> dict[str, Any]:
+        """What determines a trained system of `kind` (its cache key); 'separately' names the systems it combines."""
+        return {"kind": kind, "attacks": {n: self.p.attacks[n].model_dump(mode="json") for n in names}, "seed": seed,
+                "mixture": self.p.mixture.model_dump(mode="json"), "classifier": self.trained.key,
+                "halves": [self.p.data.name, self.p.n_canonical, self.p.n_transformed, self.p.seed]}
+
     def separately_trained(self, names: Sequence[str], seed: int = 0) -> MixtureOfGenerators:
         """Table 3 'trained separately': the single-attack generators with the joint system's discriminator."""
         generators = [self.system("single", [name], seed)[0].generators[0] for name in names]
@@ -140,6 +145,21 @@ class MixtureStudy:
         adversarials = {name: (self.adversarials(name, "test").to(self.device), self.halves.test_y.to(self.device))
                         for name in names}
         return evaluate_defense(mixture, self.classifier, adversarials)
+
+    def evaluation(self, kind: str, names: Sequence[str], seed: int) -> DefenseEvaluation:
+        """`evaluate` of the system `kind` ('separately' or a system kind) on the attacks `names`, cached under the
+        system's key and the test images."""
+        def build() -> Artifact:
+            mixture = self.separately_trained(names, seed) if kind == "separately" else self.system(kind, names, seed)[0]
+            result = self.evaluate(mixture, names)
+            fields = ("y", "attack", "winner", "correct", "correct_undefended")
+            return Artifact(tensors={f: torch.from_numpy(getattr(result, f)) for f in fields},
+                            meta={"attack_names": result.attack_names, "num_generators": result.num_generators,
+                                  "num_classes": result.num_classes})
+
+        key = {**self.system_key(kind, names, seed), "test": [self.p.data.name, self.p.n_test, self.p.seed]}
+        found = self.cache.get_or_build("mixgen_eval", key, build, label=f"evaluation of {kind} ({'+'.join(names)}, seed {seed})")
+        return DefenseEvaluation(**{f: t.numpy() for f, t in found.tensors.items()}, **found.meta)
 
 
 def mean_and_errors(values: Sequence[float]) -> dict[str, float]:
@@ -159,9 +179,7 @@ class MixtureTables:
     def _evaluate(self, kind: str, names: Sequence[str], seed: int) -> DefenseEvaluation:
         key = (kind, tuple(names), seed)
         if key not in self.evaluations:
-            mixture = (self.study.separately_trained(names, seed) if kind == "separately"
-                       else self.study.system(kind, names, seed)[0])
-            self.evaluations[key] = self.study.evaluate(mixture, names)
+            self.evaluations[key] = self.study.evaluation(kind, names, seed)
         return self.evaluations[key]
 
     def table2(self) -> pd.DataFrame:

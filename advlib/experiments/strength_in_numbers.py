@@ -3,7 +3,8 @@
 Every system of Figure 1 is trained with `advlib.train.fit` (the ensemble as one model; Algorithm 1 when
 adversarial) and evaluated after every epoch by Section 4.3's job (clean, the white-box attacks, the black-box set
 made by PGD against a separately trained logit-averaged ensemble of two other architectures). Trained systems and
-their evaluation histories are cached together.
+their evaluation histories are cached together; the tables evaluated after training (1c, 2, Figures 2c and 3) are
+cached under the keys of the systems they evaluate, so a rerun only loads them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..cache import Cache, cached_model
+from ..cache import Cache, cached_frames, cached_model
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.ensemble_at import (average_seeds, build_ensemble, evaluation_scores, member_mean_loss, robust_accuracy,
                                     strongest_attack, system_spec, with_mode)
@@ -64,16 +65,9 @@ class EnsembleStudy:
             self._systems[(name, seed)] = (Ensemble(members).eval(), [])
             return self._systems[(name, seed)]
         model = build_ensemble(self.builder(spec.wide), spec.members, seed).to(self.device)
-        adversarial = spec.adversarial
-        train_spec = self.p.train.model_copy(update={
-            "adversary": self.p.train_attack if adversarial else None,
-            "adv_weight": self.p.rho / (1 + self.p.rho) if adversarial else 1.0})
+        train_spec = self._train_spec(name)
         blackbox_x, blackbox_y = self.blackbox()
-        key = {"system": name, "members": spec.members, "wide": spec.wide,
-               "model": [self.p.train.model, self.p.train.model_options, self.p.double_options if spec.wide else {}],
-               "train": train_spec.model_dump(mode="json"), "seed": seed, "data": self.p.data.model_dump(mode="json"),
-               "eval": {"n": self.p.n_eval, "attacks": {k: v.model_dump(mode="json") for k, v in self.p.eval_attacks.items()},
-                        "blackbox": self._blackbox[2], "blackbox_attack": self.p.blackbox_attack.model_dump(mode="json")}}
+        key = self.system_key(name, seed)
 
         def evaluate_epoch(epoch: int, module: nn.Module, record: dict[str, Any]) -> None:
             record.update(evaluation_scores(module, self.x, self.y, self.p.eval_attacks, (blackbox_x, blackbox_y)))
@@ -86,6 +80,31 @@ class EnsembleStudy:
         model, meta = cached_model("ensemble_at", key, model, build, cache=self.cache, label=f"{name} (seed {seed})")
         self._systems[(name, seed)] = (model.eval(), meta["history"])
         return self._systems[(name, seed)]
+
+    def _train_spec(self, name: str):
+        adversarial = system_spec(name).adversarial
+        return self.p.train.model_copy(update={"adversary": self.p.train_attack if adversarial else None,
+                                               "adv_weight": self.p.rho / (1 + self.p.rho) if adversarial else 1.0})
+
+    def system_key(self, name: str, seed: int) -> dict[str, Any]:
+        """What determines a trained system (its cache key); a separately trained one is the keys of its members."""
+        spec = system_spec(name)
+        if spec.separate:
+            return {"separate": name, "members": [self.system_key("SingleAdv", seed + 1000 * j) for j in range(spec.members)]}
+        self.blackbox()
+        return {"system": name, "members": spec.members, "wide": spec.wide,
+                "model": [self.p.train.model, self.p.train.model_options, self.p.double_options if spec.wide else {}],
+                "train": self._train_spec(name).model_dump(mode="json"), "seed": seed,
+                "data": self.p.data.model_dump(mode="json"),
+                "eval": {"n": self.p.n_eval, "attacks": {k: v.model_dump(mode="json") for k, v in self.p.eval_attacks.items()},
+                         "blackbox": self._blackbox[2], "blackbox_attack": self.p.blackbox_attack.model_dump(mode="json")}}
+
+    def _cached_tables(self, table: str, systems: list[str], settings: Any, build) -> tuple[pd.DataFrame, ...]:
+        """`build()`'s tables, cached under the keys of `systems` (seed p.seeds[0]), the test images and `settings`."""
+        seed = self.p.seeds[0]
+        key = {"table": table, "systems": {name: self.system_key(name, seed) for name in systems},
+               "eval": [self.p.data.model_dump(mode="json"), self.p.n_eval, self.p.seed], "settings": settings}
+        return cached_frames("ensemble_tables", key, build, cache=self.cache, label=f"{table} ({', '.join(systems)})")
 
     # -- the paper's artifacts -------------------------------------------------------------
     def parameter_counts(self) -> pd.DataFrame:
@@ -128,22 +147,33 @@ class EnsembleStudy:
     def table1c(self) -> pd.DataFrame:
         """Accuracy after the long attacks (the paper: 500 steps), final weights of seed p.seeds[0], every system."""
         seed = self.p.seeds[0]
-        table = {name: {label: robust_accuracy(self.system(name, seed)[0], spec, self.x, self.y)
-                        for label, spec in self.p.long_attacks.items()} for name in self.p.systems}
-        return pd.DataFrame(table).T
+
+        def build() -> tuple[pd.DataFrame]:
+            table = {name: {label: robust_accuracy(self.system(name, seed)[0], spec, self.x, self.y)
+                            for label, spec in self.p.long_attacks.items()} for name in self.p.systems}
+            return (pd.DataFrame(table).T,)
+
+        settings = {k: v.model_dump(mode="json") for k, v in self.p.long_attacks.items()}
+        return self._cached_tables("table1c", list(self.p.systems), settings, build)[0]
 
     def steps_curves(self) -> pd.DataFrame:
         """Figure 2c: accuracy vs PGD steps for every system, one recording run each (seed p.seeds[0])."""
-        frames = []
-        for name in self.p.systems:
-            model = self.system(name, self.p.seeds[0])[0]
-            frame = accuracy_vs_steps(model, self.x, self.y, self.p.steps_curve.attack, self.p.steps_curve.steps)
-            frames.append(frame.assign(system=name))
-        return pd.concat(frames, ignore_index=True)
+        def build() -> tuple[pd.DataFrame]:
+            frames = []
+            for name in self.p.systems:
+                model = self.system(name, self.p.seeds[0])[0]
+                frame = accuracy_vs_steps(model, self.x, self.y, self.p.steps_curve.attack, self.p.steps_curve.steps)
+                frames.append(frame.assign(system=name))
+            return (pd.concat(frames, ignore_index=True),)
+
+        return self._cached_tables("figure2c", list(self.p.systems), self.p.steps_curve.model_dump(mode="json"), build)[0]
 
     def table2(self, name: str = "Ensemble4Adv") -> tuple[pd.DataFrame, pd.DataFrame]:
         """Appendix A.1: each member of `name`, the ensemble and the logit-averaged ensemble under the strongest
         adversary; plus every (steps, accuracy) the step doubling tried."""
+        return self._cached_tables("table2", [name], self.p.strongest.model_dump(mode="json"), lambda: self._table2(name))
+
+    def _table2(self, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         ensemble = self.system(name, self.p.seeds[0])[0]
         models = {f"Model {i + 1}": member for i, member in enumerate(ensemble.members)}
         models["Ensemble"] = ensemble
@@ -162,6 +192,10 @@ class EnsembleStudy:
     def figure3(self, name: str = "Ensemble4Adv") -> pd.DataFrame:
         """Appendix A.2: accuracy of the ensemble vs attack steps when PGD (margin loss) targets the ensemble, the
         mean loss across members (transfer), or the logit-averaged ensemble (remove softmax)."""
+        settings = {"strongest": self.p.strongest.model_dump(mode="json"), "steps": list(self.p.transfer_steps)}
+        return self._cached_tables("figure3", [name], settings, lambda: (self._figure3(name),))[0]
+
+    def _figure3(self, name: str) -> pd.DataFrame:
         ensemble = self.system(name, self.p.seeds[0])[0]
         targets = {"ensemble": ensemble, "mean member loss (transfer)": member_mean_loss(list(ensemble.members)).eval(),
                    "remove softmax": with_mode(ensemble, "logit").eval()}
