@@ -127,7 +127,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise SystemExit(f"benchmark script {script} not found")
     sys.argv = [str(script), *(["--quick"] if args.quick else []), *(["--suite", args.suite] if args.suite else []),
                 *(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else []),
-                *(f"--only={part}" for part in args.only or []), *(["--output", args.output] if args.output else [])]
+                *(f"--only={part}" for part in args.only or []), *(["--output", args.output] if args.output else []),
+                *(["--notebooks", args.notebooks] if args.notebooks else [])]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", action="append", metavar="PART",
                        help="run only this part (repeatable): engine, steps, regroup, mat, union, suite")
     bench.add_argument("--output", help="where to write the table (default benchmarks/RESULTS.md)")
+    bench.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

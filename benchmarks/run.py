@@ -312,7 +312,7 @@ papermill.execute_notebook(sys.argv[2], sys.argv[2], cwd=str(notebook_path(sys.a
 """
 
 
-def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
+def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row], list[str]]:
     """Every notebook run with `profile` in its own process against a fresh cache (cold), then again on that cache
     (warm): time per notebook and in total, and the peak resident memory of the notebook's kernel. A third run of
     only the notebook's imports measures the floor that no cache removes (process, kernel start, imports)."""
@@ -323,6 +323,10 @@ def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
 
     from advlib.cli import available_stems
 
+    known = available_stems()
+    unknown = sorted(set(stems or []) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown notebooks {unknown}; choose from {', '.join(known)}")
     project = Path(__file__).resolve().parents[1]
     rows, memory, totals = [], [], {"cold": 0.0, "warm": 0.0, "floor": 0.0}
     with tempfile.TemporaryDirectory(prefix="advlib-suite-") as tmp:
@@ -331,7 +335,7 @@ def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
             (home / shared).symlink_to(project / shared, target_is_directory=True)
         (home / "pyproject.toml").write_text("")
         env = {**os.environ, "ADVLIB_HOME": str(home), "ADVLIB_CACHE": str(home / "artifacts")}
-        for stem in tqdm(available_stems(), desc=f"notebook suite ({profile})"):
+        for stem in tqdm([s for s in known if stems is None or s in stems], desc=f"notebook suite ({profile})"):
             seconds, peak = {}, 0
             for state in ("cold", "warm"):
                 began = time.perf_counter()
@@ -354,7 +358,7 @@ def bench_suite(profile: str) -> tuple[list[Row], list[str]]:
                             f"cold: {_fmt(seconds['cold'])}", seconds["warm"] / seconds["cold"], TARGET_WARM,
                             why=_warm_why(seconds)))
             memory.append(f"| {stem} | {profile} | {peak / 1024:.0f} MiB |")
-    rows.append(Row(f"all notebooks ({profile}): warm rerun / cold run", _fmt(totals["warm"]), f"cold: {_fmt(totals['cold'])}",
+    rows.append(Row(f"{'all notebooks' if stems is None else ', '.join(stems)} ({profile}): warm rerun / cold run", _fmt(totals["warm"]), f"cold: {_fmt(totals['cold'])}",
                     totals["warm"] / totals["cold"], TARGET_WARM, why=_warm_why(totals)))
     return rows, memory
 
@@ -405,6 +409,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
     parser.add_argument("--only", action="append", choices=PARTS, metavar="PART",
                         help=f"run only this part (repeatable; one of {', '.join(PARTS)}; default: all)")
+    parser.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
     args = parser.parse_args()
     suite = args.suite or ("ci" if args.quick else "default")
@@ -445,7 +450,7 @@ def main() -> None:
         rows.append(bench_union(reps, device, 128 if args.quick else 512))
     memory: list[str] = []
     if "suite" in parts:
-        suite_rows, memory = bench_suite(suite)
+        suite_rows, memory = bench_suite(suite, args.notebooks.split(",") if args.notebooks else None)
         rows.extend(suite_rows)
 
     cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
@@ -463,7 +468,8 @@ def main() -> None:
         f"{'; attack engine in bf16 autocast' if args.bf16 else ''}{'; channels_last' if args.channels_last else ''} "
         f"({reps} repetitions after one warm-up"
         + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ")"
-        + (f"; only {', '.join(p for p in PARTS if p in parts)}" if parts != set(PARTS) else "") + ".",
+        + (f"; only {', '.join(p for p in PARTS if p in parts)}" if parts != set(PARTS) else "")
+        + (f"; notebooks {args.notebooks}" if args.notebooks and "suite" in parts else "") + ".",
         "",
         f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the "
         f"{wall:.0f} s run." if foreign is not None else "CPU use by other processes was not measured (no /proc/stat).",
