@@ -195,6 +195,8 @@ def heatmap_rows(rows: Mapping[str, Sequence[pd.DataFrame]], col_titles: Sequenc
             raise ValueError(f"row {label!r} has {len(frames)} tables, expected {ncols} (one per column title)")
         for c, frame in enumerate(frames):
             vmax = vmaxes[c] if vmaxes is not None else None
+            if vmax is None and frame.isna().all().all():
+                vmax = 1.0  # nothing to colour (a generator that won no sample); seaborn would warn on an all-NaN max
             fmt = fmts[c] if fmts is not None else ".0f"
             sns.heatmap(frame, annot=True, fmt=fmt, vmin=0, vmax=vmax, cmap="viridis", linewidths=0.3,
                         annot_kws={"fontsize": 5}, ax=axes[r][c], cbar=False)

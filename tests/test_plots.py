@@ -1,6 +1,8 @@
 """Tests for advlib.plots: figure builders and reproducible saving."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -110,6 +112,10 @@ def test_heatmap_rows_and_adversarial_grid():
     assert sum(len(ax.texts) for ax in fig.axes) == 4 * 6  # every cell annotated
     with pytest.raises(ValueError, match="row 'G1' has 1 tables, expected 2"):
         heatmap_rows({"G1": (frame,)}, ["accuracy", "wins"])
+    idle = frame * np.nan  # a generator that won no sample: its accuracy table is all NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heatmap_rows({"G1": (frame, frame), "G2": (idle, frame)}, ["accuracy", "wins"])
     x = np.random.default_rng(0).random((5, 1, 8, 8))
     grid = adversarial_grid(x, {"a": x, "b": x}, 3)
     assert sum(1 for ax in grid.axes if ax.images) == 9  # clean + 2 attacks, 3 images each
