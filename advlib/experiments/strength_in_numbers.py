@@ -20,7 +20,7 @@ from ..defenses.ensemble_at import (average_seeds, build_ensemble, evaluation_sc
                                     strongest_attack, system_spec, with_mode)
 from ..evaluate import accuracy, accuracy_vs_steps, attack
 from ..models import Ensemble, count_parameters, create_model_for
-from ..params import StrengthInNumbersParams
+from ..params import StrengthInNumbersParams, TrainSpec
 from ..train import fit, train_classifier
 
 SCORES = ("clean", "IFGSM5", "PGD5", "PGD20", "blackbox")
@@ -81,7 +81,8 @@ class EnsembleStudy:
         self._systems[(name, seed)] = (model.eval(), meta["history"])
         return self._systems[(name, seed)]
 
-    def _train_spec(self, name: str):
+    def _train_spec(self, name: str) -> TrainSpec:
+        """The training spec of system `name`: Algorithm 1 with the paper's rho when adversarial, plain training else."""
         adversarial = system_spec(name).adversarial
         return self.p.train.model_copy(update={"adversary": self.p.train_attack if adversarial else None,
                                                "adv_weight": self.p.rho / (1 + self.p.rho) if adversarial else 1.0})
