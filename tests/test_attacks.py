@@ -123,6 +123,19 @@ def test_pgd_record_equals_separate_runs(mnist_model, batch):
         assert torch.equal(long_run.correct[steps], mnist_model(short.x_adv).argmax(1) == y)
 
 
+def test_targeted_pgd_records_not_reaching_the_target(mnist_model, batch):
+    x, y = batch
+    target = (y + 1) % 10
+    torch.manual_seed(4)
+    long_run = pgd(mnist_model, x, y, eps=0.3, steps=8, stepsize=0.05, target=target, record=True)
+    assert long_run.correct.shape == (9, len(x)) and long_run.correct.dtype == torch.bool
+    for steps in (1, 8):
+        torch.manual_seed(4)
+        short = pgd(mnist_model, x, y, eps=0.3, steps=steps, stepsize=0.05, target=target)
+        assert torch.equal(long_run.correct[steps], mnist_model(short.x_adv).argmax(1) != target)
+    assert long_run.correct[-1].float().mean() < long_run.correct[0].float().mean()  # the attack reaches targets
+
+
 def test_l1_projection_is_closest_point_in_ball():
     torch.manual_seed(0)
     delta = torch.randn(6, 1, 4, 4) * 3

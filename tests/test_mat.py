@@ -8,8 +8,8 @@ from torch import nn
 
 from advlib.attacks.base import lp_norms
 from advlib.data import dataset_info, load_dataset, to_tensors
-from advlib.defenses.mat import (NormStep, PassCounter, cross_gradient_ratio, fit_mimo, mat_attack, member_batches,
-                                 msd_attack, ramp_scale, sign_disagreement)
+from advlib.defenses.mat import (NormStep, PassCounter, _start, _take_step, cross_gradient_ratio, fit_mimo, mat_attack,
+                                 member_batches, msd_attack, ramp_scale, sign_disagreement)
 from advlib.models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
 from advlib.params import TrainSpec
 
@@ -102,6 +102,23 @@ def test_each_member_stays_in_its_own_ball_and_the_box(batch):
         mat_attack(mimo, x, y, STEPS[:2], iterations=1)
     with pytest.raises(ValueError, match="norm 'l3'"):
         NormStep("l3", 1.0, 0.1)
+
+
+def test_l1_sizes_drawn_at_once_are_the_per_step_draws(batch):
+    """mat_attack draws all steps' L1 sizes k before its loop; they are the numbers one draw per step and member
+    (step by step, members in order) gives, so the attack is unchanged."""
+    x, y = batch
+    model = create_mimo("lenet5_classic", INFO, 3).eval()
+    steps = [STEPS[0], STEPS[2], STEPS[0]]  # two L1 members: their draws interleave
+    got = mat_attack(model, x, y, steps, 4, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    x_adv = _start(x, steps, generator)
+    for _ in range(4):
+        x_adv.requires_grad_(True)
+        grad, = torch.autograd.grad(member_losses(model, x_adv, y).sum(), x_adv)
+        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator)
+                             for m, s in enumerate(steps)], dim=1)
+    assert torch.equal(got, x_adv.detach())
 
 
 def test_msd_keeps_the_worst_candidate_per_example(batch):

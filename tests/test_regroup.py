@@ -21,6 +21,7 @@ from advlib.defenses.regroup import (
     fit_regroup,
     kl_to_classes,
     layer_pmfs,
+    negative_entropy,
     topk_accuracy,
 )
 
@@ -72,6 +73,7 @@ def test_kl_to_classes_matches_per_class_loop():
         for m in range(4):
             want[n, m] = sum(c * math.log(c / p) for c, p in zip(classes[m].tolist(), samples[n].tolist()))
     torch.testing.assert_close(kl_to_classes(classes, samples), want)
+    assert torch.equal(kl_to_classes(classes, samples, negative_entropy(classes)), kl_to_classes(classes, samples))
     assert (kl_to_classes(classes, classes).diagonal().abs() < 1e-12).all()
 
 

@@ -147,8 +147,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
     for t in range(1, steps + 1):
         x_adv.requires_grad_(True)
         logits = model(x_adv)
-        if record:
-            history.append(_correct(logits, y, target))
+        if record:  # the prediction only; correctness is compared once at the end (one kernel per step, not two)
+            history.append(logits.detach().argmax(dim=1))
         summed = F.cross_entropy(logits, labels, reduction="sum") if loss == "ce" else attack_loss(logits, labels, loss).sum()
         grad, = torch.autograd.grad(summed, x_adv)
         direction = steepest_direction(grad, x_adv.detach(), norm, generator, l1_k)
@@ -158,15 +158,13 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
             direction = (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
         x_adv = x_adv.detach().add(direction, alpha=sign * alpha)
         x_adv = x_adv.clamp_(*box) if box is not None else (x + project(x_adv - x, norm, eps)).clamp(0, 1)
-    if record:
-        with torch.no_grad():
-            history.append(_correct(model(x_adv), y, target))
-    return PGDOutput(x_adv=x_adv.detach(), correct=torch.stack(history) if record else None)
-
-
-def _correct(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    pred = logits.detach().argmax(dim=1)
-    return pred != target if target is not None else pred == y
+    if not record:
+        return PGDOutput(x_adv=x_adv.detach(), correct=None)
+    with torch.no_grad():
+        history.append(model(x_adv).argmax(dim=1))
+    predictions = torch.stack(history)
+    correct = predictions != target if target is not None else predictions == y
+    return PGDOutput(x_adv=x_adv.detach(), correct=correct)
 
 
 class PGD(Attack):

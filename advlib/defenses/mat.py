@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..attacks.base import lp_norms, project
-from ..attacks.pgd import random_start, steepest_direction, topk_l1_direction
+from ..attacks.pgd import L1_K_RANGE, random_start, steepest_direction, topk_l1_direction
 from ..models.mimo import member_losses
 from ..params import TrainSpec
 
@@ -73,9 +73,11 @@ def _start(x: Tensor, steps: Sequence[NormStep], generator: torch.Generator | No
     return torch.stack([random_start(x[:, m], s.norm, s.eps, generator) for m, s in enumerate(steps)], dim=1)
 
 
-def _take_step(x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator: torch.Generator | None) -> Tensor:
-    """One projected steepest-ascent step of one member's inputs (N, C, H, W) in its own norm."""
-    moved = x_adv + step.stepsize * steepest_direction(grad, x_adv, step.norm, generator)
+def _take_step(x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator: torch.Generator | None,
+               l1_k: int | None = None) -> Tensor:
+    """One projected steepest-ascent step of one member's inputs (N, C, H, W) in its own norm (an L1 step moves
+    `l1_k` coordinates, else a k drawn from `generator`)."""
+    moved = x_adv + step.stepsize * steepest_direction(grad, x_adv, step.norm, generator, l1_k)
     return (x + project(moved - x, step.norm, step.eps)).clamp(0, 1)
 
 
@@ -90,7 +92,13 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
         raise ValueError(f"iterations must be >= 1; got iterations={iterations}")
     x = x.detach()
     x_adv = _start(x, steps, generator) if start else x.clone()
-    for _ in range(iterations):
+    # every step's L1 sizes k drawn at once, in the order the steps would draw them: the same numbers on the CPU, and
+    # on a GPU one host sync per attack instead of one per step
+    l1_members = [m for m, s in enumerate(steps) if s.norm == "l1"]
+    drawn = torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (iterations * len(l1_members),), generator=generator,
+                          device=generator.device if generator is not None else None).tolist() if l1_members else []
+    for t in range(iterations):
+        l1_k = dict(zip(l1_members, drawn[t * len(l1_members):(t + 1) * len(l1_members)]))
         x_adv.requires_grad_(True)
         losses = member_losses(model, x_adv, y).sum(0)  # (M,): each member's loss summed over the batch
         if approximate:
@@ -98,7 +106,7 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
         else:
             grad = torch.stack([torch.autograd.grad(losses[m], x_adv, retain_graph=m < len(steps) - 1)[0][:, m]
                                 for m in range(len(steps))], dim=1)
-        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator)
+        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator, l1_k.get(m))
                              for m, s in enumerate(steps)], dim=1)
     return x_adv.detach()
 

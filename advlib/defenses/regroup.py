@@ -164,12 +164,19 @@ def layer_pmfs(preacts: Tensor) -> tuple[Tensor, Tensor]:
     return normalise(pos), normalise(neg)
 
 
-def kl_to_classes(class_pmf: Tensor, sample_pmf: Tensor) -> Tensor:
-    """KL(class || sample) for every sample and class, (N, M), as sum_i C log C - C @ log P^T (no class loop)."""
+def negative_entropy(class_pmf: Tensor) -> Tensor:
+    """sum_i C log C per class (M,): the sample-independent term of KL(class || sample)."""
+    return torch.special.xlogy(class_pmf, class_pmf).sum(dim=-1)
+
+
+def kl_to_classes(class_pmf: Tensor, sample_pmf: Tensor, entropy_term: Tensor | None = None) -> Tensor:
+    """KL(class || sample) for every sample and class, (N, M), as sum_i C log C - C @ log P^T (no class loop);
+    `entropy_term` is `negative_entropy(class_pmf)` when the caller has it already (the classifier keeps it)."""
     if class_pmf.shape[-1] != sample_pmf.shape[-1]:
         raise ValueError(f"class and sample PMFs must have the same length K; got {class_pmf.shape[-1]} "
                          f"and {sample_pmf.shape[-1]}")
-    entropy_term = torch.special.xlogy(class_pmf, class_pmf).sum(dim=-1)  # (M,)
+    if entropy_term is None:
+        entropy_term = negative_entropy(class_pmf)  # (M,)
     cross = sample_pmf.log() @ class_pmf.T  # (N, M)
     return entropy_term.unsqueeze(0) - cross
 
@@ -414,6 +421,8 @@ class RegroupClassifier:
         self._device = _model_device(model)
         self._pos = [p.to(self._device) for p in stats.pos]
         self._neg = [n.to(self._device) for n in stats.neg]
+        self._pos_entropy = [negative_entropy(p) for p in self._pos]
+        self._neg_entropy = [negative_entropy(n) for n in self._neg]
 
     @property
     def num_layers(self) -> int:
@@ -431,8 +440,8 @@ class RegroupClassifier:
                 for offset, name in enumerate(names):
                     pos_acc, neg_acc = by_name[name]
                     i = first + offset
-                    kl.append(torch.stack([kl_to_classes(self._pos[i], normalise(pos_acc)),
-                                           kl_to_classes(self._neg[i], normalise(neg_acc))], dim=1))
+                    kl.append(torch.stack([kl_to_classes(self._pos[i], normalise(pos_acc), self._pos_entropy[i]),
+                                           kl_to_classes(self._neg[i], normalise(neg_acc), self._neg_entropy[i])], dim=1))
                 yield batch, logits, borda_points(torch.stack(kl, dim=1))
 
     def scores(self, x: Tensor) -> Tensor:
@@ -503,7 +512,7 @@ class RegroupSurrogate(nn.Module):
             i = c.num_layers - c.k + offset
             pos_acc, neg_acc = by_name[name]
             if c.voters in ("pos", "pos+neg"):
-                logits = logits - kl_to_classes(c._pos[i], normalise(pos_acc))
+                logits = logits - kl_to_classes(c._pos[i], normalise(pos_acc), c._pos_entropy[i])
             if c.voters in ("neg", "pos+neg"):
-                logits = logits - kl_to_classes(c._neg[i], normalise(neg_acc))
+                logits = logits - kl_to_classes(c._neg[i], normalise(neg_acc), c._neg_entropy[i])
         return logits
