@@ -85,6 +85,12 @@ def topk_l1_direction(grad: Tensor, x_adv: Tensor, k: int) -> Tensor:
     return (chosen * flat_g.sign() / k).view_as(grad)
 
 
+def draw_l1_sizes(count: int, generator: torch.Generator | None = None) -> list[int]:
+    """`count` L1 step sizes k, uniform in L1_K_RANGE, drawn on the generator's device (the CPU's global RNG if None)."""
+    return torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (count,), generator=generator,
+                         device=generator.device if generator is not None else None).tolist()
+
+
 def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.Generator | None = None,
                        l1_k: int | None = None) -> Tensor:
     """The unit-norm steepest-ascent direction of `norm` for each sample; the L1 step moves `l1_k` coordinates, or
@@ -94,8 +100,7 @@ def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.
     if norm == "l2":
         return grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
     if norm == "l1":
-        k = l1_k if l1_k is not None else int(torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (1,), generator=generator,
-                                                            device=generator.device if generator is not None else None).item())
+        k = l1_k if l1_k is not None else draw_l1_sizes(1, generator)[0]
         return topk_l1_direction(grad, x_adv, k)
     raise ValueError(f"norm {norm!r} is not allowed for PGD; choose linf, l2 or l1")
 

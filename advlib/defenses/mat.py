@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..attacks.base import lp_norms, project
-from ..attacks.pgd import L1_K_RANGE, random_start, steepest_direction, topk_l1_direction
+from ..attacks.pgd import draw_l1_sizes, random_start, steepest_direction, topk_l1_direction
 from ..models.mimo import member_losses
 from ..params import TrainSpec
 
@@ -95,8 +95,7 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     # every step's L1 sizes k drawn at once, in the order the steps would draw them: the same numbers on the CPU, and
     # on a GPU one host sync per attack instead of one per step
     l1_members = [m for m, s in enumerate(steps) if s.norm == "l1"]
-    drawn = torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (iterations * len(l1_members),), generator=generator,
-                          device=generator.device if generator is not None else None).tolist() if l1_members else []
+    drawn = draw_l1_sizes(iterations * len(l1_members), generator) if l1_members else []
     for t in range(iterations):
         l1_k = dict(zip(l1_members, drawn[t * len(l1_members):(t + 1) * len(l1_members)]))
         x_adv.requires_grad_(True)
