@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from advlib.attacks import attack_info, create_attack, list_attacks, lp_norms, project_l1_ball, run_attack
+from advlib.attacks.base import sorted_descending
 from advlib.attacks.pgd import pgd, topk_l1_direction
 
 EPS = {"linf": 0.3, "l2": 3.0, "l1": 15.0}
@@ -148,6 +149,42 @@ def test_l1_projection_is_closest_point_in_ball():
         assert torch.all((candidate - delta).flatten(1).norm(dim=1) >= (projected - delta).flatten(1).norm(dim=1) - 1e-5)
     inside = delta / lp_norms(delta, "l1").view(-1, 1, 1, 1)  # L1 norm 1 < eps: unchanged
     assert torch.allclose(project_l1_ball(inside, eps), inside)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_sorted_descending_equals_torch_sort(dtype):
+    torch.manual_seed(0)
+    rows = (torch.randn(9, 40) * 4).round().to(dtype).abs()  # many ties and zeros
+    for layout in (rows, rows.t().contiguous().t()):  # contiguous and strided
+        assert torch.equal(sorted_descending(layout), layout.sort(dim=1, descending=True).values)
+    tracked = rows.float().requires_grad_(True)  # autograd keeps torch's sort
+    sorted_descending(tracked)[:, 0].sum().backward()
+    assert tracked.grad.sum() == len(rows)
+
+
+def test_l1_projection_equals_the_sort_based_reference():
+    """Duchi et al.'s algorithm written out plainly; the library's in-place version must give the same bits."""
+    torch.manual_seed(1)
+    for delta, eps in ((torch.randn(16, 1, 28, 28) * 0.05, 10.0), (torch.randn(7, 3, 8, 8).round(decimals=1), 4.0),
+                       (torch.randn(5, 30, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 6)):
+        flat = delta.flatten(1)
+        radius = torch.as_tensor(eps, dtype=flat.dtype).expand(len(flat))
+        mu = flat.abs().sort(dim=1, descending=True).values
+        cumsum = mu.cumsum(dim=1)
+        ranks = torch.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
+        rho = ((mu - (cumsum - radius[:, None]) / ranks > 0).to(flat.dtype) * ranks).argmax(dim=1)
+        theta = (cumsum.gather(1, rho[:, None]).squeeze(1) - radius) / (rho + 1).to(flat.dtype)
+        expected = torch.where((flat.abs().sum(1) <= radius)[:, None], flat,
+                               flat.sign() * (flat.abs() - theta[:, None]).clamp_min(0))
+        assert torch.equal(project_l1_ball(delta, eps), expected.view_as(delta))
+
+
+def test_topk_step_blocks_moves_below_zero_and_clamps_k():
+    x = torch.zeros(2, 1, 2, 2)
+    grad = torch.tensor([[-3.0, -2.0, 1.0, 0.0], [-1.0, 2.0, -5.0, 4.0]]).view(2, 1, 2, 2)
+    direction = topk_l1_direction(grad, x, k=10)  # k above the 4 coordinates: 4 moves of 1/4 at most
+    expected = torch.tensor([[0.0, 0.0, 0.25, 0.0], [0.0, 0.25, 0.0, 0.25]]).view(2, 1, 2, 2)
+    assert torch.equal(direction, expected)  # negative moves at 0 are blocked, a zero gradient never moves
 
 
 def test_topk_step_is_sparse_and_respects_box():

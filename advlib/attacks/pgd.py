@@ -76,13 +76,13 @@ def start_point(x: Tensor, norm: str, eps: float, start_sigma: float | None = No
 def topk_l1_direction(grad: Tensor, x_adv: Tensor, k: int) -> Tensor:
     """Unit-L1 sparse direction: sign(grad)/k on the k largest |grad| coordinates whose move stays in [0,1]."""
     flat_g, flat_x = grad.flatten(1), x_adv.flatten(1)
-    blocked = ((flat_x <= 0) & (flat_g < 0)) | ((flat_x >= 1) & (flat_g > 0))
-    score = flat_g.abs().masked_fill(blocked, -1.0)
+    blocked = torch.where(flat_g > 0, flat_x >= 1, (flat_g < 0) & (flat_x <= 0))  # the move would leave [0, 1]
+    score = flat_g.abs().masked_fill_(blocked, -1.0)
     k = min(k, flat_g.shape[1])
-    idx = score.topk(k, dim=1).indices
-    chosen = torch.zeros_like(flat_g).scatter_(1, idx, 1.0)
-    chosen = chosen * (score > 0)  # never move blocked or zero-gradient coordinates
-    return (chosen * flat_g.sign() / k).view_as(grad)
+    top = score.topk(k, dim=1)
+    # never move blocked or zero-gradient coordinates; only the k chosen entries are computed, then scattered
+    moves = flat_g.gather(1, top.indices).sign_().div_(k).mul_(top.values > 0)
+    return torch.zeros_like(flat_g).scatter_(1, top.indices, moves).view_as(grad)
 
 
 def draw_l1_sizes(count: int, generator: torch.Generator | None = None) -> list[int]:
