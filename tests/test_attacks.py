@@ -10,7 +10,7 @@ import torch
 
 from advlib.attacks import attack_info, create_attack, list_attacks, lp_norms, project_l1_ball, run_attack
 from advlib.attacks.base import sorted_descending
-from advlib.attacks.pgd import pgd, topk_l1_direction
+from advlib.attacks.pgd import pgd, prefers_channels_last, topk_l1_direction
 
 EPS = {"linf": 0.3, "l2": 3.0, "l1": 15.0}
 FAST_OPTIONS = {  # cut iteration budgets so the whole suite stays fast on 2 CPU cores
@@ -149,6 +149,39 @@ def test_l1_projection_is_closest_point_in_ball():
         assert torch.all((candidate - delta).flatten(1).norm(dim=1) >= (projected - delta).flatten(1).norm(dim=1) - 1e-5)
     inside = delta / lp_norms(delta, "l1").view(-1, 1, 1, 1)  # L1 norm 1 < eps: unchanged
     assert torch.allclose(project_l1_ball(inside, eps), inside)
+
+
+def test_channels_last_is_picked_for_colour_batches_under_onednn_only():
+    colour = torch.rand(2, 3, 8, 8)
+    assert prefers_channels_last(colour) == torch.backends.mkldnn.is_available()
+    assert not prefers_channels_last(torch.rand(2, 1, 8, 8))  # one channel: both layouts are the same memory
+    assert not prefers_channels_last(colour.double())
+    with torch.backends.mkldnn.flags(enabled=False):  # portable kernels: NCHW, as the goldens were made
+        assert not prefers_channels_last(colour)
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
+def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    results = {}
+    for layout in (True, False):
+        seen.clear()
+        torch.manual_seed(1)
+        results[layout] = pgd(model, x, y, eps=eps, norm=norm, steps=5, stepsize=eps / 4, channels_last=layout).x_adv
+        assert all(seen) if layout else not any(seen)
+        assert results[layout].is_contiguous()
+        assert lp_norms(results[layout] - x, norm).max() <= eps + 1e-5 and 0 <= results[layout].min() <= results[layout].max() <= 1
+    # the layout changes the convolution's rounding only: an L2 step moves by ~1e-7, a sign may flip where a gradient
+    # entry is ~0
+    if norm == "l2":
+        assert torch.allclose(results[True], results[False], atol=1e-5)
+    else:
+        assert (results[True] == results[False]).float().mean() > 0.98
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])

