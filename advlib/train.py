@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .attacks import create_attack
+from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
 from .data import dataset_info, load_dataset, to_tensors
 from .evaluate import accuracy
@@ -177,6 +178,7 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     batch, or on the adversarial one when adv_weight = 1 (Madry-style training, no clean pass).
     `regularizer(model, x, y)` is added to every batch's loss (e.g. the VAT term of the Adversary Critic's baselines);
     `criterion(logits, y)` replaces CE where a method trains with another loss (margin maximisation: hinge).
+    Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: the same values, faster steps).
     """
     if len(train_set) == 0:
         raise ValueError("training set is empty")
@@ -195,6 +197,8 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
         total, correct, loss_sum = 0, 0, 0.0
         for x, y in loader:
             x, y = x.to(device), y.to(device)
+            if prefers_channels_last(x):  # oneDNN computes in NHWC: no reorder of every activation and gradient
+                x = in_layout(x, torch.channels_last)
             if adversary is not None:
                 model.eval()
                 x_adv = adversary.perturb(model, x, y)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from advlib.attacks.pgd import pgd, prefers_channels_last
+from advlib.attacks.pgd import in_layout, pgd, prefers_channels_last
 from advlib.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -134,10 +134,10 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
         with precision():
             return pgd(model, x, y, eps=EPS, norm="linf", steps=STEPS, stepsize=ALPHA)
 
-    # the limit runs in the layout our engine iterates in (channels_last on a oneDNN CPU for colour images); the peers
-    # get the batch as a user passes it
+    # the limit runs in the layout our engine iterates in (channels_last on a oneDNN CPU); the peers get the batch as a
+    # user passes it
     engine_layout = torch.channels_last if prefers_channels_last(x) else torch.contiguous_format
-    x_limit = x.contiguous(memory_format=engine_layout)
+    x_limit = in_layout(x, engine_layout)
 
     def limit():
         # 40 forward+backward passes of the CE loss w.r.t. the input, nothing else
@@ -148,8 +148,8 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
     rows = []
     o, p, r, rs = compare(ours, limit, reps, device, f"{label}: PGD vs fwd+bwd")
-    in_layout = ", channels_last as the engine iterates" if engine_layout == torch.channels_last and not channels_last else ""
-    rows.append(Row(f"{label}: PGD-{STEPS} Linf / {STEPS} x (fwd+bwd of CE w.r.t. input{in_layout})", _fmt(o),
+    layout_note = ", channels_last as the engine iterates" if engine_layout == torch.channels_last and not channels_last else ""
+    rows.append(Row(f"{label}: PGD-{STEPS} Linf / {STEPS} x (fwd+bwd of CE w.r.t. input{layout_note})", _fmt(o),
                     f"{STEPS} x fwd+bwd: {_fmt(p)}", r, TARGET_LIMIT, ratios=rs))
 
     what_fb = f"{label}: PGD-{STEPS} Linf vs foolbox LinfPGD"

@@ -10,7 +10,7 @@ import torch
 
 from advlib.attacks import attack_info, create_attack, list_attacks, lp_norms, project_l1_ball, run_attack
 from advlib.attacks.base import sorted_descending
-from advlib.attacks.pgd import pgd, prefers_channels_last, topk_l1_direction
+from advlib.attacks.pgd import in_layout, pgd, prefers_channels_last, topk_l1_direction
 
 EPS = {"linf": 0.3, "l2": 3.0, "l1": 15.0}
 FAST_OPTIONS = {  # cut iteration budgets so the whole suite stays fast on 2 CPU cores
@@ -151,23 +151,36 @@ def test_l1_projection_is_closest_point_in_ball():
     assert torch.allclose(project_l1_ball(inside, eps), inside)
 
 
-def test_channels_last_is_picked_for_colour_batches_under_onednn_only():
-    colour = torch.rand(2, 3, 8, 8)
-    assert prefers_channels_last(colour) == torch.backends.mkldnn.is_available()
-    assert not prefers_channels_last(torch.rand(2, 1, 8, 8))  # one channel: both layouts are the same memory
+def test_channels_last_is_picked_for_float32_image_batches_under_onednn_only():
+    colour, grey = torch.rand(2, 3, 8, 8), torch.rand(2, 1, 8, 8)
+    assert prefers_channels_last(colour) == prefers_channels_last(grey) == torch.backends.mkldnn.is_available()
     assert not prefers_channels_last(colour.double())
+    assert not prefers_channels_last(torch.rand(2, 64))
     with torch.backends.mkldnn.flags(enabled=False):  # portable kernels: NCHW, as the goldens were made
-        assert not prefers_channels_last(colour)
+        assert not prefers_channels_last(colour) and not prefers_channels_last(grey)
 
 
-@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 1.0)])
-def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps):
+def test_in_layout_restrides_one_channel_batches_without_a_copy():
+    grey = torch.rand(4, 1, 6, 5)
+    nhwc = in_layout(grey, torch.channels_last)
+    assert nhwc.stride() == (30, 1, 5, 1) and nhwc.data_ptr() == grey.data_ptr() and torch.equal(nhwc, grey)
+    conv = torch.nn.Conv2d(1, 3, 3)  # torch reads the layout from the strides: the convolution answers in NHWC
+    assert conv(nhwc).stride(1) == 1 and conv(grey).stride(1) != 1
+    colour = torch.rand(4, 3, 6, 5)
+    assert in_layout(colour, torch.channels_last).stride() == (90, 1, 15, 3)
+    assert in_layout(colour.transpose(2, 3), torch.contiguous_format).is_contiguous()
+    strided = torch.rand(4, 1, 12, 5)[:, :, ::2]  # not contiguous: copied first, then restrided
+    assert torch.equal(in_layout(strided, torch.channels_last), strided)
+
+
+@pytest.mark.parametrize("norm, eps, channels", [("linf", 0.1, 3), ("l2", 1.0, 3), ("linf", 0.1, 1), ("l1", 2.0, 1)])
+def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps, channels):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+    model = torch.nn.Sequential(torch.nn.Conv2d(channels, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(8 * 6 * 6, 10)).eval()
-    seen = []
-    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    x, y = torch.rand(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    seen = []  # NHWC strides: the channel stride is 1 (is_contiguous cannot tell the layouts of one channel apart)
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].stride(1) == 1))
+    x, y = torch.rand(16, channels, 8, 8), torch.randint(0, 10, (16,))
     results = {}
     for layout in (True, False):
         seen.clear()
@@ -176,8 +189,8 @@ def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps):
         assert all(seen) if layout else not any(seen)
         assert results[layout].is_contiguous()
         assert lp_norms(results[layout] - x, norm).max() <= eps + 1e-5 and 0 <= results[layout].min() <= results[layout].max() <= 1
-    # the layout changes the convolution's rounding only: an L2 step moves by ~1e-7, a sign may flip where a gradient
-    # entry is ~0
+    # the layout changes the convolution's rounding only: an L2 step moves by ~1e-7; a sign may flip where a gradient
+    # entry is ~0, and a top-k choice where two entries nearly tie
     if norm == "l2":
         assert torch.allclose(results[True], results[False], atol=1e-5)
     else:

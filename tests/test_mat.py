@@ -8,8 +8,8 @@ from torch import nn
 
 from advlib.attacks.base import lp_norms
 from advlib.data import dataset_info, load_dataset, to_tensors
-from advlib.defenses.mat import (NormStep, PassCounter, _start, _take_step, cross_gradient_ratio, fit_mimo, mat_attack,
-                                 member_batches, msd_attack, ramp_scale, sign_disagreement)
+from advlib.defenses.mat import (NormStep, PassCounter, _start, _take_step, backbone_layout, cross_gradient_ratio,
+                                 fit_mimo, mat_attack, member_batches, msd_attack, ramp_scale, sign_disagreement)
 from advlib.models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
 from advlib.params import TrainSpec
 
@@ -230,3 +230,18 @@ def test_radius_ramp_scales_the_training_attack_then_reaches_full_radii():
 
     fit_mimo(create_mimo("mlp1200", INFO, 3, width=16, depth=1), train, spec, members=3, inner=inner, ramp_epochs=2)
     assert seen == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])  # two batches per epoch
+
+
+def test_backbone_layout_gives_the_backbone_channels_last_views_of_the_same_values(batch):
+    x, _ = batch
+    laid = backbone_layout(x)
+    assert torch.equal(laid, x)
+    if torch.backends.mkldnn.is_available():
+        assert laid.flatten(1, 2).stride() == (3 * 784, 1, 3 * 28, 3)  # MIMO's stacked input: NHWC
+        assert backbone_layout(x[:, :1])[:, 0].stride() == (784, 1, 28, 1)  # a single model's slot: NHWC
+    with torch.backends.mkldnn.flags(enabled=False):  # portable kernels: the inputs as given
+        assert backbone_layout(x) is x
+    torch.manual_seed(0)
+    mimo = create_mimo("lenet5_classic", INFO, 3).eval()
+    with torch.no_grad():
+        assert torch.allclose(mimo(laid), mimo(x), atol=1e-5)

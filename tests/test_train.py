@@ -133,3 +133,12 @@ def test_regularizer_is_added_to_every_batch_loss(small_train):
     norm = lambda m: float(sum(p.detach().pow(2).sum() for p in m.parameters()))
     assert sum(calls) == SPEC.epochs * len(small_train)  # once per batch, on every sample
     assert norm(shrunk) < norm(plain) and history[0]["loss"] > 0
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_batches_go_in_as_channels_last_under_onednn_only(small_train, onednn):
+    model, seen = _fresh(), []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].stride(1) == 1))  # NHWC strides
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        fit(model, small_train, TrainSpec(model="lenet5_classic", epochs=1, batch_size=200), seed=1)
+    assert len(seen) == 3 and all(s == (onednn and torch.backends.mkldnn.is_available()) for s in seen)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..attacks.base import lp_norms, project
-from ..attacks.pgd import draw_l1_sizes, random_start, steepest_direction, topk_l1_direction
+from ..attacks.pgd import draw_l1_sizes, prefers_channels_last, random_start, steepest_direction, topk_l1_direction
 from ..models.mimo import member_losses
 from ..params import TrainSpec
 
@@ -81,6 +81,16 @@ def _take_step(x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator
     return (x + project(moved - x, step.norm, step.eps)).clamp(0, 1)
 
 
+def backbone_layout(x: Tensor) -> Tensor:
+    """MIMO inputs (N, M, C, H, W) as the network reads them fastest: on a oneDNN CPU (`prefers_channels_last`) a copy
+    stored N, H, W, M, C, so that the backbone's stacked (N, M*C, H, W) input, and a single model's (N, C, H, W) slot,
+    are channels_last views; elsewhere `x` itself."""
+    if x.dim() != 5 or not prefers_channels_last(x[:, 0]):
+        return x
+    n, m, c, h, w = x.shape
+    return torch.empty_strided(x.shape, (h * w * m * c, c, 1, w * m * c, m * c), dtype=x.dtype, device=x.device).copy_(x)
+
+
 def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], iterations: int, *,
                approximate: bool = True, start: bool = True, generator: torch.Generator | None = None) -> Tensor:
     """MAT's inner maximisation (eq. 6): every step one forward of the M inputs and ONE backward of the summed member
@@ -98,14 +108,15 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     drawn = draw_l1_sizes(iterations * len(l1_members), generator) if l1_members else []
     for t in range(iterations):
         l1_k = dict(zip(l1_members, drawn[t * len(l1_members):(t + 1) * len(l1_members)]))
-        x_adv.requires_grad_(True)
-        losses = member_losses(model, x_adv, y).sum(0)  # (M,): each member's loss summed over the batch
+        x_in = backbone_layout(x_adv).requires_grad_(True)
+        losses = member_losses(model, x_in, y).sum(0)  # (M,): each member's loss summed over the batch
         if approximate:
-            grad, = torch.autograd.grad(losses.sum(), x_adv)
+            grad, = torch.autograd.grad(losses.sum(), x_in)
         else:
-            grad = torch.stack([torch.autograd.grad(losses[m], x_adv, retain_graph=m < len(steps) - 1)[0][:, m]
+            grad = torch.stack([torch.autograd.grad(losses[m], x_in, retain_graph=m < len(steps) - 1)[0][:, m]
                                 for m in range(len(steps))], dim=1)
-        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator, l1_k.get(m))
+        grad = grad.contiguous()  # each member's steps then read contiguous slices
+        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m], grad[:, m], s, generator, l1_k.get(m))
                              for m, s in enumerate(steps)], dim=1)
     return x_adv.detach()
 
@@ -120,9 +131,8 @@ def msd_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     x = x.detach()
     x_adv = x.clone()
     for _ in range(iterations):
-        x_adv.requires_grad_(True)
-        grad, = torch.autograd.grad(member_losses(model, x_adv, y).sum(), x_adv)
-        x_adv = x_adv.detach()
+        x_in = backbone_layout(x_adv).requires_grad_(True)
+        grad = torch.autograd.grad(member_losses(model, x_in, y).sum(), x_in)[0].contiguous()
         best, best_loss = x_adv, torch.full(y.shape, float("-inf"), device=x.device)
         for step in steps:
             candidate = torch.stack([_take_step(x[:, m], x_adv[:, m], grad[:, m], step, generator)
@@ -231,7 +241,7 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
                     model.eval()
                     x = inner(model, x, y, generator, ramp_scale(epoch, ramp_epochs))
                 model.train()
-                logits = model(x)
+                logits = model(backbone_layout(x))
                 loss = outer_loss(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
