@@ -221,6 +221,20 @@ def bench_steps_curve(name: str, model: torch.nn.Module, x: torch.Tensor, y: tor
                _fmt(o), f"separate runs: {_fmt(p)}", r, TARGET_STEPS, ratios=rs)
 
 
+def attack_step_flops(model: torch.nn.Module, members: int) -> int:
+    """FLOPs of one MAT attack step of a MIMO-interface `model` on a batch of 64 MNIST-shaped inputs: the forward and
+    the backward to the inputs (not to the weights), as counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from advlib.models.mimo import member_losses
+
+    model.eval().requires_grad_(False)
+    x = torch.rand(64, members, 1, 28, 28, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        member_losses(model, x, torch.zeros(64, members, dtype=torch.long)).sum().backward()  # weights need no grad
+    return counter.get_total_flops()
+
+
 def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> list[Row]:
     """Paper 5: one training epoch of MAT (MIMO `backbone`, M = 3, members in Linf/L2/L1) against one epoch of
     single-model Linf AT of the same backbone at equal PGD steps and batch size, on random MNIST-shaped data; and the
@@ -249,9 +263,12 @@ def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> li
 
     o, p, r, rs = compare(mat, single_at, reps, device, f"MAT vs AT epoch ({backbone})")
     _, _, network, _ = compare(mat_all_linf, single_at, reps, device, f"MAT (all Linf) vs AT epoch ({backbone})")
-    why = (f"the same MAT epoch with all three members attacked in Linf costs {network:.2f} x the AT epoch (the MIMO "
-           f"network and its three losses); the L2 and L1 members' steps (normalisation, top-k, the sort-based "
-           f"L1-ball projection) account for the rest, {r / network:.2f} x")
+    flops = attack_step_flops(create_mimo(backbone, info, 3), 3) / attack_step_flops(SingleAsMIMO(create_model(backbone)), 1)
+    why = (f"one attack step (forward, and backward to the inputs) of the MIMO network takes {flops:.2f} x the FLOPs of "
+           f"the single network's (torch's FlopCounterMode: its first layer reads three inputs' channels, its last "
+           f"writes three members' logits), and the same MAT epoch with all three members attacked in Linf costs "
+           f"{network:.2f} x the AT epoch; the L2 and L1 members' steps (normalisation, top-k, the sort-based L1-ball "
+           f"projection) account for the rest, {r / network:.2f} x")
     what = f"{backbone}, {images} images b64, PGD-{MAT_STEPS}"
     return [Row(f"{what}: MAT epoch (M = 3) / single-model Linf-AT epoch", _fmt(o), f"Linf AT: {_fmt(p)}", r, TARGET_MAT,
                 ratios=rs, why=why),
