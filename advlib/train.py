@@ -178,7 +178,8 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     batch, or on the adversarial one when adv_weight = 1 (Madry-style training, no clean pass).
     `regularizer(model, x, y)` is added to every batch's loss (e.g. the VAT term of the Adversary Critic's baselines);
     `criterion(logits, y)` replaces CE where a method trains with another loss (margin maximisation: hinge).
-    Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: the same values, faster steps).
+    Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: faster steps; only the float
+    rounding of the convolutions changes).
     """
     if len(train_set) == 0:
         raise ValueError("training set is empty")
