@@ -106,10 +106,10 @@ def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.
 
 
 def prefers_channels_last(x: Tensor) -> bool:
-    """Whether the attack should iterate `x` in channels_last: float32 image batches on a CPU whose convolutions run in
-    oneDNN, which computes in NHWC and otherwise reorders every NCHW input and gradient (measured here: ResNet-18
-    forward+backward about 20% faster, PGD-40 about 9%; the classic LeNet-5 on MNIST forward+backward about 2x). Off
-    with oneDNN off (portable kernels), so the goldens keep NCHW."""
+    """Whether the network should get `x` in channels_last (in attacks and training): float32 image batches on a CPU
+    whose convolutions run in oneDNN, which computes in NHWC and otherwise reorders every NCHW input and gradient
+    (measured here: ResNet-18 forward+backward about 20% faster, PGD-40 about 9%; the classic LeNet-5 on MNIST
+    forward+backward about 2x). Off with oneDNN off (portable kernels), so the goldens keep NCHW."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
