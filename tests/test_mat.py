@@ -245,3 +245,19 @@ def test_backbone_layout_gives_the_backbone_channels_last_views_of_the_same_valu
     mimo = create_mimo("lenet5_classic", INFO, 3).eval()
     with torch.no_grad():
         assert torch.allclose(mimo(laid), mimo(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_attacks_run_in_either_layout_and_leave_the_inputs_alone(batch, onednn):
+    torch.manual_seed(0)
+    mimo = create_mimo("lenet5_classic", INFO, 3).eval()
+    x, y = batch
+    before = x.clone()
+    with torch.backends.mkldnn.flags(enabled=onednn):  # off: backbone_layout hands back the iterate itself
+        x_mat = mat_attack(mimo, x, y, STEPS, 3, generator=torch.Generator().manual_seed(0))
+        x_msd = msd_attack(mimo, x, y, STEPS, 3, generator=torch.Generator().manual_seed(0))
+    for m, step in enumerate(STEPS):  # MAT: member m in its own ball; MSD: every member may take any norm's step
+        assert float(lp_norms(x_mat[:, m] - x[:, m], step.norm).max()) <= step.eps + 1e-4
+    assert not x_mat.requires_grad and not x_msd.requires_grad and 0 <= float(x_msd.min()) <= float(x_msd.max()) <= 1
+    assert not torch.equal(x_msd, x)
+    assert torch.equal(x, before) and not x.requires_grad

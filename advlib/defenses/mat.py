@@ -108,7 +108,7 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     drawn = draw_l1_sizes(iterations * len(l1_members), generator) if l1_members else []
     for t in range(iterations):
         l1_k = dict(zip(l1_members, drawn[t * len(l1_members):(t + 1) * len(l1_members)]))
-        x_in = backbone_layout(x_adv).requires_grad_(True)
+        x_in = backbone_layout(x_adv).detach().requires_grad_(True)  # never x_adv itself
         losses = member_losses(model, x_in, y).sum(0)  # (M,): each member's loss summed over the batch
         if approximate:
             grad, = torch.autograd.grad(losses.sum(), x_in)
@@ -131,7 +131,7 @@ def msd_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     x = x.detach()
     x_adv = x.clone()
     for _ in range(iterations):
-        x_in = backbone_layout(x_adv).requires_grad_(True)
+        x_in = backbone_layout(x_adv).detach().requires_grad_(True)  # never x_adv itself
         grad = torch.autograd.grad(member_losses(model, x_in, y).sum(), x_in)[0].contiguous()
         best, best_loss = x_adv, torch.full(y.shape, float("-inf"), device=x.device)
         for step in steps:
