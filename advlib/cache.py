@@ -175,7 +175,7 @@ class Cache:
                 shutil.rmtree(self.entry_dir(kind, key), ignore_errors=True)
                 found = None
             if found is not None:
-                log.info("cache: loaded %s from %s", name, self.entry_dir(kind, key))
+                log.info("cache: loaded %s (%s/%s)", name, kind, key)  # relative: no machine path in notebook outputs
                 return found
             log.info("cache: building %s (%s/%s)", name, kind, key)
             artifact = build()

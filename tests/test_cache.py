@@ -33,7 +33,8 @@ def test_build_once_then_load(tmp_path, caplog):
         second = cache.get_or_build("model", {"x": 1}, build)
     assert len(calls) == 1 and not first.from_cache and second.from_cache
     assert torch.equal(second.tensors["w"], first.tensors["w"]) and second.meta == {"note": "built"}
-    assert "loaded" in caplog.text
+    assert f"loaded model (model/{make_key('model', {'x': 1})})" in caplog.text
+    assert str(tmp_path) not in caplog.text  # notices end up in committed notebooks: no machine paths
     assert [row["kind"] for row in cache.ls()] == ["model"]
 
 

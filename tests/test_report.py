@@ -117,24 +117,72 @@ def test_paper_vs_run_unknown_artifact_lists_present(home):
         report.paper_vs_run("demo", "table9", {})
 
 
-def test_evaluate_claims_verdicts(home):
-    results = {"clean": 0.99, "pgd": 0.45}
+def _claim(cid, text, cites, check, evidence=lambda t: "e", reason=lambda t: "r"):
+    return report.Claim(cid, text, tuple(cites), check, evidence, reason)
+
+
+def test_evaluate_claims_verdicts_and_reasons():
+    tables = {"table1": pd.DataFrame({"acc": [99.0, 45.0]}, index=["clean", "pgd"])}
     claims = [
-        report.Claim("c1", "Clean accuracy stays above 95%.", lambda r: r["clean"] > 0.95, lambda r: f"clean {r['clean']:.2f}"),
-        report.Claim("c2", "PGD accuracy stays above 90%.", lambda r: r["pgd"] > 0.9),
-        report.Claim("c3", "Transfer attacks fail.", lambda r: r["transfer"] < 0.1, lambda r: f"{r['transfer']}"),
-        report.Claim("c4", "Only at paper scale.", lambda r: None),
+        _claim("c1", "Clean accuracy stays above 95% (Table 1).", ["table1"], lambda t: t["table1"].loc["clean", "acc"] > 95,
+               lambda t: f"clean {t['table1'].loc['clean', 'acc']:.0f}"),
+        _claim("c2", "PGD accuracy stays above 90% (Table 1).", ["table1"], lambda t: t["table1"].loc["pgd", "acc"] > 90,
+               reason=lambda t: f"only {t['table1'].loc['pgd', 'acc']:.0f}"),
+        _claim("c3", "Transfer attacks fail (Table 3).", ["table3"], lambda t: t["table3"].loc["x", "acc"] < 10),
+        _claim("c4", "Only at paper scale (Table 1).", ["table1"], lambda t: None, reason=lambda t: "needs ImageNet"),
     ]
-    table = report.evaluate_claims(claims, results)
-    assert list(table.columns) == ["id", "claim", "evidence", "verdict"]
+    table = report.evaluate_claims(claims, tables)
+    assert list(table.columns) == ["id", "claim", "cites", "evidence", "verdict", "reason"]
     assert table["verdict"].tolist() == ["holds", "does not hold", "not measured at this profile", "not measured at this profile"]
-    assert table.loc[0, "evidence"] == "clean 0.99"
-    assert table.loc[1, "evidence"] == ""
-    assert "transfer" in table.loc[2, "evidence"]
+    assert table["reason"].tolist() == ["", "only 45", "r", "needs ImageNet"]
+    assert table.loc[0, "evidence"] == "clean 99"
+    assert table.loc[0, "cites"] == "table1"
 
 
-def test_evaluate_claims_numpy_bool_and_duplicates():
-    table = report.evaluate_claims([report.Claim("a", "x", lambda r: np.bool_(False))], {})
+def test_claim_reading_an_uncited_table_is_an_error():
+    tables = {"table1a": pd.DataFrame({"clean": [1.0]}), "table1b": pd.DataFrame({"clean": [2.0]})}
+    # the Strength in Numbers defect: the text cites Table 1b, the check reads Table 1a
+    bad = _claim("clean_cost", "Adversarial training costs clean accuracy (Table 1b).", ["table1b"],
+                 lambda t: t["table1a"]["clean"].iloc[0] < 5)
+    with pytest.raises(report.UncitedTable, match="table1a.*cites: table1b"):
+        report.evaluate_claims([bad], tables)
+
+
+def test_claim_must_read_every_table_it_cites():
+    tables = {"table1a": pd.DataFrame({"clean": [1.0]}), "table2": pd.DataFrame({"clean": [2.0]})}
+    lazy = _claim("c", "Something (Tables 1a and 2).", ["table1a", "table2"], lambda t: t["table1a"]["clean"].iloc[0] > 0)
+    with pytest.raises(ValueError, match="cites table2 but its check does not read it"):
+        report.evaluate_claims([lazy], tables)
+
+
+def test_claim_text_must_name_the_cited_artifact():
+    with pytest.raises(ValueError, match="cites table1b but its text does not name them"):
+        _claim("c", "Adversarial training costs clean accuracy (Table 1a).", ["table1b"], lambda t: True)
+    with pytest.raises(ValueError, match="cites no table"):
+        _claim("c", "x", [], lambda t: True)
+    for text, name in (("(Tables 1, 2, 9-12)", "table9"), ("(Figure 2c)", "figure2c"), ("(Table 1a / 1b)", "table1b"),
+                       ("(Tables 3 and 4)", "table4")):
+        _claim("c", text, [name], lambda t: True)  # accepted
+    with pytest.raises(ValueError):
+        _claim("c", "(Table 11)", ["table1"], lambda t: True)
+
+
+def test_evaluate_claims_numpy_bool_duplicates_and_empty_reason():
+    tables = {"table1": pd.DataFrame({"a": [0.0]})}
+    read = lambda t: np.bool_(t["table1"]["a"].iloc[0] > 1)
+    table = report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read)], tables)
     assert table["verdict"].tolist() == ["does not hold"]
     with pytest.raises(ValueError, match="duplicate claim ids: a"):
-        report.evaluate_claims([report.Claim("a", "x", lambda r: True), report.Claim("a", "y", lambda r: True)], {})
+        report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read), _claim("a", "y (Table 1)", ["table1"], read)], tables)
+    with pytest.raises(ValueError, match="reason is empty"):
+        report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read, reason=lambda t: " ")], tables)
+
+
+def test_proportion_gap_against_the_agresti_caffo_interval():
+    # 60% of 100 vs 50% of 100: p1 = 61/102, p2 = 51/102, half = 1.96 sqrt(p1 q1/102 + p2 q2/102) = 13.6 points
+    text = report.proportion_gap(60.0, 50.0, 100)
+    assert "gap +10.0 points" in text and "half-width 13.6 points on 100 images" in text and "inside the noise" in text
+    assert "outside the noise" in report.proportion_gap(60.0, 50.0, 1000)
+    assert "on 100/400 images" in report.proportion_gap(0.0, 0.0, 100, 400)
+    with pytest.raises(ValueError, match="n_a=0"):
+        report.proportion_gap(1.0, 2.0, 0)
