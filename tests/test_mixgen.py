@@ -148,7 +148,8 @@ def test_competitive_training_is_deterministic_and_updates_the_discriminator(mni
 def _roles_example() -> DefenseEvaluation:
     """4 attacks x 100 samples, 4 generators: G0 wins 80 of each of attacks 0-2 at 90% accuracy (generalist);
     G1 wins 80 of attack 3 at 75% (specialist); G2 wins the other 20 of attack 3, all correct, but only 5% of
-    all samples (marginalist by share); G3 wins 20 of each of attacks 0-2 at 30% (marginalist by accuracy)."""
+    all samples (low share, high accuracy: a specialist); G3 wins 20 of each of attacks 0-2 at 30% (15% of all
+    samples, above half the fair share 12.5%, covering 3 of 4 attacks: a generalist despite its accuracy)."""
     attack = np.repeat(np.arange(4), 100)
     winner = np.empty(400, dtype=np.int64)
     correct = np.zeros(400, dtype=bool)
@@ -165,11 +166,54 @@ def _roles_example() -> DefenseEvaluation:
 
 def test_generator_roles_follow_the_stated_rule() -> None:
     roles = _roles_example().generator_roles()
-    assert roles["role"].tolist() == ["generalist", "specialist", "marginalist", "marginalist"]
+    assert roles["role"].tolist() == ["generalist", "specialist", "specialist", "generalist"]
     assert roles["wins"].tolist() == [240, 80, 20, 60]
     assert roles["attacks_covered"].tolist() == [3, 1, 1, 3]
     np.testing.assert_allclose(roles["accuracy"], [90.0, 75.0, 100.0, 30.0])
     np.testing.assert_allclose(roles["win_share"], [0.6, 0.2, 0.05, 0.15])
+
+
+def _wins(blocks: list[tuple[int, int, int, int]], attacks: int = 4, per_attack: int = 100,
+          generators: int = 6) -> DefenseEvaluation:
+    """An evaluation from (attack, generator, wins, correct) blocks that fill each attack's samples in order."""
+    attack = np.repeat(np.arange(attacks), per_attack)
+    winner = np.full(attacks * per_attack, -1)
+    correct = np.zeros(attacks * per_attack, dtype=bool)
+    filled = np.zeros(attacks, dtype=int)
+    for a, g, n, right in blocks:
+        start = a * per_attack + filled[a]
+        winner[start:start + n] = g
+        correct[start:start + right] = True
+        filled[a] += n
+    assert (winner >= 0).all(), "every sample needs a winner"
+    return DefenseEvaluation(y=np.arange(attacks * per_attack) % 10, attack=attack,
+                             attack_names=[f"a{i}" for i in range(attacks)], winner=winner, correct=correct,
+                             correct_undefended=np.zeros(attacks * per_attack, dtype=bool), num_generators=generators)
+
+
+def test_roles_as_the_paper_defines_them() -> None:
+    """Sec. 4.6 on a hand-made win/accuracy table (4 attacks x 100 samples, 6 generators: half the fair share is
+    400 / 6 / 2 = 33.3 samples). Attack 3 plays the paper's hard attack."""
+    evaluation = _wins([(a, 0, 80, 72) for a in range(3)]      # G0: 60% of samples, 3 attacks, 90%: generalist
+                       + [(3, 1, 60, 18)]                        # G1: 15%, hard attack only, 30%: specialist
+                       + [(3, 2, 20, 20)]                        # G2: 5% (low share), hard attack, 100%: specialist
+                       + [(3, 3, 20, 4)]                         # G3: 5% (low share), 20% (low accuracy): marginalist
+                       + [(a, 4, 20, 5) for a in range(3)])      # G4: 15%, 3 attacks, 25%: generalist by coverage
+    roles = evaluation.generator_roles()                         # G5 wins nothing: marginalist
+    assert roles["role"].tolist() == ["generalist", "specialist", "specialist", "marginalist", "generalist",
+                                      "marginalist"]
+    assert roles["wins"].tolist() == [240, 60, 20, 20, 60, 0]
+    np.testing.assert_allclose(roles["accuracy"].iloc[:5], [90.0, 30.0, 100.0, 20.0, 25.0])
+    assert np.isnan(roles["accuracy"].iloc[5])
+    # the same low share is a marginalist only with low accuracy: 17 of 20 right (85%) makes G3 a specialist
+    better = _wins([(a, 0, 80, 72) for a in range(3)] + [(3, 1, 60, 18), (3, 2, 20, 20), (3, 3, 20, 17)]
+                   + [(a, 4, 20, 5) for a in range(3)])
+    assert better.generator_roles()["role"].iloc[3] == "specialist"
+    # and low accuracy alone is not enough: G3 at 20% accuracy but 35% of the samples is a specialist
+    busy = _wins([(a, 0, 80, 72) for a in range(3)] + [(3, 3, 100, 20)] + [(a, 4, 20, 5) for a in range(3)],
+                 per_attack=100)
+    assert busy.generator_roles()["role"].tolist()[3] == "specialist"
+    assert evaluation.role_examples() == [0, 1, 3]
 
 
 def test_defense_evaluation_breakdowns() -> None:

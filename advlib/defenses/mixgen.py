@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 log = logging.getLogger("advlib")
 
 # Generator roles of Sec. 4.6 (Fig. 4), as a stated rule; see DefenseEvaluation.generator_roles.
-MARGINALIST_FAIR_SHARE = 0.5  # marginalist below this fraction of the fair win share 1/G ...
-MARGINALIST_ACCURACY = 50.0  # ... or below this accuracy (percent) on the samples it won
+MARGINALIST_FAIR_SHARE = 0.5  # marginalist: below this fraction of the fair win share 1/G ...
+MARGINALIST_ACCURACY = 50.0  # ... and below this accuracy (percent) on the samples it won (both, as in the paper)
 COVERAGE_MIN_SHARE = 0.10  # a generator covers an attack when it wins at least this share of its samples
 GENERALIST_MIN_COVERAGE = 0.5  # generalist: covers at least this fraction of the attacks; else specialist
 ROLES = ("generalist", "specialist", "marginalist")
@@ -379,9 +379,13 @@ class DefenseEvaluation:
         """One row per generator: wins, win_share, accuracy (percent on won samples), attacks_covered and role.
 
         Rule (Sec. 4.6, made explicit): an attack is covered when the generator wins >= COVERAGE_MIN_SHARE
-        (10%) of its samples. marginalist: win share < MARGINALIST_FAIR_SHARE / G (under half its fair share)
-        or accuracy on won samples < MARGINALIST_ACCURACY (50%); otherwise generalist when it covers at least
-        GENERALIST_MIN_COVERAGE (half) of the attacks, else specialist.
+        (10%) of its samples. marginalist ("fails to win on a significant number of samples and has
+        questionable accuracy levels"): win share < MARGINALIST_FAIR_SHARE / G (under half its fair share) AND
+        accuracy on won samples < MARGINALIST_ACCURACY (50%; a generator that won nothing has no accuracy and
+        counts as low). Otherwise generalist ("wins on a large number of samples ... on the majority of the
+        attacks") when it covers at least GENERALIST_MIN_COVERAGE (half) of the attacks, else specialist
+        ("focuses on specific kinds of attacks"), whatever its accuracy: a generator that wins few samples of
+        a hard attack but classifies them well is a specialist, and so is one that wins many at low accuracy.
         """
         g, a = self.num_generators, len(self.attack_names)
         wins = np.bincount(self.winner, minlength=g)
@@ -394,7 +398,7 @@ class DefenseEvaluation:
             accuracy = np.where(wins > 0, 100.0 * hits / wins, np.nan)
         roles = []
         for j in range(g):
-            if share[j] < MARGINALIST_FAIR_SHARE / g or not accuracy[j] >= MARGINALIST_ACCURACY:
+            if share[j] < MARGINALIST_FAIR_SHARE / g and not accuracy[j] >= MARGINALIST_ACCURACY:
                 roles.append("marginalist")
             elif covered[j] >= GENERALIST_MIN_COVERAGE * a:
                 roles.append("generalist")
