@@ -9,12 +9,16 @@ evaluation on the test adversarials is cached under the system's key, so a rerun
 """
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats as scipy_stats
 from torch import Tensor, nn
 
 from ..cache import Artifact, Cache, cached_model
@@ -24,8 +28,10 @@ from ..defenses.mixgen import (DefenseEvaluation, MixtureOfGenerators, evaluate_
 from ..evaluate import attack
 from ..models import create_model
 from ..params import MixtureOfGeneratorsParams
+from ..report import Claim, paper_vs_run, proportion_gap
 from ..train import TrainedModel, train_classifier
 
+STEM = "mixture_of_generators"
 SystemKind = Literal["joint", "faster", "single", "large"]
 SYSTEM_KINDS = ("joint", "faster", "single", "large")
 
@@ -215,8 +221,22 @@ class MixtureTables:
         mixture_params = sum(p.numel() for g in self.study.system("joint", names, self.p.seed)[0].generators
                              for p in g.parameters())
         large_params = sum(p.numel() for p in self.study.system("large", names, self.p.seed)[0].generators.parameters())
-        return pd.DataFrame([{"system": "large_generator", "generator_weights": large_params, "accuracy": large.accuracy()},
-                             {"system": "mixture_jointly", "generator_weights": mixture_params, "accuracy": joint.accuracy()}])
+        return pd.DataFrame([{"system": "large_generator", "attacks": len(names), "generator_weights": large_params,
+                              "accuracy": large.accuracy()},
+                             {"system": "mixture_jointly", "attacks": len(names), "generator_weights": mixture_params,
+                              "accuracy": joint.accuracy()}])
+
+    def budget(self) -> pd.DataFrame:
+        """This run's data and training budget beside the paper's (params/references 'budget'): the epochs are those
+        actually run, read from the training histories (classifier; identity init and training of the largest
+        joint system), so a claim's reason can say how far the run is from the paper's budget."""
+        names = self.p.attack_sets[max(self.p.attack_sets)]
+        _, meta = self.study.system("joint", names, self.p.seed)
+        run = {"n_canonical": len(self.study.halves.canonical), "n_transformed": len(self.study.halves.transformed),
+               "n_test": len(self.study.halves.test), "classifier_epochs": len(self.study.trained.meta["history"]),
+               "identity_epochs": len(meta["identity_mse"]), "train_epochs": len(meta["history"]),
+               "joint_repeats": self.p.joint_repeats, "faster_repeats": self.p.faster_repeats}
+        return paper_vs_run(STEM, "budget", run)
 
     def table6(self) -> pd.DataFrame:
         """Repeated runs (seeds p.seed + r): joint and faster initialisation, each experiment, mean, std and SE."""
@@ -252,3 +272,320 @@ class MixtureTables:
         rows = {name: indexed.loc[key] if key in indexed.index else pd.Series(np.nan, index=indexed.columns)
                 for name, key in wanted.items()}
         return pd.DataFrame(rows).T
+
+
+# -- claims --------------------------------------------------------------------------------------------------------
+# A claim about accuracies gets a verdict only where the 95% interval of the compared quantity decides it (test
+# images are finite); otherwise it is not measured at this profile and its reason gives the interval. Intervals add
+# one success and one failure to each accuracy (Agresti-Caffo, as report.proportion_gap) and treat the compared
+# accuracies as independent samples (they are measured on the same test images, so this overstates the noise a little).
+# Spreads of repeated runs are compared by their variance ratio against the 5% critical F of the repeats. The role
+# claims count the roles of DefenseEvaluation.generator_roles and take the counts as measured (no noise model).
+
+Tables = Mapping[str, Any]
+Z95 = 1.96
+ABOUT_EQUAL = 10.0  # points: "similar" / "qualitatively similar" in the paper, made explicit
+CHANCE = 10.0  # percent: a random classifier on the ten MNIST classes
+HIGH_ACCURACY = 90.0  # percent: Table 2's "above 90%"
+HARD_ATTACKS = ("AUN", "AGN")
+_SYSTEM = re.compile(r"^expertise_(?P<kind>\w+?)_(?P<size>\d+)attacks_seed(?P<seed>\d+)$")
+
+
+def interval(terms: Sequence[tuple[float, float, int]]) -> tuple[float, float]:
+    """The value (points) of sum_i c_i * accuracy_i and its 95% half-width; terms are (c_i, accuracy % , images)."""
+    value, variance = 0.0, 0.0
+    for coefficient, accuracy, n in terms:
+        if n < 1:
+            raise ValueError(f"a compared accuracy needs >= 1 image, got n={n}")
+        p = (accuracy / 100 * n + 1) / (n + 2)
+        value += coefficient * accuracy
+        variance += coefficient ** 2 * p * (1 - p) / (n + 2)
+    return value, Z95 * math.sqrt(variance) * 100
+
+
+def above(terms: Sequence[tuple[float, float, int]], threshold: float = 0.0) -> bool | None:
+    """True if the interval of the combination lies above `threshold`, False if below, None if it straddles it."""
+    value, half = interval(terms)
+    return True if value - half > threshold else False if value + half < threshold else None
+
+
+def within(terms: Sequence[tuple[float, float, int]], margin: float) -> bool | None:
+    """True if the whole interval lies within +-margin, False if it lies wholly outside, None otherwise."""
+    value, half = interval(terms)
+    return True if abs(value) + half <= margin else False if abs(value) - half > margin else None
+
+
+def every(verdicts: Sequence[bool | None]) -> bool | None:
+    """All decided and true -> True; any decided false -> False; else None (not measured)."""
+    verdicts = list(verdicts)
+    return False if any(v is False for v in verdicts) else True if all(v is True for v in verdicts) else None
+
+
+def _n_test(t: Tables) -> int:
+    return int(t["budget"].loc["n_test", "run"])
+
+
+def budget_note(t: Tables) -> str:
+    """This run's training budget against the paper's, from the cited 'budget' table."""
+    b = t["budget"]
+    row = lambda key: f"{b.loc[key, 'run']:.0f} (paper {b.loc[key, 'paper']:.0f})"
+    return (f"budget: {row('train_epochs')} training and {row('identity_epochs')} identity epochs on "
+            f"{row('n_transformed')} transformed images, classifier {row('classifier_epochs')} epochs, "
+            f"{row('n_test')} test images per attack")
+
+
+def _sizes(table3: pd.DataFrame) -> list[str]:
+    return sorted(table3.columns, key=int)
+
+
+def _table3_terms(t: Tables, a: str, b: str, size: str) -> list[tuple[float, float, int]]:
+    n = int(size) * _n_test(t)
+    return [(1.0, float(t["table3"].loc[a, size]), n), (-1.0, float(t["table3"].loc[b, size]), n)]
+
+
+def _gaps(t: Tables, a: str, b: str, decide) -> str:
+    """Per attack set, the gap a - b with its interval, for the sets where `decide` is not True."""
+    parts = []
+    for size in _sizes(t["table3"]):
+        if decide(_table3_terms(t, a, b, size)) is not True:
+            n = int(size) * _n_test(t)
+            parts.append(f"{size} attacks: " + proportion_gap(float(t["table3"].loc[a, size]),
+                                                            float(t["table3"].loc[b, size]), n))
+    return "; ".join(parts)
+
+
+def _roles(t: Tables) -> pd.DataFrame:
+    """The generator_roles table with kind, size and seed of each system as columns."""
+    roles = t["generator_roles"].reset_index()
+    parsed = roles["system"].str.extract(_SYSTEM)
+    if parsed.isna().any().any():
+        raise ValueError(f"generator_roles systems must be named like 'expertise_joint_9attacks_seed0'; got "
+                         f"{sorted(set(roles['system'][parsed.isna().any(axis=1)]))}")
+    return roles.assign(kind=parsed["kind"], size=parsed["size"].astype(int), seed=parsed["seed"].astype(int))
+
+
+def _role_counts(t: Tables, size: int) -> pd.Series:
+    roles = _roles(t)
+    chosen = roles[roles["size"] == size]
+    if chosen.empty:
+        raise KeyError(f"no {size}-attack system in generator_roles")
+    return chosen["role"].astype(str).value_counts().reindex(["generalist", "specialist", "marginalist"], fill_value=0)
+
+
+def _non_generalist_share(t: Tables, size: int) -> float:
+    counts = _role_counts(t, size)
+    return float(1 - counts["generalist"] / counts.sum())
+
+
+def _collapse(t: Tables) -> str:
+    """How far the systems collapsed onto few generators: per size, generators that won nothing and the mean top share."""
+    roles = _roles(t)
+    parts = []
+    for size, group in roles.groupby("size"):
+        idle = int((group["wins"] == 0).sum())
+        top = group.groupby("system")["win_share"].max().mean()
+        parts.append(f"{size} attacks: {idle} of {len(group)} generators won no sample, the top generator won "
+                     f"{100 * top:.0f}% on average")
+    return "; ".join(parts)
+
+
+def _hard_pairs(t: Tables) -> list[tuple[str, str]]:
+    accuracy = t["table2"].set_index("attack")["defended"]
+    missing = [h for h in HARD_ATTACKS if h not in accuracy.index]
+    if missing:
+        raise KeyError(f"Table 2 lacks {', '.join(missing)}")
+    return [(other, hard) for hard in HARD_ATTACKS for other in accuracy.index if other not in HARD_ATTACKS]
+
+
+def _pair_terms(t: Tables, a: str, b: str) -> list[tuple[float, float, int]]:
+    accuracy = t["table2"].set_index("attack")["defended"]
+    return [(1.0, float(accuracy[a]), _n_test(t)), (-1.0, float(accuracy[b]), _n_test(t))]
+
+
+def _spread(t: Tables) -> pd.Series:
+    rows = t["table6"].set_index(["kind", "experiment"])
+    return rows.loc[("faster", "std")].astype(float).sort_index(key=lambda index: index.astype(int))
+
+
+def _spread_critical(t: Tables) -> float:
+    """The 5% one-sided critical F for the variance ratio of two spreads over the run's faster repeats."""
+    repeats = int(t["budget"].loc["faster_repeats", "run"])
+    return float(scipy_stats.f.ppf(0.95, repeats - 1, repeats - 1))
+
+
+def spread_verdict(t: Tables) -> bool | None:
+    """Each larger attack set's spread below the smallest set's by a variance ratio beyond the 5% critical F: True;
+    one above it by such a ratio: False; otherwise None (fewer than 2 repeats, or ratios inside the F noise)."""
+    if int(t["budget"].loc["faster_repeats", "run"]) < 2:
+        return None
+    spread, critical = _spread(t), _spread_critical(t)
+    ratios = (spread.iloc[0] / spread.iloc[1:]) ** 2
+    return every(True if r > critical else False if 1 / r > critical else None for r in ratios)
+
+
+def _spread_reason(t: Tables) -> str:
+    """The variance ratios against the smallest attack set, with the critical F of the repeats' degrees of freedom."""
+    repeats = int(t["budget"].loc["faster_repeats", "run"])
+    paper = int(t["budget"].loc["faster_repeats", "paper"])
+    if repeats < 2:
+        return f"{repeats} faster-initialisation repeat (paper {paper}): a spread needs at least 2"
+    spread, critical = _spread(t), _spread_critical(t)
+    ratios = ", ".join(f"{spread.index[0]} vs {size}: F = {(spread.iloc[0] / std) ** 2:.2f}"
+                       for size, std in spread.iloc[1:].items())
+    return (f"std {', '.join(f'{s} attacks {v:.1f}' for s, v in spread.items())} over {repeats} repeats (paper {paper}); "
+            f"variance ratios {ratios}; with {repeats - 1} degrees of freedom each a ratio must exceed {critical:.2f} "
+            f"(or fall below {1 / critical:.2f}) to be resolved at 5%")
+
+
+def claims() -> list[Claim]:
+    """The paper's qualitative claims on the tables the notebook saves: table2, table3, section45,
+    generator_roles, table6 and budget (the run's sizes and epochs beside the paper's)."""
+
+    def hardest(t: Tables) -> bool | None:
+        return every(above(_pair_terms(t, other, hard)) for other, hard in _hard_pairs(t))
+
+    def hardest_reason(t: Tables) -> str:
+        failing = [(o, h) for o, h in _hard_pairs(t) if above(_pair_terms(t, o, h)) is not True]
+        accuracy = t["table2"].set_index("attack")["defended"]
+        worst = min(failing, key=lambda pair: accuracy[pair[0]] - accuracy[pair[1]])
+        return (f"{len(failing)} of {len(_hard_pairs(t))} (attack, hard attack) pairs not resolved in the claimed order; "
+                f"worst {worst[0]} {accuracy[worst[0]]:.1f}% vs {worst[1]} {accuracy[worst[1]]:.1f}%: "
+                + proportion_gap(accuracy[worst[0]], accuracy[worst[1]], _n_test(t)) + "; " + budget_note(t))
+
+    def high(t: Tables) -> dict[str, bool | None]:
+        accuracy = t["table2"].set_index("attack")["defended"]
+        return {name: above([(1.0, float(a), _n_test(t))], HIGH_ACCURACY) for name, a in accuracy.items()}
+
+    def most_high(t: Tables) -> bool | None:
+        verdicts = list(high(t).values())
+        yes, no = verdicts.count(True), verdicts.count(False)
+        return True if yes > len(verdicts) / 2 else False if len(verdicts) - no <= len(verdicts) / 2 else None
+
+    def most_high_reason(t: Tables) -> str:
+        verdicts = list(high(t).values())
+        accuracy = t["table2"]["defended"]
+        return (f"{verdicts.count(True)} of {len(verdicts)} attacks resolved above {HIGH_ACCURACY:.0f}%, "
+                f"{verdicts.count(False)} resolved below (95% intervals on {_n_test(t)} images); median "
+                f"{accuracy.median():.1f}%, {HIGH_ACCURACY - accuracy.median():.1f} points short; " + budget_note(t))
+
+    def chance_terms(t: Tables, size: str) -> list[tuple[float, float, int]]:
+        return [(1.0, float(t["table3"].loc["joint", size]), int(size) * _n_test(t))]
+
+    def chance_reason(t: Tables) -> str:
+        parts = []
+        for size in _sizes(t["table3"]):
+            value, half = interval(chance_terms(t, size))
+            if above(chance_terms(t, size), CHANCE) is not True:
+                parts.append(f"{size} attacks: {value:.1f}% +- {half:.1f} on {int(size) * _n_test(t)} images")
+        return "not resolved above chance (10%): " + "; ".join(parts) + "; " + budget_note(t)
+
+    def drop_terms(t: Tables) -> list[tuple[float, float, int]]:
+        sizes = _sizes(t["table3"])
+        if len(sizes) != 3:
+            raise KeyError(f"three attack sets needed, got {sizes}")
+        joint = t["table3"].loc["joint"]
+        return [(c, float(joint[s]), int(s) * _n_test(t)) for c, s in zip((1.0, -2.0, 1.0), sizes)]
+
+    def drop_reason(t: Tables) -> str:
+        sizes = _sizes(t["table3"])
+        joint = t["table3"].loc["joint"]
+        value, half = interval(drop_terms(t))
+        return (f"drop {sizes[0]}->{sizes[1]} {joint[sizes[0]] - joint[sizes[1]]:+.1f} points, {sizes[1]}->{sizes[2]} "
+                f"{joint[sizes[1]] - joint[sizes[2]]:+.1f}: difference {value:+.1f} +- {half:.1f} points "
+                f"({'inside the noise' if abs(value) <= half else 'outside the noise'}); " + budget_note(t))
+
+    def harder(t: Tables) -> bool | None:
+        sizes = _sizes(t["table3"])
+        if len(sizes) < 2:
+            raise KeyError("at least two attack sets needed")
+        joint = t["table3"].loc["joint"]
+        return every(above([(1.0, float(joint[sizes[0]]), int(sizes[0]) * _n_test(t)),
+                            (-1.0, float(joint[s]), int(s) * _n_test(t))]) for s in sizes[1:])
+
+    def harder_reason(t: Tables) -> str:
+        sizes = _sizes(t["table3"])
+        joint = t["table3"].loc["joint"]
+        return "; ".join(f"{sizes[0]} vs {s} attacks: " + proportion_gap(float(joint[sizes[0]]), float(joint[s]),
+                                                                          int(sizes[0]) * _n_test(t), int(s) * _n_test(t))
+                         for s in sizes[1:]) + "; " + budget_note(t)
+
+    def large_terms(t: Tables) -> list[tuple[float, float, int]]:
+        rows = t["section45"].set_index("system")
+        n = int(rows.loc["large_generator", "attacks"]) * _n_test(t)
+        return [(1.0, float(rows.loc["large_generator", "accuracy"]), n),
+                (-1.0, float(rows.loc["mixture_jointly", "accuracy"]), n)]
+
+    def large_reason(t: Tables) -> str:
+        (_, large, n), (_, mixture, _) = large_terms(t)
+        return (f"margin {ABOUT_EQUAL:.0f} points; " + proportion_gap(large, mixture, n) + "; " + budget_note(t))
+
+    def sizes_of_roles(t: Tables) -> tuple[int, int]:
+        sizes = sorted(_roles(t)["size"].unique())
+        if len(sizes) < 2:
+            raise KeyError("expertise systems of at least two attack-set sizes needed")
+        return int(sizes[0]), int(sizes[-1])
+
+    def role_counts_text(t: Tables, size: int) -> str:
+        return ", ".join(f"{n} {role}s" for role, n in _role_counts(t, size).items())
+
+    table3_text = lambda t, a, b: "; ".join(f"{s}: {t['table3'].loc[a, s]:.1f}% vs {t['table3'].loc[b, s]:.1f}%"
+                                           for s in _sizes(t["table3"]))
+    return [
+        Claim("hardest_attacks", "AUN and AGN are the hardest attacks to defend against (Table 2).", ("table2", "budget"),
+              hardest,
+              lambda t: "lowest two: " + ", ".join(f"{k} {v:.1f}%" for k, v in
+                                                   t["table2"].set_index("attack")["defended"].nsmallest(2).items()),
+              hardest_reason),
+        Claim("single_attack_high", "For most attacks the accuracy after the defense is above 90% (Table 2).",
+              ("table2", "budget"), most_high,
+              lambda t: f"{int((t['table2']['defended'] > HIGH_ACCURACY).sum())} of {len(t['table2'])} attacks above "
+                        f"{HIGH_ACCURACY:.0f}%; median {t['table2']['defended'].median():.1f}%",
+              most_high_reason),
+        Claim("above_chance", "After the defense the classifier is meaningfully more accurate than a random classifier "
+              "(10%) on every attack set, trained jointly (Table 3).", ("table3", "budget"),
+              lambda t: every(above(chance_terms(t, s), CHANCE) for s in _sizes(t["table3"])),
+              lambda t: "; ".join(f"{s}: {t['table3'].loc['joint', s]:.1f}%" for s in _sizes(t["table3"])),
+              chance_reason),
+        Claim("separate_beats_joint", "Generators trained separately consistently outperform the jointly trained "
+              "system (Table 3).", ("table3", "budget"),
+              lambda t: every(above(_table3_terms(t, "separately", "joint", s)) for s in _sizes(t["table3"])),
+              lambda t: table3_text(t, "separately", "joint"),
+              lambda t: _gaps(t, "separately", "joint", above) + "; " + budget_note(t)),
+        Claim("faster_about_joint", f"Faster initialisation gives results qualitatively similar to joint training "
+              f"(within {ABOUT_EQUAL:.0f} points on every attack set, Table 3).", ("table3", "budget"),
+              lambda t: every(within(_table3_terms(t, "faster", "joint", s), ABOUT_EQUAL) for s in _sizes(t["table3"])),
+              lambda t: table3_text(t, "faster", "joint"),
+              lambda t: f"margin {ABOUT_EQUAL:.0f} points; "
+                        + _gaps(t, "faster", "joint", lambda terms: within(terms, ABOUT_EQUAL)) + "; " + budget_note(t)),
+        Claim("more_attacks_harder", "The jointly trained system's accuracy drops when the number of attacks grows "
+              "from 3 to 5 and 9 (Table 3).", ("table3", "budget"), harder,
+              lambda t: " -> ".join(f"{t['table3'].loc['joint', s]:.1f}" for s in _sizes(t["table3"])),
+              harder_reason),
+        Claim("drop_flattens", "Going from 5 to 9 attacks costs the jointly trained system less accuracy than going "
+              "from 3 to 5 (Table 3).", ("table3", "budget"), lambda t: above(drop_terms(t)),
+              lambda t: "drops " + ", ".join(f"{a}->{b}: {t['table3'].loc['joint', a] - t['table3'].loc['joint', b]:+.1f}"
+                                             for a, b in zip(_sizes(t["table3"]), _sizes(t["table3"])[1:])),
+              drop_reason),
+        Claim("large_about_mixture", f"One large generator reaches about the accuracy of the 9-generator mixture "
+              f"(within {ABOUT_EQUAL:.0f} points, Section 4.5).", ("section45", "budget"),
+              lambda t: within(large_terms(t), ABOUT_EQUAL),
+              lambda t: "large {:.1f}% vs mixture {:.1f}%".format(large_terms(t)[0][1], large_terms(t)[1][1]),
+              large_reason),
+        Claim("generalists_most_common", "Generalists are the most common generators of the 9-attack systems "
+              "(Section 4.6, Figure 4).", ("generator_roles",),
+              lambda t: bool((lambda c: c["generalist"] > c.drop("generalist").max())(_role_counts(t, sizes_of_roles(t)[1]))),
+              lambda t: f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]),
+              lambda t: f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]) + "; " + _collapse(t)),
+        Claim("specialisation_grows", "Specialisation grows with the number of generators: more of the 9-attack "
+              "systems' generators than of the 3-attack ones are specialists or marginalists (Section 4.6, "
+              "Figures 7-30).", ("generator_roles",),
+              lambda t: _non_generalist_share(t, sizes_of_roles(t)[1]) > _non_generalist_share(t, sizes_of_roles(t)[0]),
+              lambda t: "non-generalist share " + " vs ".join(f"{_non_generalist_share(t, s):.2f} ({s} attacks)"
+                                                            for s in sizes_of_roles(t)),
+              lambda t: "; ".join(f"{s} attacks: {role_counts_text(t, s)}" for s in sizes_of_roles(t)) + "; " + _collapse(t)),
+        Claim("spread_shrinks", "The spread of repeated runs shrinks with more attacks and generators: the standard "
+              "deviation of the faster-initialisation runs is smaller for 5 and 9 attacks than for 3 (Table 6).",
+              ("table6", "budget"), spread_verdict,
+              lambda t: "std " + ", ".join(f"{s}: {v:.1f}" for s, v in _spread(t).items()),
+              _spread_reason),
+    ]
