@@ -219,3 +219,13 @@ def test_interval_matches_proportion_gap():
     assert mog.above([(1.0, 70.0, 10000)], 10.0) is True and mog.above([(1.0, 12.0, 30)], 10.0) is None
     assert mog.within([(1.0, 50.0, 10000), (-1.0, 30.0, 10000)], 10.0) is False
     assert mog.every([True, None]) is None and mog.every([True, False, None]) is False and mog.every([True]) is True
+
+
+def test_budget_reads_the_epochs_actually_run(study):
+    from advlib.experiments.mixture_of_generators import MixtureTables
+
+    budget = MixtureTables(study).budget()
+    assert budget.loc["n_test", "run"] == 32 and budget.loc["n_transformed", "run"] == 48
+    assert budget.loc["train_epochs", "run"] == study.p.mixture.train_epochs == 1
+    assert budget.loc["classifier_epochs", "run"] == study.p.classifier.epochs
+    assert budget.loc["train_epochs", "paper"] == 100 and budget.loc["n_test", "paper"] == 10000
