@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import random
+import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -43,9 +45,43 @@ class StudyItem:
     confidence: float
 
 
-def anonymous_id(*parts: object) -> str:
-    """A short stable id that does not reveal which model made the image (annotators see file names in URLs)."""
-    return "img-" + hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()[:12]
+SECRET_FILE = "id_secret.txt"
+SECRET_BYTES = 16
+
+
+def study_secret(folder: Path) -> bytes:
+    """The kit's id key: read from `folder`/id_secret.txt, or drawn at random and written there on the first run.
+
+    It keeps a kit's ids stable across reruns (so a results file matches the key) while nobody without the file can
+    recompute an id from the public facts (network, defense, seed, index). It is never uploaded (only images/ is)."""
+    path = Path(folder) / SECRET_FILE
+    if path.is_file():
+        text = path.read_text().strip()
+        try:
+            secret = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{path}: expected {2 * SECRET_BYTES} hex digits, got {text[:40]!r}") from None
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(f"{path}: the secret has {len(secret)} bytes; it needs at least {SECRET_BYTES}")
+        return secret
+    secret = secrets.token_bytes(SECRET_BYTES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{SECRET_FILE}.tmp")
+    tmp.write_text(secret.hex() + "\n")
+    tmp.replace(path)
+    return secret
+
+
+def anonymous_id(secret: bytes, *parts: object) -> str:
+    """A short id, keyed by the kit's `secret` (HMAC-SHA256), that reveals nothing about which model made the image:
+    annotators see file names in URLs, and without the key the id cannot be recomputed from (network, defense, ...)."""
+    if not isinstance(secret, bytes) or len(secret) < SECRET_BYTES:
+        raise ValueError(f"secret must be bytes of length >= {SECRET_BYTES} (see study_secret); got {type(secret).__name__} "
+                         f"of length {len(secret) if isinstance(secret, (bytes, str)) else 'n/a'}")
+    if not parts:
+        raise ValueError("anonymous_id needs the parts that identify the image, e.g. (network, defense, seed, index)")
+    digest = hmac.new(secret, "/".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
+    return "img-" + digest[:16]
 
 
 def make_assignments(items: Sequence[StudyItem], per_assignment: int = 25, seed: int = 0) -> list[list[StudyItem]]:

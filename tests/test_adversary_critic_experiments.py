@@ -83,11 +83,19 @@ def test_figure4_panels_and_confidences(ci_study):
 
 
 def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path, monkeypatch):
-    items, images = ci_study.study_images()
+    from advlib.human import SECRET_FILE, study_secret
+
+    secret = study_secret(tmp_path / "kit")
+    items, images = ci_study.study_images(secret)
     assert len(items) == len(images) and len({i.image_id for i in items}) == len(items)
-    assert all("critic" not in i.image_id and "lenet5" not in i.image_id for i in items)  # anonymous ids
+    assert [i.image_id for i in ci_study.study_images(secret)[0]] == [i.image_id for i in items]  # stable for reruns
+    assert {i.image_id for i in ci_study.study_images(bytes(16))[0]}.isdisjoint(i.image_id for i in items)
+    names = {w.lower() for i in items for w in (i.defense, i.network)} | set(ci_study.p.defenses) | set(ci_study.p.networks)
+    assert not [(i.image_id, n) for i in items for n in names if n in i.image_id.lower()]  # ids name no model
     kit = ci_study.export_kit(items, images, tmp_path / "kit")
     assert len(list((tmp_path / "kit" / "images").glob("*.png"))) == len(items)
+    uploaded = kit["batch"].read_text().lower() + " ".join(p.name for p in (tmp_path / "kit" / "images").iterdir())
+    assert not [n for n in names if n in uploaded] and SECRET_FILE not in uploaded  # what annotators see names no model
     assert len(kit["sheets"]) == len(kit["assignments"]) == math.ceil(len(items) / 25)
     table, who = ci_study.table2(items, images)
     assert "proxy" in who and table["images"].sum() == len(items)
@@ -108,14 +116,21 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     assert "human" in who and (human["target_percent"] == 100).all()
 
 
-def test_claims_are_evaluated(ci_study):
+def test_claims_are_evaluated_on_the_run(ci_study):
+    from advlib.human import study_secret
     from advlib.report import evaluate_claims
 
-    items, images = ci_study.study_images()
-    table2, _ = ci_study.table2(items, images)
-    claims = evaluate_claims(ci_study.claims(ci_study.table1_runs(), table2), {})
-    assert set(claims["verdict"]) <= {"holds", "does not hold", "not measured"}
-    assert len(claims) == 4 and (claims["verdict"] != "not measured").all()
+    items, images = ci_study.study_images(study_secret(ci_study.cache.root / "kit"))
+    table2, who = ci_study.table2(items, images)
+    tables = ci_study.tables(ci_study.table1_runs(), table2)
+    assert set(tables) == {"table1_runs", "table1a", "table2"}  # one network in this fixture: no Table 1b
+    claims = evaluate_claims(ci_study.claims(who), tables).set_index("id")
+    table1_claims = ["critic_largest_rho", "critic_beats_at", "small_error_cost"]
+    assert (claims.loc[table1_claims, "verdict"] == "not measured at this profile").all()
+    assert claims.loc["critic_largest_rho", "reason"].startswith("this profile has no table1b")
+    assert claims.loc["critic_beats_at", "reason"].startswith("this profile has no table1b")
+    assert claims.loc["critic_changes_label", "verdict"] in {"holds", "does not hold"}
+    assert ((claims.verdict == "holds") | (claims.reason.str.len() > 0)).all()
 
 
 def test_bad_parameters_are_refused():

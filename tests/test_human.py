@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -81,15 +84,80 @@ def test_sheet_has_one_numbered_tile_per_image(tmp_path):
         write_sheet(images[:0], tmp_path / "empty.png")
 
 
-def test_proxy_answers_and_anonymous_ids(mnist_model, mnist_test):
+def test_proxy_answers(mnist_model, mnist_test):
     from advlib.human import anonymous_id, proxy_answers
 
     x = mnist_test[0][:12]
-    ids = [anonymous_id("lenet5", "critic", 0, i) for i in range(12)]
-    assert len(set(ids)) == 12 and ids[0] == anonymous_id("lenet5", "critic", 0, 0)
-    assert not any("critic" in i or "lenet5" in i for i in ids)
+    ids = [anonymous_id(SECRET, "lenet5", "critic", 0, i) for i in range(12)]
     answers = proxy_answers(mnist_model, x, ids, batch_size=5)
     assert list(answers.columns) == ["worker", "image_id", "label"] and (answers.worker == "proxy").all()
+    assert answers.image_id.tolist() == ids
     assert answers.label.tolist() == mnist_model(x).argmax(1).tolist()
     with pytest.raises(ValueError, match="12 images but 3 ids"):
         proxy_answers(mnist_model, x, ids[:3])
+
+
+SECRET = bytes(range(16))
+NETWORKS = ["mlp1200", "lenet5"]
+DEFENSES = {"reference": "Reference", "at": "AT [7]", "vat": "VAT [16]", "margin": "Margin [19]", "critic": "Our"}
+
+
+def _grid(secret=SECRET):
+    """(id, network, defense, seed, index) for 2 networks x 5 defenses x 2 seeds x 30 images."""
+    from advlib.human import anonymous_id
+
+    return [(anonymous_id(secret, n, d, s, i), n, d, s, i) for n in NETWORKS for d in DEFENSES for s in (0, 1) for i in range(30)]
+
+
+def test_ids_are_a_bijection_that_names_no_model():
+    grid = _grid()
+    ids = [row[0] for row in grid]
+    assert len(set(ids)) == len(grid)  # one id per (network, defense, seed, index)
+    assert all(re.fullmatch(r"img-[0-9a-f]{16}", i) for i in ids)
+    names = [n.lower() for n in NETWORKS] + [w.lower() for d, label in DEFENSES.items() for w in (d, label)]
+    assert not [(i, name) for i in ids for name in names if name in i.lower()]
+    assert [row[0] for row in _grid()] == ids  # stable under the same secret: a results file matches the key
+
+
+def test_ids_cannot_be_recomputed_without_the_secret():
+    """Whoever knows the public facts (network, defense, seed, index) and the code, but not the secret, cannot map an
+    id back to its defense: neither an unkeyed hash of the parts nor another secret reproduces any id."""
+    grid = _grid()
+    ids = {row[0] for row in grid}
+    for _, *parts in grid:
+        text = "/".join(map(str, parts)).encode()
+        for algorithm in ("md5", "sha1", "sha256"):
+            assert "img-" + hashlib.new(algorithm, text).hexdigest()[:16] not in ids
+    assert ids.isdisjoint(row[0] for row in _grid(bytes(range(1, 17))))
+
+
+def test_the_same_image_under_two_defenses_gets_unrelated_ids():
+    """Ids sorted alphabetically do not cluster by defense (a defense-derived prefix or suffix would give 4 switches
+    between defenses over the sorted list; unrelated ids switch at about 4 of every 5 neighbours)."""
+    grid = sorted(_grid())
+    switches = sum(a[2] != b[2] for a, b in zip(grid, grid[1:]))
+    assert switches > 0.6 * len(grid)
+    same_image = {}
+    for image_id, network, defense, seed, index in grid:
+        same_image.setdefault((network, seed, index), []).append(image_id)
+    for group in same_image.values():  # the five defenses' ids of one image share no more than chance does
+        assert len(group) == 5 and max(len(os.path.commonprefix([a, b])) for a in group for b in group if a != b) < len("img-") + 4
+
+
+def test_study_secret_is_drawn_once_kept_and_checked(tmp_path):
+    from advlib.human import SECRET_FILE, anonymous_id, study_secret
+
+    secret = study_secret(tmp_path / "kit")
+    assert len(secret) == 16 and (tmp_path / "kit" / SECRET_FILE).read_text().strip() == secret.hex()
+    assert study_secret(tmp_path / "kit") == secret  # reruns reuse it
+    assert study_secret(tmp_path / "other") != secret  # a new kit draws its own
+    (tmp_path / "kit" / SECRET_FILE).write_text("not hex")
+    with pytest.raises(ValueError, match="hex digits"):
+        study_secret(tmp_path / "kit")
+    (tmp_path / "kit" / SECRET_FILE).write_text("abcd")
+    with pytest.raises(ValueError, match="2 bytes"):
+        study_secret(tmp_path / "kit")
+    with pytest.raises(ValueError, match="length >= 16"):
+        anonymous_id(b"short", "lenet5", "critic", 0, 0)
+    with pytest.raises(ValueError, match="got str"):
+        anonymous_id("a string secret of some length", "lenet5", "critic", 0, 0)
