@@ -459,7 +459,7 @@ class MATParams(Params):
     train: TrainSpec
     msd_model: str
     threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
-    members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)
+    members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
     iterations: int = Field(ge=1)
     ramp_epochs: int = Field(default=0, ge=0)  # training radii ramp linearly over these epochs (0: the paper's full radii)
     systems: list[str] = Field(min_length=1)
@@ -482,6 +482,9 @@ class MATParams(Params):
         from .models import list_models
 
         _require_known("msd_model", [self.msd_model], list_models())
+        if sorted(self.members) != ["l1", "l2", "linf"]:
+            raise ValueError(f"members={self.members} must name each of l1, l2, linf once (sub-models 1, 2, 3 in order; "
+                             "the paper's Section 4.1 order is [l1, l2, linf])")
         unknown = sorted({a for names in self.groups.values() for a in names} - set(self.eval_attacks))
         if unknown:
             raise ValueError(f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}")

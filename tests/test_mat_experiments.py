@@ -47,7 +47,7 @@ def test_unions_are_per_sample_worst_cases(study):
 def test_transfer_tables_bookkeeping(study):
     table = study.transfer_table("mat", "l2")
     counts, ratios = table["count"], table["ratio %"]
-    assert list(counts.columns) == ["Sub-model 1 (linf)", "Sub-model 2 (l2)", "Sub-model 3 (l1)", "MAT"]
+    assert list(counts.columns) == ["Sub-model 1 (l1)", "Sub-model 2 (l2)", "Sub-model 3 (linf)", "MAT"]
     assert list(counts.index) == ["Sub-model 2 (l2)", "MAT", "No Attack"]
     assert ratios.loc["Sub-model 2 (l2)", "Sub-model 2 (l2)"] == 100 and ratios.loc["MAT", "MAT"] == 100
     model, _ = study.classifier("mat")
@@ -55,7 +55,26 @@ def test_transfer_tables_bookkeeping(study):
         assert counts.loc["No Attack", "MAT"] == int((model(study.x).argmax(1) != study.y).sum())
     paper_keys = transfer_for_paper(table, "MAT")
     assert list(paper_keys.index) == ["source sub-model", "ensemble", "No Attack"]
-    assert list(paper_keys.columns) == ["Sub-model 1", "Sub-model 2", "Sub-model 3", "ensemble"]
+    assert list(paper_keys.columns) == ["L1 sub-model", "L2 sub-model", "Linf sub-model", "ensemble"]
+    assert paper_keys.loc["source sub-model", "L2 sub-model"] == counts.loc["Sub-model 2 (l2)", "Sub-model 2 (l2)"]
+
+
+def test_sub_models_follow_section_4_1_order(study):
+    """Sub-models 1, 2, 3 are the L1, L2, Linf ones (the paper's Section 4.1) in every profile, in MAT's training
+    norms, in the vanilla ensemble, in Table 3's columns and in the Figure 1 members."""
+    for profile in ("ci", "default", "paper", "paper_cifar10"):
+        assert params.load("mimo_adversarial_training", profile).members == ["l1", "l2", "linf"]
+    assert params.load("mimo_adversarial_training", "paper").msd_model == "small_cnn"
+    assert study._recipe("mat")[3] == ["l1", "l2", "linf"]
+    labels = ["Sub-model 1 (l1)", "Sub-model 2 (l2)", "Sub-model 3 (linf)"]
+    assert [label for label, _, _ in study.sub_models("mat")] == labels
+    vanilla = study.sub_models("vanilla")
+    assert [label for label, _, _ in vanilla] == labels
+    assert [key for _, _, key in vanilla] == [study.classifier(s)[1] for s in ("l1_at", "l2_at", "linf_at")]
+    assert list(study.table3("mat").columns) == ["MAT", *labels]
+    assert sorted(study.diagnostics("mat")["member"].unique()) == ["1 (l1)", "2 (l2)", "3 (linf)"]
+    with pytest.raises(params.ParamsError, match=r"members=\['linf', 'linf', 'l1'\] must name each of l1, l2, linf once"):
+        params.load("mimo_adversarial_training", "ci", {"members": ["linf", "linf", "l1"]})
 
 
 def test_vanilla_is_the_mean_of_the_three_at_models(study):
