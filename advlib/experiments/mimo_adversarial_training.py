@@ -301,6 +301,7 @@ def _budget(p: MATParams) -> str:
 
 
 def _transfer(t: Mapping[str, Any], system: str, norm: str) -> pd.DataFrame:
+    """The cited transfer table of `system` under `norm` PGD."""
     return t[f"transfer_{system}_{norm}"]
 
 
