@@ -187,6 +187,8 @@ def _bad_table3(**rows) -> pd.DataFrame:
                                                             9: ["generalist"] * 2 + ["marginalist"] * 7})}),
     ("specialisation_grows", {"generator_roles": _roles({3: ["generalist", "specialist", "marginalist"],
                                                          9: ["generalist"] * 6 + ["specialist"] * 3})}),
+    ("specialisation_grows", {"generator_roles": _roles({3: ["generalist", "marginalist", "marginalist"],
+                                                         9: ["generalist"] + ["marginalist"] * 8})}),  # idle ones only
     ("spread_shrinks", {"table6": _table6({"3": 2.0, "5": 8.0, "9": 2.1})}),
 ])
 def test_each_claim_can_fail_with_a_reason(claim, changes):
