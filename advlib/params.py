@@ -254,6 +254,8 @@ class RegroupStatsSpec(Strict):
     weights: Literal["softmax", "equal"] = "softmax"
     n_pool: int | None = Field(default=None, ge=1)
     on_empty_class: Literal["error", "uniform"] = "error"
+    # where a voter's pre-activation is read: the ReLU's input (after BN / residual add) or the conv output
+    voter_point: Literal["preactivation", "conv_output"] = "preactivation"
 
 
 class TimingSpec(Strict):
@@ -285,6 +287,7 @@ class RegroupParams(Params):
     targeted: dict[str, AttackSpec] = Field(min_length=1)
     high_confidence: dict[str, AttackSpec] = Field(min_length=1)
     min_confidence: float = Field(default=0.9, gt=0, lt=1)
+    eps_search_steps: int = Field(default=0, ge=0)  # Tables 3-4 PGD: bisections for each image's smallest eps (0: none)
     spsa: dict[str, AttackSpec] = Field(min_length=1)
     adaptive: AttackSpec
     timing: TimingSpec = TimingSpec()

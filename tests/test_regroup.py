@@ -323,3 +323,95 @@ def test_fit_regroup_from_batches_equals_from_tensors(regroup_setup):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="same number of samples"):
         fit_regroup(model, x, y[:-1])
+
+
+# -- voter point (issue 22, item 1) --------------------------------------------------------------
+def _bn_net() -> nn.Module:
+    """conv-BN-ReLU x2, linear-ReLU, linear; BN with non-trivial statistics, so BN changes the tensor."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
+        nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3),
+    ).eval()
+    for bn in (net[1], net[4]):
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+    return net
+
+
+def _relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every nn.ReLU call, in call order (a reference independent of the recorder)."""
+    seen: list[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()))
+               for m in model.modules() if isinstance(m, nn.ReLU)]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+def test_preactivation_point_on_a_bn_network_is_the_relu_input_and_conv_output_is_an_option():
+    torch.manual_seed(0)
+    net = _bn_net()
+    x = torch.randn(2, 1, 8, 8)
+    relu_in = _relu_inputs(net, x)
+    with PreactivationRecorder(net) as recorder:  # default: preactivation
+        captured = recorder(x)
+    assert recorder.layer_names == ["0", "3", "7", "9"]
+    for got, want in zip(captured[:3], relu_in):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(captured[3], net(x))  # no ReLU after the logits: their own output
+    with PreactivationRecorder(net, point="conv_output") as recorder:
+        conv = recorder(x)
+    torch.testing.assert_close(conv[0], net[0](x))
+    assert not torch.allclose(conv[0], captured[0])  # the option switches the tensor read
+    with pytest.raises(ValueError, match=r"voter_point='relu'.*preactivation, conv_output"):
+        PreactivationRecorder(net, point="relu")
+
+
+def test_preactivation_point_in_a_residual_network_takes_the_relu_input_after_the_add():
+    torch.manual_seed(0)
+    net = create_model("wrn", depth=10, width=2, in_channels=1, num_classes=10).eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 1, 28, 28)
+    outputs: dict[str, torch.Tensor] = {}
+    modules = dict(net.named_modules())
+    names = ["block1.0.conv2", "block1.0.shortcut", "block2.0.bn1"]
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone()))
+               for n in names]
+    with torch.no_grad():
+        net(x)
+    for h in handles:
+        h.remove()
+    with PreactivationRecorder(net, layers=["block1.0.conv2", "block1.0.shortcut"]) as recorder:
+        conv2, shortcut = recorder(x)
+    # conv2's ReLU input is BN of (conv2 + shortcut), the next block's bn1 output; the shortcut keeps its own output
+    torch.testing.assert_close(conv2, outputs["block2.0.bn1"])
+    torch.testing.assert_close(shortcut, outputs["block1.0.shortcut"])
+    with PreactivationRecorder(net, layers=["block1.0.conv2"], point="conv_output") as recorder:
+        torch.testing.assert_close(recorder(x)[0], outputs["block1.0.conv2"])
+
+
+def test_without_batch_norm_both_points_are_the_layer_output():
+    torch.manual_seed(0)
+    net = _small_net()
+    x = torch.randn(2, 1, 8, 8)
+    with PreactivationRecorder(net) as a, PreactivationRecorder(net, point="conv_output") as b:
+        for u, v in zip(a(x), b(x)):
+            torch.testing.assert_close(u, v)
+
+
+def test_statistics_remember_the_voter_point_and_bad_points_raise():
+    torch.manual_seed(0)
+    net = _bn_net()
+    x, y = torch.randn(30, 1, 8, 8), torch.randint(0, 3, (30,))
+    y = net(x).argmax(1).detach()  # every sample correctly classified
+    stats = fit_regroup(net, x, y, per_class=5, on_empty_class="uniform", voter_point="conv_output")
+    assert stats.voter_point == "conv_output"
+    pre = fit_regroup(net, x, y, per_class=5, on_empty_class="uniform")
+    assert pre.voter_point == "preactivation" and not torch.allclose(pre.pos[0], stats.pos[0])
+    with pytest.raises(ValueError, match="voter_point='bn'"):
+        fit_regroup(net, x, y, voter_point="bn")
+    with pytest.raises(ValueError, match="voter_point='bn'"):
+        RegroupStatistics.from_tensors(stats.to_tensors(), stats.layer_names, "bn")

@@ -21,8 +21,22 @@ log = logging.getLogger("advlib")
 PMF_FLOOR = 1e-20  # added to every accumulator before normalising (as in the authors' demo)
 WEIGHT_MODES = ("softmax", "equal")
 VOTER_MODES = ("pos", "neg", "pos+neg")
+VOTER_POINTS = ("preactivation", "conv_output")
 Weights = Literal["softmax", "equal"]
 Voters = Literal["pos", "neg", "pos+neg"]
+VoterPoint = Literal["preactivation", "conv_output"]
+
+
+def check_voter_point(point: str) -> str:
+    """`point` if it is a known voter point, else a ValueError naming the allowed ones."""
+    if point not in VOTER_POINTS:
+        raise ValueError(f"unknown voter_point={point!r}; choose one of {', '.join(VOTER_POINTS)}")
+    return point
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether the model holds a BatchNorm layer (then a conv output is not yet the ReLU's input)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @contextmanager
@@ -53,17 +67,20 @@ def _batches(n: int, batch_size: int, desc: str) -> Iterator[slice]:
 
 
 class PreactivationRecorder:
-    """Forward hooks that capture the outputs (pre-activations) of a model's Conv2d and Linear layers.
+    """Forward hooks that capture each Conv2d/Linear voter's pre-activation during a forward pass.
 
-    Layers are reported in forward order (the order their hooks fire), which is what "the highest k
-    layers" means. `reduce` maps each captured output to what is kept (default: a detached copy);
-    REGroup keeps only the positive/negative accumulators, so no activation map outlives its layer.
-    Use as a context manager (hooks are removed on exit) or call `close()`.
+    `point="conv_output"` keeps the layer's own output. `point="preactivation"` (the paper's phi, the input of the
+    activation function) keeps, on a network with BatchNorm, the input of the first nn.ReLU that runs after the
+    voter (after BN and after a residual add); when two voters wait for one ReLU (a residual branch and its 1x1
+    shortcut) the first to run gets it and the others keep their output; a voter no ReLU follows (the logits) keeps
+    its output. Without BatchNorm both points are the layer output. Layers are reported in forward order (what
+    "the highest k layers" means). `reduce` maps each capture to what is kept (default: a detached copy).
     """
 
     def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
-                 reduce: Callable[[Tensor], Any] | None = None) -> None:
+                 reduce: Callable[[Tensor], Any] | None = None, point: VoterPoint = "preactivation") -> None:
         self.model = model
+        self.point = check_voter_point(point)
         available = voter_layers(model)
         if layers is None:
             names = available
@@ -77,21 +94,49 @@ class PreactivationRecorder:
         if not names:
             raise ValueError("the model has no Conv2d or Linear layer to record")
         self._names = names
+        self._recorded = set(names)
         self._reduce = reduce or (lambda output: output.detach().clone())
         self._captured: dict[str, Any] = {}
+        self._pending: list[tuple[str, Tensor]] = []
         self._active = False
         modules = dict(model.named_modules())
-        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in names]
+        self._relu_input = point == "preactivation" and has_batch_norm(model)
+        hooked = available if self._relu_input else names  # every voter takes part in matching voters to ReLUs
+        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in hooked]
+        if self._relu_input:
+            self._handles += [m.register_forward_pre_hook(self._relu_hook) for m in model.modules()
+                              if isinstance(m, nn.ReLU)]
+
+    def _store(self, name: str, tensor: Tensor) -> None:
+        if name not in self._recorded:
+            return
+        if name in self._captured:
+            raise RuntimeError(f"layer {name!r} ran twice in one forward pass; REGroup needs each voter once")
+        self._captured[name] = self._reduce(tensor)
+
+    def _flush(self, relu_input: Tensor | None) -> None:
+        """Resolve the waiting voters: the first gets the ReLU's input (when given), the others their own output."""
+        for i, (name, output) in enumerate(self._pending):
+            self._store(name, relu_input if i == 0 and relu_input is not None else output)
+        self._pending = []
+
+    def _relu_hook(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        """A pre-hook on each ReLU: its input is the pre-activation of the voter(s) waiting for it."""
+        if self._active and self._pending:
+            self._flush(inputs[0])
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], None]:
-        """A forward hook that keeps `reduce(output)`, taken before any in-place activation runs."""
+        """A forward hook that keeps `reduce(output)` (or, at the ReLU-input point, queues the voter for its ReLU)."""
 
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if not self._active:  # the model called outside `forward` is not recorded
                 return
-            if name in self._captured:
-                raise RuntimeError(f"layer {name!r} ran twice in one forward pass; REGroup needs each voter once")
-            self._captured[name] = self._reduce(output)
+            if self._relu_input:
+                if any(name == waiting for waiting, _ in self._pending):
+                    raise RuntimeError(f"layer {name!r} ran twice in one forward pass; REGroup needs each voter once")
+                self._pending.append((name, output))
+            else:
+                self._store(name, output)
 
         return hook
 
@@ -104,12 +149,13 @@ class PreactivationRecorder:
         """Run the model on x (without gradients unless `grad`); its output and the captures in forward order."""
         if not self._handles:
             raise RuntimeError("this PreactivationRecorder is closed; create a new one")
-        self._captured, self._active = {}, True
+        self._captured, self._pending, self._active = {}, [], True
         try:
             with torch.set_grad_enabled(grad):
                 output = self.model(x)
+            self._flush(None)  # voters no ReLU followed (the logits) keep their own output
         finally:
-            captured, self._captured, self._active = self._captured, {}, False
+            captured, self._captured, self._pending, self._active = self._captured, {}, [], False
         missing = [name for name in self._names if name not in captured]
         if missing:
             raise RuntimeError(f"layers {missing} were not called in the forward pass")
@@ -220,12 +266,14 @@ def choose_k(per_layer_accuracy: Sequence[float], threshold: float = 0.75) -> in
 
 @dataclass
 class RegroupStatistics:
-    """Class-conditional mixture PMFs per layer: pos[l] and neg[l] are (num_classes, K_l); counts (num_classes,)."""
+    """Class-conditional mixture PMFs per layer: pos[l] and neg[l] are (num_classes, K_l); counts (num_classes,);
+    voter_point: where the pre-activations were read (a classifier reads test images at the same point)."""
 
     layer_names: list[str]
     pos: list[Tensor]
     neg: list[Tensor]
     counts: Tensor
+    voter_point: VoterPoint = "preactivation"
 
     @property
     def num_classes(self) -> int:
@@ -241,7 +289,8 @@ class RegroupStatistics:
         return tensors
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], layer_names: Sequence[str]) -> RegroupStatistics:
+    def from_tensors(cls, tensors: dict[str, Tensor], layer_names: Sequence[str],
+                     voter_point: VoterPoint = "preactivation") -> RegroupStatistics:
         """Rebuild the statistics written by `to_tensors` for the given layer names (in forward order)."""
         expected = {"counts"} | {f"{kind}.{i}" for i in range(len(layer_names)) for kind in ("pos", "neg")}
         if set(tensors) != expected:
@@ -252,6 +301,7 @@ class RegroupStatistics:
             pos=[tensors[f"pos.{i}"] for i in range(len(layer_names))],
             neg=[tensors[f"neg.{i}"] for i in range(len(layer_names))],
             counts=tensors["counts"],
+            voter_point=check_voter_point(voter_point),
         )
 
 
@@ -265,16 +315,19 @@ def fit_regroup(
     weights: Weights = "softmax",
     batch_size: int = 256,
     on_empty_class: Literal["error", "uniform"] = "error",
+    voter_point: VoterPoint = "preactivation",
 ) -> RegroupStatistics:
     """Class-conditional mixture PMFs from the first `per_class` correctly classified samples of each class.
 
     Mixture weights are proportional to the softmax probability of the true class ("softmax", the paper)
     or equal ("equal", the authors' demo). `x, y` are tensors, or `x` is an iterable of (images, labels)
-    batches (a DataLoader over a large training set; reading stops once every class is full). A class without any correctly classified sample is an error, or
+    batches (a DataLoader over a large training set; reading stops once every class is full). `voter_point`: see
+    `PreactivationRecorder`. A class without any correctly classified sample is an error, or
     gets a uniform PMF with a warning when on_empty_class="uniform" (dry runs of untrained models).
     """
     if on_empty_class not in ("error", "uniform"):
         raise ValueError(f"unknown on_empty_class={on_empty_class!r}; choose one of error, uniform")
+    check_voter_point(voter_point)
     if weights not in WEIGHT_MODES:
         raise ValueError(f"unknown weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
     if per_class < 1:
@@ -292,7 +345,7 @@ def fit_regroup(
     neg_sums: list[Tensor] = []
     weight_sums: Tensor | None = None
     counts: Tensor | None = None
-    with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators) as recorder:
+    with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators, point=voter_point) as recorder:
         for images, labels in batches:
             logits, preacts = recorder.forward(images.to(device))
             labels = labels.to(device)
@@ -343,7 +396,7 @@ def fit_regroup(
         return (pmf / pmf.sum(dim=1, keepdim=True)).cpu()
 
     return RegroupStatistics(layer_names=layer_names, pos=[mixture(s) for s in pos_sums],
-                             neg=[mixture(s) for s in neg_sums], counts=counts.cpu())
+                             neg=[mixture(s) for s in neg_sums], counts=counts.cpu(), voter_point=voter_point)
 
 
 VOTER_SLICES = {"pos": slice(0, 1), "neg": slice(1, 2), "pos+neg": slice(0, 2)}
@@ -432,7 +485,8 @@ class RegroupClassifier:
         """Per batch: its slice, the model logits and the Borda points (B, L', 2, M) of layers first..L-1
         (polarity 0 = Pos, 1 = Neg); the model runs once per batch with hooks only on those layers."""
         names = self.stats.layer_names[first:]
-        with _inference(self.model), PreactivationRecorder(self.model, names, reduce=accumulators) as recorder:
+        with _inference(self.model), PreactivationRecorder(self.model, names, reduce=accumulators,
+                                                                         point=self.stats.voter_point) as recorder:
             for batch in _batches(len(x), self.batch_size, "REGroup"):
                 logits, captured = recorder.forward(x[batch].to(self._device))
                 by_name = dict(zip(recorder.layer_names, captured))
@@ -504,7 +558,8 @@ class RegroupSurrogate(nn.Module):
         c = self.classifier
         names = c.stats.layer_names[c.num_layers - c.k:]
         # clone inside the hook: the graph must survive the in-place ReLU that may follow the layer
-        with PreactivationRecorder(self.model, names, reduce=lambda out: accumulators(out.clone())) as recorder:
+        with PreactivationRecorder(self.model, names, reduce=lambda out: accumulators(out.clone()),
+                                   point=c.stats.voter_point) as recorder:
             _, captured = recorder.forward(x, grad=torch.is_grad_enabled())
             by_name = dict(zip(recorder.layer_names, captured))
         logits = torch.zeros(len(x), c.stats.num_classes, device=x.device)

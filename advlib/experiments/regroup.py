@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -27,6 +29,7 @@ from ..defenses.regroup import (VOTER_MODES, RegroupClassifier, RegroupOutcome, 
 from ..evaluate import TOLERANCE, attack
 from ..models import create_model_for
 from ..params import ArchitectureSpec, AttackSpec, RegroupParams
+from ..report import Claim, proportion_gap
 from ..train import train_classifier
 
 log = logging.getLogger("advlib")
@@ -74,11 +77,48 @@ class AttackedSet:
     hit: Tensor
     outcome: RegroupOutcome
     x_adv: Tensor = field(repr=False)
+    eps_found: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def mean_eps(self) -> float:
+        """The mean smallest eps over the #S broken samples (Table 7's binary search); NaN without a search."""
+        if self.eps_found is None or not bool(self.hit.any()):
+            return float("nan")
+        return float(self.eps_found[self.hit].mean())
 
     @property
     def attacked(self) -> int:
         """#S, the number of samples the attack broke."""
         return int(self.hit.sum())
+
+
+def smallest_eps(run: Callable[[float, Tensor], tuple[Tensor, Tensor]], n: int, eps_max: float,
+                 steps: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per image, the smallest eps in (0, eps_max] at which the attack succeeds, by `steps` bisections (foolbox 2's
+    binary_search=True, which the paper's Table 7 sets for Tables 3-4's PGD).
+
+    `run(eps, index)` attacks the images `index` at budget eps and returns their adversarials and success mask.
+    Returns the eps found (NaN where eps_max fails; otherwise within eps_max / 2**steps above the smallest), the
+    adversarial at that eps, and the success mask at eps_max.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0 bisections; got steps={steps}")
+    if not eps_max > 0:
+        raise ValueError(f"eps_max must be > 0; got eps_max={eps_max}")
+    everything = torch.arange(n)
+    x_adv, hit = run(eps_max, everything)
+    x_adv, hit = x_adv.clone(), hit.cpu().bool()
+    lo, hi = torch.zeros(n, dtype=torch.float64), torch.full((n,), float(eps_max), dtype=torch.float64)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        for value in torch.unique(mid[hit]).tolist():
+            index = everything[hit & (mid == value)]
+            adv, ok = run(value, index)
+            ok = ok.cpu().bool()
+            x_adv[index[ok]] = adv[ok.to(adv.device)].to(x_adv.device)
+            hi[index[ok]] = value
+            lo[index[~ok]] = value
+    return torch.where(hit, hi, torch.full_like(hi, float("nan"))), x_adv, hit
 
 
 def _first(indices: Tensor, n: int, what: str, network: str) -> Tensor:
@@ -148,11 +188,11 @@ class RegroupStudy:
                                 download=self.p.data.download)
             stats = fit_regroup(model, DataLoader(pool, batch_size=256), layers=spec.layers,
                                 per_class=stats_spec.per_class, weights=stats_spec.weights,
-                                on_empty_class=stats_spec.on_empty_class)
+                                on_empty_class=stats_spec.on_empty_class, voter_point=stats_spec.voter_point)
             return Artifact(stats.to_tensors(), {"layer_names": stats.layer_names})
 
         artifact = self.cache.get_or_build("regroup_stats", key, build, label="REGroup statistics")
-        stats = RegroupStatistics.from_tensors(artifact.tensors, artifact.meta["layer_names"])
+        stats = RegroupStatistics.from_tensors(artifact.tensors, artifact.meta["layer_names"], stats_spec.voter_point)
         return stats, make_key("regroup_stats", key)
 
     def _build_network(self, name: str, spec: ArchitectureSpec) -> Network:
@@ -181,9 +221,10 @@ class RegroupStudy:
 
     def attacked(self, name: str, table: str, row: str, spec: AttackSpec, which: str = "untargeted", *,
                  model: nn.Module | None = None, key_suffix: str = "", min_confidence: float | None = None,
-                 only_hits: bool = True) -> AttackedSet:
+                 only_hits: bool = True, search: bool = False) -> AttackedSet:
         """Attack the `which` sample set of network `name` with `spec` (on its softmax, or on `model`), then
-        REGroup on the samples it broke (all samples when only_hits=False); memoised under (name, table, row)."""
+        REGroup on the samples it broke (all samples when only_hits=False); memoised under (name, table, row).
+        With `search` (and p.eps_search_steps > 0) each image gets the smallest eps <= spec.eps that succeeds."""
         memo = (name, table, row)
         if memo in self.sets:
             return self.sets[memo]
@@ -197,17 +238,29 @@ class RegroupStudy:
         x, y = self.x[index].to(self.device), self.y[index].to(self.device)
         target = self.targets(self.y[index]).to(self.device) if spec.targeted else None
         victim = net.model if model is None else model
-        result = attack(spec, victim, x, y, model_key=net.key + key_suffix, cache=self.cache, target=target)
-        hit = result.broken(tol=TOLERANCE)
-        if min_confidence is not None:
-            with torch.no_grad():
-                probs = torch.cat([net.model(result.x_adv[i:i + 256]).softmax(1) for i in range(0, len(x), 256)])
-            confidence = probs.gather(1, target[:, None]).squeeze(1) if target is not None else probs.amax(1)
-            hit &= confidence >= min_confidence
-        hit = hit.cpu()
+
+        def run(eps: float | None, part: Tensor) -> tuple[Tensor, Tensor]:
+            """The attack at budget eps on the images `part` of the set: adversarials and which succeeded."""
+            part_spec = spec if eps is None else spec.model_copy(update={"eps": float(eps)})
+            tgt = None if target is None else target[part]
+            result = attack(part_spec, victim, x[part], y[part], model_key=net.key + key_suffix, cache=self.cache,
+                            target=tgt)
+            hit = result.broken(tol=TOLERANCE)
+            if min_confidence is not None:
+                with torch.no_grad():
+                    probs = torch.cat([net.model(result.x_adv[i:i + 256]).softmax(1) for i in range(0, len(part), 256)])
+                confidence = probs.gather(1, tgt[:, None]).squeeze(1) if tgt is not None else probs.amax(1)
+                hit &= confidence >= min_confidence
+            return result.x_adv.cpu(), hit.cpu()
+
+        eps_found = None
+        if search and self.p.eps_search_steps > 0 and spec.eps is not None:
+            eps_found, x_adv, hit = smallest_eps(run, len(index), spec.eps, self.p.eps_search_steps)
+        else:
+            x_adv, hit = run(None, torch.arange(len(index)))
         keep = hit if only_hits else torch.ones_like(hit)
-        outcome = net.classifier.evaluate(result.x_adv.cpu()[keep], self.y[index][keep])
-        self.sets[memo] = AttackedSet(name, table, row, len(index), hit, outcome, result.x_adv.cpu())
+        outcome = net.classifier.evaluate(x_adv[keep], self.y[index][keep])
+        self.sets[memo] = AttackedSet(name, table, row, len(index), hit, outcome, x_adv, eps_found)
         return self.sets[memo]
 
     def clean_set(self, name: str, table: str, which: str) -> AttackedSet:
@@ -249,17 +302,19 @@ class RegroupStudy:
         return pd.DataFrame(rows)
 
     def _attack_table(self, table: str, specs: dict[str, AttackSpec], which: str, *,
-                      min_confidence: float | None = None, clean_row: bool = True) -> pd.DataFrame:
+                      min_confidence: float | None = None, clean_row: bool = True, search: bool = False) -> pd.DataFrame:
         rows = []
         for net in self.networks():
-            sets = [self.attacked(net.name, table, row, spec, which, min_confidence=min_confidence)
+            sets = [self.attacked(net.name, table, row, spec, which, min_confidence=min_confidence,
+                                  search=search and spec.name.startswith("pgd"))
                     for row, spec in specs.items()]
             if clean_row:
                 sets.append(self.clean_set(net.name, table, which))
             for s in sets:
                 rows.append({"network": net.name, "attack": s.row, "n": s.size, "attacked": s.attacked,
                              "attacked_percent": 100 * s.attacked / s.size if s.size else float("nan"),
-                             "softmax": s.outcome.softmax_accuracy(), "regroup": s.outcome.accuracy(net.k)})
+                             "softmax": s.outcome.softmax_accuracy(), "regroup": s.outcome.accuracy(net.k),
+                             **({"mean_eps": s.mean_eps} if search else {})})
         return pd.DataFrame(rows)
 
     def table2(self) -> pd.DataFrame:
@@ -267,13 +322,13 @@ class RegroupStudy:
         return self._attack_table("table2", self.p.untargeted, "untargeted")
 
     def table3(self) -> pd.DataFrame:
-        """Targeted attacks (random target class) on the Tables 3-4 set."""
-        return self._attack_table("table3", self.p.targeted, "targeted")
+        """Targeted attacks (random target class) on the Tables 3-4 set; PGD per image at the smallest eps found."""
+        return self._attack_table("table3", self.p.targeted, "targeted", search=True)
 
     def table4(self) -> pd.DataFrame:
         """PGD adversarials the softmax holds with at least min_confidence (untargeted and targeted)."""
         return self._attack_table("table4", self.p.high_confidence, "targeted", min_confidence=self.p.min_confidence,
-                                  clean_row=False)
+                                  clean_row=False, search=True)
 
     def table5(self) -> pd.DataFrame:
         """SPSA, gradient-free, at two eps: does REGroup mask gradients?"""
@@ -373,3 +428,206 @@ def network_summary(networks: Sequence[Network]) -> pd.DataFrame:
     return pd.DataFrame([{"network": n.name, "test_accuracy": n.test_accuracy, "layers": n.num_layers, "k": n.k,
                           "selection_images": len(n.select), "S_images": int(n.stats.counts.sum())}
                          for n in networks])
+
+
+# -- claims ------------------------------------------------------------------------------------
+Tables = Mapping[str, Any]
+
+
+def _lower_bound(percent: float, n: int) -> float:
+    """Lower end (percent) of the 95% Agresti-Coull interval of an accuracy measured on n images."""
+    n_tilde = n + 1.96 ** 2
+    p = (percent / 100 * n + 1.96 ** 2 / 2) / n_tilde
+    return 100 * (p - 1.96 * math.sqrt(p * (1 - p) / n_tilde))
+
+
+def _rows(t: Tables, name: str) -> pd.DataFrame:
+    """A Tables 2-5 table indexed by (network, attack)."""
+    return t[name].set_index(["network", "attack"])
+
+
+def claims(networks: Sequence[str], attacks: Sequence[str], k: Mapping[str, int], n_clean: int,
+           num_classes: int) -> list[Claim]:
+    """The paper's qualitative claims, each checked on the tables it cites (table1..table5, figure2, figure3,
+    figure4_<network>). `attacks` are Table 2's rows, `k` each network's chosen k, `n_clean` Table 1's images."""
+    nets = list(networks)
+    chance = 100 / num_classes
+    figure4 = tuple(f"figure4_{n}" for n in nets)
+
+    def t1(t: Tables, n: str, method: str, column: str) -> float:
+        return float(t["table1"].loc[f"{n} {method}", column])
+
+    def keeps_clean_reason(t: Tables) -> str:
+        return "; ".join(f"{n}: REGroup/softmax = {t1(t, n, 'REGroup', 'clean_top1') / t1(t, n, 'SoftMax', 'clean_top1'):.2f}, "
+                         + proportion_gap(t1(t, n, "REGroup", "clean_top1"), 0.85 * t1(t, n, "SoftMax", "clean_top1"), n_clean)
+                         for n in nets)
+
+    def pgd_lower(t: Tables, n: str) -> float:
+        return _lower_bound(t1(t, n, "REGroup", "attacked_top1"), n_clean)
+
+    def figure2_gaps(t: Tables) -> pd.DataFrame:
+        f2 = t["figure2"].pivot_table(index=["network", "paper_eps"], columns="method", values="top1")
+        return (f2["REGroup"] - f2["SoftMax"]).rename("gap").to_frame().join(f2)
+
+    def figure2_reason(t: Tables) -> str:
+        gaps = figure2_gaps(t)
+        (n, eps), row = next(iter(gaps.sort_values("gap").iterrows()))
+        return (f"worst at {n} eps {eps:g}/255: REGroup {row['REGroup']:.1f}% vs softmax {row['SoftMax']:.1f}%; "
+                + proportion_gap(row["REGroup"], row["SoftMax"], n_clean))
+
+    def recovered(name: str, rows: Sequence[str] | None, floor: float) -> Callable[[Tables], bool | None]:
+        def check(t: Tables) -> bool | None:
+            table = _rows(t, name)
+            table = table[table.index.get_level_values("attack") != "Clean Images"]
+            if rows is not None:
+                table = table.loc[[(n, a) for n in nets for a in rows]]
+            table = table[table["attacked"] > 0]
+            if table.empty:
+                return None  # no attack broke any image: nothing to recover
+            return bool((table["regroup"] >= floor).all())
+        return check
+
+    def recovered_reason(name: str, floor: float) -> Callable[[Tables], str]:
+        def reason(t: Tables) -> str:
+            table = _rows(t, name)
+            table = table[table.index.get_level_values("attack") != "Clean Images"]
+            broken = table[table["attacked"] > 0]
+            if broken.empty:
+                return f"no attack broke any of the {int(table['n'].max())} images at this profile (#S = 0 everywhere)"
+            (n, a), row = next(iter(broken.sort_values("regroup").iterrows()))
+            eps = f", mean eps found {row['mean_eps']:.3g}" if "mean_eps" in row and row["mean_eps"] == row["mean_eps"] else ""
+            return (f"lowest {n} {a}: {row['regroup']:.1f}% of #S = {int(row['attacked'])}{eps}; "
+                    + proportion_gap(row["regroup"], floor, int(row["attacked"])))
+        return reason
+
+    def recovered_evidence(name: str) -> Callable[[Tables], str]:
+        def evidence(t: Tables) -> str:
+            table = _rows(t, name)
+            table = table[table.index.get_level_values("attack") != "Clean Images"]
+            return "; ".join(f"{n} {a}: {r.regroup:.1f}% of #S={int(r.attacked)}" for (n, a), r in table.iterrows())
+        return evidence
+
+    def monotone_reason(t: Tables) -> str:
+        parts = []
+        for n, g in t["figure2"].groupby("network"):
+            top1 = g.loc[g.method == "REGroup", "top1"].reset_index(drop=True)
+            rise = top1.diff()
+            if (rise > 1e-9).any():
+                i = int(rise.idxmax())
+                parts.append(f"{n}: rises {rise[i]:+.1f} points; " + proportion_gap(top1[i], top1[i - 1], n_clean))
+        return "; ".join(parts) or "no rise"
+
+    def pos_neg_gain(t: Tables) -> pd.Series:
+        f3 = t["figure3"]
+        return f3["pos+neg"] - f3[["pos", "neg"]].max(axis=1)
+
+    def spread(t: Tables, n: str, attack: str, width: int = 1) -> float:
+        frame = t[f"figure4_{n}"]
+        window = frame.loc[max(1, k[n] - width):min(len(frame), k[n] + width), attack]
+        return float(window.max() - window.min())
+
+    def spreads(t: Tables) -> dict[tuple[str, str], float]:
+        """Spread over k +- 1 per (network, attack) whose attack broke at least one image (Table 2's #S > 0)."""
+        t2 = _rows(t, "table2")
+        return {(n, a): spread(t, n, a) for n in nets for a in attacks if t2.loc[(n, a), "attacked"] > 0}
+
+    def flat_reason(t: Tables) -> str:
+        spreads_ = spreads(t)
+        (n, a), worst = max(spreads_.items(), key=lambda item: item[1])
+        over = sum(v > 10 for v in spreads_.values())
+        size = int(_rows(t, "table2").loc[(n, a), "attacked"])
+        return (f"largest spread over k = {k[n]} +- 1: {worst:.1f} points ({n} {a}, on #S = {size} images, one image = "
+                f"{100 / max(size, 1):.1f} points); {over} of {len(spreads_)} spreads above 10")
+
+    def spsa_check(t: Tables) -> bool | None:
+        t2, t5 = _rows(t, "table2"), _rows(t, "table5")
+        if "PGD" not in attacks:
+            return None
+        t5 = t5[t5["attacked"] > 0]
+        if any(n not in t5.index.get_level_values("network") for n in nets):
+            return None
+        return all(t5.xs(n)["regroup"].min() >= t2.loc[(n, "PGD"), "regroup"] for n in nets)
+
+    def spsa_reason(t: Tables) -> str:
+        t2, t5 = _rows(t, "table2"), _rows(t, "table5")
+        t5 = t5[t5["attacked"] > 0]
+        parts = []
+        for n in nets:
+            if n not in t5.index.get_level_values("network"):
+                parts.append(f"{n}: SPSA broke no image (#S = 0), nothing to compare")
+                continue
+            row = t5.xs(n).sort_values("regroup").iloc[0]
+            pgd = t2.loc[(n, "PGD")]
+            parts.append(f"{n}: " + proportion_gap(row["regroup"], pgd["regroup"], int(row["attacked"]), int(pgd["attacked"])))
+        return "; ".join(parts)
+
+    def alike_gaps(t: Tables) -> pd.Series:
+        t2 = _rows(t, "table2")
+        return (t2.xs(nets[0])["regroup"] - t2.xs(nets[-1])["regroup"]).abs()
+
+    def alike_reason(t: Tables) -> str:
+        if len(nets) < 2:
+            return "one network at this profile: nothing to compare"
+        gaps, t2 = alike_gaps(t), _rows(t, "table2")
+        a = gaps.idxmax()
+        return (f"mean gap {gaps.mean():.1f} points; largest {a}: "
+                + proportion_gap(t2.loc[(nets[0], a), "regroup"], t2.loc[(nets[-1], a), "regroup"],
+                                 max(int(t2.loc[(nets[0], a), "attacked"]), 1), max(int(t2.loc[(nets[-1], a), "attacked"]), 1)))
+
+    return [
+        Claim("keeps_clean", "REGroup keeps most of the clean accuracy (Table 1: 66% vs 76% top-1): at least 85% of the "
+              "softmax's.", ("table1",),
+              lambda t: all(t1(t, n, "REGroup", "clean_top1") >= 0.85 * t1(t, n, "SoftMax", "clean_top1") for n in nets),
+              lambda t: "; ".join(f"{n}: {t1(t, n, 'REGroup', 'clean_top1'):.1f}% vs {t1(t, n, 'SoftMax', 'clean_top1'):.1f}%"
+                                  for n in nets),
+              keeps_clean_reason),
+        Claim("pgd_above_chance", f"On PGD-attacked images (eps 16) REGroup recovers a share of the labels the softmax "
+              f"loses (Table 1: 22% top-1 vs 0%): its top-1 is above chance ({chance:.0f}%) beyond the 95% sampling "
+              "interval.", ("table1",),
+              lambda t: all(pgd_lower(t, n) > chance for n in nets),
+              lambda t: "; ".join(f"{n}: REGroup {t1(t, n, 'REGroup', 'attacked_top1'):.1f}% (95% lower bound "
+                                  f"{pgd_lower(t, n):.1f}%), softmax {t1(t, n, 'SoftMax', 'attacked_top1'):.1f}%" for n in nets),
+              lambda t: "; ".join(f"{n}: lower bound {pgd_lower(t, n):.1f}% vs chance {chance:.0f}% on {n_clean} images, "
+                                  + proportion_gap(t1(t, n, "REGroup", "attacked_top1"), chance, n_clean) for n in nets)),
+        Claim("beats_softmax_eps", "At every PGD eps of Figure 2, where every image counts and the softmax is not 0 by "
+              "construction, REGroup's top-1 is above the softmax's.", ("figure2",),
+              lambda t: bool((figure2_gaps(t)["gap"] > 0).all()),
+              lambda t: "; ".join(f"{n} eps {e:g}: {r['REGroup']:.1f}% vs {r['SoftMax']:.1f}%"
+                                  for (n, e), r in figure2_gaps(t).iterrows()),
+              figure2_reason),
+        Claim("recovers_attacks", "REGroup recovers a large share of the adversarials of every untargeted attack (Table 2: "
+              "30-61%): at least 30%.", ("table2",), recovered("table2", attacks, 30), recovered_evidence("table2"),
+              recovered_reason("table2", 30)),
+        Claim("recovers_targeted", "REGroup recovers a large share of the targeted PGD and C&W adversarials (Table 3: "
+              "31-47%): at least 30% for every targeted attack.", ("table3",), recovered("table3", None, 30),
+              recovered_evidence("table3"), recovered_reason("table3", 30)),
+        Claim("recovers_high_confidence", "Even on PGD adversarials the softmax holds with >= 90% confidence REGroup "
+              "recovers some labels (Table 4: 17-23%): at least 17% for every row with adversarials.", ("table4",),
+              recovered("table4", None, 17), recovered_evidence("table4"), recovered_reason("table4", 17)),
+        Claim("monotone_eps", "REGroup's accuracy decreases monotonically as the PGD eps grows (Figure 2).", ("figure2",),
+              lambda t: all((g.loc[g.method == "REGroup", "top1"].diff().dropna() <= 1e-9).all()
+                            for _, g in t["figure2"].groupby("network")),
+              lambda t: "; ".join(f"{n}: " + " > ".join(f"{v:.1f}" for v in g.loc[g.method == "REGroup", "top1"])
+                                  for n, g in t["figure2"].groupby("network")),
+              monotone_reason),
+        Claim("pos_neg_helps", "Pos+Neg is better than either Pos or Neg alone on some experiments (Figure 3).",
+              ("figure3",), lambda t: bool((pos_neg_gain(t) > 0).any()),
+              lambda t: f"{int((pos_neg_gain(t) > 0).sum())} of {len(t['figure3'])} experiments",
+              lambda t: f"Pos+Neg never beats the better of Pos and Neg; closest: {pos_neg_gain(t).max():+.1f} points"),
+        Claim("flat_in_k", "A reasonable change of k (the chosen k +- 1) changes the accuracy on attacks little (Figure 4): "
+              "at most 10 points.", ("table2", *figure4),
+              lambda t: all(v <= 10 for v in spreads(t).values()),
+              lambda t: "largest spread: {1:.1f} points ({0[0]} {0[1]})".format(*max(spreads(t).items(), key=lambda i: i[1])),
+              flat_reason),
+        Claim("spsa_not_lower", "Against gradient-free SPSA REGroup is at least as accurate as against PGD (Table 5 vs "
+              "Table 2): no gradient masking.", ("table2", "table5"), spsa_check,
+              lambda t: "; ".join(f"{n}: SPSA " + ", ".join(f"{r.regroup:.1f}% (#S={int(r.attacked)})"
+                                                            for r in _rows(t, "table5").xs(n).itertuples())
+                                  + f" vs PGD {_rows(t, 'table2').loc[(n, 'PGD'), 'regroup']:.1f}%" for n in nets),
+              spsa_reason),
+        Claim("architectures_alike", "REGroup performs similarly on both architectures (Table 2): mean gap over attacks at "
+              "most 10 points.", ("table2",),
+              lambda t: bool(alike_gaps(t).mean() <= 10) if len(nets) > 1 else None,
+              lambda t: f"mean gap {alike_gaps(t).mean():.1f} points" if len(nets) > 1 else "one network",
+              alike_reason),
+    ]
