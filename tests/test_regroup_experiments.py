@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+import math
 
+import pandas as pd
 import pytest
 import torch
 
-from advlib import params
+from advlib import params, report
 from advlib.cache import Cache
 from advlib.defenses.regroup import choose_k
-from advlib.experiments.regroup import RegroupStudy, network_summary
+from advlib.experiments.regroup import RegroupStudy, claims, network_summary, smallest_eps
 
 SMALL = {"n_test": 200, "n_select": 40, "n_clean": 24, "n_untargeted": 16, "n_targeted": 8,
          "eps_curve.eps": [0.075, 0.3], "paper_eps": [4, 16]}
@@ -95,10 +97,56 @@ def test_statistics_come_from_the_cache_the_second_time(study, caplog):
 
 
 def test_adaptive_surrogate_attack_is_at_least_as_strong_as_transfer(study):
-    table = study.adaptive().set_index("network")
-    assert list(table.columns)[:3] == ["k", "clean", "transfer_softmax"]
-    for name, row in table.iterrows():
-        assert row["worst_of_both_regroup"] <= min(row["transfer_regroup"], row["adaptive_regroup"])
+    study.adaptive()
+    for net in study.networks():
+        index = net.untargeted
+        y = study.y[index]
+        transfer, adaptive = study.sets[(net.name, "adaptive", "transfer")], study.sets[(net.name, "adaptive", "surrogate")]
+        # success rates on REGroup, each from its own adversarials, on the same images
+        fooled = {name: float((net.classifier.predict(s.x_adv) != y).float().mean())
+                  for name, s in (("transfer", transfer), ("adaptive", adaptive))}
+        assert fooled["adaptive"] >= fooled["transfer"] - 1 / len(y), (net.name, fooled)
+
+
+def test_tables_3_4_pgd_use_the_smallest_eps_found(study):
+    table = study.table3().set_index(["network", "attack"])
+    for net in study.networks():
+        s = study.sets[(net.name, "table3", "PGD")]
+        spec = study.p.targeted["PGD"]
+        assert s.eps_found is not None and bool(s.hit.any())
+        found = s.eps_found[s.hit]
+        assert bool((found > 0).all() and (found <= spec.eps + 1e-12).all())
+        # each adversarial lies within its own eps found, not just within the spec's eps
+        linf = (s.x_adv - study.x[net.targeted]).flatten(1).abs().amax(1)
+        assert bool((linf[s.hit] <= found.float() + 1e-5).all())
+        assert table.loc[(net.name, "PGD"), "mean_eps"] == pytest.approx(float(found.mean()))
+        assert math.isnan(table.loc[(net.name, "C&W"), "mean_eps"])  # C&W runs its own search
+
+
+def test_smallest_eps_matches_the_analytic_minimum_of_a_linear_model():
+    # f(x) = w.x + b > 0 is class 1; the optimal Linf step x - eps sign(w) flips it iff eps > (w.x + b) / ||w||_1
+    torch.manual_seed(0)
+    w, b = torch.randn(6, dtype=torch.float64), 0.1
+    x = torch.randn(40, 6, dtype=torch.float64)
+    margin = x @ w + b
+    x = torch.where(margin[:, None] > 0, x, -x)  # every sample in class 1
+    exact = (x @ w + b) / w.abs().sum()
+    calls = []
+
+    def run(eps: float, index: torch.Tensor):
+        calls.append(len(index))
+        adv = x[index] - eps * w.sign()
+        return adv, (adv @ w + b) < 0
+
+    eps_max, steps = 1.0, 6
+    found, x_adv, hit = smallest_eps(run, len(x), eps_max, steps)
+    assert torch.equal(hit, exact < eps_max)
+    assert bool((found[hit] > exact[hit]).all() and (found[hit] <= exact[hit] + eps_max / 2 ** steps + 1e-12).all())
+    assert bool(found[~hit].isnan().all())
+    assert bool(((x_adv[hit] @ w + b) < 0).all())  # the adversarial kept is the one at the eps found
+    assert sum(calls) == len(x) + steps * int(hit.sum())  # one attack per image per bisection
+    with pytest.raises(ValueError, match="steps=-1"):
+        smallest_eps(run, len(x), eps_max, -1)
 
 
 def test_k_larger_than_the_layers_is_refused(tmp_path):
@@ -149,3 +197,63 @@ def test_paper_profile_dry_run_on_fake_data(tmp_path):
         assert set(table["network"]) == {"ResNet", "VGG"}
     assert sum(len(n.untargeted) for n in study.networks()) > 0  # some attacks really ran
     assert list(study.figure4("VGG").index) == list(range(1, 20))
+
+
+# -- claims on hand-made tables (issue 22, item 3) -------------------------------------------------
+NETS, ATTACKS = ["VGG", "ResNet"], ["PGD", "DFool"]
+
+
+def _tables(good: bool) -> dict[str, pd.DataFrame]:
+    """Tables shaped like the run's, in which every claim holds (good) or none does (bad)."""
+    g = good
+    table1 = pd.DataFrame([{"row": f"{n} {m}", "clean_top1": 90.0 if m == "SoftMax" else (85.0 if g else 60.0),
+                            "clean_top5": 99.0, "attacked_top1": 0.0 if m == "SoftMax" else (40.0 if g else 12.0),
+                            "attacked_top5": 50.0} for n in NETS for m in ("SoftMax", "REGroup")]).set_index("row")
+
+    def attack_table(attacks: list[str], regroup: float, mean_eps: bool = False) -> pd.DataFrame:
+        rows = [{"network": n, "attack": a, "n": 100, "attacked": 100, "attacked_percent": 100.0, "softmax": 0.0,
+                 "regroup": regroup + (0 if n == "VGG" or g else 25), **({"mean_eps": 0.1} if mean_eps else {})}
+                for n in NETS for a in attacks]
+        return pd.DataFrame(rows)
+
+    table2 = attack_table(ATTACKS, 40.0 if g else 20.0)
+    table3 = attack_table(["PGD", "C&W"], 40.0 if g else 20.0, mean_eps=True)
+    table4 = attack_table(["PGD (un-targeted)"], 25.0 if g else 5.0, mean_eps=True)
+    table5 = attack_table(["SPSA (eps=4)"], 50.0 if g else 10.0)
+    curve = [(4, 80, 60), (16, 50, 10), (40, 30, 0)] if g else [(4, 50, 60), (16, 55, 10), (40, 30, 0)]
+    figure2 = pd.DataFrame([{"network": n, "eps": e * 0.3 / 16, "paper_eps": e, "method": m, "top1": v, "top5": v}
+                            for n in NETS for e, r, s in curve for m, v in (("SoftMax", s), ("REGroup", r))])
+    figure3 = pd.DataFrame([{"network": n, "experiment": "table2 PGD", "pos": 30.0, "neg": 30.0,
+                             "pos+neg": 35.0 if g else 29.0} for n in NETS])
+    figure4 = {f"figure4_{n}": pd.DataFrame({"PGD": [40.0, 42.0, 44.0, 45.0], "DFool": [50.0, 51.0, 52.0 if g else 70.0, 52.0],
+                                             "per_layer": [90.0, 80.0, 60.0, 20.0], "layer": list("dcba")},
+                                            index=pd.RangeIndex(1, 5, name="k")) for n in NETS}
+    return {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
+            "figure2": figure2, "figure3": figure3, **figure4}
+
+
+def _claims():
+    return claims(NETS, ATTACKS, {"VGG": 2, "ResNet": 2}, 100, 10)
+
+
+def test_every_claim_holds_on_tables_where_it_holds():
+    table = report.evaluate_claims(_claims(), _tables(good=True)).set_index("id")
+    assert set(table.index) >= {"pgd_above_chance", "beats_softmax_eps", "recovers_targeted", "recovers_high_confidence"}
+    assert (table["verdict"] == report.HOLDS).all(), table[["verdict", "evidence"]]
+    assert "beats_softmax_pgd" not in table.index  # compared with a softmax at 0% by construction: dropped
+
+
+def test_every_claim_fails_on_tables_where_it_does_not_hold_with_a_measured_reason():
+    table = report.evaluate_claims(_claims(), _tables(good=False)).set_index("id")
+    assert (table["verdict"] == report.DOES_NOT_HOLD).all(), table[["verdict", "evidence"]]
+    assert table["reason"].str.strip().str.len().gt(0).all()
+    assert "95% interval half-width" in table.loc["recovers_targeted", "reason"]
+    assert "mean eps found 0.1" in table.loc["recovers_high_confidence", "reason"]
+    assert "largest spread over k = 2 +- 1: 20.0 points (VGG DFool" in table.loc["flat_in_k", "reason"]
+
+
+def test_claims_without_adversarials_are_not_measured():
+    tables = _tables(good=True)
+    tables["table4"] = tables["table4"].assign(attacked=0)
+    row = report.evaluate_claims(_claims(), tables).set_index("id").loc["recovers_high_confidence"]
+    assert row["verdict"] == report.NOT_MEASURED and "#S = 0" in row["reason"]

@@ -614,7 +614,7 @@ def claims(networks: Sequence[str], attacks: Sequence[str], k: Mapping[str, int]
               ("figure3",), lambda t: bool((pos_neg_gain(t) > 0).any()),
               lambda t: f"{int((pos_neg_gain(t) > 0).sum())} of {len(t['figure3'])} experiments",
               lambda t: f"Pos+Neg never beats the better of Pos and Neg; closest: {pos_neg_gain(t).max():+.1f} points"),
-        Claim("flat_in_k", "A reasonable change of k (the chosen k +- 1) changes the accuracy on attacks little (Figure 4): "
+        Claim("flat_in_k", "A reasonable change of k (the chosen k +- 1) changes the accuracy on the attacks of Table 2 little (Figure 4): "
               "at most 10 points.", ("table2", *figure4),
               lambda t: all(v <= 10 for v in spreads(t).values()),
               lambda t: "largest spread: {1:.1f} points ({0[0]} {0[1]})".format(*max(spreads(t).items(), key=lambda i: i[1])),
