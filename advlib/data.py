@@ -357,6 +357,40 @@ def loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = False, se
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, num_workers=0)
 
 
+AUGMENTATIONS = ("none", "crop_flip")
+
+
+def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR's standard augmentation on a batch (N, C, H, W): a random H x W crop of the zero-padded image (pad
+    `pad`), then a horizontal flip with probability 1/2, drawn per sample from `generator` (on the CPU).
+
+    Native and batched because torchvision's RandomCrop/RandomHorizontalFlip draw from the global RNG one image at
+    a time: one gather per batch is faster, and a seeded generator makes every epoch reproducible on resume."""
+    if x.ndim != 4:
+        raise ValueError(f"crop_flip needs a batch (N, C, H, W); got shape {tuple(x.shape)}")
+    if pad < 0:
+        raise ValueError(f"crop_flip needs pad >= 0; got pad={pad}")
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = offsets[0][:, None] + torch.arange(h, device=x.device)
+    cols = offsets[1][:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> torch.Tensor:
+    """`x` augmented per `augment` ('none': unchanged; 'crop_flip': `crop_flip` with pad 4)."""
+    if augment == "none":
+        return x
+    if augment == "crop_flip":
+        return crop_flip(x, generator)
+    raise ValueError(f"augment {augment!r} is not allowed; choose one of {', '.join(AUGMENTATIONS)}")
+
+
 def check_images(x: torch.Tensor) -> None:
     """Raise ValueError unless `x` is a finite float batch (N, C, H, W) with every value in [0, 1]."""
     if not isinstance(x, torch.Tensor):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from .runtime import DEVICE_CHOICES, contained_path, project_root
 
@@ -115,6 +115,7 @@ class TrainSpec(Strict):
     gamma: float = Field(default=0.1, gt=0, le=1)
     adversary: AttackSpec | None = None
     adv_weight: float = Field(default=1.0, ge=0, le=1)
+    augment: Literal["none", "crop_flip"] = "none"  # crop_flip: CIFAR's random 4-pixel-pad crop + horizontal flip
 
     @field_validator("model")
     @classmethod
@@ -133,6 +134,14 @@ class TrainSpec(Strict):
         if self.milestones and self.schedule != "multistep":
             raise ValueError(f"milestones are only used by schedule 'multistep', not {self.schedule!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump_without_default_augment(self, handler: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        """Leave `augment` out of dumps while it is 'none', so cache keys of models trained before it existed hold."""
+        data = handler(self)
+        if data.get("augment") == "none":
+            data.pop("augment")
+        return data
 
 
 class DataSpec(Strict):

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .attacks import create_attack
 from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
-from .data import dataset_info, load_dataset, to_tensors
+from .data import augment_batch, dataset_info, load_dataset, to_tensors
 from .evaluate import accuracy
 from .models import create_model_for
 from .params import DataSpec, TrainSpec
@@ -57,6 +57,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.o
         milestones = sorted({max(1, spec.epochs // 2), max(1, (3 * spec.epochs) // 4)})
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+AUGMENT_STREAM = 7_919  # offset of the augmentation draws' seed from the epoch's shuffling seed
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -178,7 +181,8 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     batch, or on the adversarial one when adv_weight = 1 (Madry-style training, no clean pass).
     `regularizer(model, x, y)` is added to every batch's loss (e.g. the VAT term of the Adversary Critic's baselines);
     `criterion(logits, y)` replaces CE where a method trains with another loss (margin maximisation: hinge).
-    Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: faster steps; only the float
+    `spec.augment` ('crop_flip') augments every batch from a per-epoch seeded stream, so a resumed run sees the same
+    images. Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: faster steps; only the float
     rounding of the convolutions changes).
     """
     if len(train_set) == 0:
@@ -194,10 +198,11 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
         torch.manual_seed(epoch_seed(seed, epoch))
         order = torch.Generator().manual_seed(epoch_seed(seed, epoch))
         loader = DataLoader(train_set, batch_size=spec.batch_size, shuffle=True, generator=order, num_workers=0)
+        augment_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch) + AUGMENT_STREAM)
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
         for x, y in loader:
-            x, y = x.to(device), y.to(device)
+            x, y = augment_batch(x.to(device), spec.augment, augment_rng), y.to(device)
             if prefers_channels_last(x):  # oneDNN computes in NHWC: no reorder of every activation and gradient
                 x = in_layout(x, torch.channels_last)
             if adversary is not None:

@@ -223,3 +223,50 @@ def test_check_images_accepts_valid_batch() -> None:
 def test_check_images_rejects_bad_input(x: torch.Tensor, pattern: str) -> None:
     with pytest.raises(ValueError, match=pattern):
         check_images(x)
+
+
+# --- crop_flip (CIFAR augmentation) -------------------------------------------------------------
+
+
+def test_crop_flip_keeps_shape_and_range_and_is_seeded():
+    x = torch.rand(32, 3, 8, 8)
+    a = data.crop_flip(x, torch.Generator().manual_seed(5))
+    b = data.crop_flip(x, torch.Generator().manual_seed(5))
+    c = data.crop_flip(x, torch.Generator().manual_seed(6))
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, x)  # 32 samples: some crop is off-centre or flipped
+
+
+def _draws(n: int, seed: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The offsets and flips crop_flip draws from a generator seeded with `seed` (same order of draws)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2 * pad + 1, (2, n), generator=g), torch.rand(n, generator=g) < 0.5
+
+
+def test_crop_flip_shifts_and_flips_a_hand_made_image():
+    """Each output equals the zero-padded image cropped at the drawn offset, mirrored when the flip was drawn."""
+    h = w = 6
+    image = (torch.arange(h * w, dtype=torch.float32) + 1).view(1, 1, h, w) / (h * w)  # every pixel distinct, > 0
+    x = image.repeat(64, 2, 1, 1)
+    out = data.crop_flip(x, torch.Generator().manual_seed(0), pad=2)
+    offsets, flips = _draws(64, 0, pad=2)
+    padded = torch.zeros(1, 1, h + 4, w + 4)
+    padded[..., 2:2 + h, 2:2 + w] = image
+    for i in range(64):
+        dy, dx = int(offsets[0, i]), int(offsets[1, i])
+        expected = padded[0, 0, dy:dy + h, dx:dx + w]
+        expected = expected.flip(-1) if flips[i] else expected
+        assert torch.equal(out[i, 0], expected) and torch.equal(out[i, 1], expected), i
+    assert flips.any() and (~flips).any() and (offsets != 2).any()
+    # no offset, no flip: the identity; pad 0 leaves only flips
+    centre = data.crop_flip(image, torch.Generator().manual_seed(0), pad=0)
+    assert torch.equal(centre, image) or torch.equal(centre, image.flip(-1))
+
+
+def test_augment_batch_rejects_unknown_augmentation():
+    with pytest.raises(ValueError, match=r"'rotate'.*none, crop_flip"):
+        data.augment_batch(torch.rand(2, 1, 4, 4), "rotate", torch.Generator())
+    with pytest.raises(ValueError, match="pad"):
+        data.crop_flip(torch.rand(2, 1, 4, 4), torch.Generator(), pad=-1)

@@ -142,3 +142,16 @@ def test_batches_go_in_as_channels_last_under_onednn_only(small_train, onednn):
     with torch.backends.mkldnn.flags(enabled=onednn):
         fit(model, small_train, TrainSpec(model="lenet5_classic", epochs=1, batch_size=200), seed=1)
     assert len(seen) == 3 and all(s == (onednn and torch.backends.mkldnn.is_available()) for s in seen)
+
+
+def test_augment_param_validates_and_changes_training(small_train):
+    with pytest.raises(ValueError, match=r"augment[\s\S]*'none' or 'crop_flip'"):
+        TrainSpec(augment="flip")
+    assert "augment" not in TrainSpec().model_dump()  # default keeps the cache keys of earlier models
+    spec = SPEC.model_copy(update={"epochs": 1, "augment": "crop_flip"})
+    plain, a, b = _fresh(), _fresh(), _fresh()
+    fit(plain, small_train, SPEC.model_copy(update={"epochs": 1}), seed=1)
+    fit(a, small_train, spec, seed=1)
+    fit(b, small_train, spec, seed=1)
+    assert all(torch.equal(v, _weights(b)[k]) for k, v in _weights(a).items())  # seeded
+    assert not all(torch.equal(v, _weights(plain)[k]) for k, v in _weights(a).items())  # augmented batches differ

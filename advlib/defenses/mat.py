@@ -217,7 +217,8 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
     step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
     epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
     passes per batch (counted by hooks, attack and update together)."""
-    from ..train import end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
+    from ..data import augment_batch
+    from ..train import AUGMENT_STREAM, end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
 
     if len(train_set) == 0:
         raise ValueError("training set is empty")
@@ -235,8 +236,11 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
             generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
             counter.reset()
             began, total, correct, loss_sum, count = time.perf_counter(), 0, 0, 0.0, 0
+            augment_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch) + AUGMENT_STREAM)
             for x, y in member_batches(train_set, members, spec.batch_size, epoch_seed(seed, epoch)):
                 x, y = x.to(device), y.to(device)
+                if spec.augment != "none":  # every member slot's image augmented on its own (N*M images)
+                    x = augment_batch(x.flatten(0, 1), spec.augment, augment_rng).view_as(x)
                 if inner is not None:
                     model.eval()
                     x = inner(model, x, y, generator, ramp_scale(epoch, ramp_epochs))
