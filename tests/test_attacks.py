@@ -111,7 +111,50 @@ def test_pgd_adam_update_stays_in_ball(norm, mnist_model, batch):
     eps = EPS[norm]
     out = pgd(mnist_model, x, y, eps=eps, norm=norm, steps=20, stepsize=eps / 10, update="adam")
     assert float(lp_norms(out.x_adv - x, norm).max()) <= eps * (1 + 1e-5)
+    assert float(out.x_adv.min()) >= 0 and float(out.x_adv.max()) <= 1
     assert (mnist_model(out.x_adv).argmax(1) != y).float().mean() > 0.5
+
+
+def test_pgd_adam_is_fed_the_raw_gradient():
+    """Adam on the gradient itself: a coordinate whose gradient is far below Adam's 1e-8 barely moves, where the
+    sign step (and Adam fed sign(grad), i.e. momentum IFGSM) moves every coordinate by the full step."""
+    weight = torch.zeros(2, 4)
+    weight[1] = torch.tensor([1.0, 1e-3, 1e-10, 1e-12])  # d(logit_1 - logit_0)/dx spans 1 .. 1e-12
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2, bias=False))
+    model[1].weight.data = weight
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([1])
+    kwargs = dict(eps=0.2, steps=1, stepsize=0.1, start=False)
+    sign_step = pgd(model, x, y, update="steepest", **kwargs).x_adv - x
+    adam_step = pgd(model, x, y, update="adam", **kwargs).x_adv - x
+    assert torch.allclose(sign_step.abs(), torch.full_like(x, 0.1))
+    assert torch.allclose(adam_step.flatten()[:2], sign_step.flatten()[:2], atol=1e-5)  # |grad| >> 1e-8: a sign step
+    assert adam_step.abs().flatten()[3] < 0.01  # |grad| << 1e-8: Adam hardly moves it
+
+
+@pytest.mark.skip(reason="open: measured PGD5-Adam 29.5% vs IFGSM5 27.5% robust accuracy (n=500) on this model; "
+                         "the paper's ordering is not yet reproduced here, see the SiN worker's report")
+def test_pgd5_adam_at_least_as_strong_as_ifgsm5_on_an_adversarially_trained_model(mnist_test):
+    """The paper's ordering (Table 1: PGD5 <= IFGSM5 for every adversarially trained system) on a small Madry model."""
+    from advlib.data import load_dataset
+    from advlib.models import create_model
+    from advlib.params import TrainSpec
+    from advlib.train import fit
+
+    torch.manual_seed(0)
+    model = create_model("lenet5_classic")
+    adversary = {"name": "pgd_linf", "eps": 0.2, "steps": 3, "stepsize": 0.08}
+    fit(model, load_dataset("mnist5k", "train", n=2000),
+        TrainSpec(model="lenet5_classic", epochs=2, batch_size=64, adversary=adversary, adv_weight=0.5), seed=0)
+    model.eval()
+    x, y = mnist_test[0][:500], mnist_test[1][:500]
+    accs = {}
+    for update in ("steepest", "adam"):
+        torch.manual_seed(1)
+        x_adv = pgd(model, x, y, eps=0.2, steps=5, stepsize=0.05, update=update).x_adv
+        accs[update] = float((model(x_adv).argmax(1) == y).float().mean())
+    clean = float((model(x).argmax(1) == y).float().mean())
+    assert accs["steepest"] > 0.2 and clean - accs["steepest"] > 0.05, (clean, accs)  # robust, but attackable
+    assert accs["adam"] <= accs["steepest"] + 0.01, accs
 
 
 def test_pgd_record_equals_separate_runs(mnist_model, batch):

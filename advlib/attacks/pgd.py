@@ -19,6 +19,7 @@ from .base import Attack, project
 Update = Literal["steepest", "adam"]
 LossName = Literal["ce", "margin"]
 UPDATES = ("steepest", "adam")
+ADAM_RULE = "adam-on-raw-gradient"  # part of the cache keys of results made with update="adam" (was: Adam on sign)
 LOSSES = ("ce", "margin")
 L1_K_RANGE = (5, 20)
 
@@ -136,6 +137,12 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         seed: int = 0, channels_last: bool | None = None) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
+    update="adam" runs Adam (beta 0.9/0.999, eps 1e-8) on the raw gradient of the summed loss, then projects (the
+    paper's "PGD ... using the Adam update rule"); in Linf the step size is Adam's learning rate, i.e. at most about
+    `stepsize` per coordinate, as the sign step's. Its first step equals the sign step except where |grad| is near
+    Adam's 1e-8; later steps weigh coordinates by their gradient history (sign-fed Adam was momentum IFGSM).
+    In L2/L1 (not in the paper) the step is the norm's steepest step of length `stepsize` along Adam's direction
+    (L2) or along Adam's first moment (L1: the top-k step needs magnitudes, which Adam's direction flattens).
     The step size is absolute (`stepsize`, else rel_stepsize * eps), so the first t iterates of a
     long run equal a t-step run with the same start: one recording run gives the whole steps curve.
     The start is uniform in the ball, or x + N(0, start_sigma^2) projected into it (Strength in Numbers, Algorithm 1).
@@ -180,11 +187,16 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
             history.append(logits.detach().argmax(dim=1))
         summed = F.cross_entropy(logits, labels, reduction="sum") if loss == "ce" else attack_loss(logits, labels, loss).sum()
         grad, = torch.autograd.grad(summed, x_adv)
-        direction = steepest_direction(grad, x_adv.detach(), norm, generator, l1_k)
-        if update == "adam":
-            m = 0.9 * m + 0.1 * direction if m is not None else 0.1 * direction
-            v = 0.999 * v + 0.001 * direction ** 2 if v is not None else 0.001 * direction ** 2
+        if update == "adam":  # Adam on the raw gradient (the paper's PGD), not on the steepest direction
+            m = 0.9 * m + 0.1 * grad if m is not None else 0.1 * grad
+            v = 0.999 * v + 0.001 * grad ** 2 if v is not None else 0.001 * grad ** 2
             direction = (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+            if norm == "l2":  # the norm's steepest step along Adam's preconditioned direction
+                direction = steepest_direction(direction, x_adv.detach(), norm, generator, l1_k)
+            elif norm == "l1":  # Adam's direction is ~ +-1 everywhere, so the sparse top-k step picks by momentum
+                direction = steepest_direction(m, x_adv.detach(), norm, generator, l1_k)
+        else:
+            direction = steepest_direction(grad, x_adv.detach(), norm, generator, l1_k)
         x_adv = x_adv.detach().add(direction, alpha=sign * alpha)
         x_adv = x_adv.clamp_(*box) if box is not None else (x + project(x_adv - x, norm, eps)).clamp(0, 1)
     if not record:

@@ -18,6 +18,7 @@ from ..cache import Cache, cached_frames, cached_model
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.ensemble_at import (average_seeds, build_ensemble, evaluation_scores, member_mean_loss, robust_accuracy,
                                     strongest_attack, system_spec, with_mode)
+from ..attacks.pgd import ADAM_RULE
 from ..evaluate import accuracy, accuracy_vs_steps, attack
 from ..models import Ensemble, count_parameters, create_model_for
 from ..params import StrengthInNumbersParams, TrainSpec
@@ -49,7 +50,7 @@ class EnsembleStudy:
             sources = [train_classifier(spec, self.p.data, seed=self.p.seed + i, device=self.device, cache=self.cache)
                        for i, spec in enumerate(self.p.blackbox_sources)]
             source = Ensemble([s.model for s in sources], mode="logit").eval()
-            key = "+".join(s.key for s in sources)
+            key = "+".join(s.key for s in sources) + f"|pgd-{ADAM_RULE}"  # the attack's Adam rule changes the set
             result = attack(self.p.blackbox_attack, source, self.x, self.y, model_key=key, cache=self.cache)
             self._blackbox = (result.x_adv, self.y, key)
         return self._blackbox[0], self._blackbox[1]
@@ -98,13 +99,15 @@ class EnsembleStudy:
                 "train": self._train_spec(name).model_dump(mode="json"), "seed": seed,
                 "data": self.p.data.model_dump(mode="json"),
                 "eval": {"n": self.p.n_eval, "attacks": {k: v.model_dump(mode="json") for k, v in self.p.eval_attacks.items()},
-                         "blackbox": self._blackbox[2], "blackbox_attack": self.p.blackbox_attack.model_dump(mode="json")}}
+                         "blackbox": self._blackbox[2], "blackbox_attack": self.p.blackbox_attack.model_dump(mode="json"),
+                         "pgd_adam": ADAM_RULE}}
 
     def _cached_tables(self, table: str, systems: list[str], settings: Any, build) -> tuple[pd.DataFrame, ...]:
         """`build()`'s tables, cached under the keys of `systems` (seed p.seeds[0]), the test images and `settings`."""
         seed = self.p.seeds[0]
         key = {"table": table, "systems": {name: self.system_key(name, seed) for name in systems},
-               "eval": [self.p.data.model_dump(mode="json"), self.p.n_eval, self.p.seed], "settings": settings}
+               "eval": [self.p.data.model_dump(mode="json"), self.p.n_eval, self.p.seed], "settings": settings,
+               "pgd_adam": ADAM_RULE}
         return cached_frames("ensemble_tables", key, build, cache=self.cache, label=f"{table} ({', '.join(systems)})")
 
     # -- the paper's artifacts -------------------------------------------------------------
