@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -77,7 +78,9 @@ class FoolboxAttack(_OnCorrectOnly):
                 out[found] = self.fb_attack(fmodel, x[found], criterion, epsilons=None,
                                             starting_points=starts[found])[0]
             return out
-        raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons)
+        with warnings.catch_warnings():  # foolbox's SpatialAttack calls torch.meshgrid without `indexing`
+            warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
+            raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons)
         return raw
 
 

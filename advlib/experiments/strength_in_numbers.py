@@ -8,6 +8,7 @@ cached under the keys of the systems they evaluate, so a rerun only loads them.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -21,6 +22,7 @@ from ..defenses.ensemble_at import (average_seeds, build_ensemble, evaluation_sc
 from ..attacks.pgd import ADAM_RULE
 from ..evaluate import accuracy, accuracy_vs_steps, attack
 from ..models import Ensemble, count_parameters, create_model_for
+from ..report import Claim, proportion_gap
 from ..params import StrengthInNumbersParams, TrainSpec
 from ..train import fit, train_classifier
 
@@ -211,3 +213,186 @@ class EnsembleStudy:
                 x_adv = attack(spec, source, self.x, self.y).x_adv
                 rows.append({"attack on": label, "steps": steps, "accuracy": 100 * accuracy(ensemble, x_adv, self.y)})
         return pd.DataFrame(rows)
+
+
+# -- the paper's claims, each checked on the tables it cites -------------------------------------------------------
+Tables = Mapping[str, Any]
+ADVERSARIAL_SYSTEMS = ("SingleAdv", "DoubleAdv", "Ensemble2Adv", "Ensemble4Adv")
+PLAIN_SYSTEMS = ("Baseline", "Ensemble2", "Ensemble4")
+
+
+def _rows(table: pd.DataFrame | pd.Series, names: Sequence[str]) -> list[str]:
+    """The systems of `names` the table has (KeyError, i.e. not measured, if none)."""
+    present = [n for n in names if n in table.index]
+    if not present:
+        raise KeyError(" or ".join(names))
+    return present
+
+
+def _last_step(curve: pd.DataFrame) -> pd.Series:
+    """Accuracy per system at the longest attack of a steps curve (Figure 2c's long format)."""
+    return curve[curve.steps == curve.steps.max()].set_index("system")["accuracy"]
+
+
+def _figure3_wide(figure3: pd.DataFrame) -> pd.DataFrame:
+    return figure3.pivot(index="steps", columns="attack on", values="accuracy").sort_index()
+
+
+def claims(n_eval: int, plateau_points: float = 2.0, softmax_points: float = 2.0) -> list[Claim]:
+    """The claims of Sections 5 and A of the paper. A miss's reason gives the gap and whether it is inside the sampling
+    noise of the `n_eval` evaluation images (Agresti-Caffo 95%), plus what the cited table shows about the cause."""
+
+    def pgd20(t: Tables, name: str) -> float:
+        return float(t["table1a"].loc[name, "PGD20"])
+
+    def gap(a: float, b: float) -> str:
+        return proportion_gap(a, b, n_eval)
+
+    def double_pair(t: Tables) -> tuple[float, float]:
+        return pgd20(t, "Ensemble2Adv"), max(pgd20(t, "SingleAdv"), pgd20(t, "DoubleAdv"))
+
+    def bigger_pairs(t: Tables) -> list[tuple[str, str]]:
+        pairs = [(a, b) for a, b in (("SingleAdv", "DoubleAdv"), ("Ensemble2Adv", "Ensemble4Adv"))
+                 if a in t["table1a"].index and b in t["table1a"].index]
+        if not pairs:
+            raise KeyError("SingleAdv/DoubleAdv or Ensemble2Adv/Ensemble4Adv")
+        return pairs
+
+    def split(t: Tables, table: str, column: str) -> tuple[pd.Series, pd.Series]:
+        frame = t[table]
+        return frame.loc[_rows(frame, ADVERSARIAL_SYSTEMS), column], frame.loc[_rows(frame, PLAIN_SYSTEMS), column]
+
+    def pgd_vs_ifgsm(t: Tables) -> pd.DataFrame:
+        return t["table1a"].loc[_rows(t["table1a"], ADVERSARIAL_SYSTEMS), ["IFGSM5", "PGD5"]]
+
+    def clean_reason(t: Tables) -> str:
+        adv, plain = split(t, "table1b", "clean")
+        epochs = t["table1b"]["epoch"]
+        return (f"Table 1b takes each model at its best IFGSM5 evaluation: epochs "
+                f"{', '.join(f'{e:g}' for e in epochs[plain.index])} of {epochs.max():g} for the non-adversarial models "
+                f"(before their clean accuracy converged), {', '.join(f'{e:g}' for e in epochs[adv.index])} for the "
+                f"adversarial ones; " + gap(adv.mean(), plain.mean()))
+
+    def separate(t: Tables) -> tuple[float, float, float]:
+        c = t["table1c"]
+        return tuple(float(c.loc[n, "PGD"]) for n in ("SingleAdv", "Separate2Adv", "Ensemble2Adv"))
+
+    def separate_reason(t: Tables) -> str:
+        single, sep, ens = separate(t)
+        return (f"Separate2Adv is {sep - single:+.1f} points from SingleAdv and {sep - ens:+.1f} from Ensemble2Adv; "
+                f"Separate2Adv vs Ensemble2Adv: " + gap(sep, ens))
+
+    def collapse_reason(t: Tables) -> str:
+        wide = t["figure2c"].pivot(index="steps", columns="system", values="accuracy")
+        last, half = int(wide.index.max()), int(wide.index[len(wide) // 2])
+        plain = [n for n in PLAIN_SYSTEMS if n in wide.columns and wide.loc[last, n] >= 10]
+        return "; ".join(f"{n} {wide.loc[last, n]:.1f}% at {last} steps, {wide.loc[last, n] - 10:.1f} points above 10%, "
+                         f"{wide.loc[half, n] - wide.loc[last, n]:+.1f} points lost from {half} to {last} steps"
+                         for n in plain) + " (the paper: 2-4% after 500 steps)"
+
+    def steps_pair(t: Tables) -> pd.DataFrame:
+        """Ensemble2Adv and SingleAdv accuracy per number of steps, from 1 step on (row 0 is the start)."""
+        wide = t["figure2c"].pivot(index="steps", columns="system", values="accuracy")
+        return wide.loc[wide.index >= 1, ["Ensemble2Adv", "SingleAdv"]]
+
+    def steps_gap(t: Tables) -> pd.Series:
+        pair = steps_pair(t)
+        return pair["Ensemble2Adv"] - pair["SingleAdv"]
+
+    def steps_reason(t: Tables) -> str:
+        at = int(steps_gap(t).idxmin())
+        row = steps_pair(t).loc[at]
+        return f"at {at} steps: " + gap(float(row["Ensemble2Adv"]), float(row["SingleAdv"]))
+
+    def plateau(t: Tables) -> tuple[int, int, float, str]:
+        wide = _figure3_wide(t["figure3"])
+        if len(wide) < 2:
+            raise KeyError("two step counts in figure3")
+        strongest = wide.iloc[-1].idxmin()
+        return int(wide.index[-2]), int(wide.index[-1]), float(wide[strongest].iloc[-2] - wide[strongest].iloc[-1]), strongest
+
+    def plateau_reason(t: Tables) -> str:
+        wide = _figure3_wide(t["figure3"])
+        first, last, drop, target = plateau(t)
+        return (f"the attack on the {target} still lowers accuracy by {drop:.1f} points from {first} to {last} steps; "
+                f"the paper's plateau starts at 100 steps and this profile's longest run is {last}; "
+                + gap(float(wide[target].iloc[-1]), float(wide[target].iloc[-2])))
+
+    def members(t: Tables) -> tuple[float, float]:
+        table = t["table2"]
+        member_rows = [i for i in table.index if str(i).startswith("Model")]
+        return float(table.loc["Ensemble", "adversarial accuracy"]), float(table.loc[member_rows, "adversarial accuracy"].max())
+
+    def softmax(t: Tables) -> tuple[float, float]:
+        table = t["table2"]
+        return float(table.loc["Ensemble", "adversarial accuracy"]), float(table.loc["Ensemble (remove softmax)", "adversarial accuracy"])
+
+    def list_pgd20(t: Tables, names: Sequence[str]) -> str:
+        return ", ".join(f"{n} {pgd20(t, n):.1f}%" for n in names if n in t["table1a"].index)
+
+    return [
+        Claim("ensemble_beats_double", "Ensemble2Adv beats SingleAdv and the parameter-matched DoubleAdv on PGD20 "
+              "(Table 1a: 0.52 vs 0.43 and 0.44).", ("table1a",),
+              lambda t: double_pair(t)[0] > double_pair(t)[1],
+              lambda t: list_pgd20(t, ("SingleAdv", "DoubleAdv", "Ensemble2Adv")),
+              lambda t: "Ensemble2Adv vs the better single model: " + gap(*double_pair(t))),
+        Claim("more_parameters_help", "More parameters help an adversarially trained model: DoubleAdv beats SingleAdv "
+              "and Ensemble4Adv beats Ensemble2Adv on PGD20 (Table 1a: 0.44 vs 0.43, 0.53 vs 0.52).", ("table1a",),
+              lambda t: all(pgd20(t, big) > pgd20(t, small) for small, big in bigger_pairs(t)),
+              lambda t: "; ".join(f"{small} {pgd20(t, small):.1f}% -> {big} {pgd20(t, big):.1f}%" for small, big in bigger_pairs(t)),
+              lambda t: "; ".join(f"{big} vs {small}: " + gap(pgd20(t, big), pgd20(t, small)) for small, big in bigger_pairs(t))
+                        + " (the paper's own gaps are 1 point)"),
+        Claim("adv_beats_plain", "Adversarially trained models beat the non-adversarial ones on PGD20 (Table 1a: the "
+              "smallest gap is 22 points).", ("table1a",),
+              lambda t: split(t, "table1a", "PGD20")[0].min() > split(t, "table1a", "PGD20")[1].max(),
+              lambda t: "worst adversarial {:.1f}% vs best non-adversarial {:.1f}%".format(
+                  split(t, "table1a", "PGD20")[0].min(), split(t, "table1a", "PGD20")[1].max()),
+              lambda t: gap(split(t, "table1a", "PGD20")[0].min(), split(t, "table1a", "PGD20")[1].max())),
+        Claim("adv_beats_plain_blackbox", "Adversarially trained models resist the black-box set better than the "
+              "non-adversarial ones (Table 1a: 0.80-0.85 vs 0.22-0.27).", ("table1a",),
+              lambda t: split(t, "table1a", "blackbox")[0].min() > split(t, "table1a", "blackbox")[1].max(),
+              lambda t: "worst adversarial {:.1f}% vs best non-adversarial {:.1f}%".format(
+                  split(t, "table1a", "blackbox")[0].min(), split(t, "table1a", "blackbox")[1].max()),
+              lambda t: gap(split(t, "table1a", "blackbox")[0].min(), split(t, "table1a", "blackbox")[1].max())),
+        Claim("pgd_beats_ifgsm", "PGD5 (Adam) is at least as strong as IFGSM5 on every adversarially trained model "
+              "(Table 1a: 0.44-0.58 vs 0.55-0.66).", ("table1a",),
+              lambda t: bool((pgd_vs_ifgsm(t)["PGD5"] <= pgd_vs_ifgsm(t)["IFGSM5"]).all()),
+              lambda t: "; ".join(f"{n} {r.PGD5:.1f}% vs {r.IFGSM5:.1f}%" for n, r in pgd_vs_ifgsm(t).iterrows()),
+              lambda t: "; ".join(f"{n}: " + gap(r.PGD5, r.IFGSM5) for n, r in pgd_vs_ifgsm(t).iterrows() if r.PGD5 > r.IFGSM5)),
+        Claim("clean_cost", "Adversarial training costs clean accuracy (Table 1b: roughly 10 points).", ("table1b",),
+              lambda t: split(t, "table1b", "clean")[0].mean() < split(t, "table1b", "clean")[1].mean(),
+              lambda t: "mean clean: adversarial {:.1f}% vs non-adversarial {:.1f}%".format(
+                  split(t, "table1b", "clean")[0].mean(), split(t, "table1b", "clean")[1].mean()),
+              clean_reason),
+        Claim("separate_near_single", "Separate2Adv (two SingleAdv trained apart) is closer to SingleAdv than to "
+              "Ensemble2Adv under the long PGD (Table 1c: 0.47 vs 0.44 and 0.52).", ("table1c",),
+              lambda t: abs(separate(t)[1] - separate(t)[0]) < abs(separate(t)[1] - separate(t)[2]),
+              lambda t: "SingleAdv {:.1f}%, Separate2Adv {:.1f}%, Ensemble2Adv {:.1f}%".format(*separate(t)),
+              separate_reason),
+        Claim("plain_ensembles_collapse", "Non-adversarial models fall below 10% accuracy at the longest PGD run "
+              "(Figure 2c; the paper: 0.02-0.04 after 500 steps).", ("figure2c",),
+              lambda t: bool((_last_step(t["figure2c"])[_rows(_last_step(t["figure2c"]), PLAIN_SYSTEMS)] < 10).all()),
+              lambda t: ", ".join(f"{n} {a:.1f}%" for n, a in _last_step(t["figure2c"]).items()),
+              collapse_reason),
+        Claim("gap_over_steps", "Ensemble2Adv stays above SingleAdv at every number of PGD steps (Figure 2c: a gap of "
+              "about 7 points is preserved).", ("figure2c",),
+              lambda t: bool((steps_gap(t) > 0).all()),
+              lambda t: f"Ensemble2Adv - SingleAdv: {steps_gap(t).min():+.1f} to {steps_gap(t).max():+.1f} points "
+                        f"over 1-{int(steps_gap(t).index.max())} steps",
+              steps_reason),
+        Claim("plateau", f"Attack strength on Ensemble4Adv plateaus by 100 steps (Figure 3): the strongest attack's "
+              f"last step count lowers accuracy by under {plateau_points:g} points.", ("figure3",),
+              lambda t: plateau(t)[2] < plateau_points,
+              lambda t: "{3}: {2:.1f} points from {0} to {1} steps".format(*plateau(t)),
+              plateau_reason),
+        Claim("ensemble_beats_members", "Ensemble4Adv is more robust than its best member under the strongest adversary "
+              "(Table 2: 49.7% vs 43.9%).", ("table2",),
+              lambda t: members(t)[0] > members(t)[1],
+              lambda t: "ensemble {:.1f}% vs best member {:.1f}%".format(*members(t)),
+              lambda t: gap(*members(t))),
+        Claim("remove_softmax_close", f"Removing the softmax (averaging logits) changes the ensemble's adversarial "
+              f"accuracy by about a point (Table 2: 49.7% vs 48.7%): within {softmax_points:g} points.", ("table2",),
+              lambda t: abs(softmax(t)[0] - softmax(t)[1]) <= softmax_points,
+              lambda t: "ensemble {:.1f}% vs logit average {:.1f}%".format(*softmax(t)),
+              lambda t: gap(*softmax(t))),
+    ]
