@@ -250,6 +250,16 @@ def test_every_claim_fails_on_tables_where_it_does_not_hold_with_a_measured_reas
     assert "95% interval half-width" in table.loc["recovers_targeted", "reason"]
     assert "mean eps found 0.1" in table.loc["recovers_high_confidence", "reason"]
     assert "largest spread over k = 2 +- 1: 20.0 points (VGG DFool" in table.loc["flat_in_k", "reason"]
+    assert "rises +5.0 points from eps 4 to 16;" in table.loc["monotone_eps", "reason"]
+    assert "softmax rises too" not in table.loc["monotone_eps", "reason"]  # the softmax fell: REGroup's own rise
+
+
+def test_a_rise_the_softmax_shares_is_put_down_to_the_attack():
+    tables = _tables(good=False)
+    figure2 = tables["figure2"]
+    figure2.loc[(figure2.method == "SoftMax") & (figure2.paper_eps == 16), "top1"] = 70.0  # 60 -> 70: the attack weakened
+    reason = report.evaluate_claims(_claims(), tables).set_index("id").loc["monotone_eps", "reason"]
+    assert "the softmax rises too (60.0% -> 70.0%)" in reason and "the attack, not REGroup" in reason
 
 
 def test_claims_without_adversarials_are_not_measured():
