@@ -46,10 +46,12 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 # Re-execute the committed notebooks in place with the ci profile and the pinned kernels: the outputs nbval checks.
+# papermill's injected-parameters cell is then dropped, so the parameters cell is what runs in JupyterLab.
 golden: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "golden: $$nb"; \
 	  (cd notebooks && $(PINNED_KERNELS) ../$(BIN)/papermill --cwd . $$(basename $$nb) $$(basename $$nb) -p profile ci) || exit 1; \
+	  $(BIN)/python -m advlib.golden $$nb || exit 1; \
 	done
 
 bench: $(STAMP)
