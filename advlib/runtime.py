@@ -34,9 +34,13 @@ def project_root() -> Path:
 
 
 def cache_root() -> Path:
-    """Root of the artifact cache: $ADVLIB_CACHE, else <project>/artifacts."""
+    """Root of the artifact cache: $ADVLIB_CACHE, else <project>/artifacts, or <project>/artifacts-portable under
+    portable kernels (`make golden`, `make nbval`): their results differ from a plain run's in the last bits, so nbval
+    must not load what a plain `advlib run` cached, nor a plain run what a golden run cached."""
     env = os.environ.get("ADVLIB_CACHE")
-    return Path(env).resolve() if env else project_root() / "artifacts"
+    if env:
+        return Path(env).resolve()
+    return project_root() / ("artifacts-portable" if portable_kernels_requested() else "artifacts")
 
 
 def data_root() -> Path:
@@ -92,11 +96,16 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 PORTABLE_KERNELS_ENV = "ADVLIB_PORTABLE_KERNELS"
 
 
+def portable_kernels_requested() -> bool:
+    """Whether $ADVLIB_PORTABLE_KERNELS asks for the portable kernels (any value but empty or 0)."""
+    return os.environ.get(PORTABLE_KERNELS_ENV, "") not in ("", "0")
+
+
 def use_portable_kernels() -> bool:
     """With $ADVLIB_PORTABLE_KERNELS=1 (set by `make golden` and `make nbval`), turn oneDNN and NNPACK off: both pick
     kernels and blocking by the CPU's ISA and cache sizes. Convolutions then run as im2col + MKL GEMM, and the Makefile
     pins MKL (CBWR=COMPATIBLE) and ATen (AVX2) to code paths every x86-64 CPU takes alike. Returns whether it is on."""
-    on = os.environ.get(PORTABLE_KERNELS_ENV, "") not in ("", "0")
+    on = portable_kernels_requested()
     if on:
         torch.backends.mkldnn.enabled = False
         torch.backends.nnpack.set_flags(False)

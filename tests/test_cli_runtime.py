@@ -113,3 +113,17 @@ def test_portable_kernels_turn_onednn_and_nnpack_off_only_when_asked(monkeypatch
             assert torch.allclose(conv(x), fast, atol=1e-5)  # the same convolution, by another kernel
     finally:
         torch.backends.nnpack.set_flags(nnpack_before)
+
+
+def test_portable_kernel_runs_cache_apart_from_plain_runs(monkeypatch, tmp_path):
+    """nbval (portable kernels) must not load what a plain run cached: the default roots differ by kernel mode."""
+    monkeypatch.delenv("ADVLIB_CACHE", raising=False)
+    monkeypatch.delenv(runtime.PORTABLE_KERNELS_ENV, raising=False)
+    plain = runtime.cache_root()
+    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "1")
+    portable = runtime.cache_root()
+    assert plain.name == "artifacts" and portable.name == "artifacts-portable" and plain.parent == portable.parent
+    monkeypatch.setenv(runtime.PORTABLE_KERNELS_ENV, "0")
+    assert runtime.cache_root() == plain
+    monkeypatch.setenv("ADVLIB_CACHE", str(tmp_path))  # an explicit root is taken as given
+    assert runtime.cache_root() == tmp_path.resolve()
