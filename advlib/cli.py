@@ -15,11 +15,15 @@ from .runtime import project_root
 log = logging.getLogger("advlib")
 
 
+class UsageError(Exception):
+    """A bad command-line value; `main` prints it on one line and exits with 2, like argparse."""
+
+
 def notebook_path(stem: str) -> Path:
     """notebooks/NN_<stem>.ipynb for a stem."""
     matches = sorted((project_root() / "notebooks").glob(f"[0-9][0-9]_{stem}.ipynb"))
     if not matches:
-        raise SystemExit(f"no notebook for {stem!r}; allowed: {', '.join(available_stems())}")
+        raise UsageError(f"no notebook for {stem!r}; allowed: {', '.join(available_stems())}")
     return matches[0]
 
 
@@ -55,18 +59,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from . import sweep as sweep_mod
 
     if args.stem not in available_stems():
-        raise SystemExit(f"no notebook for {args.stem!r}; allowed: {', '.join(available_stems())}")
+        raise UsageError(f"no notebook for {args.stem!r}; allowed: {', '.join(available_stems())}")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    plot = None
-    if args.plot:
-        metric, sep, key = args.plot.rpartition(":")
-        if not sep or not metric or not key:
-            raise SystemExit(f"--plot {args.plot!r} is not of the form table.column:key")
-        plot = (metric, key)
     try:
         planned = sweep_mod.plan(args.stem, args.profile, sweep_mod.parse_grid(args.grid or []), seeds)
     except ValueError as error:
-        raise SystemExit(f"advlib sweep: {error}") from None
+        raise UsageError(f"sweep: {error}") from None
+    plot = _checked_plot(args.plot, args.stem, planned.keys) if args.plot else None
     results = sweep_mod.run_sweep(planned, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
                                   resume=args.resume)
     tidy = sweep_mod.gather(planned, results)
@@ -83,6 +82,26 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if plot and not tidy.empty:
         out.write(f"plot: {sweep_mod.plot_metric(planned, tidy, *plot)}\n")
     return 1 if failed else 0
+
+
+def _checked_plot(plot: str, stem: str, swept: Sequence[str]) -> tuple[str, str]:
+    """--plot 'table.column:key' checked before the sweep runs: the key is swept, and the table and column are among
+    those the notebook writes (the committed ci outputs in figures/<stem>/ci/ list them)."""
+    metric, sep, key = plot.rpartition(":")
+    table, dot, column = metric.partition(".")
+    if not sep or not key or not dot or not table or not column:
+        raise UsageError(f"--plot {plot!r} is not of the form table.column:key")
+    if key not in swept:
+        raise UsageError(f"--plot key {key!r} is not swept; swept keys: {', '.join(swept)}")
+    folder = project_root() / "figures" / stem / "ci"
+    tables = {path.stem: path for path in folder.glob("*.csv")}
+    if tables and table not in tables:
+        raise UsageError(f"--plot table {table!r} is not a table of {stem}; tables: {', '.join(sorted(tables))}")
+    if tables:
+        columns = tables[table].open().readline().strip().split(",")
+        if column not in columns:
+            raise UsageError(f"--plot column {column!r} is not in {stem}'s {table}; columns: {', '.join(c for c in columns if c)}")
+    return metric, key
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -116,6 +135,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
             out.write(f"CORRUPT {entry}: {problem}\n")
         out.write(f"{len(bad)} corrupt of {len(list(cache.entries()))} entries\n")
         return 1 if bad else 0
+    kinds = sorted({entry.parent.name for entry in cache.entries()})
+    if args.kind is not None and args.kind not in kinds:
+        raise UsageError(f"--kind {args.kind!r} has no entries in {cache.root.name}/; kinds present: {', '.join(kinds) or 'none'}")
     removed = cache.prune(args.kind, corrupt_only=args.corrupt)
     out.write(f"removed {len(removed)} paths\n")
     return 0
@@ -177,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except params_mod.ParamsError as error:
+    except (params_mod.ParamsError, UsageError) as error:
         sys.stderr.write(f"advlib: {error}\n")
         return 2
 

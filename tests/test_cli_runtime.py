@@ -127,3 +127,32 @@ def test_portable_kernel_runs_cache_apart_from_plain_runs(monkeypatch, tmp_path)
     assert runtime.cache_root() == plain
     monkeypatch.setenv("ADVLIB_CACHE", str(tmp_path))  # an explicit root is taken as given
     assert runtime.cache_root() == tmp_path.resolve()
+
+
+def test_cache_prune_kind_must_name_a_kind_present(project, capsys):
+    Cache().get_or_build("model", {"a": 1}, lambda: Artifact({"w": torch.ones(2)}, {}))
+    assert cli.main(["cache", "prune", "--kind", "modle"]) == 2
+    err = capsys.readouterr().err
+    assert "--kind 'modle'" in err and "kinds present: model" in err
+    assert len(list(Cache().entries())) == 1  # nothing removed
+    assert cli.main(["cache", "prune", "--kind", "model"]) == 0
+    assert not list(Cache().entries())
+
+
+@pytest.mark.parametrize("plot, message", [
+    ("attack_suite.accuracy:eps", "--plot key 'eps' is not swept; swept keys: n_eval"),
+    ("attack_suit.accuracy:n_eval", "--plot table 'attack_suit' is not a table of quickstart; tables: "),
+    ("attack_suite.acc:n_eval", "--plot column 'acc' is not in quickstart's attack_suite; columns: attack, norm, eps"),
+    ("attack_suite:n_eval", "is not of the form table.column:key"),
+])
+def test_sweep_plot_is_checked_before_any_point_runs(plot, message, monkeypatch, capsys):
+    from advlib import sweep as sweep_mod
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", lambda *a, **k: pytest.fail("the sweep ran before --plot was checked"))
+    assert cli.main(["sweep", "quickstart", "--grid", "n_eval=32,48", "--plot", plot]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_notebook_is_a_usage_error(capsys):
+    assert cli.main(["run", "quikstart", "--profile", "ci"]) == 2
+    assert "unknown notebook 'quikstart'; allowed: " in capsys.readouterr().err
