@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -255,9 +256,13 @@ def _key_fields(spec: TrainSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude={k for k, v in later.items() if getattr(spec, k) == v})
 
 
-def train_classifier(spec: TrainSpec, data: DataSpec, *, seed: int = 0, device: torch.device | str = "cpu",
-                     cache: Cache | None = None) -> TrainedModel:
-    """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier."""
+def train_classifier(spec: TrainSpec | Mapping[str, Any], data: DataSpec | Mapping[str, Any] | None = None, *,
+                     seed: int = 0, device: torch.device | str = "cpu", cache: Cache | None = None) -> TrainedModel:
+    """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier.
+    `spec` and `data` may be dicts with the fields of TrainSpec and DataSpec (validated: a misspelled key is an
+    error); `data` defaults to DataSpec() (mnist5k)."""
+    spec = spec if isinstance(spec, TrainSpec) else TrainSpec.model_validate(dict(spec))
+    data = data if isinstance(data, DataSpec) else DataSpec.model_validate(dict(data or {}))
     info = dataset_info(data.name)
     torch.manual_seed(seed)
     model = create_model_for(spec.model, info, **spec.model_options).to(device)

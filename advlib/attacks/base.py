@@ -89,6 +89,11 @@ class AttackResult:
     norm: str
     eps: float | None
 
+    @property
+    def robust_accuracy(self) -> float:
+        """Share in [0, 1] of the inputs the attack did not break within its eps (misclassified inputs count as broken)."""
+        return float((~self.broken()).float().mean())
+
     def broken(self, eps: float | None = None, tol: float = 1e-4) -> Tensor:
         """Samples the attack breaks within eps (+tol); misclassified clean inputs come out as successes."""
         eps = self.eps if eps is None else eps

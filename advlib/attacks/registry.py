@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Mapping
 
+from pydantic import ValidationError
 from torch import Tensor, nn
 
 from .base import Attack, AttackResult
@@ -45,13 +46,37 @@ def attack_info(name: str) -> AttackInfo:
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
+    """The spec as a plain dict; a mapping is validated as an AttackSpec first (a misspelled key is an error) but
+    returned as given, so the cache keys built from it do not change."""
     if isinstance(spec, str):
         return {"name": spec}
     if hasattr(spec, "model_dump"):
         return spec.model_dump()
     if isinstance(spec, Mapping):
+        from ..params import AttackSpec
+
+        try:
+            AttackSpec.model_validate(dict(spec))
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"bad attack spec {dict(spec)!r}: {problems}; allowed keys: "
+                             f"{', '.join(AttackSpec.model_fields)}") from None
         return dict(spec)
     raise TypeError(f"attack spec must be a name, a mapping or an AttackSpec, got {type(spec).__name__}")
+
+
+def with_overrides(spec: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with keyword overrides: AttackSpec fields (eps, steps, ...) replace the spec's, anything else is an
+    option of the attack (e.g. update="adam")."""
+    from ..params import AttackSpec
+
+    raw = _spec_dict(spec)
+    if not overrides:
+        return raw
+    fields = {k: v for k, v in overrides.items() if k in AttackSpec.model_fields and k != "options"}
+    options = {**(raw.get("options") or {}), **overrides.get("options", {}),
+               **{k: v for k, v in overrides.items() if k not in AttackSpec.model_fields}}
+    return _spec_dict({**raw, **fields, **({"options": options} if options else {})})
 
 
 def create_attack(spec: Any) -> Attack:
@@ -69,9 +94,10 @@ def create_attack(spec: Any) -> Attack:
 
 
 def run_attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
-               *, batch_size: int = 256) -> AttackResult:
-    """The one call: build the attack named by `spec` and run it on (x, y)."""
-    return create_attack(spec)(model, x, y, target, batch_size=batch_size)
+               *, batch_size: int = 256, **overrides: Any) -> AttackResult:
+    """The one call: build the attack named by `spec` (a name, a mapping or an AttackSpec; keyword overrides as in
+    `with_overrides`, e.g. run_attack("pgd_linf", model, x, y, eps=0.3)) and run it on (x, y)."""
+    return create_attack(with_overrides(spec, overrides))(model, x, y, target, batch_size=batch_size)
 
 
 def _ensure_registered() -> None:
