@@ -46,7 +46,8 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
 # Re-execute the committed notebooks in place with the ci profile and the pinned kernels: the outputs nbval checks.
-# papermill's injected-parameters cell is then dropped, so the parameters cell is what runs in JupyterLab.
+# advlib.golden then drops papermill's injected-parameters cell (the parameters cell is what runs in JupyterLab),
+# the cache notices and the frozen progress bars; nbval compares none of them.
 golden: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "golden: $$nb"; \

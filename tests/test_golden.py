@@ -23,7 +23,12 @@ def test_committed_notebook_holds_ci_outputs(notebook):
     assert len(parameters) == 1 and 'profile = "ci"' in "".join(parameters[0]["source"])
     checked = [c for c in cells if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
     assert checked and all(c["outputs"] for c in checked), f"{notebook.name} lacks outputs in checked cells"
-    assert not any(o.get("output_type") == "error" for c in cells if c["cell_type"] == "code" for o in c["outputs"])
+    outputs = [o for c in cells if c["cell_type"] == "code" for o in c["outputs"]]
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    stderr = "".join("".join(o["text"]) for o in outputs if o.get("name") == "stderr")
+    assert "[advlib] cache:" not in stderr, f"{notebook.name} keeps cache notices: run `make golden`, which drops them"
+    assert not any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs), \
+        f"{notebook.name} keeps frozen progress bars: run `make golden`, which drops them"
 
 
 def test_golden_runs_and_checks_pin_the_same_kernels():
@@ -35,10 +40,10 @@ def test_golden_runs_and_checks_pin_the_same_kernels():
         assert recipe and "$(PINNED_KERNELS)" in recipe.group(1), f"make {target} does not pin the kernels"
 
 
-def test_strip_drops_only_the_injected_cell_and_keeps_the_record(tmp_path):
+def test_clean_drops_only_the_injected_cell_and_keeps_the_record(tmp_path):
     import nbformat
 
-    from advlib.golden import strip_injected_parameters
+    from advlib.golden import clean_notebook
 
     nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"profile": "ci"}}})
     nb.cells = [nbformat.v4.new_code_cell('profile = "default"', metadata={"tags": ["parameters"]}),
@@ -46,9 +51,32 @@ def test_strip_drops_only_the_injected_cell_and_keeps_the_record(tmp_path):
                 nbformat.v4.new_code_cell("print(profile)")]
     path = tmp_path / "x.ipynb"
     nbformat.write(nb, str(path))
-    assert strip_injected_parameters(path) is True
+    assert clean_notebook(path) is True
     stripped = nbformat.read(str(path), as_version=4)
     assert [c.source for c in stripped.cells] == ['profile = "default"', "print(profile)"]
     assert stripped.metadata["papermill"]["parameters"] == {"profile": "ci"}
-    assert strip_injected_parameters(path) is False  # nothing left to drop; the file is unchanged
+    assert clean_notebook(path) is False  # nothing left to drop; the file is unchanged
     assert nbformat.read(str(path), as_version=4) == stripped
+
+
+def test_clean_drops_cache_notices_and_progress_bars_but_keeps_other_output(tmp_path):
+    import nbformat
+
+    from advlib.golden import clean_notebook
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="[advlib] cache: loaded lenet5 (model/abc)\n[advlib] VGG: 8 voting layers, k = 1\n"),
+        nbformat.v4.new_output("stream", name="stderr", text="[advlib] cache: building adversarials fgsm@0.2 (adversarial/def)\n"),
+        nbformat.v4.new_output("display_data", data={"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                                     "text/plain": "attacks:   0%|          | 0/6"}),
+        nbformat.v4.new_output("stream", name="stdout", text="accuracy 97.0%\n"),
+    ]
+    nb.cells = [cell]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    assert clean_notebook(path) is True
+    outputs = nbformat.read(str(path), as_version=4).cells[0].outputs
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in outputs] == [
+        ("stream", "stderr", "[advlib] VGG: 8 voting layers, k = 1\n"), ("stream", "stdout", "accuracy 97.0%\n")]
