@@ -10,19 +10,20 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 install: $(STAMP)
 
-# torch/torchvision pinned to the builds this project is tested with; visdom (a dependency of
-# adv-lib) ships only an sdist whose setup.py needs pkg_resources, hence setuptools<81 and no
-# build isolation for it.
+# torch/torchvision pinned to the builds this project is tested with. The optional attack backends (pyproject.toml):
+# visdom (a dependency of adv-lib) ships only an sdist whose setup.py needs pkg_resources, hence setuptools<81 and
+# no build isolation for it; torchattacks without its unused requests~=2.25.1 pin, which would hold JupyterLab at 3.5.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip "setuptools<81" wheel
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --no-build-isolation visdom==0.2.4
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps torchattacks==3.5.1
+	$(BIN)/pip install --quiet -e '.[dev,trust-region]'
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/advlib run all --profile $(PROFILE)
+	$(BIN)/advlib run all --profile $(PROFILE) --publish
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
@@ -51,7 +52,7 @@ lab: $(STAMP)
 golden: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  echo "golden: $$nb"; \
-	  (cd notebooks && $(PINNED_KERNELS) ../$(BIN)/papermill --cwd . $$(basename $$nb) $$(basename $$nb) -p profile ci) || exit 1; \
+	  (cd notebooks && $(PINNED_KERNELS) ADVLIB_PUBLISH=1 ../$(BIN)/papermill --cwd . $$(basename $$nb) $$(basename $$nb) -p profile ci) || exit 1; \
 	  $(BIN)/python -m advlib.golden $$nb || exit 1; \
 	done
 

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import runpy
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from . import params as params_mod
+from . import preflight
 from .cache import Cache
-from .runtime import project_root
+from .runtime import PUBLISH_ENV, project_root, run_dir
 
 log = logging.getLogger("advlib")
 
@@ -32,26 +34,74 @@ def available_stems() -> list[str]:
     return sorted(found & set(params_mod.list_stems()))
 
 
-def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path | None = None) -> Path:
-    """Validate the parameters (fails before any work), then execute the notebook with papermill."""
+class RunFailed(Exception):
+    """A notebook that raised or was interrupted: `main` prints its last error line and where the failed notebook
+    is, and exits with `code` (1, or 130 after Ctrl-C as shells do)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path | None = None, *,
+                 publish: bool = False) -> Path:
+    """Validate the parameters and this machine (fails before any work), then execute the notebook with papermill.
+
+    The executed notebook goes to runs/<stem>/<profile>-<digest>/ (or `output`); so do the tables and figures, except
+    in a published run (`make reproduce`, built-in profile, no overrides), whose outputs go to figures/<stem>/<profile>/.
+    The notebook is written under a temporary name and renamed only on success: a failed or interrupted run leaves
+    <name>.failed.ipynb beside the last good one instead of replacing it."""
     import papermill
 
-    params_mod.load(stem, profile, list(overrides))
+    p = params_mod.load(stem, profile, list(overrides))
+    if publish and (overrides or Path(profile).stem != profile):
+        raise UsageError(f"--publish writes figures/{stem}/ and takes only a built-in profile without --set; "
+                         f"got profile {profile!r}{' with overrides' if overrides else ''}")
+    found = preflight.problems(stem, p)
+    if found:
+        raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
     source = notebook_path(stem)
-    profile_name = Path(profile).stem
-    target = output or project_root() / "runs" / stem / f"{profile_name}.ipynb"
+    target = output or run_dir(stem, profile, p) / source.name
     target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.stem + ".running.ipynb")
     parsed = dict(params_mod.parse_override(item) for item in overrides)
-    log.info("run: %s (profile %s) -> %s", source.name, profile, target)
-    papermill.execute_notebook(str(source), str(target), parameters={"profile": profile, "overrides": parsed},
-                               cwd=str(source.parent), progress_bar=True)
+    log.info("run: %s (profile %s) -> %s", source.name, profile, _shown(target))
+    os.environ.pop(PUBLISH_ENV, None)
+    if publish:
+        os.environ[PUBLISH_ENV] = "1"  # the kernel inherits it; runtime.output_dir then writes figures/
+    try:
+        papermill.execute_notebook(str(source), str(partial), parameters={"profile": profile, "overrides": parsed},
+                                   cwd=str(source.parent), progress_bar=True)
+    except (papermill.PapermillExecutionError, KeyboardInterrupt) as error:
+        failed = failed_notebook(target)
+        if partial.exists():
+            os.replace(partial, failed)
+        what = (f"{error.ename}: {error.evalue}".splitlines()[0] if isinstance(error, papermill.PapermillExecutionError)
+                else "interrupted")
+        raise RunFailed(f"{stem} failed: {what}\n  executed notebook: {_shown(failed)}"
+                        + (f" (last good run kept: {_shown(target)})" if target.exists() else ""),
+                        130 if isinstance(error, KeyboardInterrupt) else 1) from None
+    finally:
+        os.environ.pop(PUBLISH_ENV, None)
+    os.replace(partial, target)
     return target
+
+
+def failed_notebook(target: Path) -> Path:
+    """Where a failed or interrupted run leaves its partly executed notebook, beside `target`."""
+    return target.with_name(target.stem + ".failed.ipynb")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the project when inside it (messages name no machine paths they need not)."""
+    return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     stems = available_stems() if args.stem == "all" else [args.stem]
     for stem in stems:
-        run_notebook(stem, args.profile, args.set or [], Path(args.output) if args.output and len(stems) == 1 else None)
+        run_notebook(stem, args.profile, args.set or [], Path(args.output) if args.output and len(stems) == 1 else None,
+                     publish=args.publish)
     return 0
 
 
@@ -75,7 +125,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out.write(f"sweep {planned.sweep_id}: {len(results) - len(failed)} of {len(planned.points)} points ok; "
               f"tables in {paths['results.csv']}\n")
     for result in failed:
-        out.write(f"FAILED {result.name}: {planned.point(result.name).notebook}\n  "
+        out.write(f"FAILED {result.name}: {failed_notebook(Path(planned.point(result.name).notebook))}\n  "
                   + result.error.replace("\n", "\n  ") + "\n")
     if failed:
         out.write("rerun only the failed points: add --resume\n")
@@ -162,7 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("stem", help="notebook stem (e.g. quickstart) or 'all'")
     run.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)")
-    run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>.ipynb)")
+    run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>-<digest>/)")
+    run.add_argument("--publish", action="store_true",
+                     help="write tables and figures into the committed figures/<stem>/<profile>/ (make reproduce; "
+                          "built-in profiles without --set only)")
     run.set_defaults(func=_cmd_run)
     sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters (locally or on Dask)")
     sweep.add_argument("stem", help="notebook stem (e.g. quickstart)")
@@ -202,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (params_mod.ParamsError, UsageError) as error:
         sys.stderr.write(f"advlib: {error}\n")
         return 2
+    except RunFailed as error:
+        sys.stderr.write(f"advlib: {error}\n")
+        return error.code
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Device choice, seeding, threads, project paths and the run manifest written beside outputs."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -61,11 +62,43 @@ def contained_path(text: str, what: str) -> Path:
     return resolved
 
 
+PUBLISH_ENV = "ADVLIB_PUBLISH"
+_run_dirs: dict[tuple[str, str], Path] = {}
+
+
+def profile_name(profile: str) -> str:
+    """The profile's name: itself for a built-in profile, the file stem for a YAML path."""
+    return Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+
+
+def params_digest(params: Any) -> str:
+    """8 hex digits naming a run's resolved parameters (a profile plus its overrides)."""
+    dumped = params.model_dump(mode="json") if hasattr(params, "model_dump") else params
+    return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def publishing() -> bool:
+    """True in `make golden` and `make reproduce` (`advlib run --publish`): the only runs that write figures/."""
+    return os.environ.get(PUBLISH_ENV) == "1"
+
+
+def run_dir(stem: str, profile: str, params: Any) -> Path:
+    """runs/<stem>/<profile>-<digest>/: where an unpublished run's executed notebook and outputs go."""
+    return project_root() / "runs" / stem / f"{profile_name(profile)}-{params_digest(params)}"
+
+
 def output_dir(stem: str, profile: str) -> Path:
-    """figures/<stem>/<profile>/ ($ADVLIB_FIGURES replaces figures/, as a sweep does per point), created on demand."""
-    profile_name = Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+    """Where a run's tables, figures and manifest go, created on demand: $ADVLIB_FIGURES/<stem>/<profile>/ for a sweep
+    point; figures/<stem>/<profile>/ for a published run; otherwise the folder of the notebook's `Run`
+    (runs/<stem>/<profile>-<digest>/), or runs/<stem>/<profile>/ when no Run was made. So overrides, custom
+    profiles, nbval and plain CLI runs never overwrite the committed figures."""
     env = os.environ.get("ADVLIB_FIGURES")
-    path = (Path(env).resolve() if env else project_root() / "figures") / stem / profile_name
+    if env:
+        path = Path(env).resolve() / stem / profile_name(profile)
+    elif publishing():
+        path = project_root() / "figures" / stem / profile_name(profile)
+    else:
+        path = _run_dirs.get((stem, profile), project_root() / "runs" / stem / profile_name(profile))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -142,6 +175,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _check_publishable(stem: str, profile: str, params: Any) -> None:
+    """A published run (figures/) must be a built-in profile exactly as committed, without overrides."""
+    from . import params as params_mod
+
+    if profile_name(profile) != profile or params != params_mod.load(stem, profile):
+        raise ValueError(f"{PUBLISH_ENV}=1 publishes into figures/{stem}/{profile_name(profile)}/ only for a built-in "
+                         f"profile without overrides; {profile!r} with these parameters goes to runs/ (unset {PUBLISH_ENV})")
+
+
 class Run:
     """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
 
@@ -152,6 +194,9 @@ class Run:
         self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
+        if publishing() and params is not None and hasattr(params, "model_dump"):
+            _check_publishable(stem, profile, params)
+        _run_dirs[(stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 
     def manifest(self) -> dict[str, Any]:

@@ -366,3 +366,18 @@ def test_boundary_leaves_inputs_without_a_start_unattacked(caplog):
         result = run_attack({"name": "boundary", "options": {"steps": 5}}, constant, x, torch.zeros(3, dtype=torch.long))
     assert "no image of another class" in caplog.text
     assert torch.equal(result.x_adv, x) and not result.success.any()
+
+
+@pytest.mark.parametrize("name, module", [("spsa", "torchattacks"), ("trust_region_linf", "adv_lib")])
+def test_missing_optional_backend_is_named_with_its_install_command(name, module, monkeypatch, mnist_model, batch):
+    import importlib.util
+
+    from advlib import params, preflight
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == module else real(m, *a))
+    x, y = batch
+    with pytest.raises(ModuleNotFoundError, match=rf"attack '{name}' needs .*not installed: pip install"):
+        run_attack(name, mnist_model, x[:2], y[:2], eps=0.1, steps=1)
+    problems = preflight.problems("regroup", params.load("regroup", "ci"))
+    assert [p for p in problems if f"attack '{name}' needs" in p], problems

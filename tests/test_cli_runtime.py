@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,11 +39,16 @@ def test_run_passes_profile_and_overrides_to_papermill(monkeypatch, tmp_path):
     import papermill
 
     calls = []
-    monkeypatch.setattr(papermill, "execute_notebook", lambda src, dst, **kw: calls.append((src, dst, kw)))
+
+    def execute(src, dst, **kw):
+        calls.append((src, dst, kw))
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
     out = tmp_path / "out.ipynb"
     assert cli.main(["run", "quickstart", "--profile", "ci", "--set", "train.epochs=2", "--output", str(out)]) == 0
     src, dst, kw = calls[0]
-    assert src.endswith("00_quickstart.ipynb") and dst == str(out)
+    assert src.endswith("00_quickstart.ipynb") and out.read_text() == "{}" and not Path(dst).exists()
     assert kw["parameters"] == {"profile": "ci", "overrides": {"train.epochs": 2}}
 
 
@@ -78,7 +85,7 @@ def test_run_manifest(project):
     run = runtime.Run("quickstart", "ci", p, seed=3, device="cpu", threads=None)
     path = run.write_manifest()
     manifest = json.loads(path.read_text())
-    assert path.parent == project / "figures" / "quickstart" / "ci"
+    assert path.parent == project / "runs" / "quickstart" / f"ci-{runtime.params_digest(p)}"
     assert manifest["seed"] == 3 and manifest["device"] == "cpu" and manifest["threads"] == torch.get_num_threads()
     assert manifest["params"]["seed"] == 3 and "torch" in manifest["versions"]
     assert manifest["wall_time_s"] >= 0
@@ -156,3 +163,89 @@ def test_sweep_plot_is_checked_before_any_point_runs(plot, message, monkeypatch,
 def test_unknown_notebook_is_a_usage_error(capsys):
     assert cli.main(["run", "quikstart", "--profile", "ci"]) == 2
     assert "unknown notebook 'quikstart'; allowed: " in capsys.readouterr().err
+
+
+@pytest.fixture()
+def real_params(project):
+    """The isolated project with the repository's real profiles and notebooks."""
+    root = Path(__file__).resolve().parents[1]
+    shutil.rmtree(project / "params")
+    shutil.copytree(root / "params", project / "params")
+    (project / "notebooks").mkdir()
+    for notebook in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        (project / "notebooks" / notebook.name).write_text("{}")
+    return project
+
+
+def test_only_published_runs_write_figures(real_params, monkeypatch):
+    from advlib import report
+
+    plain = params.load("quickstart", "ci")
+    changed = params.load("quickstart", "ci", ["train.epochs=2"])
+    runs = real_params / "runs" / "quickstart"
+    assert runtime.Run("quickstart", "ci", changed).out == runs / f"ci-{runtime.params_digest(changed)}"
+    assert runtime.Run("quickstart", "ci", plain).out == runs / f"ci-{runtime.params_digest(plain)}"
+    assert runtime.params_digest(plain) != runtime.params_digest(changed)
+    assert report.save_table(report.pd.DataFrame({"a": [1.0]}), "quickstart", "ci", "t")["csv"].parent == \
+        runs / f"ci-{runtime.params_digest(plain)}"  # save_table follows the notebook's Run
+    monkeypatch.setenv(runtime.PUBLISH_ENV, "1")
+    assert runtime.Run("quickstart", "ci", plain).out == real_params / "figures" / "quickstart" / "ci"
+    with pytest.raises(ValueError, match="without overrides"):
+        runtime.Run("quickstart", "ci", changed)
+    assert not (real_params / "figures" / "quickstart" / "ci" / "t.csv").exists()
+
+
+def test_publish_takes_only_a_built_in_profile_without_overrides(monkeypatch, capsys):
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("papermill started"))
+    assert cli.main(["run", "quickstart", "--profile", "ci", "--publish", "--set", "train.epochs=2"]) == 2
+    assert "--publish" in capsys.readouterr().err
+
+
+def test_failed_run_keeps_the_last_good_notebook_and_reports_one_line(real_params, monkeypatch, capsys):
+    import papermill
+
+    outcomes = iter(["good", "bad"])
+
+    def execute(src, dst, **kw):
+        text = next(outcomes)
+        Path(dst).write_text(text)
+        if text == "bad":
+            raise papermill.PapermillExecutionError(3, 4, "fit()", "ValueError", "k must be between 1 and 8\nmore", [])
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    assert cli.main(["run", "quickstart", "--profile", "ci"]) == 0
+    capsys.readouterr()
+    assert cli.main(["run", "quickstart", "--profile", "ci"]) == 1
+    err = capsys.readouterr().err
+    folder = runtime.run_dir("quickstart", "ci", params.load("quickstart", "ci"))
+    assert (folder / "00_quickstart.ipynb").read_text() == "good"
+    assert (folder / "00_quickstart.failed.ipynb").read_text() == "bad"
+    assert [line for line in err.strip().splitlines() if not line.startswith("[advlib] run:")] == [
+        "advlib: quickstart failed: ValueError: k must be between 1 and 8",
+        f"  executed notebook: {(folder / '00_quickstart.failed.ipynb').relative_to(real_params)} "
+        f"(last good run kept: {(folder / '00_quickstart.ipynb').relative_to(real_params)})"]
+    assert str(real_params) not in err
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["regroup", "--set", "k=99"], {}, "k=99 exceeds the 8 voting layers of 'VGG'"),
+    (["quickstart", "--set", "data.name=mnist"], {}, "'mnist' (train) was not found"),
+    (["quickstart", "--set", "data.name=mnist", "--set", "data.download=true"], {"ADVLIB_DATA": "{file}/data"},
+     "not writable"),
+    (["quickstart", "--set", "device=cuda"], {}, "CUDA is not available"),
+])
+def test_machine_problems_are_usage_errors_before_the_kernel_starts(real_params, monkeypatch, capsys, args, env, message):
+    import papermill
+
+    if "device=cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (real_params / "a_file").write_text("")
+    monkeypatch.setenv("ADVLIB_DATA", str(real_params / "empty_data"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(file=real_params / "a_file"))
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **k: pytest.fail("papermill started"))
+    assert cli.main(["run", *args[:1], "--profile", "ci", *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len([line for line in err.splitlines() if line.startswith("advlib:")]) == 1

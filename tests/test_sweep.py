@@ -58,8 +58,9 @@ def test_local_and_dask_sweeps_agree_and_resume_completes_a_failed_point(tmp_pat
     args = ["sweep", "quickstart", "--profile", "ci", *(a for g in GRID for a in ("--grid", g)), "--workers", "2"]
     assert cli(args) == 1
     out = capsys.readouterr().out
-    assert f"3 of 4 points ok" in out and f"FAILED {broken.name}: {broken.notebook}" in out and "--resume" in out
-    assert Path(broken.notebook).is_file()  # the partly executed notebook is kept for inspection
+    failed = Path(broken.notebook).with_name(Path(broken.notebook).stem + ".failed.ipynb")
+    assert f"3 of 4 points ok" in out and f"FAILED {broken.name}: {failed}" in out and "--resume" in out
+    assert failed.is_file() and not Path(broken.notebook).exists()  # the partly executed notebook is kept apart
     summary = pd.read_csv(planned.folder / "summary.csv")
     assert summary.set_index("point").loc[broken.name, "status"] == "failed"
     assert "NotADirectoryError" in summary.set_index("point").loc[broken.name, "error"] or \

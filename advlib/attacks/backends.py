@@ -5,6 +5,7 @@ region attack) and pyautoattack (AutoAttack). Only the glue is written here.
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import warnings
@@ -18,6 +19,27 @@ from .base import Attack, predict
 log = logging.getLogger("advlib")
 
 _ATTACK_FIELDS = {"steps": "steps", "stepsize": "abs_stepsize", "rel_stepsize": "rel_stepsize", "random_start": "random_start"}
+
+
+# backends that are optional extras of advlib: (module imported, how to install it)
+OPTIONAL_BACKENDS = {
+    "torchattacks": ("torchattacks", "pip install --no-deps torchattacks==3.5.1 (or the 'spsa' extra)"),
+    "adv-lib": ("adv_lib", "pip install 'advlib[trust-region]' (adv-lib, which needs visdom)"),
+}
+
+
+def missing_backend(backend: str) -> str | None:
+    """How to install `backend` when it is an optional extra that is not installed; None when it can be imported."""
+    if backend not in OPTIONAL_BACKENDS:
+        return None
+    module, install = OPTIONAL_BACKENDS[backend]
+    return None if importlib.util.find_spec(module) is not None else install
+
+
+def _require(backend: str, attack: str) -> None:
+    install = missing_backend(backend)
+    if install:
+        raise ModuleNotFoundError(f"attack {attack!r} needs {backend}, an optional extra that is not installed: {install}")
 
 
 def _checked_options(owner: str, accepted: set[str], options: dict[str, Any]) -> dict[str, Any]:
@@ -108,6 +130,7 @@ class SPSAAttack(Attack):
         self.kwargs = {"nb_iter": steps, **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options)}
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
+        _require(self.backend, "spsa")
         import torchattacks
 
         attack = torchattacks.SPSA(model, eps=self.eps, **self.kwargs)
@@ -133,6 +156,7 @@ class TrustRegionAttack(_OnCorrectOnly):
         self.kwargs.setdefault("adaptive", True)
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
+        _require(self.backend, f"trust_region_{self.norm}")
         from adv_lib.attacks import tr
 
         return tr(model, x, y, p=float("inf") if self.norm == "linf" else 2.0, **self.kwargs)
