@@ -48,6 +48,20 @@ def spec_label(spec: Any) -> str:
     return raw["name"] + (f"@{raw['eps']:g}" if raw.get("eps") is not None else "")
 
 
+def labelled_specs(specs: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
+    """Attack specs by the label their results carry: a mapping's own keys (the YAML keys of a profile), else each
+    spec's `spec_label`. Two specs of a sequence with one label would overwrite each other's results, so they are an
+    error that names them."""
+    if isinstance(specs, Mapping):
+        return dict(specs)
+    labels = [spec_label(spec) for spec in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"attack specs {repeated} appear more than once by name@eps, so their results would collide; "
+                         f"give the attacks as a mapping (label -> spec) to keep them apart")
+    return dict(zip(labels, specs))
+
+
 def attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, *, model_key: str | None = None,
            cache: Cache | None = None, target: Tensor | None = None, keys: Tensor | None = None) -> AttackResult:
     """Run one attack; with `model_key` the adversarial set is cached under (model, spec, samples, keys).
@@ -88,17 +102,17 @@ class UnionResult:
         return float(self.robust.float().mean())
 
 
-def union_robustness(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any], *, cascade: bool = True,
+def union_robustness(model: nn.Module, x: Tensor, y: Tensor, specs: Mapping[str, Any] | Sequence[Any], *, cascade: bool = True,
                      model_key: str | None = None, cache: Cache | None = None) -> UnionResult:
     """Union of attacks. cascade=True runs each attack only on the survivors of the earlier ones, at a fraction of
     the cost; cascade=False runs every attack on every sample. Both give the same union: every sample draws its
     randomness from a stream keyed by its position in x, and attacks whose draws serve a whole batch (noise,
     decision-based; `Attack.per_sample` false) run on every sample in both modes."""
+    labelled = labelled_specs(specs)
     model.eval()
     result = UnionResult(clean_correct=predict(model, x) == y)
     alive = result.clean_correct.clone()
-    for spec in tqdm(specs, desc="attacks", leave=False):
-        label = spec_label(spec)
+    for label, spec in tqdm(labelled.items(), desc="attacks", leave=False):
         broken = torch.zeros_like(alive)
         survivors_only = cascade and create_attack(spec).per_sample
         index = alive.nonzero().squeeze(1) if survivors_only else torch.arange(len(x), device=x.device)
@@ -135,12 +149,14 @@ class SuiteResult:
         return pd.DataFrame(rows)
 
 
-def attack_suite(model: nn.Module, x: Tensor, y: Tensor, specs: Sequence[Any], *, model_key: str | None = None,
-                 cache: Cache | None = None) -> SuiteResult:
-    """Run each attack on every sample (cached per attack when `model_key` is given)."""
+def attack_suite(model: nn.Module, x: Tensor, y: Tensor, specs: Mapping[str, Any] | Sequence[Any], *,
+                 model_key: str | None = None, cache: Cache | None = None) -> SuiteResult:
+    """Run each attack on every sample (cached per attack when `model_key` is given); results are keyed by the
+    mapping's keys, or by name@eps for a sequence (see `labelled_specs`)."""
+    labelled = labelled_specs(specs)
     model.eval()
-    results = {spec_label(spec): attack(spec, model, x, y, model_key=model_key, cache=cache)
-               for spec in tqdm(specs, desc="attacks", leave=False)}
+    results = {label: attack(spec, model, x, y, model_key=model_key, cache=cache)
+               for label, spec in tqdm(labelled.items(), desc="attacks", leave=False)}
     return SuiteResult(y=y, clean=predict(model, x) == y, results=results)
 
 

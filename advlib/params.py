@@ -188,10 +188,18 @@ class QuickstartParams(Params):
     data: DataSpec = DataSpec()
     train: TrainSpec = TrainSpec()
     n_eval: int = Field(default=100, ge=1)
-    attacks: list[AttackSpec] = Field(min_length=1)
+    attacks: list[AttackSpec] = Field(min_length=1)  # results are labelled name@eps, so those must differ
     eps_curve: EpsCurveSpec
     steps_curve: StepsCurveSpec
     grid_images: int = Field(default=4, ge=1)
+
+    @field_validator("attacks")
+    @classmethod
+    def _distinct_labels(cls, attacks: list[AttackSpec]) -> list[AttackSpec]:
+        from .evaluate import labelled_specs
+
+        labelled_specs(attacks)
+        return attacks
 
 
 class MixGenSpec(Strict):

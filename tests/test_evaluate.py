@@ -165,3 +165,22 @@ def test_cached_attack_is_reloaded(mnist_model, mnist_test, tmp_path, caplog):
     assert "loaded adversarials pgd_linf@0.1" in caplog.text
     assert torch.equal(first.x_adv, second.x_adv) and torch.equal(first.success, second.success)
     assert np.isclose(float(first.norms.max()), float(second.norms.max()))
+
+
+def test_suites_keep_specs_with_one_name_and_eps_apart_by_their_keys(mnist_model, mnist_test):
+    from advlib import params
+    from advlib.params import ParamsError
+
+    x, y = mnist_test[0][:40], mnist_test[1][:40]
+    weak = {"name": "pgd_linf", "eps": 0.15, "steps": 1, "random_start": False}
+    strong = {**weak, "steps": 20}
+    suite = attack_suite(mnist_model, x, y, {"PGD-1": weak, "PGD-20": strong})
+    table = suite.table().set_index("attack")
+    assert list(table.index) == ["clean", "PGD-1", "PGD-20"]
+    assert table.loc["PGD-20", "accuracy"] < table.loc["PGD-1", "accuracy"]  # both ran: more steps, lower accuracy
+    union = union_robustness(mnist_model, x, y, {"PGD-1": weak, "PGD-20": strong})
+    assert set(union.broken) == {"PGD-1", "PGD-20"}
+    with pytest.raises(ValueError, match=r"\['pgd_linf@0.15'\] appear more than once.*mapping"):
+        attack_suite(mnist_model, x, y, [weak, strong])
+    with pytest.raises(ParamsError, match="appear more than once"):
+        params.load("quickstart", "ci", ["attacks.0={name: pgd_linf, eps: 0.2, steps: 3}"])

@@ -135,8 +135,8 @@ class MATStudy:
         columns = {}
         for name in tqdm(systems, desc="systems", leave=False):
             model, key = self.classifier(name)
-            suite = attack_suite(model, self.x, self.y, list(self.p.eval_attacks.values()), model_key=key, cache=self.cache)
-            robust = dict(zip(self.p.eval_attacks, suite.robust().values()))
+            suite = attack_suite(model, self.x, self.y, self.p.eval_attacks, model_key=key, cache=self.cache)
+            robust = suite.robust()
             column = {"clean": 100 * float(suite.clean.float().mean())}
             for group, names in self.p.groups.items():
                 column.update({a: 100 * float(robust[a].float().mean()) for a in names})
