@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ def curves(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: s
     _require_columns(df, x, y, hue)
     ax = _axes(ax, (4.0, 3.0))
     sns.lineplot(data=df, x=x, y=y, hue=hue, marker="o", errorbar="sd", ax=ax)
+    _legend_outside(ax)
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel if xlabel is not None else x)
@@ -87,12 +88,19 @@ def curves(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: s
     return ax.figure
 
 
+def _legend_outside(ax: Axes) -> None:
+    """Move the legend (if any) to the right of the axes, so that it never covers a curve or a bar."""
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+
+
 def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str | None = None, ax: Axes | None = None) -> Figure:
     """Bar chart from a long-format dataframe; repeated rows are averaged with +-1 sd error bars."""
     set_style()
     _require_columns(df, x, y, hue)
     ax = _axes(ax, (4.0, 3.0))
     sns.barplot(data=df, x=x, y=y, hue=hue, errorbar="sd", ax=ax)
+    _legend_outside(ax)
     if title is not None:
         ax.set_title(title)
     return ax.figure
@@ -171,36 +179,67 @@ def save_figure(fig: Figure, stem: str, profile: str, name: str, *, close: bool 
     return paths
 
 
-def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int) -> Figure:
-    """Clean images in the first row and each attack's adversarials below: one row per attack, `n` columns."""
+def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int, *, labels: Any = None,
+                     classify: Callable[[Any], Any] | None = None) -> Figure:
+    """Clean images in the first row and each attack's adversarials below: one row per attack, `n` columns.
+
+    With the true `labels` and a `classify` function (images -> predicted labels), each image is titled with the
+    prediction, and each adversarial with whether it fooled the model ("fooled") or not ("held")."""
     rows = {"clean": x[:n], **{label: adv[:n] for label, adv in adversarials.items()}}
     images = np.concatenate([_as_array(r) for r in rows.values()])
-    return image_grid(images, nrow=n, row_labels=list(rows))
+    titles = None
+    if (labels is None) != (classify is None):
+        raise ValueError("adversarial_grid needs both labels and classify to title the images, or neither")
+    if classify is not None:
+        truth = np.asarray(labels[:n].cpu() if hasattr(labels, "cpu") else labels[:n]).astype(int)
+        titles = []
+        for name, batch in rows.items():
+            predicted = np.asarray(_as_numpy(classify(batch))).astype(int)
+            titles += [f"label {t}\npred {p}" if name == "clean" else f"pred {p}\n{'fooled' if p != t else 'held'}"
+                       for t, p in zip(truth, predicted)]
+    return image_grid(images, nrow=n, titles=titles, row_labels=list(rows), cell_size=1.3)
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
 
 def heatmap_rows(rows: Mapping[str, Sequence[pd.DataFrame]], col_titles: Sequence[str], *, fmts: Sequence[str] | None = None,
-                 vmaxes: Sequence[float | None] | None = None, cell: float = 0.32) -> Figure:
-    """A grid of annotated heatmaps: one row per key (e.g. a generator), one column per table kind
-    (e.g. accuracy per class x attack, wins per class x attack)."""
+                 vmaxes: Sequence[float | None] | None = None, cell: float = 0.32, mark_empty: str | None = None,
+                 note: str | None = None) -> Figure:
+    """A grid of annotated heatmaps with colour bars: one row per key (e.g. a generator), one column per table kind
+    (e.g. accuracy per class x attack, wins per class x attack). `mark_empty` is written across, and appended to the
+    title of, every table with no nonzero value (e.g. "no wins"); `note` goes under the grid (e.g. what the column
+    abbreviations stand for)."""
     set_style()
     if not rows:
         raise ValueError("heatmap_rows needs at least one row of tables")
     ncols = len(col_titles)
     first = next(iter(rows.values()))[0]
-    width = ncols * (cell * first.shape[1] + 1.6)
+    width = ncols * (cell * first.shape[1] + 2.2)
     height = len(rows) * (cell * first.shape[0] + 0.9)
     fig, axes = plt.subplots(len(rows), ncols, figsize=(width, height), squeeze=False)
     for r, (label, frames) in enumerate(rows.items()):
         if len(frames) != ncols:
             raise ValueError(f"row {label!r} has {len(frames)} tables, expected {ncols} (one per column title)")
         for c, frame in enumerate(frames):
+            ax = axes[r][c]
             vmax = vmaxes[c] if vmaxes is not None else None
-            if vmax is None and frame.isna().all().all():
+            empty = not (frame.fillna(0).to_numpy() != 0).any()
+            if vmax is None and empty:
                 vmax = 1.0  # nothing to colour (a generator that won no sample); seaborn would warn on an all-NaN max
             fmt = fmts[c] if fmts is not None else ".0f"
             sns.heatmap(frame, annot=True, fmt=fmt, vmin=0, vmax=vmax, cmap="viridis", linewidths=0.3,
-                        annot_kws={"fontsize": 5}, ax=axes[r][c], cbar=False)
-            axes[r][c].tick_params(axis="both", labelsize=6, rotation=0)
-            axes[r][c].set_title(f"{label}: {col_titles[c]}", fontsize=7)
+                        annot_kws={"fontsize": 5}, ax=ax, cbar=True, cbar_kws={"shrink": 0.8, "pad": 0.02})
+            ax.collections[0].colorbar.ax.tick_params(labelsize=5)
+            ax.tick_params(axis="both", labelsize=6, rotation=0)
+            title = f"{label}: {col_titles[c]}"
+            if mark_empty and empty:
+                title += f" ({mark_empty})"
+                ax.text(0.5, 0.5, mark_empty, transform=ax.transAxes, ha="center", va="center", fontsize=9,
+                        color="white", fontweight="bold", bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+            ax.set_title(title, fontsize=7)
     fig.tight_layout()
+    if note:  # under the axes; saving with bbox_inches="tight" (save_figure, inline display) takes it in
+        fig.text(0.01, 0.0, note, fontsize=6, ha="left", va="top", wrap=True)
     return fig

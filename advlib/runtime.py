@@ -63,7 +63,7 @@ def contained_path(text: str, what: str) -> Path:
 
 
 PUBLISH_ENV = "ADVLIB_PUBLISH"
-_run_dirs: dict[tuple[str, str], Path] = {}
+_run_dirs: dict[tuple[Path, str, str], Path] = {}  # (project, stem, profile) -> the folder of that notebook's Run
 
 
 def profile_name(profile: str) -> str:
@@ -98,7 +98,7 @@ def output_dir(stem: str, profile: str) -> Path:
     elif publishing():
         path = project_root() / "figures" / stem / profile_name(profile)
     else:
-        path = _run_dirs.get((stem, profile), project_root() / "runs" / stem / profile_name(profile))
+        path = _run_dirs.get((project_root(), stem, profile), project_root() / "runs" / stem / profile_name(profile))
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -196,7 +196,7 @@ class Run:
         self.started = time.time()
         if publishing() and params is not None and hasattr(params, "model_dump"):
             _check_publishable(stem, profile, params)
-        _run_dirs[(stem, profile)] = run_dir(stem, profile, params)
+        _run_dirs[(project_root(), stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 
     def manifest(self) -> dict[str, Any]:

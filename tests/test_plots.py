@@ -27,7 +27,7 @@ def small_curve() -> Figure:
 def test_save_figure_png_pdf_byte_identical(home):
     fig = small_curve()
     first = plots.save_figure(fig, "demo", "ci", "figure1", close=False)
-    out = home / "figures" / "demo" / "ci"
+    out = home / "runs" / "demo" / "ci"  # no Run made and not published
     assert first == {"png": out / "figure1.png", "pdf": out / "figure1.pdf"}
     png, pdf = first["png"].read_bytes(), first["pdf"].read_bytes()
     assert png.startswith(b"\x89PNG") and pdf.startswith(b"%PDF")
@@ -108,8 +108,9 @@ def test_heatmap_rows_and_adversarial_grid():
 
     frame = pd.DataFrame(np.arange(6.0).reshape(3, 2))
     fig = heatmap_rows({"G1": (frame, frame), "G2": (frame, frame)}, ["accuracy", "wins"])
-    assert len(fig.axes) == 4
-    assert sum(len(ax.texts) for ax in fig.axes) == 4 * 6  # every cell annotated
+    heatmaps = [ax for ax in fig.axes if ax.get_title()]
+    assert len(heatmaps) == 4 and len(fig.axes) == 8  # every heatmap has its colour bar
+    assert sum(len(ax.texts) for ax in heatmaps) == 4 * 6  # every cell annotated
     with pytest.raises(ValueError, match="row 'G1' has 1 tables, expected 2"):
         heatmap_rows({"G1": (frame,)}, ["accuracy", "wins"])
     idle = frame * np.nan  # a generator that won no sample: its accuracy table is all NaN
@@ -119,3 +120,48 @@ def test_heatmap_rows_and_adversarial_grid():
     x = np.random.default_rng(0).random((5, 1, 8, 8))
     grid = adversarial_grid(x, {"a": x, "b": x}, 3)
     assert sum(1 for ax in grid.axes if ax.images) == 9  # clean + 2 attacks, 3 images each
+
+
+def test_heatmap_rows_marks_tables_without_wins_and_explains_abbreviations():
+    accuracy = pd.DataFrame(np.full((3, 2), 50.0), columns=["FGSM", "PGD"])
+    wins = pd.DataFrame([[1, 0], [2, 0], [0, 3]], columns=["FGSM", "PGD"])
+    fig = plots.heatmap_rows({"G1 (generalist)": (accuracy, wins), "G2 (marginalist)": (accuracy * np.nan, wins * 0)},
+                             ["accuracy (%)", "wins"], mark_empty="no wins", note="FGSM: fast gradient sign method")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["G1 (generalist): accuracy (%)", "G1 (generalist): wins",
+                      "G2 (marginalist): accuracy (%) (no wins)", "G2 (marginalist): wins (no wins)"]
+    marked = [ax for ax in fig.axes if any(t.get_text() == "no wins" for t in ax.texts)]
+    assert len(marked) == 2
+    assert [t.get_text() for t in fig.texts] == ["FGSM: fast gradient sign method"]
+
+
+def _overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+
+
+def test_curve_legend_sits_beside_the_axes():
+    fig = small_curve()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    assert ax.get_legend().get_window_extent(renderer).x0 >= ax.get_window_extent(renderer).x1
+
+
+def test_adversarial_grid_shows_prediction_and_success_without_overlapping_labels():
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.tensor([1, 2, 3, 4])
+    fooled = torch.tensor([9, 2, 9, 4])
+    predictions = iter([y, fooled, fooled])  # clean row first, then each attack's row
+    classify = lambda images: next(predictions)  # noqa: E731
+    fig = plots.adversarial_grid(x, {"salt_and_pepper@5": x.clone(), "deepfool_l2@2": x.clone()}, 4, labels=y,
+                                 classify=classify)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles[:4] == ["label 1\npred 1", "label 2\npred 2", "label 3\npred 3", "label 4\npred 4"]
+    assert titles[4:8] == ["pred 9\nfooled", "pred 2\nheld", "pred 9\nfooled", "pred 4\nheld"]
+    assert _overlapping_texts(fig) == []
+    with pytest.raises(ValueError, match="both labels and classify"):
+        plots.adversarial_grid(x, {"a": x}, 2, labels=y)

@@ -29,7 +29,7 @@ TABLE = pd.DataFrame(
 
 def test_save_table_writes_csv_md_tex_rounded(home):
     paths = report.save_table(TABLE, "demo", "ci", "table2", floatfmt=2, caption="Robust accuracy (%)")
-    out = home / "figures" / "demo" / "ci"
+    out = home / "runs" / "demo" / "ci"  # no Run made and not published
     assert paths == {"csv": out / "table2.csv", "md": out / "table2.md", "tex": out / "table2.tex"}
     back = pd.read_csv(paths["csv"], index_col="attack")
     assert back["accuracy"].tolist() == [97.46, 93.5, 0.0]

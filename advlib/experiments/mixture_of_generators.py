@@ -21,6 +21,7 @@ import torch
 from scipy import stats as scipy_stats
 from torch import Tensor, nn
 
+from ..attacks import attack_info
 from ..cache import Artifact, Cache, cached_model
 from ..data import load_dataset, to_tensors
 from ..defenses.mixgen import (DefenseEvaluation, MixtureOfGenerators, evaluate_defense, faster_init, identity_init,
@@ -261,6 +262,11 @@ class MixtureTables:
         return {f"expertise_{kind}_{size}attacks_seed{seed}": self.joint(size, seed, kind)
                 for size in sorted(self.p.attack_sets)
                 for kind, seeds in (("joint", [self.p.seed]), ("faster", faster_seeds)) for seed in seeds}
+
+    def attack_legend(self) -> str:
+        """What each attack abbreviation of the expertise figures stands for: the attack and its budget."""
+        return "attacks: " + "; ".join(f"{key} = {attack_info(spec.name).summary}, eps {spec.eps:g}"
+                                       for key, spec in self.p.attacks.items())
 
     @staticmethod
     def table6_reference_rows(table6: pd.DataFrame) -> pd.DataFrame:
