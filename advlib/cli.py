@@ -1,4 +1,4 @@
-"""Command line: `advlib run|sweep|list|cache|bench` — papermill runs and sweeps of the notebooks, cache upkeep."""
+"""Command line: `advlib run|sweep|list|cache|study|bench` — papermill runs and sweeps of the notebooks, cache upkeep."""
 from __future__ import annotations
 
 import argparse
@@ -193,6 +193,37 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    """`study import PATH`: check a results CSV (MTurk's, or the annotation page's) and store a copy under the data
+    folder, where parameters may point (study.results cannot name a path outside the project, data or cache)."""
+    import hashlib
+    import shutil
+
+    from .human import import_results
+    from .runtime import data_root
+
+    source = Path(args.path).expanduser()
+    if not source.is_file():
+        raise UsageError(f"study import: {str(source)!r} is not a file; pass the answers CSV saved from annotate.html "
+                         f"or downloaded from MTurk")
+    try:
+        answers = import_results(source)
+    except (ValueError, KeyError, UnicodeDecodeError) as error:
+        raise UsageError(f"study import: {error}") from None
+    if answers.empty:
+        raise UsageError(f"study import: {source.name} holds no answers")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    target = data_root() / "human_study" / f"{source.stem}-{digest}.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+    shown = _shown(target)
+    sys.stdout.write(f"stored {len(answers)} answers of {answers['worker'].nunique()} annotator(s) in {shown}\n"
+                     f"Table 2 from them: advlib run adversary_critic --profile {args.profile} --set study.results={shown}\n")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     script = project_root() / "benchmarks" / "run.py"
     if not script.is_file():
@@ -235,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--kind", help="prune only this kind of entry")
     cache.add_argument("--corrupt", action="store_true", help="prune only entries that fail verification")
     cache.set_defaults(func=_cmd_cache)
+    study = sub.add_parser("study", help="the human study of adversary_critic (Table 2)")
+    study_sub = study.add_subparsers(dest="action", required=True)
+    study_import = study_sub.add_parser("import", help="store an answers CSV (from annotate.html or MTurk) for Table 2")
+    study_import.add_argument("path", help="the answers CSV, anywhere on this machine")
+    study_import.add_argument("--profile", default="default", help="the profile named in the printed run command")
+    study.set_defaults(func=_cmd_study)
     bench = sub.add_parser("bench", help="run the benchmarks and write benchmarks/RESULTS.md")
     bench.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run)")
     bench.add_argument("--suite", metavar="PROFILE", help="profile of the notebook-suite rows ('none' skips them)")

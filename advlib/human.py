@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import json
 import random
 import secrets
 from dataclasses import asdict, dataclass
@@ -31,6 +32,83 @@ HIT_TEMPLATE = """<!-- advlib human study: one HIT = {n} images; write the digit
 """
 HIT_ROW = """  <div><img src="${{image_{k}_url}}" width="112" height="112"/>
     <crowd-input name="label_{k}" type="number" min="0" max="9" required></crowd-input></div>"""
+
+
+# The offline annotation page: every assignment with its images numbered as on its sheet, drawn 4x with pixelated
+# upscaling (no smoothing that would invent strokes). The answers are kept in the browser's localStorage while a
+# person works and saved as a CSV in MTurk's results format, so `import_results` (Table 2) reads it unchanged.
+ANNOTATION_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>advlib human study: which digit is it?</title>
+<style>
+ body {{ font-family: sans-serif; margin: 1.5em; }}
+ section {{ margin-bottom: 2em; }}
+ .items {{ display: grid; grid-template-columns: repeat(5, 8em); gap: 1em; }}
+ figure {{ margin: 0; text-align: center; }}
+ figcaption {{ font-weight: bold; }}
+ img {{ width: 112px; height: 112px; image-rendering: pixelated; border: 1px solid #999; }}
+ input.label {{ width: 3em; font-size: 1.2em; text-align: center; }}
+</style></head>
+<body>
+<h1>Which digit (0-9) does each image show?</h1>
+<p>Type the digit you see under each numbered image; if you see none, give your best guess. Your answers are kept in
+this browser until you save them. <b>Save answers</b> downloads <code>answers.csv</code>: pass it to
+<code>advlib study import answers.csv</code>, which stores it for Table 2.</p>
+<p><label>Your name or id: <input id="worker" required></label>
+ <button id="save" type="button" onclick="saveAnswers()">Save answers</button> <span id="status"></span></p>
+<div id="assignments"></div>
+<script>
+const ASSIGNMENTS = {assignments};
+const STORE = "advlib-study-" + {kit_id};
+function stored() {{ return JSON.parse(localStorage.getItem(STORE) || "{{}}"); }}
+function remember(event) {{
+  const all = stored(); all[event.target.dataset.key] = event.target.value; localStorage.setItem(STORE, JSON.stringify(all));
+}}
+function render() {{
+  const all = stored(), root = document.getElementById("assignments");
+  for (const assignment of ASSIGNMENTS) {{
+    const section = document.createElement("section");
+    section.innerHTML = "<h2>Assignment " + assignment.number + "</h2>";
+    const grid = document.createElement("div"); grid.className = "items";
+    assignment.images.forEach((id, k) => {{
+      const key = assignment.number + "/" + (k + 1);
+      const figure = document.createElement("figure");
+      figure.innerHTML = '<figcaption>' + (k + 1) + '</figcaption><img alt="image ' + (k + 1) + '" src="images/' + id + '.png">';
+      const input = document.createElement("input");
+      Object.assign(input, {{className: "label", type: "number", min: 0, max: 9, value: all[key] ?? ""}});
+      input.dataset.key = key; input.addEventListener("input", remember);
+      figure.appendChild(input); grid.appendChild(figure);
+    }});
+    section.appendChild(grid); root.appendChild(section);
+  }}
+}}
+function answersCsv(worker) {{
+  const width = Math.max(...ASSIGNMENTS.map(a => a.images.length)), all = stored();
+  const header = ["WorkerId", "AssignmentId"];
+  for (let k = 1; k <= width; k++) header.push("Input.image_" + k + "_id");
+  for (let k = 1; k <= width; k++) header.push("Answer.label_" + k);
+  const rows = [header];
+  for (const a of ASSIGNMENTS) {{
+    const answers = a.images.map((id, k) => String(all[a.number + "/" + (k + 1)] ?? "").trim());
+    if (answers.every(x => x === "")) continue;
+    const ids = a.images.concat(Array(width - a.images.length).fill(""));
+    rows.push([worker, String(a.number), ...ids, ...answers, ...Array(width - answers.length).fill("")]);
+  }}
+  return rows.map(r => r.map(c => /[",\\n]/.test(c) ? '"' + c.replace(/"/g, '""') + '"' : c).join(",")).join("\\n") + "\\n";
+}}
+function saveAnswers() {{
+  const worker = document.getElementById("worker").value.trim(), status = document.getElementById("status");
+  const bad = Object.values(stored()).filter(v => v !== "" && !/^[0-9]$/.test(String(v).trim()));
+  if (!worker) {{ status.textContent = "Enter your name or id first."; return; }}
+  if (bad.length) {{ status.textContent = "Every answer must be one digit 0-9; fix: " + bad.join(", "); return; }}
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([answersCsv(worker)], {{type: "text/csv"}}));
+  link.download = "answers.csv"; link.click();
+  status.textContent = "Saved answers.csv.";
+}}
+render();
+</script>
+</body></html>
+"""
 
 
 @dataclass(frozen=True)
@@ -150,6 +228,17 @@ def export_batch(assignments: Sequence[Sequence[StudyItem]], folder: Path, url_p
     (folder / "hit.html").write_text(HIT_TEMPLATE.format(n=width, rows=rows))
     pd.DataFrame([asdict(i) for a in assignments for i in a]).to_csv(folder / "items.csv", index=False)
     return {"batch": folder / "batch.csv", "hit": folder / "hit.html", "items": folder / "items.csv"}
+
+
+def write_annotation_page(assignments: Sequence[Sequence[StudyItem]], folder: Path) -> Path:
+    """annotate.html in `folder` (beside images/): the offline page on which a person labels every assignment; its
+    saved CSV is in MTurk's results format (see ANNOTATION_PAGE)."""
+    listing = [{"number": n, "images": [item.image_id for item in assignment]} for n, assignment in enumerate(assignments, 1)]
+    kit_id = json.dumps(hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:12])
+    path = folder / "annotate.html"
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(ANNOTATION_PAGE.format(assignments=json.dumps(listing), kit_id=kit_id))
+    return path
 
 
 def import_results(path: Path) -> pd.DataFrame:

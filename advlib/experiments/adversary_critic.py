@@ -23,7 +23,8 @@ from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.baselines import margin_regularizer, multiclass_hinge, vat_regularizer
 from ..defenses.critic import train_critic_defense
 from ..evaluate import accuracy, attack, rho_adv
-from ..human import StudyItem, anonymous_id, export_batch, import_results, label_table, make_assignments, proxy_answers, write_images, write_sheet
+from ..human import (StudyItem, anonymous_id, export_batch, import_results, label_table, make_assignments, proxy_answers,
+                     write_annotation_page, write_images, write_sheet)
 from ..models import Ensemble, create_model, create_model_for
 from ..params import AdversaryCriticParams, AttackSpec
 from ..report import Claim, load_references, proportion_gap
@@ -228,8 +229,8 @@ class CriticStudy:
         return items, torch.stack(images)
 
     def export_kit(self, items: list[StudyItem], images: Tensor, folder: Path) -> dict[str, Any]:
-        """The MTurk kit in `folder`: images/, one numbered sheet per assignment in sheets/, batch.csv, hit.html and
-        items.csv (the key). Returns the paths, the assignments and each assignment's images."""
+        """The MTurk kit in `folder`: images/, one numbered sheet per assignment in sheets/, batch.csv, hit.html,
+        items.csv (the key) and annotate.html (the offline annotation page). Returns the paths, the assignments and each assignment's images."""
         s = self.p.study
         write_images(images, [item.image_id for item in items], folder / "images")
         assignments = make_assignments(items, s.per_assignment, seed=self.p.seed)
@@ -237,8 +238,8 @@ class CriticStudy:
         sheet_images = [images[[position[i.image_id] for i in assignment]] for assignment in assignments]
         sheets = [write_sheet(sheet, folder / "sheets" / f"assignment_{number:04d}.png")
                   for number, sheet in enumerate(sheet_images, 1)]
-        return {**export_batch(assignments, folder, s.url_prefix), "sheets": sheets, "assignments": assignments,
-                "sheet_images": sheet_images}
+        return {**export_batch(assignments, folder, s.url_prefix), "page": write_annotation_page(assignments, folder),
+                "sheets": sheets, "assignments": assignments, "sheet_images": sheet_images}
 
     def table2(self, items: list[StudyItem], images: Tensor) -> tuple[pd.DataFrame, str]:
         """Table 2 from the collected answers (`study.results`) when given, else from the proxy annotator; returns
