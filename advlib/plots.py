@@ -184,7 +184,8 @@ def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int, *, labels:
     """Clean images in the first row and each attack's adversarials below: one row per attack, `n` columns.
 
     With the true `labels` and a `classify` function (images -> predicted labels), each image is titled with the
-    prediction, and each adversarial with whether it fooled the model ("fooled") or not ("held")."""
+    prediction, and each adversarial with whether it fooled the model ("fooled"), did not ("held"), or started from an
+    image the model already got wrong ("was wrong")."""
     rows = {"clean": x[:n], **{label: adv[:n] for label, adv in adversarials.items()}}
     images = np.concatenate([_as_array(r) for r in rows.values()])
     titles = None
@@ -192,11 +193,12 @@ def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int, *, labels:
         raise ValueError("adversarial_grid needs both labels and classify to title the images, or neither")
     if classify is not None:
         truth = np.asarray(labels[:n].cpu() if hasattr(labels, "cpu") else labels[:n]).astype(int)
-        titles = []
-        for name, batch in rows.items():
+        clean = np.asarray(_as_numpy(classify(rows["clean"]))).astype(int)
+        titles = [f"label {t}\npred {p}" for t, p in zip(truth, clean)]
+        for name, batch in list(rows.items())[1:]:
             predicted = np.asarray(_as_numpy(classify(batch))).astype(int)
-            titles += [f"label {t}\npred {p}" if name == "clean" else f"pred {p}\n{'fooled' if p != t else 'held'}"
-                       for t, p in zip(truth, predicted)]
+            titles += [f"pred {p}\n{'was wrong' if c != t else 'fooled' if p != t else 'held'}"
+                       for t, c, p in zip(truth, clean, predicted)]
     return image_grid(images, nrow=n, titles=titles, row_labels=list(rows), cell_size=1.3)
 
 

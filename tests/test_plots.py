@@ -154,14 +154,15 @@ def test_curve_legend_sits_beside_the_axes():
 def test_adversarial_grid_shows_prediction_and_success_without_overlapping_labels():
     x = torch.rand(4, 1, 28, 28)
     y = torch.tensor([1, 2, 3, 4])
+    clean = torch.tensor([1, 2, 3, 7])  # the model gets the last image wrong before any attack
     fooled = torch.tensor([9, 2, 9, 4])
-    predictions = iter([y, fooled, fooled])  # clean row first, then each attack's row
+    predictions = iter([clean, fooled, fooled])  # clean row first, then each attack's row
     classify = lambda images: next(predictions)  # noqa: E731
     fig = plots.adversarial_grid(x, {"salt_and_pepper@5": x.clone(), "deepfool_l2@2": x.clone()}, 4, labels=y,
                                  classify=classify)
     titles = [ax.get_title() for ax in fig.axes if ax.images]
-    assert titles[:4] == ["label 1\npred 1", "label 2\npred 2", "label 3\npred 3", "label 4\npred 4"]
-    assert titles[4:8] == ["pred 9\nfooled", "pred 2\nheld", "pred 9\nfooled", "pred 4\nheld"]
+    assert titles[:4] == ["label 1\npred 1", "label 2\npred 2", "label 3\npred 3", "label 4\npred 7"]
+    assert titles[4:8] == ["pred 9\nfooled", "pred 2\nheld", "pred 9\nfooled", "pred 4\nwas wrong"]
     assert _overlapping_texts(fig) == []
     with pytest.raises(ValueError, match="both labels and classify"):
         plots.adversarial_grid(x, {"a": x}, 2, labels=y)
