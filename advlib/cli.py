@@ -199,6 +199,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     import hashlib
     import shutil
 
+    from .files import atomic_write
     from .human import import_results
     from .runtime import data_root
 
@@ -215,9 +216,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
     target = data_root() / "human_study" / f"{source.stem}-{digest}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     shown = _shown(target)
     sys.stdout.write(f"stored {len(answers)} answers of {answers['worker'].nunique()} annotator(s) in {shown}\n"
                      f"Table 2 from them: advlib run adversary_critic --profile {args.profile} --set study.results={shown}\n")

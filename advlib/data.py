@@ -391,22 +391,22 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> 
     raise ValueError(f"augment {augment!r} is not allowed; choose one of {', '.join(AUGMENTATIONS)}")
 
 
-def check_images(x: torch.Tensor) -> None:
-    """Raise ValueError unless `x` is a finite float batch (N, C, H, W) with every value in [0, 1]."""
+def check_images(x: torch.Tensor, what: str = "images", *, allow_empty: bool = True) -> None:
+    """Raise (TypeError / ValueError naming the bad value and the allowed ones) unless `x` is a finite float batch
+    (N, C, H, W) with every value in [0, 1]: the one image check of advlib (datasets, attacks, defenses)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor; got {type(x).__name__}")
+        raise TypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"images must have 4 dimensions (N, C, H, W); got shape {tuple(x.shape)}")
+        raise ValueError(f"{what} must be a 4-d batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0 and not allow_empty:
+        raise ValueError(f"empty batch: no {what} given")
     if not x.is_floating_point():
-        raise ValueError(f"images must be floating point with values in [0, 1]; got dtype {x.dtype}")
+        raise ValueError(f"{what} must be floating point with values in [0, 1]; got dtype {x.dtype}")
     if x.numel() == 0:
         return
-    n_nan = int(torch.isnan(x).sum())
-    if n_nan:
-        raise ValueError(f"images contain {n_nan} NaN value(s)")
-    n_inf = int(torch.isinf(x).sum())
-    if n_inf:
-        raise ValueError(f"images contain {n_inf} infinite value(s)")
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    if n_nan or n_inf:
+        raise ValueError(f"{what} contain NaN or Inf values ({n_nan} NaN, {n_inf} infinite); allowed: finite values in [0, 1]")
     low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"images must lie in [0, 1]; got values in [{low:.6g}, {high:.6g}]")
+        raise ValueError(f"{what} values span [{low:.6g}, {high:.6g}]; allowed range is [0, 1]")

@@ -12,7 +12,7 @@ from typing import Any
 
 import nbformat
 
-from .report import atomic_write
+from .files import atomic_write
 
 INJECTED = "injected-parameters"
 WIDGET = "application/vnd.jupyter.widget-view+json"

@@ -23,6 +23,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
 
+from .files import atomic_write, atomic_write_text
+
 HIT_TEMPLATE = """<!-- advlib human study: one HIT = {n} images; write the digit you see under each -->
 <crowd-form answer-format="flatten-objects">
   <p>Which digit (0-9) does each image show? If none, answer your best guess.</p>
@@ -144,9 +146,7 @@ def study_secret(folder: Path) -> bytes:
         return secret
     secret = secrets.token_bytes(SECRET_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SECRET_FILE}.tmp")
-    tmp.write_text(secret.hex() + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, secret.hex() + "\n")
     return secret
 
 
@@ -215,18 +215,22 @@ def export_batch(assignments: Sequence[Sequence[StudyItem]], folder: Path, url_p
     folder.mkdir(parents=True, exist_ok=True)
     width = max(len(a) for a in assignments)
     header = ["assignment"] + [f"image_{k}_{field}" for k in range(1, width + 1) for field in ("id", "url")]
-    with open(folder / "batch.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for number, assignment in enumerate(assignments, 1):
-            cells = [str(number)]
-            for k in range(width):
-                item = assignment[k] if k < len(assignment) else None
-                cells += [item.image_id, f"{url_prefix.rstrip('/')}/{item.image_id}.png"] if item else ["", ""]
-            writer.writerow(cells)
-    rows = "\n".join(HIT_ROW.format(k=k) for k in range(1, width + 1))
-    (folder / "hit.html").write_text(HIT_TEMPLATE.format(n=width, rows=rows))
-    pd.DataFrame([asdict(i) for a in assignments for i in a]).to_csv(folder / "items.csv", index=False)
+    rows = [header]
+    for number, assignment in enumerate(assignments, 1):
+        cells = [str(number)]
+        for k in range(width):
+            item = assignment[k] if k < len(assignment) else None
+            cells += [item.image_id, f"{url_prefix.rstrip('/')}/{item.image_id}.png"] if item else ["", ""]
+        rows.append(cells)
+
+    def write_batch(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+
+    atomic_write(folder / "batch.csv", write_batch)
+    atomic_write_text(folder / "hit.html", HIT_TEMPLATE.format(n=width, rows="\n".join(HIT_ROW.format(k=k) for k in range(1, width + 1))))
+    key = pd.DataFrame([asdict(i) for a in assignments for i in a])
+    atomic_write(folder / "items.csv", lambda tmp: key.to_csv(tmp, index=False))
     return {"batch": folder / "batch.csv", "hit": folder / "hit.html", "items": folder / "items.csv"}
 
 
@@ -237,8 +241,7 @@ def write_annotation_page(assignments: Sequence[Sequence[StudyItem]], folder: Pa
     kit_id = json.dumps(hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:12])
     path = folder / "annotate.html"
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(ANNOTATION_PAGE.format(assignments=json.dumps(listing), kit_id=kit_id))
-    return path
+    return atomic_write_text(path, ANNOTATION_PAGE.format(assignments=json.dumps(listing), kit_id=kit_id))
 
 
 def import_results(path: Path) -> pd.DataFrame:

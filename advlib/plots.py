@@ -19,7 +19,8 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from advlib.report import atomic_write, check_name
+from advlib.files import atomic_write
+from advlib.report import check_name
 from advlib.runtime import output_dir
 
 DPI = 150

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from advlib.files import atomic_write
 from advlib.runtime import output_dir, project_root
 
 HOLDS = "holds"
@@ -42,20 +41,6 @@ def check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
         raise ValueError(f"invalid output name {name!r}: use only letters, digits, '_', '.' and '-', no path separators")
     return name
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temp file beside `path`, then rename it over `path`, so readers never see half a file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _format_cell(value: Any, floatfmt: int) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .files import atomic_write_text
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 _MANIFEST_PACKAGES = ("advlib", "torch", "torchvision", "foolbox", "numpy", "pandas")
 
@@ -217,8 +219,4 @@ class Run:
 
     def write_manifest(self) -> Path:
         """Write manifest.json beside the run's figures and tables; returns its path."""
-        path = self.out / "manifest.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(self.out / "manifest.json", json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")

@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import params as params_mod
+from .files import atomic_write_text
 from .runtime import cache_root, project_root
 
 EXECUTORS = ("local", "dask")
@@ -213,9 +214,7 @@ def run_sweep(sweep: Sweep, *, executor: str = "local", workers: int | None = No
 def _write_record(sweep: Sweep, results: dict[str, PointResult]) -> None:
     record = {"stem": sweep.stem, "profile": sweep.profile, "grid": sweep.grid, "seeds": sweep.seeds,
               "points": [asdict(p) for p in sweep.points], "results": [asdict(r) for r in results.values()]}
-    tmp = sweep.folder / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, sweep.folder / SWEEP_FILE)
+    atomic_write_text(sweep.folder / SWEEP_FILE, json.dumps(record, indent=1, default=str))
 
 
 def gather(sweep: Sweep, results: Sequence[PointResult]) -> pd.DataFrame:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
 from .data import augment_batch, dataset_info, load_dataset, to_tensors
 from .evaluate import accuracy
+from .files import atomic_write
 from .models import create_model_for
 from .params import DataSpec, TrainSpec
 
@@ -84,15 +84,11 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"], "scalars": scalars,
             "scheduler": scheduler.state_dict(), "callback_done": callback_done, "sha256": _tensors_digest(tensors)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)}))
     except OSError as error:
         raise OSError(error.errno, f"could not write the training checkpoint {path} ({error.strerror or error}); "
                                    "the previous checkpoint is kept") from error
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _tensors_digest(tensors: dict[str, Tensor]) -> str:

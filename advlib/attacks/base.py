@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data import check_images
+from ..inference import predict
+
 Norm = Literal["linf", "l2", "l1", "none"]
 Kind = Literal["fixed", "minimal"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1", "none")
@@ -102,23 +105,9 @@ class AttackResult:
         return self.success & (self.norms <= eps + tol)
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Predicted labels, in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
-
-
 def check_batch(x: Tensor, y: Tensor, target: Tensor | None = None) -> None:
-    """Reject bad attack inputs before any work: shape, NaN/Inf, range, label count."""
-    if x.dim() != 4:
-        raise ValueError(f"images must be a 4-d batch (N, C, H, W), got shape {tuple(x.shape)}")
-    if len(x) == 0:
-        raise ValueError("empty batch: no images to attack")
-    if not torch.isfinite(x).all():
-        raise ValueError("images contain NaN or Inf values; allowed: finite values in [0, 1]")
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 1:
-        raise ValueError(f"image values span [{low:.4g}, {high:.4g}]; allowed range is [0, 1]")
+    """Reject bad attack inputs before any work: images (data.check_images), label and target counts."""
+    check_images(x, allow_empty=False)
     if y.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},), got {tuple(y.shape)}")
     if target is not None and target.shape != (len(x),):

@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..data import check_images
+from ..inference import evaluating, logits, model_device
+
 log = logging.getLogger("advlib")
 
 # Generator roles of Sec. 4.6 (Fig. 4), as a stated rule; see DefenseEvaluation.generator_roles.
@@ -34,19 +37,6 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 @contextmanager
-def _evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode for the block and restore every submodule's own mode afterwards."""
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Stop gradients into `module`'s parameters for the block (it still passes gradients through)."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
@@ -57,16 +47,6 @@ def _frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(iter(module.parameters()), torch.empty(0)).device
-
-
-def _check_images(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4 or len(x) == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty image batch (N, C, H, W); got {shape}")
 
 
 def _check_schedule(epochs: int, batch_size: int, lr: float) -> None:
@@ -96,22 +76,22 @@ class MixtureOfGenerators(nn.Module):
     def _score_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All generators' outputs (G, N, C, H, W) and their discriminator logits (G, N): eval mode, no grad,
         so no BatchNorm running statistic moves."""
-        with torch.no_grad(), _evaluating(self):
+        with torch.no_grad(), evaluating(self):
             outputs = torch.stack([generator(x) for generator in self.generators])
             logits = self.discriminator(outputs.flatten(0, 1)).view(self.num_generators, len(x))
         return outputs, logits
 
     def scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
         """Discriminator logits of every generator's output, shape (G, N), in batches (eval mode, no grad)."""
-        _check_images("x", x)
-        device = _device_of(self)
+        check_images(x, "x", allow_empty=False)
+        device = model_device(self)
         parts = [self._score_batch(x[i:i + batch_size].to(device))[1] for i in range(0, len(x), batch_size)]
         return torch.cat(parts, dim=1).to(x.device)
 
     def defend(self, x: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """Per image, the output of argmax_j D(G_j(x)) and that winner's index (long), in batches."""
-        _check_images("x", x)
-        device = _device_of(self)
+        check_images(x, "x", allow_empty=False)
+        device = model_device(self)
         defended, winners = [], []
         for i in range(0, len(x), batch_size):
             outputs, logits = self._score_batch(x[i:i + batch_size].to(device))
@@ -126,7 +106,7 @@ def identity_init(generators: Sequence[nn.Module], transformed: Tensor, *, epoch
     """Train each generator with Adam so that G(x') ~ x' (MSE) on the transformed images (Parascandolo et al.
     2018; paper Sec. 4.1): all generators start near the identity. Returns the per-epoch mean MSE."""
     _check_schedule(epochs, batch_size, lr)
-    _check_images("transformed", transformed)
+    check_images(transformed, "transformed", allow_empty=False)
     if len(generators) == 0:
         raise ValueError("identity_init needs at least one generator; got 0")
     optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in generators]
@@ -140,7 +120,7 @@ def identity_init(generators: Sequence[nn.Module], transformed: Tensor, *, epoch
             total = 0.0
             for index in torch.randperm(len(transformed), generator=order).split(batch_size):
                 for generator, optimizer in zip(generators, optimizers):
-                    x = transformed[index].to(_device_of(generator))
+                    x = transformed[index].to(model_device(generator))
                     loss = F.mse_loss(generator(x), x)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -186,7 +166,7 @@ def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.opt
     sums = torch.zeros(mixture.num_generators)
     objective = x.new_zeros(())
     winners = [j for j in range(mixture.num_generators) if bool((winner == j).any())]
-    with _frozen(discriminator), _evaluating(discriminator):
+    with _frozen(discriminator), evaluating(discriminator):
         for j in winners:
             generator = mixture.generators[j]
             generator.train()
@@ -236,12 +216,12 @@ def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transform
     won samples, NaN if none), discriminator_loss (mean over steps), wins (per generator)]}.
     """
     _check_schedule(epochs, batch_size, lr)
-    _check_images("canonical", canonical)
-    _check_images("transformed", transformed)
+    check_images(canonical, "canonical", allow_empty=False)
+    check_images(transformed, "transformed", allow_empty=False)
     if canonical.shape[1:] != transformed.shape[1:]:
         raise ValueError(f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
                          f"{tuple(transformed.shape[1:])}")
-    device = _device_of(mixture)
+    device = model_device(mixture)
     gen_optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in mixture.generators]
     disc_optimizer = torch.optim.Adam(mixture.discriminator.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
@@ -426,19 +406,17 @@ def evaluate_defense(mixture: MixtureOfGenerators, classifier: nn.Module,
     eval mode, no grad). `adversarials` maps attack name -> (x_adv, true labels)."""
     if not adversarials:
         raise ValueError("adversarials is empty; give at least one attack name -> (x_adv, y)")
-    device = _device_of(classifier)
     parts: dict[str, list[Tensor]] = {key: [] for key in ("y", "attack", "winner", "correct", "undefended")}
     num_classes = 0
-    with torch.no_grad(), _evaluating(classifier):
+    with torch.no_grad(), evaluating(classifier):
         for index, (name, (x_adv, y)) in enumerate(adversarials.items()):
             if len(x_adv) != len(y):
                 raise ValueError(f"attack {name!r}: {len(x_adv)} images but {len(y)} labels")
             x_def, winner = mixture.defend(x_adv, batch_size=batch_size)
             for key, images in (("correct", x_def), ("undefended", x_adv)):
-                logits = torch.cat([classifier(images[i:i + batch_size].to(device)).cpu()
-                                    for i in range(0, len(images), batch_size)])
-                num_classes = logits.shape[1]
-                parts[key].append(logits.argmax(dim=1) == y.cpu())
+                outputs = logits(classifier, images, batch_size).cpu()
+                num_classes = outputs.shape[1]
+                parts[key].append(outputs.argmax(dim=1) == y.cpu())
             parts["y"].append(y.cpu())
             parts["attack"].append(torch.full((len(y),), index, dtype=torch.long))
             parts["winner"].append(winner.cpu())

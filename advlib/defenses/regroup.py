@@ -8,13 +8,14 @@ divergence, and the per-layer class rankings of the highest k layers are combine
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from ..inference import evaluating, model_device
 
 log = logging.getLogger("advlib")
 
@@ -37,24 +38,6 @@ def check_voter_point(point: str) -> str:
 def has_batch_norm(model: nn.Module) -> bool:
     """Whether the model holds a BatchNorm layer (then a conv output is not yet the ReLU's input)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block; every submodule's own mode is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.train(training)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless model)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterator[slice]:
@@ -340,12 +323,12 @@ def fit_regroup(
                                                                                   "REGroup statistics"))
     else:
         batches = tqdm(x, desc="REGroup statistics", leave=False)
-    device = _model_device(model)
+    device = model_device(model)
     pos_sums: list[Tensor] = []
     neg_sums: list[Tensor] = []
     weight_sums: Tensor | None = None
     counts: Tensor | None = None
-    with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators, point=voter_point) as recorder:
+    with evaluating(model, no_grad=True), PreactivationRecorder(model, layers, reduce=accumulators, point=voter_point) as recorder:
         for images, labels in batches:
             logits, preacts = recorder.forward(images.to(device))
             labels = labels.to(device)
@@ -471,7 +454,7 @@ class RegroupClassifier:
         self.k = num_layers if k is None else k
         self.voters = voters
         self.batch_size = batch_size
-        self._device = _model_device(model)
+        self._device = model_device(model)
         self._pos = [p.to(self._device) for p in stats.pos]
         self._neg = [n.to(self._device) for n in stats.neg]
         self._pos_entropy = [negative_entropy(p) for p in self._pos]
@@ -485,7 +468,7 @@ class RegroupClassifier:
         """Per batch: its slice, the model logits and the Borda points (B, L', 2, M) of layers first..L-1
         (polarity 0 = Pos, 1 = Neg); the model runs once per batch with hooks only on those layers."""
         names = self.stats.layer_names[first:]
-        with _inference(self.model), PreactivationRecorder(self.model, names, reduce=accumulators,
+        with evaluating(self.model, no_grad=True), PreactivationRecorder(self.model, names, reduce=accumulators,
                                                                          point=self.stats.voter_point) as recorder:
             for batch in _batches(len(x), self.batch_size, "REGroup"):
                 logits, captured = recorder.forward(x[batch].to(self._device))

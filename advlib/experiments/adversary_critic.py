@@ -23,8 +23,10 @@ from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.baselines import margin_regularizer, multiclass_hinge, vat_regularizer
 from ..defenses.critic import train_critic_defense
 from ..evaluate import accuracy, attack, rho_adv
-from ..human import (StudyItem, anonymous_id, export_batch, import_results, label_table, make_assignments, proxy_answers,
+from ..human import (
+StudyItem, anonymous_id, export_batch, import_results, label_table, make_assignments, proxy_answers,
                      write_annotation_page, write_images, write_sheet)
+from ..inference import probabilities
 from ..models import Ensemble, create_model, create_model_for
 from ..params import AdversaryCriticParams, AttackSpec
 from ..report import Claim, load_references, proportion_gap
@@ -41,11 +43,6 @@ def cw_confidence_margin(confidence: float, num_classes: int) -> float:
     if not 0 < confidence < 1 or num_classes < 2:
         raise ValueError(f"need 0 < confidence < 1 and num_classes >= 2; got confidence={confidence}, num_classes={num_classes}")
     return math.log((num_classes - 1) * confidence / (1 - confidence))
-
-
-def _softmax(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return torch.softmax(model(x), dim=1)
 
 
 class CriticStudy:
@@ -126,7 +123,7 @@ class CriticStudy:
             row: dict[str, Any] = {"network": network, "defense": defense, "seed": seed,
                                    "epochs": len(meta.get("history", [])), "test images": len(self.x),
                                    "error": 100 - 100 * accuracy(model, self.x, self.y)}
-            correct = _softmax(model, x).argmax(1) == y
+            correct = probabilities(model, x, batch_size=None).argmax(1) == y
             for name, spec in self.p.eval_attacks.items():
                 result = attack(spec, model, x, y, model_key=key, cache=self.cache)
                 broken = correct & result.success
@@ -156,7 +153,7 @@ class CriticStudy:
         f = self.p.figure2
         model, key = self._figure_model(f)
         k = self.info.num_classes
-        probs = _softmax(model, self.x)
+        probs = probabilities(model, self.x, batch_size=None)
         picks = []
         for c in range(k):
             of_class = (self.y == c).nonzero().flatten()
@@ -173,7 +170,7 @@ class CriticStudy:
         for n, (i, j) in enumerate(pairs):  # a cell C&W did not solve keeps the original (foolbox returns zeros)
             grid[i, j] = result.x_adv[n] if bool(result.success[n]) else source[n]
         grid = grid.flatten(0, 1)
-        cell_probs = _softmax(model, grid).view(k, k, k)
+        cell_probs = probabilities(model, grid, batch_size=None).view(k, k, k)
         confidence = pd.DataFrame([[float(cell_probs[i, j, j]) for j in range(k)] for i in range(k)],
                                   index=pd.Index(range(k), name="original"), columns=pd.Index(range(k), name="target"))
         return grid, confidence
@@ -192,7 +189,7 @@ class CriticStudy:
                   "(c) high confidence": confident.x_adv}
         rows = []
         for name, images in panels.items():
-            probs = _softmax(model, images)
+            probs = probabilities(model, images, batch_size=None)
             changed = probs.argmax(1) != y
             rows.append({"panel": name, "average confidence": 100 * float(probs.amax(1).mean()),
                          "label changed": 100 * float(changed.float().mean())})
@@ -217,9 +214,9 @@ class CriticStudy:
             for defense in self.p.defenses:
                 model, _, key = self.model(network, defense, seed)
                 result = attack(s.attack, model, x, y, model_key=key, cache=self.cache)
-                probs = _softmax(model, result.x_adv)
+                probs = probabilities(model, result.x_adv, batch_size=None)
                 predicted = probs.argmax(1)
-                keep = (_softmax(model, x).argmax(1) == y) & result.success
+                keep = (probabilities(model, x, batch_size=None).argmax(1) == y) & result.success
                 for index in keep.nonzero().flatten().tolist():
                     items.append(StudyItem(anonymous_id(secret, network, defense, seed, index), DEFENSE_LABELS[defense], network,
                                            int(y[index]), int(predicted[index]), float(probs[index].max())))

@@ -19,6 +19,7 @@ from ..cache import Cache, cached_model, make_key
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.mat import NormStep, cross_gradient_ratio, fit_mimo, mat_attack, msd_attack, sign_disagreement
 from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite
+from ..inference import predict
 from ..models import Ensemble, create_model_for
 from ..models.mimo import MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
 from ..params import MATParams
@@ -167,9 +168,9 @@ class MATStudy:
         counts, ratios = {}, {}
         for label, source, key in sources:
             x_adv = attack(spec, source, self.x, self.y, model_key=key, cache=self.cache).x_adv
-            counts[label] = {t: int((_predict(m, x_adv) != self.y).sum()) for t, m, _ in targets}
+            counts[label] = {t: int((predict(m, x_adv, batch_size=500) != self.y).sum()) for t, m, _ in targets}
             ratios[label] = {t: 100 * counts[label][t] / max(counts[label][label], 1) for t, _, _ in targets}
-        counts["No Attack"] = {t: int((_predict(m, self.x) != self.y).sum()) for t, m, _ in targets}
+        counts["No Attack"] = {t: int((predict(m, self.x, batch_size=500) != self.y).sum()) for t, m, _ in targets}
         return pd.concat({"count": pd.DataFrame(counts).T, "ratio %": pd.DataFrame(ratios).T}, axis=1)
 
     # -- Tables 6 and 7 --------------------------------------------------------------------
@@ -224,11 +225,6 @@ class MATStudy:
                 eps = accuracy_vs_eps(model, self.x, self.y, spec, self.p.curve_eps[norm], model_key=key, cache=self.cache)
                 by_eps.append(eps.assign(system=LABELS[name], norm=norm))
         return pd.concat(by_steps, ignore_index=True), pd.concat(by_eps, ignore_index=True)
-
-
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
 
 
 def strip_norms(table: pd.DataFrame) -> pd.DataFrame:
