@@ -3,12 +3,13 @@
 Normalisation is not applied here; it lives inside the models (`advlib.models.Normalize`), so
 attacks always work in the [0, 1] pixel box.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -243,8 +244,12 @@ def _load_mnist(request: DatasetRequest) -> Dataset:
 def _torchvision_dataset(cls: Callable[..., Dataset], request: DatasetRequest) -> Dataset:
     """A torchvision train/test dataset under `root`; missing files without `download` get a clear error."""
     try:
-        return cls(str(request.root), train=request.split == "train", download=request.download,
-                   transform=_to_tensor_transform())
+        return cls(
+            str(request.root),
+            train=request.split == "train",
+            download=request.download,
+            transform=_to_tensor_transform(),
+        )
     except RuntimeError as err:
         if request.download:
             raise
@@ -406,7 +411,9 @@ def check_images(x: torch.Tensor, what: str = "images", *, allow_empty: bool = T
         return
     n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
     if n_nan or n_inf:
-        raise ValueError(f"{what} contain NaN or Inf values ({n_nan} NaN, {n_inf} infinite); allowed: finite values in [0, 1]")
+        raise ValueError(
+            f"{what} contain NaN or Inf values ({n_nan} NaN, {n_inf} infinite); allowed: finite values in [0, 1]"
+        )
     low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
         raise ValueError(f"{what} values span [{low:.6g}, {high:.6g}]; allowed range is [0, 1]")

@@ -1,6 +1,7 @@
 """Atomic file writes: every file advlib writes (tables, figures, manifests, checkpoints, sweep records, the human
 study's files) is filled under a temporary name beside its target and renamed over it, so a reader, a crash or a full
 disk never leaves half a file behind."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Gradient-free evaluation of a model, shared by attacks, defenses and experiments: an eval-mode block that restores
 every submodule's own mode, the model's device, and batched logits, labels and probabilities."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ def logits(model: nn.Module, x: Tensor, batch_size: int | None = 512) -> Tensor:
     device = model_device(model)
     size = len(x) if batch_size is None else batch_size
     with torch.no_grad():
-        return torch.cat([model(x[i:i + size].to(device)).to(x.device) for i in range(0, len(x), max(size, 1))])
+        return torch.cat([model(x[i : i + size].to(device)).to(x.device) for i in range(0, len(x), max(size, 1))])
 
 
 def predict(model: nn.Module, x: Tensor, batch_size: int | None = 512) -> Tensor:

@@ -2,10 +2,12 @@
 
 Every error names the offending key and the allowed values, and is raised before any work starts.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
@@ -13,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .runtime import DEVICE_CHOICES, contained_path, project_root
 
 PROFILES = ("ci", "default", "paper")
-SCHEMAS: dict[str, type["Params"]] = {}
+SCHEMAS: dict[str, type[Params]] = {}
 
 
 class ParamsError(ValueError):
@@ -50,13 +52,15 @@ class AttackSpec(Strict):
         return name
 
     @model_validator(mode="after")
-    def _targeted_supported(self) -> "AttackSpec":
+    def _targeted_supported(self) -> AttackSpec:
         from .attacks.registry import attack_info
 
         info = attack_info(self.name)
         if self.targeted and not info.targeted:
-            raise ValueError(f"attack {self.name!r} has no targeted mode; targeted attacks: "
-                             + ", ".join(n for n in _targeted_names()))
+            raise ValueError(
+                f"attack {self.name!r} has no targeted mode; targeted attacks: "
+                + ", ".join(n for n in _targeted_names())
+            )
         if info.kind == "fixed" and self.eps is None:
             raise ValueError(f"attack {self.name!r} is a fixed-eps attack and needs an eps > 0")
         return self
@@ -128,7 +132,7 @@ class TrainSpec(Strict):
         return name
 
     @model_validator(mode="after")
-    def _milestones_for_multistep(self) -> "TrainSpec":
+    def _milestones_for_multistep(self) -> TrainSpec:
         if self.schedule == "multistep" and not self.milestones:
             raise ValueError("schedule 'multistep' needs milestones (epochs at which the lr is multiplied by gamma)")
         if self.milestones and self.schedule != "multistep":
@@ -230,11 +234,13 @@ class MixtureOfGeneratorsParams(Params):
     expertise_faster_repeats: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
-    def _sets_name_known_attacks(self) -> "MixtureOfGeneratorsParams":
+    def _sets_name_known_attacks(self) -> MixtureOfGeneratorsParams:
         for size, names in self.attack_sets.items():
             unknown = [n for n in names if n not in self.attacks]
             if unknown:
-                raise ValueError(f"attack_sets.{size} names unknown attacks {unknown}; allowed: {', '.join(self.attacks)}")
+                raise ValueError(
+                    f"attack_sets.{size} names unknown attacks {unknown}; allowed: {', '.join(self.attacks)}"
+                )
             if len(names) != size:
                 raise ValueError(f"attack_sets.{size} must list {size} attacks, got {len(names)}")
         return self
@@ -258,7 +264,7 @@ class ArchitectureSpec(Strict):
     layers: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ArchitectureSpec":
+    def _one_source(self) -> ArchitectureSpec:
         if (self.train is None) == (self.pretrained is None):
             raise ValueError("give exactly one of 'train' (a network trained here) or 'pretrained' (used as published)")
         return self
@@ -310,10 +316,12 @@ class RegroupParams(Params):
     timing: TimingSpec = TimingSpec()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RegroupParams":
+    def _consistent(self) -> RegroupParams:
         if len(self.paper_eps) != len(self.eps_curve.eps):
-            raise ValueError(f"paper_eps must give the paper's value of each of the {len(self.eps_curve.eps)} "
-                             f"eps_curve.eps; got {len(self.paper_eps)}")
+            raise ValueError(
+                f"paper_eps must give the paper's value of each of the {len(self.eps_curve.eps)} "
+                f"eps_curve.eps; got {len(self.paper_eps)}"
+            )
         untargeted = [name for name, spec in self.targeted.items() if not spec.targeted]
         if untargeted:
             raise ValueError(f"targeted attacks {untargeted} must set targeted: true (Table 3 is targeted)")
@@ -361,11 +369,10 @@ class StrengthInNumbersParams(Params):
         return names
 
     @model_validator(mode="after")
-    def _train_without_adversary(self) -> "StrengthInNumbersParams":
+    def _train_without_adversary(self) -> StrengthInNumbersParams:
         if self.train.adversary is not None:
             raise ValueError("train.adversary must be empty: adversarial systems use train_attack (Algorithm 1)")
         return self
-
 
 
 class CriticSpec(Strict):
@@ -446,17 +453,23 @@ class AdversaryCriticParams(Params):
         return names
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AdversaryCriticParams":
+    def _consistent(self) -> AdversaryCriticParams:
         missing = [n for n in self.networks if n not in self.critic.weight]
         if "critic" in self.defenses and missing:
-            raise ValueError(f"critic.weight has no lambda for networks {missing}; give one per network in {self.networks}")
+            raise ValueError(
+                f"critic.weight has no lambda for networks {missing}; give one per network in {self.networks}"
+            )
         for name in ("figure2", "figure4"):
             figure = getattr(self, name)
             if figure.network not in self.networks or figure.defense not in self.defenses:
-                raise ValueError(f"{name} shows {figure.network}/{figure.defense}, which is not trained; "
-                                 f"networks: {self.networks}, defenses: {self.defenses}")
+                raise ValueError(
+                    f"{name} shows {figure.network}/{figure.defense}, which is not trained; "
+                    f"networks: {self.networks}, defenses: {self.defenses}"
+                )
         if self.train.adversary is not None:
-            raise ValueError("train.adversary must be empty: adversarial training is the 'at' defense (baselines.at_attack)")
+            raise ValueError(
+                "train.adversary must be empty: adversarial training is the 'at' defense (baselines.at_attack)"
+            )
         return self
 
 
@@ -481,7 +494,9 @@ class MATParams(Params):
     threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
     members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
     iterations: int = Field(ge=1)
-    ramp_epochs: int = Field(default=0, ge=0)  # training radii ramp linearly over these epochs (0: the paper's full radii)
+    ramp_epochs: int = Field(
+        default=0, ge=0
+    )  # training radii ramp linearly over these epochs (0: the paper's full radii)
     systems: list[str] = Field(min_length=1)
     n_eval: int = Field(ge=1)
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
@@ -498,18 +513,24 @@ class MATParams(Params):
         return names
 
     @model_validator(mode="after")
-    def _consistent(self) -> "MATParams":
+    def _consistent(self) -> MATParams:
         from .models import list_models
 
         _require_known("msd_model", [self.msd_model], list_models())
         if sorted(self.members) != ["l1", "l2", "linf"]:
-            raise ValueError(f"members={self.members} must name each of l1, l2, linf once (sub-models 1, 2, 3 in order; "
-                             "the paper's Section 4.1 order is [l1, l2, linf])")
+            raise ValueError(
+                f"members={self.members} must name each of l1, l2, linf once (sub-models 1, 2, 3 in order; "
+                "the paper's Section 4.1 order is [l1, l2, linf])"
+            )
         unknown = sorted({a for names in self.groups.values() for a in names} - set(self.eval_attacks))
         if unknown:
-            raise ValueError(f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}")
+            raise ValueError(
+                f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}"
+            )
         if "vanilla" in self.systems and not {"linf_at", "l2_at", "l1_at"} <= set(self.systems):
-            raise ValueError("'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems")
+            raise ValueError(
+                "'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems"
+            )
         if self.train.adversary is not None:
             raise ValueError("train.adversary must be empty: each system's training attack comes from threats")
         if self.ramp_epochs >= self.train.epochs:
@@ -532,8 +553,10 @@ def profile_path(stem: str, profile: str | Path) -> Path:
     directory = project_root() / "params" / stem
     available = sorted(p.stem for p in directory.glob("*.yaml"))
     if text not in available:
-        raise ParamsError(f"unknown profile {text!r} for {stem!r}; allowed: {', '.join(available) or 'none found in ' + str(directory)} "
-                          "(or a path to a .yaml file)")
+        raise ParamsError(
+            f"unknown profile {text!r} for {stem!r}; allowed: {', '.join(available) or 'none found in ' + str(directory)} "
+            "(or a path to a .yaml file)"
+        )
     return directory / f"{text}.yaml"
 
 
@@ -548,7 +571,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as error:
-        raise ParamsError(f"override {item!r}: the value is not plain YAML data ({' '.join(str(error).split())})") from None
+        raise ParamsError(
+            f"override {item!r}: the value is not plain YAML data ({' '.join(str(error).split())})"
+        ) from None
 
 
 def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -563,7 +588,9 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, (dict, list)):
-            raise ParamsError(f"override {dotted!r}: {'.'.join(parts[:depth + 1])!r} holds a value, not a block of keys")
+            raise ParamsError(
+                f"override {dotted!r}: {'.'.join(parts[: depth + 1])!r} holds a value, not a block of keys"
+            )
         node = child
     last = parts[-1]
     if isinstance(node, list):
@@ -574,7 +601,9 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _list_index(node: list, part: str, dotted: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ParamsError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} (allowed 0..{len(node) - 1})")
+        raise ParamsError(
+            f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} (allowed 0..{len(node) - 1})"
+        )
     return int(part)
 
 
@@ -618,7 +647,11 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
         raise ParamsError(f"profile {str(path)!r} is not plain YAML data ({' '.join(str(error).split())})") from None
     if not isinstance(tree, dict):
         raise ParamsError(f"profile {str(path)!r} must hold a mapping of keys, got {type(tree).__name__}")
-    pairs = [parse_override(o) for o in overrides] if isinstance(overrides, (list, tuple)) else list((overrides or {}).items())
+    pairs = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, (list, tuple))
+        else list((overrides or {}).items())
+    )
     for key, value in pairs:
         _apply(tree, key, value)
     try:

@@ -1,6 +1,7 @@
 """Checks a run's parameters against this machine before a notebook's kernel starts (device present, dataset present
 or downloadable into a writable folder, REGroup's k within the networks' voting layers), so that `advlib run` can
 refuse a run in one line instead of failing minutes later with a notebook traceback."""
+
 from __future__ import annotations
 
 import tempfile
@@ -45,8 +46,10 @@ def _dataset(data: DataSpec) -> list[str]:
     root = data_root()
     if data.download:
         if not _writable(root):
-            return [f"data: {data.name!r} would be downloaded into {root}, which is not writable; "
-                    f"set ADVLIB_DATA to a writable folder"]
+            return [
+                f"data: {data.name!r} would be downloaded into {root}, which is not writable; "
+                f"set ADVLIB_DATA to a writable folder"
+            ]
         return []
     for split in dataset_info(data.name).splits:
         try:
@@ -73,8 +76,10 @@ def _regroup_k(params: Params) -> list[str]:
             model_name = spec.train.model if spec.train is not None else spec.pretrained.model
             count = len(voter_layers(create_model_for(model_name, info)))
         if params.k > count:
-            found.append(f"k: k={params.k} exceeds the {count} voting layers of {name!r}; choose k between 1 and "
-                         f"{count} (or leave k unset for the paper's rule)")
+            found.append(
+                f"k: k={params.k} exceeds the {count} voting layers of {name!r}; choose k between 1 and "
+                f"{count} (or leave k unset for the paper's rule)"
+            )
     return found
 
 

@@ -1,4 +1,5 @@
 """Device choice, seeding, threads, project paths and the run manifest written beside outputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -59,8 +60,10 @@ def contained_path(text: str, what: str) -> Path:
     resolved = (path if path.is_absolute() else project_root() / path).resolve()
     roots = [project_root(), data_root(), cache_root()]
     if not any(resolved.is_relative_to(root) for root in roots):
-        raise ValueError(f"{what} {text!r} resolves to {str(resolved)!r}, outside the allowed directories: "
-                         f"{', '.join(str(r) for r in roots)}")
+        raise ValueError(
+            f"{what} {text!r} resolves to {str(resolved)!r}, outside the allowed directories: "
+            f"{', '.join(str(r) for r in roots)}"
+        )
     return resolved
 
 
@@ -160,8 +163,12 @@ def git_commit() -> str:
     """The commit of the checkout, with '+dirty' when the tree has changes; 'unknown' outside git."""
     try:
         root = project_root()
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -182,14 +189,18 @@ def _check_publishable(stem: str, profile: str, params: Any) -> None:
     from . import params as params_mod
 
     if profile_name(profile) != profile or params != params_mod.load(stem, profile):
-        raise ValueError(f"{PUBLISH_ENV}=1 publishes into figures/{stem}/{profile_name(profile)}/ only for a built-in "
-                         f"profile without overrides; {profile!r} with these parameters goes to runs/ (unset {PUBLISH_ENV})")
+        raise ValueError(
+            f"{PUBLISH_ENV}=1 publishes into figures/{stem}/{profile_name(profile)}/ only for a built-in "
+            f"profile without overrides; {profile!r} with these parameters goes to runs/ (unset {PUBLISH_ENV})"
+        )
 
 
 class Run:
     """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
 
-    def __init__(self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None
+    ):
         self.stem, self.profile, self.params, self.seed = stem, profile, params, seed
         self.device = resolve_device(device)
         self.threads = set_threads(threads)
@@ -208,7 +219,9 @@ class Run:
             "profile": self.profile,
             "seed": self.seed,
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "threads": self.threads,
             "portable_kernels": self.portable_kernels,
             "git_commit": git_commit(),
@@ -219,4 +232,6 @@ class Run:
 
     def write_manifest(self) -> Path:
         """Write manifest.json beside the run's figures and tables; returns its path."""
-        return atomic_write_text(self.out / "manifest.json", json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
+        return atomic_write_text(
+            self.out / "manifest.json", json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n"
+        )

@@ -1,4 +1,5 @@
 """Evaluation: cascade union equals the naive union, curves, per-class tables, rho_adv, transfer, cached attacks."""
+
 from __future__ import annotations
 
 import logging
@@ -11,13 +12,25 @@ from torch import nn
 
 from advlib.attacks.pgd import pgd
 from advlib.cache import Cache
-from advlib.evaluate import (accuracy, accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite, per_class_attack_table,
-                             rho_adv, transfer_matrix, union_robustness)
+from advlib.evaluate import (
+    accuracy,
+    accuracy_vs_eps,
+    accuracy_vs_steps,
+    attack,
+    attack_suite,
+    per_class_attack_table,
+    rho_adv,
+    transfer_matrix,
+    union_robustness,
+)
 
 # deterministic attacks (no random start), so cascade and naive runs see identical perturbations per sample
-DETERMINISTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "deepfool_l2", "eps": 1.0, "options": {"steps": 20}},
-                 {"name": "pgd_linf", "eps": 0.1, "steps": 5, "random_start": False},
-                 {"name": "pgd_l2", "eps": 1.5, "steps": 5, "random_start": False}]
+DETERMINISTIC = [
+    {"name": "fgsm", "eps": 0.1},
+    {"name": "deepfool_l2", "eps": 1.0, "options": {"steps": 20}},
+    {"name": "pgd_linf", "eps": 0.1, "steps": 5, "random_start": False},
+    {"name": "pgd_l2", "eps": 1.5, "steps": 5, "random_start": False},
+]
 
 
 def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
@@ -33,10 +46,14 @@ def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
 
 
 # random starts, L1 step sizes drawn per step, and two attacks whose noise serves the whole batch
-STOCHASTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd_linf", "eps": 0.1, "steps": 5},
-              {"name": "pgd_l1", "eps": 8.0, "steps": 5}, {"name": "pgd_l2", "eps": 1.0, "steps": 5,
-                                                          "options": {"start_sigma": 0.3}},
-              {"name": "salt_and_pepper", "eps": 3.0, "options": {"steps": 20}}, {"name": "uniform_noise", "eps": 2.0}]
+STOCHASTIC = [
+    {"name": "fgsm", "eps": 0.1},
+    {"name": "pgd_linf", "eps": 0.1, "steps": 5},
+    {"name": "pgd_l1", "eps": 8.0, "steps": 5},
+    {"name": "pgd_l2", "eps": 1.0, "steps": 5, "options": {"start_sigma": 0.3}},
+    {"name": "salt_and_pepper", "eps": 3.0, "options": {"steps": 20}},
+    {"name": "uniform_noise", "eps": 2.0},
+]
 
 
 def test_cascade_union_equals_naive_union_with_random_attacks(mnist_model, mnist_test):

@@ -5,14 +5,16 @@ or attack ids, to map adversarial images back to the canonical image distributio
 discriminator (Algorithm 1, eqs. 1-2, after Parascandolo et al. 2018); at test time each image is replaced
 by the output of the generator the discriminator scores highest, and a pretrained classifier reads it.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -85,7 +87,7 @@ class MixtureOfGenerators(nn.Module):
         """Discriminator logits of every generator's output, shape (G, N), in batches (eval mode, no grad)."""
         check_images(x, "x", allow_empty=False)
         device = model_device(self)
-        parts = [self._score_batch(x[i:i + batch_size].to(device))[1] for i in range(0, len(x), batch_size)]
+        parts = [self._score_batch(x[i : i + batch_size].to(device))[1] for i in range(0, len(x), batch_size)]
         return torch.cat(parts, dim=1).to(x.device)
 
     def defend(self, x: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
@@ -94,15 +96,22 @@ class MixtureOfGenerators(nn.Module):
         device = model_device(self)
         defended, winners = [], []
         for i in range(0, len(x), batch_size):
-            outputs, logits = self._score_batch(x[i:i + batch_size].to(device))
+            outputs, logits = self._score_batch(x[i : i + batch_size].to(device))
             winner = logits.argmax(dim=0)
             defended.append(outputs[winner, torch.arange(len(winner), device=device)])
             winners.append(winner)
         return torch.cat(defended).to(x.device), torch.cat(winners).to(x.device)
 
 
-def identity_init(generators: Sequence[nn.Module], transformed: Tensor, *, epochs: int, batch_size: int,
-                  lr: float = 1e-3, seed: int = 0) -> list[float]:
+def identity_init(
+    generators: Sequence[nn.Module],
+    transformed: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
     """Train each generator with Adam so that G(x') ~ x' (MSE) on the transformed images (Parascandolo et al.
     2018; paper Sec. 4.1): all generators start near the identity. Returns the per-epoch mean MSE."""
     _check_schedule(epochs, batch_size, lr)
@@ -149,7 +158,7 @@ def faster_init(generator: nn.Module, n: int, *, zero_fraction: float = 0.05, se
         params = list(clone.parameters())
         sizes = [p.numel() for p in params]
         chosen = torch.zeros(sum(sizes), dtype=torch.bool)
-        chosen[torch.randperm(sum(sizes), generator=rng)[:round(zero_fraction * sum(sizes))]] = True
+        chosen[torch.randperm(sum(sizes), generator=rng)[: round(zero_fraction * sum(sizes))]] = True
         with torch.no_grad():
             for param, mask in zip(params, chosen.split(sizes)):
                 param[mask.view_as(param).to(param.device)] = 0
@@ -157,8 +166,9 @@ def faster_init(generator: nn.Module, n: int, *, zero_fraction: float = 0.05, se
     return copies
 
 
-def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.optim.Optimizer], x: Tensor,
-                    winner: Tensor) -> Tensor:
+def _generator_step(
+    mixture: MixtureOfGenerators, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, winner: Tensor
+) -> Tensor:
     """Eq. 1: each generator that won samples gets -log D(G_j(x')) summed over its won samples (divided by
     the batch size) and one Adam step; losers are not run, so their weights and BatchNorm buffers stay put.
     Returns the per-generator loss sums."""
@@ -183,14 +193,16 @@ def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.opt
     return sums
 
 
-def _discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, canonical: Tensor,
-                        outputs: Tensor) -> float:
+def _discriminator_step(
+    discriminator: nn.Module, optimizer: torch.optim.Optimizer, canonical: Tensor, outputs: Tensor
+) -> float:
     """Eq. 2: BCE(D(x), 1) on canonical images + mean over generators of BCE(D(G_j(x')), 0); one Adam step."""
     discriminator.train()
     real = discriminator(canonical).squeeze(1)
     fake = discriminator(outputs.detach().flatten(0, 1)).squeeze(1)
-    loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -198,9 +210,17 @@ def _discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimiz
     return float(loss.detach())
 
 
-def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transformed: Tensor, *, epochs: int,
-                      batch_size: int, lr: float = 1e-3, seed: int = 0,
-                      on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+def train_competitive(
+    mixture: MixtureOfGenerators,
+    canonical: Tensor,
+    transformed: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
     """Algorithm 1 (eqs. 1-2), unsupervised: no labels or attack ids are used. Per step, a batch of
     transformed images x' and an independent batch of canonical images x:
 
@@ -219,8 +239,10 @@ def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transform
     check_images(canonical, "canonical", allow_empty=False)
     check_images(transformed, "transformed", allow_empty=False)
     if canonical.shape[1:] != transformed.shape[1:]:
-        raise ValueError(f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
-                         f"{tuple(transformed.shape[1:])}")
+        raise ValueError(
+            f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
+            f"{tuple(transformed.shape[1:])}"
+        )
     device = model_device(mixture)
     gen_optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in mixture.generators]
     disc_optimizer = torch.optim.Adam(mixture.discriminator.parameters(), lr=lr)
@@ -253,8 +275,14 @@ def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transform
             }
             history.append(record)
             bar.set_postfix(g=f"{record['generator_loss']:.3f}", d=f"{record['discriminator_loss']:.3f}")
-            log.info("mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
-                     epoch + 1, epochs, record["generator_loss"], record["discriminator_loss"], record["wins"])
+            log.info(
+                "mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
+                epoch + 1,
+                epochs,
+                record["generator_loss"],
+                record["discriminator_loss"],
+                record["wins"],
+            )
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
     mixture.eval()
@@ -293,18 +321,23 @@ class DefenseEvaluation:
         self.correct = _array("correct", self.correct).astype(bool)
         self.correct_undefended = _array("correct_undefended", self.correct_undefended).astype(bool)
         self.attack_names = list(self.attack_names)
-        lengths = {name: len(getattr(self, name)) for name in ("y", "attack", "winner", "correct",
-                                                                 "correct_undefended")}
+        lengths = {
+            name: len(getattr(self, name)) for name in ("y", "attack", "winner", "correct", "correct_undefended")
+        }
         if len(set(lengths.values())) != 1 or len(self.y) == 0:
             raise ValueError(f"per-sample fields need one and the same non-zero length; got {lengths}")
         if self.attack.min() < 0 or self.attack.max() >= len(self.attack_names):
-            raise ValueError(f"attack indices must be in [0, {len(self.attack_names)}) to index attack_names "
-                             f"{self.attack_names}; got values {self.attack.min()}..{self.attack.max()}")
+            raise ValueError(
+                f"attack indices must be in [0, {len(self.attack_names)}) to index attack_names "
+                f"{self.attack_names}; got values {self.attack.min()}..{self.attack.max()}"
+            )
         if self.num_generators is None:
             self.num_generators = int(self.winner.max()) + 1
         if self.winner.min() < 0 or self.winner.max() >= self.num_generators:
-            raise ValueError(f"winner indices must be in [0, {self.num_generators}); "
-                             f"got values {self.winner.min()}..{self.winner.max()}")
+            raise ValueError(
+                f"winner indices must be in [0, {self.num_generators}); "
+                f"got values {self.winner.min()}..{self.winner.max()}"
+            )
         if self.y.min() < 0 or self.y.max() >= self.num_classes:
             raise ValueError(f"labels must be in [0, {self.num_classes}); got values {self.y.min()}..{self.y.max()}")
 
@@ -330,13 +363,19 @@ class DefenseEvaluation:
 
     def _class_attack_counts(self, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         cells = self.y[mask] * len(self.attack_names) + self.attack[mask]
-        counts = np.bincount(cells, weights=None if weights is None else weights[mask],
-                             minlength=self.num_classes * len(self.attack_names))
+        counts = np.bincount(
+            cells,
+            weights=None if weights is None else weights[mask],
+            minlength=self.num_classes * len(self.attack_names),
+        )
         return counts.reshape(self.num_classes, len(self.attack_names))
 
     def _frame(self, values: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame(values, index=pd.RangeIndex(self.num_classes, name="class"),
-                            columns=pd.Index(self.attack_names, name="attack"))
+        return pd.DataFrame(
+            values,
+            index=pd.RangeIndex(self.num_classes, name="class"),
+            columns=pd.Index(self.attack_names, name="attack"),
+        )
 
     def class_attack_accuracy(self, generator: int | None = None) -> pd.DataFrame:
         """Defended accuracy (percent) per class (rows) and attack (columns), over the samples `generator`
@@ -384,9 +423,16 @@ class DefenseEvaluation:
                 roles.append("generalist")
             else:
                 roles.append("specialist")
-        return pd.DataFrame({"wins": wins, "win_share": share, "accuracy": accuracy, "attacks_covered": covered,
-                             "role": pd.Categorical(roles, categories=ROLES)}, index=pd.RangeIndex(g, name="generator"))
-
+        return pd.DataFrame(
+            {
+                "wins": wins,
+                "win_share": share,
+                "accuracy": accuracy,
+                "attacks_covered": covered,
+                "role": pd.Categorical(roles, categories=ROLES),
+            },
+            index=pd.RangeIndex(g, name="generator"),
+        )
 
     def expertise(self, generators: Sequence[int] | None = None) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         """Per generator (all, or those given), labelled 'G<n> (<role>)': its accuracy and wins per class x attack."""
@@ -400,8 +446,13 @@ class DefenseEvaluation:
         return [int(roles.index[roles == role][0]) for role in ROLES if (roles == role).any()]
 
 
-def evaluate_defense(mixture: MixtureOfGenerators, classifier: nn.Module,
-                     adversarials: Mapping[str, tuple[Tensor, Tensor]], *, batch_size: int = 256) -> DefenseEvaluation:
+def evaluate_defense(
+    mixture: MixtureOfGenerators,
+    classifier: nn.Module,
+    adversarials: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    batch_size: int = 256,
+) -> DefenseEvaluation:
     """Defend each attack's adversarial images and classify them with and without the defense (classifier in
     eval mode, no grad). `adversarials` maps attack name -> (x_adv, true labels)."""
     if not adversarials:
@@ -421,7 +472,12 @@ def evaluate_defense(mixture: MixtureOfGenerators, classifier: nn.Module,
             parts["attack"].append(torch.full((len(y),), index, dtype=torch.long))
             parts["winner"].append(winner.cpu())
     return DefenseEvaluation(
-        y=torch.cat(parts["y"]), attack=torch.cat(parts["attack"]), attack_names=list(adversarials),
-        winner=torch.cat(parts["winner"]), correct=torch.cat(parts["correct"]),
-        correct_undefended=torch.cat(parts["undefended"]), num_generators=mixture.num_generators,
-        num_classes=num_classes)
+        y=torch.cat(parts["y"]),
+        attack=torch.cat(parts["attack"]),
+        attack_names=list(adversarials),
+        winner=torch.cat(parts["winner"]),
+        correct=torch.cat(parts["correct"]),
+        correct_undefended=torch.cat(parts["undefended"]),
+        num_generators=mixture.num_generators,
+        num_classes=num_classes,
+    )

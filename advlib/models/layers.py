@@ -1,7 +1,8 @@
 """Building blocks shared by the models: in-model normalisation and size helpers."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
