@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ CACHE_FORMAT = 1
 TENSORS = "tensors.safetensors"
 META = "meta.json"
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 class CacheError(RuntimeError):
@@ -242,12 +243,12 @@ def state_to_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def cached_model(
     kind: str,
     params: Any,
-    model: torch.nn.Module,
-    train: Callable[[torch.nn.Module, Path], dict[str, Any]],
+    model: ModelT,
+    train: Callable[[ModelT, Path], dict[str, Any]],
     *,
     cache: Cache | None = None,
     label: str | None = None,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
+) -> tuple[ModelT, dict[str, Any]]:
     """Load `model`'s weights from the cache, or run `train(model, checkpoint_dir)` and store the result.
 
     `train` returns metadata (history, accuracy); it may checkpoint into `checkpoint_dir` so an

@@ -6,10 +6,11 @@ attacks always work in the [0, 1] pixel box.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,7 +50,7 @@ class DatasetRequest:
     download: bool
     n: int | None
     seed: int
-    shape: tuple[int, int, int] | None
+    shape: tuple[int, ...] | None  # (C, H, W): load_dataset checks it against a real dataset, `fake` its length
     num_classes: int | None
 
 
@@ -241,8 +242,9 @@ def _load_mnist(request: DatasetRequest) -> Dataset:
     return _take(dataset, dataset.targets.numpy(), request)
 
 
-def _torchvision_dataset(cls: Callable[..., Dataset], request: DatasetRequest) -> Dataset:
-    """A torchvision train/test dataset under `root`; missing files without `download` get a clear error."""
+def _torchvision_dataset(cls: Callable[..., Any], request: DatasetRequest) -> Any:
+    """A torchvision train/test dataset under `root` (an instance of `cls`, e.g. with its `targets`); missing files
+    without `download` get a clear error."""
     try:
         return cls(
             str(request.root),
@@ -336,9 +338,14 @@ def _load_fake(request: DatasetRequest) -> Dataset:
 # --- tensors, loaders, validation ---------------------------------------------------------------
 
 
+def dataset_size(dataset: Dataset) -> int:
+    """The number of samples of a map-style dataset (torch's `Dataset` type does not declare `__len__`)."""
+    return len(cast(Sized, dataset))
+
+
 def to_tensors(dataset: Dataset, n: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n samples (all when None) as (x float32 (N, C, H, W), y int64) tensors."""
-    size = len(dataset)
+    size = dataset_size(dataset)
     if n is None:
         n = size
     if n < 1 or n > size:

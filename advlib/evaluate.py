@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .attacks import AttackResult, attack_info, create_attack, predict
 from .attacks.base import seeded
+from .attacks.pgd import PGD
 from .attacks.registry import _spec_dict
 from .cache import Artifact, Cache, cached_frames
 
@@ -269,14 +270,15 @@ def accuracy_vs_steps(
     raw = {**_spec_dict(spec), "steps": steps}
     if attack_info(raw["name"]).backend != "native":
         raise ValueError(f"accuracy_vs_steps needs a native PGD attack (pgd_linf, pgd_l2, pgd_l1), got {raw['name']!r}")
-    adversary = create_attack(raw)
+    adversary = cast(PGD, create_attack(raw))  # native and run with `record`: one of the pgd_* attacks
 
     def build() -> tuple[pd.DataFrame]:
         model.eval()
         with seeded(adversary.seed, x.device):
             correct = torch.cat(
                 [
-                    adversary.run(model, x[i : i + 256], y[i : i + 256], record=True).correct
+                    # record=True: `correct` holds every iterate's correctness
+                    cast(Tensor, adversary.run(model, x[i : i + 256], y[i : i + 256], record=True).correct)
                     for i in range(0, len(x), 256)
                 ],
                 dim=1,

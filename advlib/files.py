@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temp file beside `path`, then rename it over `path`; on any failure the temp file is removed
-    and `path` keeps its previous content."""
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
+    """Let `write` fill a temp file beside `path` (its return value is ignored), then rename it over `path`; on any
+    failure the temp file is removed and `path` keeps its previous content."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
@@ -28,3 +28,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 def atomic_write_text(path: Path, text: str) -> Path:
     """`atomic_write` of a text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """`atomic_write` of a binary file."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))

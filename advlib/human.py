@@ -208,7 +208,7 @@ def write_sheet(images: Tensor, path: Path, columns: int = 5, scale: int = 3) ->
         row, col = divmod(k, columns)
         left, top = pad + col * (width + pad), pad + row * (height + label + pad)
         draw.text((left, top), str(k + 1), fill=0)
-        sheet.paste(tile.resize((width, height), Image.NEAREST), (left, top + label))
+        sheet.paste(tile.resize((width, height), Image.Resampling.NEAREST), (left, top + label))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path

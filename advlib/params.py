@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
@@ -104,6 +104,16 @@ def register_schema(stem: str) -> Callable[[type[Params]], type[Params]]:
     return decorate
 
 
+def _known_model_name(name: str) -> str:
+    """`name` if it is a registered model, else a ValueError listing the allowed ones (TrainSpec, PretrainedSpec)."""
+    from .models import list_models
+
+    allowed = list_models()
+    if name not in allowed:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
+    return name
+
+
 class TrainSpec(Strict):
     """How a classifier is trained (clean training unless `adversary` is set)."""
 
@@ -124,12 +134,7 @@ class TrainSpec(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from .models import list_models
-
-        allowed = list_models()
-        if name not in allowed:
-            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
-        return name
+        return _known_model_name(name)
 
     @model_validator(mode="after")
     def _milestones_for_multistep(self) -> TrainSpec:
@@ -252,7 +257,10 @@ class PretrainedSpec(Strict):
     model: str
     model_options: dict[str, Any] = Field(default_factory=dict)
 
-    _known_model = field_validator("model")(TrainSpec._known_model.__func__)
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _known_model_name(name)
 
 
 class ArchitectureSpec(Strict):
@@ -480,6 +488,7 @@ class ThreatSpec(Strict):
     stepsize: float = Field(gt=0)
 
 
+MATNorm = Literal["linf", "l2", "l1"]
 MAT_SYSTEMS = ("standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat", "mat_linf", "mat_l2", "mat_msd")
 
 
@@ -491,8 +500,8 @@ class MATParams(Params):
     data: DataSpec = DataSpec()
     train: TrainSpec
     msd_model: str
-    threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
-    members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
+    threats: dict[MATNorm, ThreatSpec] = Field(min_length=3)
+    members: list[MATNorm] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
     iterations: int = Field(ge=1)
     ramp_epochs: int = Field(
         default=0, ge=0
@@ -501,10 +510,10 @@ class MATParams(Params):
     n_eval: int = Field(ge=1)
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
     groups: dict[str, list[str]] = Field(min_length=1)
-    transfer_attacks: dict[Literal["linf", "l2", "l1"], AttackSpec] = Field(min_length=1)
+    transfer_attacks: dict[MATNorm, AttackSpec] = Field(min_length=1)
     diagnostics_images: int = Field(default=64, ge=1)
     curve_steps: int = Field(ge=1)
-    curve_eps: dict[Literal["linf", "l2", "l1"], list[float]] = Field(min_length=1)
+    curve_eps: dict[MATNorm, list[float]] = Field(min_length=1)
 
     @field_validator("systems")
     @classmethod
@@ -612,7 +621,7 @@ def _format_error(stem: str, schema: type[Params], error: ValidationError) -> st
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            parent = schema
+            parent: type[BaseModel] = schema
             for part in item["loc"][:-1]:
                 field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
                 annotation = getattr(field, "annotation", None)
@@ -650,7 +659,7 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
     pairs = (
         [parse_override(o) for o in overrides]
         if isinstance(overrides, (list, tuple))
-        else list((overrides or {}).items())
+        else list(cast(Mapping[str, Any], overrides or {}).items())
     )
     for key, value in pairs:
         _apply(tree, key, value)

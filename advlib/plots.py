@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
 from advlib.files import atomic_write
 from advlib.report import check_name
@@ -70,7 +70,7 @@ def heatmap(
     vmax: float | None = None,
     cmap: str = "viridis",
     ax: Axes | None = None,
-) -> Figure:
+) -> Figure | SubFigure:
     """Annotated heatmap of a rows x columns table, e.g. accuracy per class (rows) and attack (columns)."""
     set_style()
     rows, cols = data.shape
@@ -104,7 +104,7 @@ def curves(
     ylabel: str | None = None,
     logx: bool = False,
     ax: Axes | None = None,
-) -> Figure:
+) -> Figure | SubFigure:
     """Lines with markers from a long-format dataframe; repeated x values are averaged with a +-1 sd band."""
     set_style()
     _require_columns(df, x, y, hue)
@@ -128,7 +128,7 @@ def _legend_outside(ax: Axes) -> None:
 
 def bars(
     df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str | None = None, ax: Axes | None = None
-) -> Figure:
+) -> Figure | SubFigure:
     """Bar chart from a long-format dataframe; repeated rows are averaged with +-1 sd error bars."""
     set_style()
     _require_columns(df, x, y, hue)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from advlib.files import atomic_write
+from advlib.files import atomic_write_bytes
 from advlib.runtime import output_dir, project_root
 
 HOLDS = "holds"
@@ -111,8 +111,7 @@ def save_table(
     out = output_dir(stem, profile)
     paths = {}
     for suffix, text in (("csv", csv), ("md", markdown), ("tex", latex)):
-        data = text.encode("utf-8")
-        paths[suffix] = atomic_write(out / f"{name}.{suffix}", lambda tmp, data=data: tmp.write_bytes(data))
+        paths[suffix] = atomic_write_bytes(out / f"{name}.{suffix}", text.encode("utf-8"))
     return paths
 
 

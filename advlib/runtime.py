@@ -145,7 +145,8 @@ def use_portable_kernels() -> bool:
     pins MKL (CBWR=COMPATIBLE) and ATen (AVX2) to code paths every x86-64 CPU takes alike. Returns whether it is on."""
     on = portable_kernels_requested()
     if on:
-        torch.backends.mkldnn.enabled = False
+        # torch types the module attribute as its ContextProp descriptor; at runtime it is a bool property
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
         torch.backends.nnpack.set_flags(False)
     return on
 

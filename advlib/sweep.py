@@ -194,14 +194,14 @@ def _execute(
     )
     client = Client(scheduler or cluster)
     try:
-        futures = [
+        dask_futures = [
             client.submit(
                 run_point, sweep.stem, sweep.profile, p, threads, *paths, key=f"{sweep.sweep_id}-{p.name}", pure=False
             )
             for p in todo
         ]
-        for future in dask_completed(futures):
-            yield future.result()
+        for dask_future in dask_completed(dask_futures):
+            yield dask_future.result()
     finally:
         client.close()
         if cluster is not None:

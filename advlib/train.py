@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .attacks import create_attack
 from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
-from .data import augment_batch, dataset_info, load_dataset, to_tensors
+from .data import augment_batch, dataset_info, dataset_size, load_dataset, to_tensors
 from .evaluate import accuracy
 from .files import atomic_write
 from .models import create_model_for
@@ -220,14 +220,14 @@ def fit(
     images. Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: faster steps; only the float
     rounding of the convolutions changes).
     """
-    if len(train_set) == 0:
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     model.to(device)
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
     adversary = create_attack(spec.adversary) if spec.adversary is not None else None
     ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
-    batches = -(-len(train_set) // spec.batch_size)
+    batches = -(-dataset_size(train_set) // spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     for epoch in range(start, spec.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, predict
+from .base import Attack, Kind, predict
 
 log = logging.getLogger("advlib")
 
@@ -85,9 +85,9 @@ class FoolboxAttack(_OnCorrectOnly):
 
     def __init__(
         self,
-        fb_class: type,
+        fb_class: type[Any],
         norm: str,
-        kind: str,
+        kind: Kind,
         eps: float | None = None,
         *,
         targeted: bool = False,

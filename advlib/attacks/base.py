@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -146,11 +146,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 class Attack(ABC):
-    """Base class: subclasses set the class attributes and implement `generate` on one batch."""
+    """Base class: subclasses set the class attributes (some per instance: `norm`, `kind`, `targeted_ok`) and
+    implement `generate` on one batch."""
 
-    norm: ClassVar[str]
-    kind: ClassVar[Kind]
-    targeted_ok: ClassVar[bool] = False
+    norm: str
+    kind: Kind
+    targeted_ok: bool = False
     backend: ClassVar[str] = "native"
     #: a sample's adversarial depends on that sample (and its key) alone, not on the rest of its batch: true for
     #: deterministic attacks and for keyed random draws, false where one random stream serves the whole batch
@@ -216,7 +217,7 @@ class Attack(ABC):
             pred = predict(model, x_adv, batch_size)
         finally:
             model.train(was_training)
-        success = pred == target if self.targeted else pred != y
+        success = pred == cast(Tensor, target) if self.targeted else pred != y  # targeted: target checked above
         delta = x_adv - x
         return AttackResult(
             x_adv=x_adv,

@@ -118,6 +118,7 @@ class ConfidenceAttack(Attack):
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         if target is None:
             target = closest_target(model, x, exclude=y)
+        confidence: Tensor | float
         if self.confidence is None:
             with torch.no_grad():
                 confidence = F.softmax(model(x), dim=1).amax(1).clamp(1e-6, 1 - 1e-6)

@@ -9,7 +9,7 @@ because accuracy-vs-steps curves need the correctness of every iterate from a si
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +119,7 @@ def prefers_channels_last(x: Tensor) -> bool:
     whose convolutions run in oneDNN, which computes in NHWC and otherwise reorders every NCHW input and gradient
     (measured here: ResNet-18 forward+backward about 20% faster, PGD-40 about 9%; the classic LeNet-5 on MNIST
     forward+backward about 2x). Off with oneDNN off (portable kernels), so the goldens keep NCHW."""
-    return (
+    return bool(
         x.device.type == "cpu"
         and x.dim() == 4
         and x.dtype == torch.float32
@@ -300,7 +300,7 @@ class PGD(Attack):
             model,
             x,
             y,
-            eps=self.eps,
+            eps=cast(float, self.eps),  # a fixed-eps attack: Attack.__init__ refuses eps=None
             norm=self.norm,
             steps=self.steps,
             stepsize=self.stepsize,

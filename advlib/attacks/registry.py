@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .base import Attack, AttackResult
+from .base import Attack, AttackResult, Kind
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def _register_builtin() -> None:
         name: str,
         cls: type,
         norm: str,
-        kind: str,
+        kind: Kind,
         summary: str,
         *,
         targeted: bool = True,

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data import dataset_size
+
 GRADIENT_PENALTY = 10.0  # lambda_grad of the paper
 CYCLE_WEIGHT = 1e-2  # lambda_rec of the paper
 
@@ -62,6 +64,8 @@ def cycle_loss(x: Tensor, x_back: Tensor) -> Tensor:
 class ClassConfidence(nn.Module):
     """Per-class running mean (EMA, decay 0.5) of the classifier's softmax confidence on natural images: the
     target confidence C of the training attack. A module so its values travel with checkpoints."""
+
+    values: Tensor  # a buffer, registered in __init__
 
     def __init__(self, num_classes: int, decay: float = 0.5, initial: float = 0.9) -> None:
         super().__init__()
@@ -168,7 +172,7 @@ def train_critic_defense(
         raise ValueError(
             f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}"
         )
-    if len(train_set) == 0:
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     confidence = ClassConfidence(num_classes)
     state = nn.ModuleDict({"classifier": classifier, "critic": critic, "confidence": confidence}).to(device)
@@ -179,7 +183,7 @@ def train_critic_defense(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, halve_every, 0.5)
     total = pretrain_epochs + epochs
     ckpt, start, history = resume(checkpoint_dir, state, optimizer, scheduler)
-    batches = -(-len(train_set) // batch_size)
+    batches = -(-dataset_size(train_set) // batch_size)
     bar = tqdm(total=(total - start) * batches, desc=desc, leave=False)
     for epoch in range(start, total):
         torch.manual_seed(epoch_seed(seed, epoch))

@@ -263,10 +263,10 @@ def fit_mimo(
     step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
     epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
     passes per batch (counted by hooks, attack and update together)."""
-    from ..data import augment_batch
+    from ..data import augment_batch, dataset_size
     from ..train import AUGMENT_STREAM, end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
 
-    if len(train_set) == 0:
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     ramp_scale(0, ramp_epochs)
     model.to(device)
@@ -274,7 +274,7 @@ def fit_mimo(
     scheduler = make_scheduler(optimizer, spec)
     ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
     counter = PassCounter(model)
-    batches = len(train_set) // spec.batch_size + bool(len(train_set) % spec.batch_size)
+    batches = dataset_size(train_set) // spec.batch_size + bool(dataset_size(train_set) % spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     try:
         for epoch in range(start, spec.epochs):

@@ -104,7 +104,7 @@ class MixtureOfGenerators(nn.Module):
 
 
 def identity_init(
-    generators: Sequence[nn.Module],
+    generators: Sequence[nn.Module] | nn.ModuleList,
     transformed: Tensor,
     *,
     epochs: int,
@@ -302,7 +302,8 @@ class DefenseEvaluation:
 
     `attack` indexes `attack_names`; `winner` is the generator whose output was classified; `correct` and
     `correct_undefended` say whether the classifier was right on the defended and on the raw adversarial
-    image. `num_generators` defaults to the highest winner + 1.
+    image. `num_generators` defaults (0) to the highest winner + 1. The per-sample fields may be given as tensors or
+    array-likes; they are stored as 1-d numpy arrays.
     """
 
     y: np.ndarray
@@ -311,7 +312,7 @@ class DefenseEvaluation:
     winner: np.ndarray
     correct: np.ndarray
     correct_undefended: np.ndarray
-    num_generators: int | None = None
+    num_generators: int = 0  # 0: the highest winner + 1
     num_classes: int = 10
 
     def __post_init__(self) -> None:
@@ -331,7 +332,7 @@ class DefenseEvaluation:
                 f"attack indices must be in [0, {len(self.attack_names)}) to index attack_names "
                 f"{self.attack_names}; got values {self.attack.min()}..{self.attack.max()}"
             )
-        if self.num_generators is None:
+        if self.num_generators == 0:
             self.num_generators = int(self.winner.max()) + 1
         if self.winner.min() < 0 or self.winner.max() >= self.num_generators:
             raise ValueError(
@@ -472,12 +473,12 @@ def evaluate_defense(
             parts["attack"].append(torch.full((len(y),), index, dtype=torch.long))
             parts["winner"].append(winner.cpu())
     return DefenseEvaluation(
-        y=torch.cat(parts["y"]),
-        attack=torch.cat(parts["attack"]),
+        y=torch.cat(parts["y"]).numpy(),
+        attack=torch.cat(parts["attack"]).numpy(),
         attack_names=list(adversarials),
-        winner=torch.cat(parts["winner"]),
-        correct=torch.cat(parts["correct"]),
-        correct_undefended=torch.cat(parts["undefended"]),
+        winner=torch.cat(parts["winner"]).numpy(),
+        correct=torch.cat(parts["correct"]).numpy(),
+        correct_undefended=torch.cat(parts["undefended"]).numpy(),
         num_generators=mixture.num_generators,
         num_classes=num_classes,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,19 +22,19 @@ from ..inference import evaluating, model_device
 log = logging.getLogger("advlib")
 
 PMF_FLOOR = 1e-20  # added to every accumulator before normalising (as in the authors' demo)
-WEIGHT_MODES = ("softmax", "equal")
-VOTER_MODES = ("pos", "neg", "pos+neg")
-VOTER_POINTS = ("preactivation", "conv_output")
 Weights = Literal["softmax", "equal"]
 Voters = Literal["pos", "neg", "pos+neg"]
 VoterPoint = Literal["preactivation", "conv_output"]
+WEIGHT_MODES: tuple[Weights, ...] = ("softmax", "equal")
+VOTER_MODES: tuple[Voters, ...] = ("pos", "neg", "pos+neg")
+VOTER_POINTS: tuple[VoterPoint, ...] = ("preactivation", "conv_output")
 
 
-def check_voter_point(point: str) -> str:
+def check_voter_point(point: str) -> VoterPoint:
     """`point` if it is a known voter point, else a ValueError naming the allowed ones."""
     if point not in VOTER_POINTS:
         raise ValueError(f"unknown voter_point={point!r}; choose one of {', '.join(VOTER_POINTS)}")
-    return point
+    return cast(VoterPoint, point)
 
 
 def has_batch_norm(model: nn.Module) -> bool:
@@ -348,7 +348,7 @@ def fit_regroup(
         for images, labels in batches:
             logits, preacts = recorder.forward(images.to(device))
             labels = labels.to(device)
-            if counts is None:
+            if counts is None or weight_sums is None:  # both are set together, on the first batch
                 num_classes = logits.shape[-1]
                 counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
                 weight_sums = torch.zeros(num_classes, device=device)

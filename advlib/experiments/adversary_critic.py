@@ -73,13 +73,14 @@ class CriticStudy:
     # -- models ----------------------------------------------------------------------------
     def _key(self, network: str, defense: str, seed: int) -> dict[str, Any]:
         p = self.p
-        settings: dict[str, Any] = {
+        settings_of: dict[str, dict[str, Any]] = {
             "reference": {},
             "at": {"attack": p.baselines.at_attack.model_dump(mode="json"), "weight": p.baselines.at_weight},
             "vat": {"eps": p.baselines.vat_eps, "weight": p.baselines.vat_weight},
             "margin": {"weight": p.baselines.margin_weight},
             "critic": {**p.critic.model_dump(mode="json", exclude={"weight"}), "weight": p.critic.weight.get(network)},
-        }[defense]
+        }
+        settings = settings_of[defense]
         train = p.train.model_dump(mode="json", exclude={"model"})
         if defense == "critic":  # the critic's own schedule replaces the baselines' optimizer settings
             train = {"batch_size": p.train.batch_size}
@@ -103,10 +104,11 @@ class CriticStudy:
         spec = p.train.model_copy(update={"model": network})
         if defense == "at":
             spec = spec.model_copy(update={"adversary": p.baselines.at_attack, "adv_weight": p.baselines.at_weight})
-        extra: dict[str, Any] = {
+        extras: dict[str, dict[str, Any]] = {
             "vat": {"regularizer": vat_regularizer(p.baselines.vat_eps, p.baselines.vat_weight)},
             "margin": {"regularizer": margin_regularizer(p.baselines.margin_weight), "criterion": multiclass_hinge},
-        }.get(defense, {})
+        }
+        extra = extras.get(defense, {})
 
         def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
             if defense != "critic":

@@ -9,7 +9,7 @@ cached per model and attack; unions follow the paper's rule (broken = success wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -22,8 +22,8 @@ from ..defenses.mat import NormStep, cross_gradient_ratio, fit_mimo, mat_attack,
 from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite
 from ..inference import predict
 from ..models import Ensemble, create_model_for
-from ..models.mimo import MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
-from ..params import MATParams
+from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
+from ..params import MATNorm, MATParams
 from ..report import Claim, load_references, proportion_gap
 from ..report import paper_vs_run as report_paper_vs_run
 
@@ -39,7 +39,7 @@ LABELS = {
     "mat_l2": "MAT(L2)",
     "mat_msd": "MAT+MSD",
 }
-SINGLE_AT = {"linf_at": "linf", "l2_at": "l2", "l1_at": "l1"}
+SINGLE_AT: dict[str, MATNorm] = {"linf_at": "linf", "l2_at": "l2", "l1_at": "l1"}
 AT_FOR_NORM = {norm: system for system, norm in SINGLE_AT.items()}
 NORM_LABELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 # The paper's MNIST budget (Section 4, Appendix C), against which reasons for a missed claim measure this run's.
@@ -55,33 +55,34 @@ class MATStudy:
         self.train_set = load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
         x, y = to_tensors(load_dataset(p.data.name, "test", n=p.n_eval, seed=p.seed, download=p.data.download))
         self.x, self.y = x.to(self.device), y.to(self.device)
-        self._trained: dict[str, tuple[nn.Module, dict[str, Any], str]] = {}
+        self._trained: dict[str, tuple[MIMO | SingleAsMIMO, dict[str, Any], str]] = {}
 
     # -- systems ---------------------------------------------------------------------------
-    def norm_steps(self, norms: list[str]) -> list[NormStep]:
+    def norm_steps(self, norms: list[MATNorm]) -> list[NormStep]:
         return [NormStep(n, self.p.threats[n].eps, self.p.threats[n].stepsize) for n in norms]
 
-    def _recipe(self, name: str) -> tuple[nn.Module, Any, int, list[str]]:
+    def _recipe(self, name: str) -> tuple[MIMO | SingleAsMIMO, Any, int, list[MATNorm]]:
         """(module to train, inner attack, members, norms) of a trained system."""
         p, k = self.p, self.p.iterations
-        all_norms = ["linf", "l2", "l1"]
+        all_norms: list[MATNorm] = ["linf", "l2", "l1"]
         if name == "standard" or name in SINGLE_AT or name == "msd":
             model = create_model_for(
                 p.msd_model if name == "msd" else p.train.model, self.info, **p.train.model_options
             )
             norms = [SINGLE_AT[name]] if name in SINGLE_AT else all_norms if name == "msd" else []
             return SingleAsMIMO(model), self._inner(name, norms, k), 1, norms
-        norms = {
+        norms_of: dict[str, list[MATNorm]] = {
             "mat": list(p.members),
             "mat_linf": ["linf"] * len(p.members),
             "mat_l2": ["l2"] * len(p.members),
             "mat_msd": all_norms,
-        }[name]
+        }
+        norms = norms_of[name]
         members = len(p.members)
         model = create_mimo(p.train.model, self.info, members, **p.train.model_options)
         return model, self._inner(name, norms, k), members, norms
 
-    def _inner(self, name: str, norms: list[str], k: int):
+    def _inner(self, name: str, norms: list[MATNorm], k: int):
         if not norms:
             return None
         steps = self.norm_steps(norms)
@@ -96,7 +97,7 @@ class MATStudy:
         x, y = to_tensors(self.train_set, n=n * members)
         return x.view(n, members, *x.shape[1:]).to(self.device), y.view(n, members).to(self.device)
 
-    def trained(self, name: str) -> tuple[nn.Module, dict[str, Any], str]:
+    def trained(self, name: str) -> tuple[MIMO | SingleAsMIMO, dict[str, Any], str]:
         """The trained module of a system (a MIMO network, or SingleAsMIMO), its history and cache key."""
         if name in self._trained:
             return self._trained[name]
@@ -168,7 +169,8 @@ class MATStudy:
         module, _, key = self.trained(name)
         norms = self._recipe(name)[3]
         return [
-            (f"Sub-model {m + 1} ({norms[m]})", MIMOMember(module, m).eval(), f"{key}/member{m}")
+            # sub-models are the members of a MIMO system
+            (f"Sub-model {m + 1} ({norms[m]})", MIMOMember(cast(MIMO, module), m).eval(), f"{key}/member{m}")
             for m in range(module.members)
         ]
 
@@ -204,7 +206,7 @@ class MATStudy:
             }
         return pd.DataFrame(rows).T
 
-    def transfer_table(self, name: str, norm: str) -> pd.DataFrame:
+    def transfer_table(self, name: str, norm: MATNorm) -> pd.DataFrame:
         """Misclassified test images (of n_eval) on every target (columns) under the `norm` PGD crafted on the
         sub-model trained for `norm` and on the ensemble (rows), with the clean errors ('No Attack') and the
         ratio r_ij = N_ij / N_ii (source row's count on itself)."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as scipy_stats
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..attacks import attack_info
 from ..cache import Artifact, Cache, cached_model
@@ -160,7 +161,7 @@ class MixtureStudy:
         ).to(self.device)
         key = self.system_key(kind, names, seed)
 
-        def build(module: nn.Module, checkpoint_dir) -> dict[str, Any]:
+        def build(module: MixtureOfGenerators, checkpoint_dir: Path) -> dict[str, Any]:
             pool = self.transformed_pool(names, seed).to(self.device)
             if kind == "faster":
                 identity_mse = identity_init(
@@ -229,7 +230,9 @@ class MixtureStudy:
 
         def build() -> Artifact:
             mixture = (
-                self.separately_trained(names, seed) if kind == "separately" else self.system(kind, names, seed)[0]
+                self.separately_trained(names, seed)
+                if kind == "separately"
+                else self.system(cast(SystemKind, kind), names, seed)[0]  # `system` checks the kind
             )
             result = self.evaluate(mixture, names)
             fields = ("y", "attack", "winner", "correct", "correct_undefended")
@@ -246,7 +249,8 @@ class MixtureStudy:
         found = self.cache.get_or_build(
             "mixgen_eval", key, build, label=f"evaluation of {kind} ({'+'.join(names)}, seed {seed})"
         )
-        return DefenseEvaluation(**{f: t.numpy() for f, t in found.tensors.items()}, **found.meta)
+        arrays: dict[str, Any] = {f: t.numpy() for f, t in found.tensors.items()}
+        return DefenseEvaluation(**arrays, **found.meta)
 
 
 def mean_and_errors(values: Sequence[float]) -> dict[str, float]:
@@ -449,7 +453,7 @@ def within(terms: Sequence[tuple[float, float, int]], margin: float) -> bool | N
     return True if abs(value) + half <= margin else False if abs(value) - half > margin else None
 
 
-def every(verdicts: Sequence[bool | None]) -> bool | None:
+def every(verdicts: Iterable[bool | None]) -> bool | None:
     """All decided and true -> True; any decided false -> False; else None (not measured)."""
     verdicts = list(verdicts)
     return False if any(v is False for v in verdicts) else True if all(v is True for v in verdicts) else None

@@ -14,7 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -37,7 +37,7 @@ from ..defenses.regroup import (
 )
 from ..evaluate import TOLERANCE, attack
 from ..models import create_model_for
-from ..params import ArchitectureSpec, AttackSpec, RegroupParams
+from ..params import ArchitectureSpec, AttackSpec, PretrainedSpec, RegroupParams
 from ..report import Claim, proportion_gap
 from ..train import train_classifier
 
@@ -157,7 +157,7 @@ class RegroupStudy:
         if self.p.k is None:
             return
         for name, spec in self.p.architectures.items():
-            source = spec.train or spec.pretrained
+            source = spec.train or cast(PretrainedSpec, spec.pretrained)  # ArchitectureSpec holds one of the two
             options = {k: v for k, v in source.model_options.items() if k not in ("weights", "download")}
             with torch.random.fork_rng():  # counting layers must not move the global RNG the runs draw from
                 layers = spec.layers or voter_layers(create_model_for(source.model, self.info, **options))
@@ -185,7 +185,7 @@ class RegroupStudy:
             trained = train_classifier(spec.train, self.p.data, seed=self.p.seed, device=self.device, cache=self.cache)
             return trained.model, trained.key
         torch.manual_seed(self.p.seed)  # only matters for weights=None (dry runs)
-        pretrained = spec.pretrained
+        pretrained = cast(PretrainedSpec, spec.pretrained)  # ArchitectureSpec holds train or pretrained
         model = create_model_for(pretrained.model, self.info, **pretrained.model_options).to(self.device).eval()
         key = make_key(
             "pretrained", {"model": pretrained.model_dump(mode="json"), "data": self.p.data.name, "seed": self.p.seed}
@@ -448,7 +448,7 @@ class RegroupStudy:
 
     def figure3(self) -> pd.DataFrame:
         """Top-1 of REGroup with Pos, Neg and Pos+Neg voters for every set evaluated so far (at each network's k)."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for (name, table, row), s in self.sets.items():
             if table in ("figure2", "adaptive"):
                 continue

@@ -10,7 +10,7 @@ cached under the keys of the systems they evaluate, so a rerun only loads them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -135,7 +135,7 @@ class EnsembleStudy:
             "eval": {
                 "n": self.p.n_eval,
                 "attacks": {k: v.model_dump(mode="json") for k, v in self.p.eval_attacks.items()},
-                "blackbox": self._blackbox[2],
+                "blackbox": cast(tuple[Tensor, Tensor, str], self._blackbox)[2],  # set by self.blackbox() above
                 "blackbox_attack": self.p.blackbox_attack.model_dump(mode="json"),
                 "pgd_adam": ADAM_RULE,
             },
@@ -345,7 +345,8 @@ def claims(n_eval: int, plateau_points: float = 2.0, softmax_points: float = 2.0
 
     def separate(t: Tables) -> tuple[float, float, float]:
         c = t["table1c"]
-        return tuple(float(c.loc[n, "PGD"]) for n in ("SingleAdv", "Separate2Adv", "Ensemble2Adv"))
+        single, sep, ens = (float(c.loc[n, "PGD"]) for n in ("SingleAdv", "Separate2Adv", "Ensemble2Adv"))
+        return single, sep, ens
 
     def separate_reason(t: Tables) -> str:
         single, sep, ens = separate(t)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
@@ -13,6 +14,9 @@ from torch import nn
 from advlib.models.layers import IMAGENET_NORMALIZE, NormalizeSpec, make_normalize
 from advlib.models.registry import register_model
 from advlib.weights import load_state_dict
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 
 class BasicBlock(nn.Module):
@@ -184,7 +188,7 @@ def wrn(
 def _torchvision_model(
     name: str,
     builder: Callable[..., nn.Module],
-    weights_enum: type,
+    weights_enum: type[WeightsEnum],
     weights: str | None,
     download: bool,
     num_classes: int,
