@@ -268,9 +268,10 @@ def accuracy_vs_steps(
     step size is absolute; see `pgd`.
     """
     raw = {**_spec_dict(spec), "steps": steps}
-    if attack_info(raw["name"]).backend != "native":
+    # only native PGD records every iterate (`run(..., record=True)`); other native attacks exist (confidence_l2)
+    adversary = create_attack(raw) if attack_info(raw["name"]).backend == "native" else None
+    if not isinstance(adversary, PGD):
         raise ValueError(f"accuracy_vs_steps needs a native PGD attack (pgd_linf, pgd_l2, pgd_l1), got {raw['name']!r}")
-    adversary = cast(PGD, create_attack(raw))  # native and run with `record`: one of the pgd_* attacks
 
     def build() -> tuple[pd.DataFrame]:
         model.eval()

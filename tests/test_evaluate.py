@@ -201,3 +201,10 @@ def test_suites_keep_specs_with_one_name_and_eps_apart_by_their_keys(mnist_model
         attack_suite(mnist_model, x, y, [weak, strong])
     with pytest.raises(ParamsError, match="appear more than once"):
         params.load("quickstart", "ci", ["attacks.0={name: pgd_linf, eps: 0.2, steps: 3}"])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "confidence_l2"])
+def test_accuracy_vs_steps_refuses_attacks_that_do_not_record_iterates(name, mnist_model, mnist_test):
+    x, y = mnist_test[0][:4], mnist_test[1][:4]
+    with pytest.raises(ValueError, match=rf"needs a native PGD attack .*got '{name}'"):
+        accuracy_vs_steps(mnist_model, x, y, {"name": name, "eps": 1.0}, 3)
