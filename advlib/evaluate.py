@@ -22,19 +22,11 @@ from .attacks import AttackResult, attack_info, create_attack, predict
 from .attacks.base import seeded
 from .attacks.pgd import PGD
 from .attacks.registry import _spec_dict
+from .attacks.spec import labelled_specs, spec_label
 from .cache import Artifact, Cache, cached_frames
+from .inference import accuracy
 
 TOLERANCE = 1e-4
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy in [0, 1] (model put in eval mode for the measurement)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return float((predict(model, x, batch_size) == y).float().mean())
-    finally:
-        model.train(was_training)
 
 
 def tensor_digest(*tensors: Tensor) -> str:
@@ -43,28 +35,6 @@ def tensor_digest(*tensors: Tensor) -> str:
     for t in tensors:
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:20]
-
-
-def spec_label(spec: Any) -> str:
-    """A short readable label: name plus eps, e.g. 'pgd_linf@0.3'."""
-    raw = _spec_dict(spec)
-    return raw["name"] + (f"@{raw['eps']:g}" if raw.get("eps") is not None else "")
-
-
-def labelled_specs(specs: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
-    """Attack specs by the label their results carry: a mapping's own keys (the YAML keys of a profile), else each
-    spec's `spec_label`. Two specs of a sequence with one label would overwrite each other's results, so they are an
-    error that names them."""
-    if isinstance(specs, Mapping):
-        return dict(specs)
-    labels = [spec_label(spec) for spec in specs]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ValueError(
-            f"attack specs {repeated} appear more than once by name@eps, so their results would collide; "
-            f"give the attacks as a mapping (label -> spec) to keep them apart"
-        )
-    return dict(zip(labels, specs))
 
 
 def attack(

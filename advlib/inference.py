@@ -49,3 +49,13 @@ def predict(model: nn.Module, x: Tensor, batch_size: int | None = 512) -> Tensor
 def probabilities(model: nn.Module, x: Tensor, batch_size: int | None = 512) -> Tensor:
     """Softmax probabilities, in batches, without gradients."""
     return torch.softmax(logits(model, x, batch_size), dim=1)
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
+    """Top-1 accuracy in [0, 1] (model put in eval mode for the measurement, then back to its top-level mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return float((predict(model, x, batch_size) == y).float().mean())
+    finally:
+        model.train(was_training)

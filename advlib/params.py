@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from .runtime import DEVICE_CHOICES, contained_path, project_root
+from .attacks.spec import AttackSpec
+from .runtime import DEVICE_CHOICES, PUBLISH_ENV, contained_path, project_root, publishing
+from .schema import Strict
 
 PROFILES = ("ci", "default", "paper")
 SCHEMAS: dict[str, type[Params]] = {}
@@ -22,61 +24,11 @@ class ParamsError(ValueError):
     """A profile or override that does not fit the notebook's parameter schema."""
 
 
-class Strict(BaseModel):
-    """Base for every parameter block: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-class AttackSpec(Strict):
-    """One attack as the notebooks name it: a registry name, its eps and the knobs it takes."""
-
-    name: str
-    eps: float | None = Field(default=None, gt=0)
-    steps: int | None = Field(default=None, ge=1)
-    stepsize: float | None = Field(default=None, gt=0)
-    rel_stepsize: float | None = Field(default=None, gt=0)
-    random_start: bool | None = None
-    targeted: bool = False
-    seed: int = Field(default=0, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known_attack(cls, name: str) -> str:
-        from .attacks.registry import list_attacks
-
-        allowed = list_attacks()
-        if name not in allowed:
-            raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(allowed)}")
-        return name
-
-    @model_validator(mode="after")
-    def _targeted_supported(self) -> AttackSpec:
-        from .attacks.registry import attack_info
-
-        info = attack_info(self.name)
-        if self.targeted and not info.targeted:
-            raise ValueError(
-                f"attack {self.name!r} has no targeted mode; targeted attacks: "
-                + ", ".join(n for n in _targeted_names())
-            )
-        if info.kind == "fixed" and self.eps is None:
-            raise ValueError(f"attack {self.name!r} is a fixed-eps attack and needs an eps > 0")
-        return self
-
-
 def _require_known(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
     """Raise naming the unknown entries of `names` and the allowed ones."""
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise ValueError(f"unknown {kind} {unknown}; allowed: {', '.join(allowed)}")
-
-
-def _targeted_names() -> list[str]:
-    from .attacks.registry import attack_info, list_attacks
-
-    return [n for n in list_attacks() if attack_info(n).targeted]
 
 
 class Params(Strict):
@@ -205,7 +157,7 @@ class QuickstartParams(Params):
     @field_validator("attacks")
     @classmethod
     def _distinct_labels(cls, attacks: list[AttackSpec]) -> list[AttackSpec]:
-        from .evaluate import labelled_specs
+        from .attacks.spec import labelled_specs
 
         labelled_specs(attacks)
         return attacks
@@ -348,6 +300,19 @@ class StrongestSpec(Strict):
     max_steps: int = Field(default=1600, ge=1)
 
 
+# the systems of Strength in Numbers' Table 1 (their recipes: defenses.ensemble_at.SYSTEMS, which must match)
+SIN_SYSTEMS = (
+    "Baseline",
+    "Ensemble2",
+    "Ensemble4",
+    "SingleAdv",
+    "DoubleAdv",
+    "Ensemble2Adv",
+    "Ensemble4Adv",
+    "Separate2Adv",
+)
+
+
 @register_schema("strength_in_numbers")
 class StrengthInNumbersParams(Params):
     """03_strength_in_numbers: the model family, Algorithm 1's training, the evaluation job and Appendix A."""
@@ -371,9 +336,7 @@ class StrengthInNumbersParams(Params):
     @field_validator("systems")
     @classmethod
     def _known_systems(cls, names: list[str]) -> list[str]:
-        from .defenses.ensemble_at import SYSTEMS
-
-        _require_known("systems", names, list(SYSTEMS))
+        _require_known("systems", names, SIN_SYSTEMS)
         return names
 
     @model_validator(mode="after")
@@ -648,6 +611,11 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
     """Resolve the parameters of notebook `stem`: profile YAML, then overrides ({'a.b': v} or ['a.b=v'])."""
     if stem not in SCHEMAS:
         raise ParamsError(f"unknown notebook {stem!r}; allowed: {', '.join(list_stems())}")
+    if publishing() and (overrides or str(profile) not in PROFILES):
+        raise ParamsError(
+            f"{PUBLISH_ENV}=1 publishes into figures/{stem}/ only a built-in profile ({', '.join(PROFILES)}) without "
+            f"overrides; profile {str(profile)!r}{' with overrides' if overrides else ''} goes to runs/ (unset {PUBLISH_ENV})"
+        )
     schema = SCHEMAS[stem]
     path = profile_path(stem, profile)
     try:

@@ -185,17 +185,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _check_publishable(stem: str, profile: str, params: Any) -> None:
-    """A published run (figures/) must be a built-in profile exactly as committed, without overrides."""
-    from . import params as params_mod
-
-    if profile_name(profile) != profile or params != params_mod.load(stem, profile):
-        raise ValueError(
-            f"{PUBLISH_ENV}=1 publishes into figures/{stem}/{profile_name(profile)}/ only for a built-in "
-            f"profile without overrides; {profile!r} with these parameters goes to runs/ (unset {PUBLISH_ENV})"
-        )
-
-
 class Run:
     """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
 
@@ -208,8 +197,6 @@ class Run:
         self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
-        if publishing() and params is not None and hasattr(params, "model_dump"):
-            _check_publishable(stem, profile, params)
         _run_dirs[(project_root(), stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 

@@ -27,8 +27,8 @@ from .attacks import create_attack
 from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
 from .data import augment_batch, dataset_info, dataset_size, load_dataset, to_tensors
-from .evaluate import accuracy
 from .files import atomic_write
+from .inference import accuracy
 from .models import create_model_for
 from .params import DataSpec, TrainSpec
 

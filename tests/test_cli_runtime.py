@@ -206,8 +206,8 @@ def test_only_published_runs_write_figures(real_params, monkeypatch):
     )  # save_table follows the notebook's Run
     monkeypatch.setenv(runtime.PUBLISH_ENV, "1")
     assert runtime.Run("quickstart", "ci", plain).out == real_params / "figures" / "quickstart" / "ci"
-    with pytest.raises(ValueError, match="without overrides"):
-        runtime.Run("quickstart", "ci", changed)
+    with pytest.raises(params.ParamsError, match="without overrides"):  # refused at the notebook's first cell
+        params.load("quickstart", "ci", ["train.epochs=2"])
     assert not (real_params / "figures" / "quickstart" / "ci" / "t.csv").exists()
 
 

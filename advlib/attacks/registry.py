@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .base import Attack, AttackResult, Kind
+from .spec import AttackSpec
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,6 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
     if hasattr(spec, "model_dump"):
         return spec.model_dump()
     if isinstance(spec, Mapping):
-        from ..params import AttackSpec
-
         unknown = sorted(set(spec) - set(AttackSpec.model_fields))
         if unknown:
             raise ValueError(
@@ -70,8 +69,6 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 def with_overrides(spec: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
     """`spec` with keyword overrides: AttackSpec fields (eps, steps, ...) replace the spec's, anything else is an
     option of the attack (e.g. update="adam")."""
-    from ..params import AttackSpec
-
     raw = _spec_dict(spec)
     if not overrides:
         return raw

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import create_attack
-from ..evaluate import accuracy
+from ..inference import accuracy
 from ..models import Ensemble
+from ..params import SIN_SYSTEMS
 
 Builder = Callable[[], nn.Module]
 
@@ -52,6 +53,10 @@ SYSTEMS: dict[str, SystemSpec] = {
         SystemSpec("Separate2Adv", 2, adversarial=True, separate=True),
     )
 }
+
+
+if tuple(SYSTEMS) != SIN_SYSTEMS:  # the names profiles may use (params) and the recipes here must agree
+    raise ImportError(f"defenses.ensemble_at.SYSTEMS {tuple(SYSTEMS)} and params.SIN_SYSTEMS {SIN_SYSTEMS} disagree")
 
 
 def system_spec(name: str) -> SystemSpec:
