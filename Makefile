@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install reproduce test unit nbval reliability lab golden bench clean
+.PHONY: install reproduce test lint unit nbval reliability lab golden bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,12 @@ $(STAMP): pyproject.toml
 reproduce: $(STAMP)
 	$(BIN)/advlib run all --profile $(PROFILE) --publish
 
+# style and types: ruff's lint and format check, mypy over advlib (configuration in pyproject.toml)
+lint: $(STAMP)
+	$(BIN)/ruff check advlib tests benchmarks
+	$(BIN)/ruff format --check advlib tests benchmarks
+	$(BIN)/mypy
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
@@ -37,7 +43,7 @@ PINNED_KERNELS := ADVLIB_PORTABLE_KERNELS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=CO
 nbval: $(STAMP)
 	$(PINNED_KERNELS) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -q $(NOTEBOOKS)
 
-test: unit nbval
+test: lint unit nbval
 
 # The fault-injection and bad-input tests alone; rewrites README's "Reliability" figures from this run.
 reliability: $(STAMP)

@@ -1,4 +1,5 @@
 """advlib: models, attacks and defenses behind the five paper notebooks."""
+
 import logging
 
 __version__ = "0.1.0"

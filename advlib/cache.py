@@ -5,6 +5,7 @@ hash of the canonical parameters that determine the artifact. Entries appear by 
 of a fully written temp dir, builds of the same key are serialised by a file lock, and a load whose
 checksum does not match is rebuilt with a warning.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,10 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -32,6 +34,7 @@ CACHE_FORMAT = 1
 TENSORS = "tensors.safetensors"
 META = "meta.json"
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
 
 class CacheError(RuntimeError):
@@ -161,7 +164,9 @@ class Cache:
                 return f"{name} checksum mismatch"
         return None
 
-    def get_or_build(self, kind: str, params: Any, build: Callable[[], Artifact], *, label: str | None = None) -> Artifact:
+    def get_or_build(
+        self, kind: str, params: Any, build: Callable[[], Artifact], *, label: str | None = None
+    ) -> Artifact:
         """Return the cached artifact for (kind, params), building and storing it under a lock if absent."""
         key = make_key(kind, params)
         name = label or kind
@@ -187,8 +192,7 @@ class Cache:
         if not self.root.is_dir():
             return
         for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != "checkpoints"):
-            for entry in sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")):
-                yield entry
+            yield from sorted(p for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".tmp-"))
 
     def ls(self) -> list[dict[str, Any]]:
         rows = []
@@ -224,7 +228,9 @@ class Cache:
         return removed
 
 
-def cached(kind: str, params: Any, build: Callable[[], Artifact], *, cache: Cache | None = None, label: str | None = None) -> Artifact:
+def cached(
+    kind: str, params: Any, build: Callable[[], Artifact], *, cache: Cache | None = None, label: str | None = None
+) -> Artifact:
     """`Cache().get_or_build` for the default cache root."""
     return (cache or Cache()).get_or_build(kind, params, build, label=label)
 
@@ -234,8 +240,15 @@ def state_to_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
-def cached_model(kind: str, params: Any, model: torch.nn.Module, train: Callable[[torch.nn.Module, Path], dict[str, Any]],
-                 *, cache: Cache | None = None, label: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def cached_model(
+    kind: str,
+    params: Any,
+    model: ModelT,
+    train: Callable[[ModelT, Path], dict[str, Any]],
+    *,
+    cache: Cache | None = None,
+    label: str | None = None,
+) -> tuple[ModelT, dict[str, Any]]:
     """Load `model`'s weights from the cache, or run `train(model, checkpoint_dir)` and store the result.
 
     `train` returns metadata (history, accuracy); it may checkpoint into `checkpoint_dir` so an
@@ -260,8 +273,12 @@ def _index_to_json(index: pd.Index) -> dict[str, Any]:
     if isinstance(index, pd.RangeIndex):
         return {"range": [index.start, index.stop, index.step], "names": list(index.names)}
     values = [list(v) if isinstance(v, tuple) else v for v in index.tolist()]
-    return {"values": values, "names": list(index.names), "multi": isinstance(index, pd.MultiIndex),
-            "dtype": str(index.dtype)}
+    return {
+        "values": values,
+        "names": list(index.names),
+        "multi": isinstance(index, pd.MultiIndex),
+        "dtype": str(index.dtype),
+    }
 
 
 def _index_from_json(data: dict[str, Any]) -> pd.Index:
@@ -283,8 +300,14 @@ def frames_to_artifact(frames: tuple[pd.DataFrame, ...]) -> Artifact:
                 tensors[f"{f}.{c}"] = torch.from_numpy(column.to_numpy().copy())
             else:
                 text[str(c)] = column.tolist()
-        meta.append({"index": _index_to_json(frame.index), "columns": _index_to_json(frame.columns),
-                     "dtypes": [str(d) for d in frame.dtypes], "text": text})
+        meta.append(
+            {
+                "index": _index_to_json(frame.index),
+                "columns": _index_to_json(frame.columns),
+                "dtypes": [str(d) for d in frame.dtypes],
+                "text": text,
+            }
+        )
     return Artifact(tensors=tensors, meta={"frames": meta})
 
 
@@ -292,17 +315,28 @@ def frames_from_artifact(artifact: Artifact) -> tuple[pd.DataFrame, ...]:
     """The DataFrames `frames_to_artifact` stored, with their dtypes, index and column labels."""
     frames = []
     for f, meta in enumerate(artifact.meta["frames"]):
-        columns = {c: (artifact.tensors[f"{f}.{c}"].numpy() if str(c) not in meta["text"]
-                       else np.asarray(meta["text"][str(c)], dtype=object)).astype(dtype)
-                   for c, dtype in enumerate(meta["dtypes"])}
+        columns = {
+            c: (
+                artifact.tensors[f"{f}.{c}"].numpy()
+                if str(c) not in meta["text"]
+                else np.asarray(meta["text"][str(c)], dtype=object)
+            ).astype(dtype)
+            for c, dtype in enumerate(meta["dtypes"])
+        }
         frame = pd.DataFrame(columns, index=_index_from_json(meta["index"]))
         frame.columns = _index_from_json(meta["columns"])
         frames.append(frame)
     return tuple(frames)
 
 
-def cached_frames(kind: str, params: Any, build: Callable[[], tuple[pd.DataFrame, ...]], *, cache: Cache | None = None,
-                  label: str | None = None) -> tuple[pd.DataFrame, ...]:
+def cached_frames(
+    kind: str,
+    params: Any,
+    build: Callable[[], tuple[pd.DataFrame, ...]],
+    *,
+    cache: Cache | None = None,
+    label: str | None = None,
+) -> tuple[pd.DataFrame, ...]:
     """Tables of results (an evaluation the notebook reports), built once per parameters and then loaded exactly."""
     artifact = (cache or Cache()).get_or_build(kind, params, lambda: frames_to_artifact(tuple(build())), label=label)
     return frames_from_artifact(artifact)

@@ -1,4 +1,5 @@
 """Command line: `advlib run|sweep|list|cache|study|bench` — papermill runs and sweeps of the notebooks, cache upkeep."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,8 +7,8 @@ import logging
 import os
 import runpy
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from . import params as params_mod
 from . import preflight
@@ -43,8 +44,9 @@ class RunFailed(Exception):
         self.code = code
 
 
-def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path | None = None, *,
-                 publish: bool = False) -> Path:
+def run_notebook(
+    stem: str, profile: str, overrides: Sequence[str], output: Path | None = None, *, publish: bool = False
+) -> Path:
     """Validate the parameters and this machine (fails before any work), then execute the notebook with papermill.
 
     The executed notebook goes to runs/<stem>/<profile>-<digest>/ (or `output`); so do the tables and figures, except
@@ -55,8 +57,10 @@ def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path
 
     p = params_mod.load(stem, profile, list(overrides))
     if publish and (overrides or Path(profile).stem != profile):
-        raise UsageError(f"--publish writes figures/{stem}/ and takes only a built-in profile without --set; "
-                         f"got profile {profile!r}{' with overrides' if overrides else ''}")
+        raise UsageError(
+            f"--publish writes figures/{stem}/ and takes only a built-in profile without --set; "
+            f"got profile {profile!r}{' with overrides' if overrides else ''}"
+        )
     found = preflight.problems(stem, p)
     if found:
         raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
@@ -70,17 +74,27 @@ def run_notebook(stem: str, profile: str, overrides: Sequence[str], output: Path
     if publish:
         os.environ[PUBLISH_ENV] = "1"  # the kernel inherits it; runtime.output_dir then writes figures/
     try:
-        papermill.execute_notebook(str(source), str(partial), parameters={"profile": profile, "overrides": parsed},
-                                   cwd=str(source.parent), progress_bar=True)
+        papermill.execute_notebook(
+            str(source),
+            str(partial),
+            parameters={"profile": profile, "overrides": parsed},
+            cwd=str(source.parent),
+            progress_bar=True,
+        )
     except (papermill.PapermillExecutionError, KeyboardInterrupt) as error:
         failed = failed_notebook(target)
         if partial.exists():
             os.replace(partial, failed)
-        what = (f"{error.ename}: {error.evalue}".splitlines()[0] if isinstance(error, papermill.PapermillExecutionError)
-                else "interrupted")
-        raise RunFailed(f"{stem} failed: {what}\n  executed notebook: {_shown(failed)}"
-                        + (f" (last good run kept: {_shown(target)})" if target.exists() else ""),
-                        130 if isinstance(error, KeyboardInterrupt) else 1) from None
+        what = (
+            f"{error.ename}: {error.evalue}".splitlines()[0]
+            if isinstance(error, papermill.PapermillExecutionError)
+            else "interrupted"
+        )
+        raise RunFailed(
+            f"{stem} failed: {what}\n  executed notebook: {_shown(failed)}"
+            + (f" (last good run kept: {_shown(target)})" if target.exists() else ""),
+            130 if isinstance(error, KeyboardInterrupt) else 1,
+        ) from None
     finally:
         os.environ.pop(PUBLISH_ENV, None)
     os.replace(partial, target)
@@ -100,8 +114,13 @@ def _shown(path: Path) -> str:
 def _cmd_run(args: argparse.Namespace) -> int:
     stems = available_stems() if args.stem == "all" else [args.stem]
     for stem in stems:
-        run_notebook(stem, args.profile, args.set or [], Path(args.output) if args.output and len(stems) == 1 else None,
-                     publish=args.publish)
+        run_notebook(
+            stem,
+            args.profile,
+            args.set or [],
+            Path(args.output) if args.output and len(stems) == 1 else None,
+            publish=args.publish,
+        )
     return 0
 
 
@@ -116,17 +135,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"sweep: {error}") from None
     plot = _checked_plot(args.plot, args.stem, planned.keys) if args.plot else None
-    results = sweep_mod.run_sweep(planned, executor=args.executor, workers=args.workers, scheduler=args.scheduler,
-                                  resume=args.resume)
+    results = sweep_mod.run_sweep(
+        planned, executor=args.executor, workers=args.workers, scheduler=args.scheduler, resume=args.resume
+    )
     tidy = sweep_mod.gather(planned, results)
     paths = sweep_mod.write_gathered(planned, tidy, results)
     out = sys.stdout
     failed = [r for r in results if r.status == "failed"]
-    out.write(f"sweep {planned.sweep_id}: {len(results) - len(failed)} of {len(planned.points)} points ok; "
-              f"tables in {paths['results.csv']}\n")
+    out.write(
+        f"sweep {planned.sweep_id}: {len(results) - len(failed)} of {len(planned.points)} points ok; "
+        f"tables in {paths['results.csv']}\n"
+    )
     for result in failed:
-        out.write(f"FAILED {result.name}: {failed_notebook(Path(planned.point(result.name).notebook))}\n  "
-                  + result.error.replace("\n", "\n  ") + "\n")
+        out.write(
+            f"FAILED {result.name}: {failed_notebook(Path(planned.point(result.name).notebook))}\n  "
+            + result.error.replace("\n", "\n  ")
+            + "\n"
+        )
     if failed:
         out.write("rerun only the failed points: add --resume\n")
     if plot and not tidy.empty:
@@ -150,7 +175,9 @@ def _checked_plot(plot: str, stem: str, swept: Sequence[str]) -> tuple[str, str]
     if tables:
         columns = tables[table].open().readline().strip().split(",")
         if column not in columns:
-            raise UsageError(f"--plot column {column!r} is not in {stem}'s {table}; columns: {', '.join(c for c in columns if c)}")
+            raise UsageError(
+                f"--plot column {column!r} is not in {stem}'s {table}; columns: {', '.join(c for c in columns if c)}"
+            )
     return metric, key
 
 
@@ -166,7 +193,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     out.write("attacks:\n")
     for name in list_attacks():
         info = attack_info(name)
-        out.write(f"  {name:<24} {info.norm:<5} {info.kind:<8} {'targeted' if info.targeted else '':<9} {info.backend:<13} {info.summary}\n")
+        out.write(
+            f"  {name:<24} {info.norm:<5} {info.kind:<8} {'targeted' if info.targeted else '':<9} {info.backend:<13} {info.summary}\n"
+        )
     return 0
 
 
@@ -187,7 +216,9 @@ def _cmd_cache(args: argparse.Namespace) -> int:
         return 1 if bad else 0
     kinds = sorted({entry.parent.name for entry in cache.entries()})
     if args.kind is not None and args.kind not in kinds:
-        raise UsageError(f"--kind {args.kind!r} has no entries in {cache.root.name}/; kinds present: {', '.join(kinds) or 'none'}")
+        raise UsageError(
+            f"--kind {args.kind!r} has no entries in {cache.root.name}/; kinds present: {', '.join(kinds) or 'none'}"
+        )
     removed = cache.prune(args.kind, corrupt_only=args.corrupt)
     out.write(f"removed {len(removed)} paths\n")
     return 0
@@ -199,13 +230,16 @@ def _cmd_study(args: argparse.Namespace) -> int:
     import hashlib
     import shutil
 
+    from .files import atomic_write
     from .human import import_results
     from .runtime import data_root
 
     source = Path(args.path).expanduser()
     if not source.is_file():
-        raise UsageError(f"study import: {str(source)!r} is not a file; pass the answers CSV saved from annotate.html "
-                         f"or downloaded from MTurk")
+        raise UsageError(
+            f"study import: {str(source)!r} is not a file; pass the answers CSV saved from annotate.html "
+            f"or downloaded from MTurk"
+        )
     try:
         answers = import_results(source)
     except (ValueError, KeyError, UnicodeDecodeError) as error:
@@ -215,12 +249,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
     target = data_root() / "human_study" / f"{source.stem}-{digest}.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     shown = _shown(target)
-    sys.stdout.write(f"stored {len(answers)} answers of {answers['worker'].nunique()} annotator(s) in {shown}\n"
-                     f"Table 2 from them: advlib run adversary_critic --profile {args.profile} --set study.results={shown}\n")
+    sys.stdout.write(
+        f"stored {len(answers)} answers of {answers['worker'].nunique()} annotator(s) in {shown}\n"
+        f"Table 2 from them: advlib run adversary_critic --profile {args.profile} --set study.results={shown}\n"
+    )
     return 0
 
 
@@ -228,10 +262,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     script = project_root() / "benchmarks" / "run.py"
     if not script.is_file():
         raise SystemExit(f"benchmark script {script} not found")
-    sys.argv = [str(script), *(["--quick"] if args.quick else []), *(["--suite", args.suite] if args.suite else []),
-                *(["--bf16"] if args.bf16 else []), *(["--channels-last"] if args.channels_last else []),
-                *(f"--only={part}" for part in args.only or []), *(["--output", args.output] if args.output else []),
-                *(["--notebooks", args.notebooks] if args.notebooks else [])]
+    sys.argv = [
+        str(script),
+        *(["--quick"] if args.quick else []),
+        *(["--suite", args.suite] if args.suite else []),
+        *(["--bf16"] if args.bf16 else []),
+        *(["--channels-last"] if args.channels_last else []),
+        *(f"--only={part}" for part in args.only or []),
+        *(["--output", args.output] if args.output else []),
+        *(["--notebooks", args.notebooks] if args.notebooks else []),
+    ]
     runpy.run_path(str(script), run_name="__main__")
     return 0
 
@@ -242,11 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute a notebook (or all) with papermill")
     run.add_argument("stem", help="notebook stem (e.g. quickstart) or 'all'")
     run.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)")
+    run.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)"
+    )
     run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>-<digest>/)")
-    run.add_argument("--publish", action="store_true",
-                     help="write tables and figures into the committed figures/<stem>/<profile>/ (make reproduce; "
-                          "built-in profiles without --set only)")
+    run.add_argument(
+        "--publish",
+        action="store_true",
+        help="write tables and figures into the committed figures/<stem>/<profile>/ (make reproduce; "
+        "built-in profiles without --set only)",
+    )
     run.set_defaults(func=_cmd_run)
     sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters (locally or on Dask)")
     sweep.add_argument("stem", help="notebook stem (e.g. quickstart)")
@@ -277,8 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", metavar="PROFILE", help="profile of the notebook-suite rows ('none' skips them)")
     bench.add_argument("--bf16", action="store_true", help="attack engine under bf16 autocast (CUDA)")
     bench.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
-    bench.add_argument("--only", action="append", metavar="PART",
-                       help="run only this part (repeatable): engine, steps, regroup, mat, union, suite")
+    bench.add_argument(
+        "--only",
+        action="append",
+        metavar="PART",
+        help="run only this part (repeatable): engine, steps, regroup, mat, union, suite",
+    )
     bench.add_argument("--output", help="where to write the table (default benchmarks/RESULTS.md)")
     bench.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")
     bench.set_defaults(func=_cmd_bench)

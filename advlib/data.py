@@ -3,12 +3,14 @@
 Normalisation is not applied here; it lives inside the models (`advlib.models.Normalize`), so
 attacks always work in the [0, 1] pixel box.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +50,7 @@ class DatasetRequest:
     download: bool
     n: int | None
     seed: int
-    shape: tuple[int, int, int] | None
+    shape: tuple[int, ...] | None  # (C, H, W): load_dataset checks it against a real dataset, `fake` its length
     num_classes: int | None
 
 
@@ -240,11 +242,16 @@ def _load_mnist(request: DatasetRequest) -> Dataset:
     return _take(dataset, dataset.targets.numpy(), request)
 
 
-def _torchvision_dataset(cls: Callable[..., Dataset], request: DatasetRequest) -> Dataset:
-    """A torchvision train/test dataset under `root`; missing files without `download` get a clear error."""
+def _torchvision_dataset(cls: Callable[..., Any], request: DatasetRequest) -> Any:
+    """A torchvision train/test dataset under `root` (an instance of `cls`, e.g. with its `targets`); missing files
+    without `download` get a clear error."""
     try:
-        return cls(str(request.root), train=request.split == "train", download=request.download,
-                   transform=_to_tensor_transform())
+        return cls(
+            str(request.root),
+            train=request.split == "train",
+            download=request.download,
+            transform=_to_tensor_transform(),
+        )
     except RuntimeError as err:
         if request.download:
             raise
@@ -331,9 +338,14 @@ def _load_fake(request: DatasetRequest) -> Dataset:
 # --- tensors, loaders, validation ---------------------------------------------------------------
 
 
+def dataset_size(dataset: Dataset) -> int:
+    """The number of samples of a map-style dataset (torch's `Dataset` type does not declare `__len__`)."""
+    return len(cast(Sized, dataset))
+
+
 def to_tensors(dataset: Dataset, n: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """The first n samples (all when None) as (x float32 (N, C, H, W), y int64) tensors."""
-    size = len(dataset)
+    size = dataset_size(dataset)
     if n is None:
         n = size
     if n < 1 or n > size:
@@ -391,22 +403,24 @@ def augment_batch(x: torch.Tensor, augment: str, generator: torch.Generator) -> 
     raise ValueError(f"augment {augment!r} is not allowed; choose one of {', '.join(AUGMENTATIONS)}")
 
 
-def check_images(x: torch.Tensor) -> None:
-    """Raise ValueError unless `x` is a finite float batch (N, C, H, W) with every value in [0, 1]."""
+def check_images(x: torch.Tensor, what: str = "images", *, allow_empty: bool = True) -> None:
+    """Raise (TypeError / ValueError naming the bad value and the allowed ones) unless `x` is a finite float batch
+    (N, C, H, W) with every value in [0, 1]: the one image check of advlib (datasets, attacks, defenses)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor; got {type(x).__name__}")
+        raise TypeError(f"{what} must be a torch.Tensor; got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"images must have 4 dimensions (N, C, H, W); got shape {tuple(x.shape)}")
+        raise ValueError(f"{what} must be a 4-d batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if len(x) == 0 and not allow_empty:
+        raise ValueError(f"empty batch: no {what} given")
     if not x.is_floating_point():
-        raise ValueError(f"images must be floating point with values in [0, 1]; got dtype {x.dtype}")
+        raise ValueError(f"{what} must be floating point with values in [0, 1]; got dtype {x.dtype}")
     if x.numel() == 0:
         return
-    n_nan = int(torch.isnan(x).sum())
-    if n_nan:
-        raise ValueError(f"images contain {n_nan} NaN value(s)")
-    n_inf = int(torch.isinf(x).sum())
-    if n_inf:
-        raise ValueError(f"images contain {n_inf} infinite value(s)")
+    n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+    if n_nan or n_inf:
+        raise ValueError(
+            f"{what} contain NaN or Inf values ({n_nan} NaN, {n_inf} infinite); allowed: finite values in [0, 1]"
+        )
     low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
-        raise ValueError(f"images must lie in [0, 1]; got values in [{low:.6g}, {high:.6g}]")
+        raise ValueError(f"{what} values span [{low:.6g}, {high:.6g}]; allowed range is [0, 1]")

@@ -4,11 +4,13 @@ attack, accuracy vs eps and vs steps, rho_adv and transfer matrices.
 Robust accuracy follows DESIGN.md: a sample is robust if it is classified correctly and no attack
 of the set breaks it within eps (+1e-4); misclassified clean samples count as broken.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -18,20 +20,13 @@ from tqdm.auto import tqdm
 
 from .attacks import AttackResult, attack_info, create_attack, predict
 from .attacks.base import seeded
+from .attacks.pgd import PGD
 from .attacks.registry import _spec_dict
+from .attacks.spec import labelled_specs, spec_label
 from .cache import Artifact, Cache, cached_frames
+from .inference import accuracy
 
 TOLERANCE = 1e-4
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512) -> float:
-    """Top-1 accuracy in [0, 1] (model put in eval mode for the measurement)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return float((predict(model, x, batch_size) == y).float().mean())
-    finally:
-        model.train(was_training)
 
 
 def tensor_digest(*tensors: Tensor) -> str:
@@ -42,34 +37,27 @@ def tensor_digest(*tensors: Tensor) -> str:
     return h.hexdigest()[:20]
 
 
-def spec_label(spec: Any) -> str:
-    """A short readable label: name plus eps, e.g. 'pgd_linf@0.3'."""
-    raw = _spec_dict(spec)
-    return raw["name"] + (f"@{raw['eps']:g}" if raw.get("eps") is not None else "")
-
-
-def labelled_specs(specs: Mapping[str, Any] | Sequence[Any]) -> dict[str, Any]:
-    """Attack specs by the label their results carry: a mapping's own keys (the YAML keys of a profile), else each
-    spec's `spec_label`. Two specs of a sequence with one label would overwrite each other's results, so they are an
-    error that names them."""
-    if isinstance(specs, Mapping):
-        return dict(specs)
-    labels = [spec_label(spec) for spec in specs]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ValueError(f"attack specs {repeated} appear more than once by name@eps, so their results would collide; "
-                         f"give the attacks as a mapping (label -> spec) to keep them apart")
-    return dict(zip(labels, specs))
-
-
-def attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, *, model_key: str | None = None,
-           cache: Cache | None = None, target: Tensor | None = None, keys: Tensor | None = None) -> AttackResult:
+def attack(
+    spec: Any,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    model_key: str | None = None,
+    cache: Cache | None = None,
+    target: Tensor | None = None,
+    keys: Tensor | None = None,
+) -> AttackResult:
     """Run one attack; with `model_key` the adversarial set is cached under (model, spec, samples, keys).
     `keys` give each sample its own random stream (see `Attack.__call__`)."""
     adversary = create_attack(spec)
     if model_key is None:
         return adversary(model, x, y, target, keys=keys)
-    key = {"model": model_key, "spec": _spec_dict(spec), "samples": tensor_digest(x, y) + (tensor_digest(target) if target is not None else "")}
+    key = {
+        "model": model_key,
+        "spec": _spec_dict(spec),
+        "samples": tensor_digest(x, y) + (tensor_digest(target) if target is not None else ""),
+    }
     if keys is not None:
         key["keys"] = tensor_digest(keys)
 
@@ -79,8 +67,14 @@ def attack(spec: Any, model: nn.Module, x: Tensor, y: Tensor, *, model_key: str 
 
     artifact = (cache or Cache()).get_or_build("adversarial", key, build, label=f"adversarials {spec_label(spec)}")
     t = artifact.tensors
-    return AttackResult(x_adv=t["x_adv"].to(x.device), success=t["success"].to(x.device), norms=t["norms"].to(x.device),
-                        l2=t["l2"].to(x.device), norm=adversary.norm, eps=adversary.eps)
+    return AttackResult(
+        x_adv=t["x_adv"].to(x.device),
+        success=t["success"].to(x.device),
+        norms=t["norms"].to(x.device),
+        l2=t["l2"].to(x.device),
+        norm=adversary.norm,
+        eps=adversary.eps,
+    )
 
 
 @dataclass
@@ -102,8 +96,16 @@ class UnionResult:
         return float(self.robust.float().mean())
 
 
-def union_robustness(model: nn.Module, x: Tensor, y: Tensor, specs: Mapping[str, Any] | Sequence[Any], *, cascade: bool = True,
-                     model_key: str | None = None, cache: Cache | None = None) -> UnionResult:
+def union_robustness(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    specs: Mapping[str, Any] | Sequence[Any],
+    *,
+    cascade: bool = True,
+    model_key: str | None = None,
+    cache: Cache | None = None,
+) -> UnionResult:
     """Union of attacks. cascade=True runs each attack only on the survivors of the earlier ones, at a fraction of
     the cost; cascade=False runs every attack on every sample. Both give the same union: every sample draws its
     randomness from a stream keyed by its position in x, and attacks whose draws serve a whole batch (noise,
@@ -139,24 +141,46 @@ class SuiteResult:
     def table(self) -> pd.DataFrame:
         """Clean and per-attack robust accuracy (percent) with the median L2 of the adversarials that broke a
         correctly classified sample (already misclassified inputs need no perturbation and are left out)."""
-        rows = [{"attack": "clean", "norm": "", "eps": np.nan, "accuracy": 100 * float(self.clean.float().mean()),
-                 "median_l2": np.nan}]
+        rows = [
+            {
+                "attack": "clean",
+                "norm": "",
+                "eps": np.nan,
+                "accuracy": 100 * float(self.clean.float().mean()),
+                "median_l2": np.nan,
+            }
+        ]
         for label, robust in self.robust().items():
             r = self.results[label]
-            rows.append({"attack": label, "norm": r.norm, "eps": r.eps if r.eps is not None else np.nan,
-                         "accuracy": 100 * float(robust.float().mean()),
-                         "median_l2": float(r.l2[broken].median()) if (broken := self.clean & r.success).any() else np.nan})
+            rows.append(
+                {
+                    "attack": label,
+                    "norm": r.norm,
+                    "eps": r.eps if r.eps is not None else np.nan,
+                    "accuracy": 100 * float(robust.float().mean()),
+                    "median_l2": float(r.l2[broken].median()) if (broken := self.clean & r.success).any() else np.nan,
+                }
+            )
         return pd.DataFrame(rows)
 
 
-def attack_suite(model: nn.Module, x: Tensor, y: Tensor, specs: Mapping[str, Any] | Sequence[Any], *,
-                 model_key: str | None = None, cache: Cache | None = None) -> SuiteResult:
+def attack_suite(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    specs: Mapping[str, Any] | Sequence[Any],
+    *,
+    model_key: str | None = None,
+    cache: Cache | None = None,
+) -> SuiteResult:
     """Run each attack on every sample (cached per attack when `model_key` is given); results are keyed by the
     mapping's keys, or by name@eps for a sequence (see `labelled_specs`)."""
     labelled = labelled_specs(specs)
     model.eval()
-    results = {label: attack(spec, model, x, y, model_key=model_key, cache=cache)
-               for label, spec in tqdm(labelled.items(), desc="attacks", leave=False)}
+    results = {
+        label: attack(spec, model, x, y, model_key=model_key, cache=cache)
+        for label, spec in tqdm(labelled.items(), desc="attacks", leave=False)
+    }
     return SuiteResult(y=y, clean=predict(model, x) == y, results=results)
 
 
@@ -165,25 +189,48 @@ def per_class_attack_table(y: Tensor, robust_by_attack: Mapping[str, Tensor], nu
     (e.g. `SuiteResult.robust()`, or {'clean': clean_mask, **robust})."""
     table = {}
     for label, robust in robust_by_attack.items():
-        table[label] = [100 * float(robust[y == c].float().mean()) if (y == c).any() else np.nan for c in range(num_classes)]
+        table[label] = [
+            100 * float(robust[y == c].float().mean()) if (y == c).any() else np.nan for c in range(num_classes)
+        ]
     return pd.DataFrame(table, index=pd.Index(range(num_classes), name="class"))
 
 
-def accuracy_vs_eps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, eps_values: Sequence[float], *,
-                    model_key: str | None = None, cache: Cache | None = None) -> pd.DataFrame:
+def accuracy_vs_eps(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: Any,
+    eps_values: Sequence[float],
+    *,
+    model_key: str | None = None,
+    cache: Cache | None = None,
+) -> pd.DataFrame:
     """Robust accuracy (percent) of one attack at each eps."""
     raw = _spec_dict(spec)
     clean = predict(model.eval(), x) == y
     rows = []
     for eps in tqdm(eps_values, desc=f"{raw['name']} vs eps", leave=False):
         outcome = attack({**raw, "eps": float(eps)}, model, x, y, model_key=model_key, cache=cache)
-        rows.append({"attack": raw["name"], "eps": float(eps),
-                     "accuracy": 100 * float((clean & ~outcome.broken(tol=TOLERANCE)).float().mean())})
+        rows.append(
+            {
+                "attack": raw["name"],
+                "eps": float(eps),
+                "accuracy": 100 * float((clean & ~outcome.broken(tol=TOLERANCE)).float().mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: int, *, model_key: str | None = None,
-                      cache: Cache | None = None) -> pd.DataFrame:
+def accuracy_vs_steps(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    spec: Any,
+    steps: int,
+    *,
+    model_key: str | None = None,
+    cache: Cache | None = None,
+) -> pd.DataFrame:
     """Accuracy (percent) after 0..steps PGD iterations, from ONE run that records every iterate; with `model_key`
     the curve is cached under (model, spec, samples).
 
@@ -191,17 +238,31 @@ def accuracy_vs_steps(model: nn.Module, x: Tensor, y: Tensor, spec: Any, steps: 
     step size is absolute; see `pgd`.
     """
     raw = {**_spec_dict(spec), "steps": steps}
-    if attack_info(raw["name"]).backend != "native":
+    # only native PGD records every iterate (`run(..., record=True)`); other native attacks exist (confidence_l2)
+    adversary = create_attack(raw) if attack_info(raw["name"]).backend == "native" else None
+    if not isinstance(adversary, PGD):
         raise ValueError(f"accuracy_vs_steps needs a native PGD attack (pgd_linf, pgd_l2, pgd_l1), got {raw['name']!r}")
-    adversary = create_attack(raw)
 
     def build() -> tuple[pd.DataFrame]:
         model.eval()
         with seeded(adversary.seed, x.device):
-            correct = torch.cat([adversary.run(model, x[i:i + 256], y[i:i + 256], record=True).correct
-                                 for i in range(0, len(x), 256)], dim=1)
-        return (pd.DataFrame({"attack": raw["name"], "steps": np.arange(steps + 1),
-                              "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy()}),)
+            correct = torch.cat(
+                [
+                    # record=True: `correct` holds every iterate's correctness
+                    cast(Tensor, adversary.run(model, x[i : i + 256], y[i : i + 256], record=True).correct)
+                    for i in range(0, len(x), 256)
+                ],
+                dim=1,
+            )
+        return (
+            pd.DataFrame(
+                {
+                    "attack": raw["name"],
+                    "steps": np.arange(steps + 1),
+                    "accuracy": 100 * correct.double().mean(dim=1).cpu().numpy(),
+                }
+            ),
+        )
 
     if model_key is None:
         return build()[0]

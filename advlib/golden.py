@@ -3,6 +3,7 @@
 say whether this machine had a result cached, not what the run found) and the progress bars (a widget's saved text
 is frozen at 0%). nbval checks only the cells marked NBVAL_CHECK_OUTPUT, which print results, so none of this is
 compared."""
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ from typing import Any
 
 import nbformat
 
-from .report import atomic_write
+from .files import atomic_write
 
 INJECTED = "injected-parameters"
 WIDGET = "application/vnd.jupyter.widget-view+json"

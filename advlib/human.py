@@ -5,6 +5,7 @@ Native: the study's bookkeeping is specific to the paper. Images are written as 
 per assignment with `image_k_id` and `image_k_url` columns, which the HIT template reads as ${image_k_url}; MTurk's
 results CSV repeats them as `Input.image_k_id` and adds the answers as `Answer.label_k`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -13,15 +14,17 @@ import hmac
 import json
 import random
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor, nn
+
+from .files import atomic_write, atomic_write_text
 
 HIT_TEMPLATE = """<!-- advlib human study: one HIT = {n} images; write the digit you see under each -->
 <crowd-form answer-format="flatten-objects">
@@ -144,9 +147,7 @@ def study_secret(folder: Path) -> bytes:
         return secret
     secret = secrets.token_bytes(SECRET_BYTES)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{SECRET_FILE}.tmp")
-    tmp.write_text(secret.hex() + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, secret.hex() + "\n")
     return secret
 
 
@@ -154,8 +155,10 @@ def anonymous_id(secret: bytes, *parts: object) -> str:
     """A short id, keyed by the kit's `secret` (HMAC-SHA256), that reveals nothing about which model made the image:
     annotators see file names in URLs, and without the key the id cannot be recomputed from (network, defense, ...)."""
     if not isinstance(secret, bytes) or len(secret) < SECRET_BYTES:
-        raise ValueError(f"secret must be bytes of length >= {SECRET_BYTES} (see study_secret); got {type(secret).__name__} "
-                         f"of length {len(secret) if isinstance(secret, (bytes, str)) else 'n/a'}")
+        raise ValueError(
+            f"secret must be bytes of length >= {SECRET_BYTES} (see study_secret); got {type(secret).__name__} "
+            f"of length {len(secret) if isinstance(secret, (bytes, str)) else 'n/a'}"
+        )
     if not parts:
         raise ValueError("anonymous_id needs the parts that identify the image, e.g. (network, defense, seed, index)")
     digest = hmac.new(secret, "/".join(map(str, parts)).encode(), hashlib.sha256).hexdigest()
@@ -171,7 +174,7 @@ def make_assignments(items: Sequence[StudyItem], per_assignment: int = 25, seed:
         raise ValueError("image ids must be unique")
     order = list(items)
     random.Random(seed).shuffle(order)
-    return [order[i:i + per_assignment] for i in range(0, len(order), per_assignment)]
+    return [order[i : i + per_assignment] for i in range(0, len(order), per_assignment)]
 
 
 def write_images(images: Tensor, ids: Sequence[str], folder: Path) -> list[Path]:
@@ -196,14 +199,16 @@ def write_sheet(images: Tensor, path: Path, columns: int = 5, scale: int = 3) ->
     height, width = array.shape[2] * scale, array.shape[3] * scale
     pad, label = 6, 14
     rows = -(-len(array) // columns)
-    sheet = Image.new("L" if array.shape[1] == 1 else "RGB", (columns * (width + pad) + pad, rows * (height + label + pad) + pad), 255)
+    sheet = Image.new(
+        "L" if array.shape[1] == 1 else "RGB", (columns * (width + pad) + pad, rows * (height + label + pad) + pad), 255
+    )
     draw = ImageDraw.Draw(sheet)
     for k, image in enumerate(array):
         tile = Image.fromarray(image[0] if image.shape[0] == 1 else np.transpose(image, (1, 2, 0)))
         row, col = divmod(k, columns)
         left, top = pad + col * (width + pad), pad + row * (height + label + pad)
         draw.text((left, top), str(k + 1), fill=0)
-        sheet.paste(tile.resize((width, height), Image.NEAREST), (left, top + label))
+        sheet.paste(tile.resize((width, height), Image.Resampling.NEAREST), (left, top + label))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
     return path
@@ -215,30 +220,38 @@ def export_batch(assignments: Sequence[Sequence[StudyItem]], folder: Path, url_p
     folder.mkdir(parents=True, exist_ok=True)
     width = max(len(a) for a in assignments)
     header = ["assignment"] + [f"image_{k}_{field}" for k in range(1, width + 1) for field in ("id", "url")]
-    with open(folder / "batch.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for number, assignment in enumerate(assignments, 1):
-            cells = [str(number)]
-            for k in range(width):
-                item = assignment[k] if k < len(assignment) else None
-                cells += [item.image_id, f"{url_prefix.rstrip('/')}/{item.image_id}.png"] if item else ["", ""]
-            writer.writerow(cells)
-    rows = "\n".join(HIT_ROW.format(k=k) for k in range(1, width + 1))
-    (folder / "hit.html").write_text(HIT_TEMPLATE.format(n=width, rows=rows))
-    pd.DataFrame([asdict(i) for a in assignments for i in a]).to_csv(folder / "items.csv", index=False)
+    rows = [header]
+    for number, assignment in enumerate(assignments, 1):
+        cells = [str(number)]
+        for k in range(width):
+            item = assignment[k] if k < len(assignment) else None
+            cells += [item.image_id, f"{url_prefix.rstrip('/')}/{item.image_id}.png"] if item else ["", ""]
+        rows.append(cells)
+
+    def write_batch(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+
+    atomic_write(folder / "batch.csv", write_batch)
+    atomic_write_text(
+        folder / "hit.html",
+        HIT_TEMPLATE.format(n=width, rows="\n".join(HIT_ROW.format(k=k) for k in range(1, width + 1))),
+    )
+    key = pd.DataFrame([asdict(i) for a in assignments for i in a])
+    atomic_write(folder / "items.csv", lambda tmp: key.to_csv(tmp, index=False))
     return {"batch": folder / "batch.csv", "hit": folder / "hit.html", "items": folder / "items.csv"}
 
 
 def write_annotation_page(assignments: Sequence[Sequence[StudyItem]], folder: Path) -> Path:
     """annotate.html in `folder` (beside images/): the offline page on which a person labels every assignment; its
     saved CSV is in MTurk's results format (see ANNOTATION_PAGE)."""
-    listing = [{"number": n, "images": [item.image_id for item in assignment]} for n, assignment in enumerate(assignments, 1)]
+    listing = [
+        {"number": n, "images": [item.image_id for item in assignment]} for n, assignment in enumerate(assignments, 1)
+    ]
     kit_id = json.dumps(hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:12])
     path = folder / "annotate.html"
     folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(ANNOTATION_PAGE.format(assignments=json.dumps(listing), kit_id=kit_id))
-    return path
+    return atomic_write_text(path, ANNOTATION_PAGE.format(assignments=json.dumps(listing), kit_id=kit_id))
 
 
 def import_results(path: Path) -> pd.DataFrame:
@@ -273,6 +286,16 @@ def proxy_answers(annotator: nn.Module, images: Tensor, ids: Sequence[str], batc
         raise ValueError(f"{len(images)} images but {len(ids)} ids")
     device = next(annotator.parameters()).device
     with torch.no_grad():
-        labels = torch.cat([annotator(images[i:i + batch_size].to(device)).argmax(1).cpu()
-                            for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0, dtype=torch.long)
-    return pd.DataFrame({"worker": "proxy", "image_id": list(ids), "label": labels.tolist()}, columns=["worker", "image_id", "label"])
+        labels = (
+            torch.cat(
+                [
+                    annotator(images[i : i + batch_size].to(device)).argmax(1).cpu()
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
+            if len(images)
+            else torch.zeros(0, dtype=torch.long)
+        )
+    return pd.DataFrame(
+        {"worker": "proxy", "image_id": list(ids), "label": labels.tolist()}, columns=["worker", "image_id", "label"]
+    )

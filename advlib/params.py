@@ -2,64 +2,26 @@
 
 Every error names the offending key and the allowed values, and is raised before any work starts.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
-from .runtime import DEVICE_CHOICES, contained_path, project_root
+from .attacks.spec import AttackSpec
+from .runtime import DEVICE_CHOICES, PUBLISH_ENV, contained_path, project_root, publishing
+from .schema import Strict
 
 PROFILES = ("ci", "default", "paper")
-SCHEMAS: dict[str, type["Params"]] = {}
+SCHEMAS: dict[str, type[Params]] = {}
 
 
 class ParamsError(ValueError):
     """A profile or override that does not fit the notebook's parameter schema."""
-
-
-class Strict(BaseModel):
-    """Base for every parameter block: unknown keys are errors, values are checked on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
-
-
-class AttackSpec(Strict):
-    """One attack as the notebooks name it: a registry name, its eps and the knobs it takes."""
-
-    name: str
-    eps: float | None = Field(default=None, gt=0)
-    steps: int | None = Field(default=None, ge=1)
-    stepsize: float | None = Field(default=None, gt=0)
-    rel_stepsize: float | None = Field(default=None, gt=0)
-    random_start: bool | None = None
-    targeted: bool = False
-    seed: int = Field(default=0, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _known_attack(cls, name: str) -> str:
-        from .attacks.registry import list_attacks
-
-        allowed = list_attacks()
-        if name not in allowed:
-            raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(allowed)}")
-        return name
-
-    @model_validator(mode="after")
-    def _targeted_supported(self) -> "AttackSpec":
-        from .attacks.registry import attack_info
-
-        info = attack_info(self.name)
-        if self.targeted and not info.targeted:
-            raise ValueError(f"attack {self.name!r} has no targeted mode; targeted attacks: "
-                             + ", ".join(n for n in _targeted_names()))
-        if info.kind == "fixed" and self.eps is None:
-            raise ValueError(f"attack {self.name!r} is a fixed-eps attack and needs an eps > 0")
-        return self
 
 
 def _require_known(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
@@ -67,12 +29,6 @@ def _require_known(kind: str, names: Sequence[str], allowed: Sequence[str]) -> N
     unknown = [n for n in names if n not in allowed]
     if unknown:
         raise ValueError(f"unknown {kind} {unknown}; allowed: {', '.join(allowed)}")
-
-
-def _targeted_names() -> list[str]:
-    from .attacks.registry import attack_info, list_attacks
-
-    return [n for n in list_attacks() if attack_info(n).targeted]
 
 
 class Params(Strict):
@@ -100,6 +56,16 @@ def register_schema(stem: str) -> Callable[[type[Params]], type[Params]]:
     return decorate
 
 
+def _known_model_name(name: str) -> str:
+    """`name` if it is a registered model, else a ValueError listing the allowed ones (TrainSpec, PretrainedSpec)."""
+    from .models import list_models
+
+    allowed = list_models()
+    if name not in allowed:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
+    return name
+
+
 class TrainSpec(Strict):
     """How a classifier is trained (clean training unless `adversary` is set)."""
 
@@ -120,15 +86,10 @@ class TrainSpec(Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        from .models import list_models
-
-        allowed = list_models()
-        if name not in allowed:
-            raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
-        return name
+        return _known_model_name(name)
 
     @model_validator(mode="after")
-    def _milestones_for_multistep(self) -> "TrainSpec":
+    def _milestones_for_multistep(self) -> TrainSpec:
         if self.schedule == "multistep" and not self.milestones:
             raise ValueError("schedule 'multistep' needs milestones (epochs at which the lr is multiplied by gamma)")
         if self.milestones and self.schedule != "multistep":
@@ -196,7 +157,7 @@ class QuickstartParams(Params):
     @field_validator("attacks")
     @classmethod
     def _distinct_labels(cls, attacks: list[AttackSpec]) -> list[AttackSpec]:
-        from .evaluate import labelled_specs
+        from .attacks.spec import labelled_specs
 
         labelled_specs(attacks)
         return attacks
@@ -230,11 +191,13 @@ class MixtureOfGeneratorsParams(Params):
     expertise_faster_repeats: int = Field(default=3, ge=0)
 
     @model_validator(mode="after")
-    def _sets_name_known_attacks(self) -> "MixtureOfGeneratorsParams":
+    def _sets_name_known_attacks(self) -> MixtureOfGeneratorsParams:
         for size, names in self.attack_sets.items():
             unknown = [n for n in names if n not in self.attacks]
             if unknown:
-                raise ValueError(f"attack_sets.{size} names unknown attacks {unknown}; allowed: {', '.join(self.attacks)}")
+                raise ValueError(
+                    f"attack_sets.{size} names unknown attacks {unknown}; allowed: {', '.join(self.attacks)}"
+                )
             if len(names) != size:
                 raise ValueError(f"attack_sets.{size} must list {size} attacks, got {len(names)}")
         return self
@@ -246,7 +209,10 @@ class PretrainedSpec(Strict):
     model: str
     model_options: dict[str, Any] = Field(default_factory=dict)
 
-    _known_model = field_validator("model")(TrainSpec._known_model.__func__)
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        return _known_model_name(name)
 
 
 class ArchitectureSpec(Strict):
@@ -258,7 +224,7 @@ class ArchitectureSpec(Strict):
     layers: list[str] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ArchitectureSpec":
+    def _one_source(self) -> ArchitectureSpec:
         if (self.train is None) == (self.pretrained is None):
             raise ValueError("give exactly one of 'train' (a network trained here) or 'pretrained' (used as published)")
         return self
@@ -310,10 +276,12 @@ class RegroupParams(Params):
     timing: TimingSpec = TimingSpec()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "RegroupParams":
+    def _consistent(self) -> RegroupParams:
         if len(self.paper_eps) != len(self.eps_curve.eps):
-            raise ValueError(f"paper_eps must give the paper's value of each of the {len(self.eps_curve.eps)} "
-                             f"eps_curve.eps; got {len(self.paper_eps)}")
+            raise ValueError(
+                f"paper_eps must give the paper's value of each of the {len(self.eps_curve.eps)} "
+                f"eps_curve.eps; got {len(self.paper_eps)}"
+            )
         untargeted = [name for name, spec in self.targeted.items() if not spec.targeted]
         if untargeted:
             raise ValueError(f"targeted attacks {untargeted} must set targeted: true (Table 3 is targeted)")
@@ -330,6 +298,19 @@ class StrongestSpec(Strict):
     attack: AttackSpec
     start_steps: int = Field(default=25, ge=1)
     max_steps: int = Field(default=1600, ge=1)
+
+
+# the systems of Strength in Numbers' Table 1 (their recipes: defenses.ensemble_at.SYSTEMS, which must match)
+SIN_SYSTEMS = (
+    "Baseline",
+    "Ensemble2",
+    "Ensemble4",
+    "SingleAdv",
+    "DoubleAdv",
+    "Ensemble2Adv",
+    "Ensemble4Adv",
+    "Separate2Adv",
+)
 
 
 @register_schema("strength_in_numbers")
@@ -355,17 +336,14 @@ class StrengthInNumbersParams(Params):
     @field_validator("systems")
     @classmethod
     def _known_systems(cls, names: list[str]) -> list[str]:
-        from .defenses.ensemble_at import SYSTEMS
-
-        _require_known("systems", names, list(SYSTEMS))
+        _require_known("systems", names, SIN_SYSTEMS)
         return names
 
     @model_validator(mode="after")
-    def _train_without_adversary(self) -> "StrengthInNumbersParams":
+    def _train_without_adversary(self) -> StrengthInNumbersParams:
         if self.train.adversary is not None:
             raise ValueError("train.adversary must be empty: adversarial systems use train_attack (Algorithm 1)")
         return self
-
 
 
 class CriticSpec(Strict):
@@ -446,17 +424,23 @@ class AdversaryCriticParams(Params):
         return names
 
     @model_validator(mode="after")
-    def _consistent(self) -> "AdversaryCriticParams":
+    def _consistent(self) -> AdversaryCriticParams:
         missing = [n for n in self.networks if n not in self.critic.weight]
         if "critic" in self.defenses and missing:
-            raise ValueError(f"critic.weight has no lambda for networks {missing}; give one per network in {self.networks}")
+            raise ValueError(
+                f"critic.weight has no lambda for networks {missing}; give one per network in {self.networks}"
+            )
         for name in ("figure2", "figure4"):
             figure = getattr(self, name)
             if figure.network not in self.networks or figure.defense not in self.defenses:
-                raise ValueError(f"{name} shows {figure.network}/{figure.defense}, which is not trained; "
-                                 f"networks: {self.networks}, defenses: {self.defenses}")
+                raise ValueError(
+                    f"{name} shows {figure.network}/{figure.defense}, which is not trained; "
+                    f"networks: {self.networks}, defenses: {self.defenses}"
+                )
         if self.train.adversary is not None:
-            raise ValueError("train.adversary must be empty: adversarial training is the 'at' defense (baselines.at_attack)")
+            raise ValueError(
+                "train.adversary must be empty: adversarial training is the 'at' defense (baselines.at_attack)"
+            )
         return self
 
 
@@ -467,6 +451,7 @@ class ThreatSpec(Strict):
     stepsize: float = Field(gt=0)
 
 
+MATNorm = Literal["linf", "l2", "l1"]
 MAT_SYSTEMS = ("standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat", "mat_linf", "mat_l2", "mat_msd")
 
 
@@ -478,18 +463,20 @@ class MATParams(Params):
     data: DataSpec = DataSpec()
     train: TrainSpec
     msd_model: str
-    threats: dict[Literal["linf", "l2", "l1"], ThreatSpec] = Field(min_length=3)
-    members: list[Literal["linf", "l2", "l1"]] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
+    threats: dict[MATNorm, ThreatSpec] = Field(min_length=3)
+    members: list[MATNorm] = Field(min_length=1)  # sub-model m's norm; paper: [l1, l2, linf]
     iterations: int = Field(ge=1)
-    ramp_epochs: int = Field(default=0, ge=0)  # training radii ramp linearly over these epochs (0: the paper's full radii)
+    ramp_epochs: int = Field(
+        default=0, ge=0
+    )  # training radii ramp linearly over these epochs (0: the paper's full radii)
     systems: list[str] = Field(min_length=1)
     n_eval: int = Field(ge=1)
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
     groups: dict[str, list[str]] = Field(min_length=1)
-    transfer_attacks: dict[Literal["linf", "l2", "l1"], AttackSpec] = Field(min_length=1)
+    transfer_attacks: dict[MATNorm, AttackSpec] = Field(min_length=1)
     diagnostics_images: int = Field(default=64, ge=1)
     curve_steps: int = Field(ge=1)
-    curve_eps: dict[Literal["linf", "l2", "l1"], list[float]] = Field(min_length=1)
+    curve_eps: dict[MATNorm, list[float]] = Field(min_length=1)
 
     @field_validator("systems")
     @classmethod
@@ -498,18 +485,24 @@ class MATParams(Params):
         return names
 
     @model_validator(mode="after")
-    def _consistent(self) -> "MATParams":
+    def _consistent(self) -> MATParams:
         from .models import list_models
 
         _require_known("msd_model", [self.msd_model], list_models())
         if sorted(self.members) != ["l1", "l2", "linf"]:
-            raise ValueError(f"members={self.members} must name each of l1, l2, linf once (sub-models 1, 2, 3 in order; "
-                             "the paper's Section 4.1 order is [l1, l2, linf])")
+            raise ValueError(
+                f"members={self.members} must name each of l1, l2, linf once (sub-models 1, 2, 3 in order; "
+                "the paper's Section 4.1 order is [l1, l2, linf])"
+            )
         unknown = sorted({a for names in self.groups.values() for a in names} - set(self.eval_attacks))
         if unknown:
-            raise ValueError(f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}")
+            raise ValueError(
+                f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}"
+            )
         if "vanilla" in self.systems and not {"linf_at", "l2_at", "l1_at"} <= set(self.systems):
-            raise ValueError("'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems")
+            raise ValueError(
+                "'vanilla' (the ensemble of the three AT models) needs linf_at, l2_at and l1_at in systems"
+            )
         if self.train.adversary is not None:
             raise ValueError("train.adversary must be empty: each system's training attack comes from threats")
         if self.ramp_epochs >= self.train.epochs:
@@ -532,8 +525,10 @@ def profile_path(stem: str, profile: str | Path) -> Path:
     directory = project_root() / "params" / stem
     available = sorted(p.stem for p in directory.glob("*.yaml"))
     if text not in available:
-        raise ParamsError(f"unknown profile {text!r} for {stem!r}; allowed: {', '.join(available) or 'none found in ' + str(directory)} "
-                          "(or a path to a .yaml file)")
+        raise ParamsError(
+            f"unknown profile {text!r} for {stem!r}; allowed: {', '.join(available) or 'none found in ' + str(directory)} "
+            "(or a path to a .yaml file)"
+        )
     return directory / f"{text}.yaml"
 
 
@@ -548,7 +543,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as error:
-        raise ParamsError(f"override {item!r}: the value is not plain YAML data ({' '.join(str(error).split())})") from None
+        raise ParamsError(
+            f"override {item!r}: the value is not plain YAML data ({' '.join(str(error).split())})"
+        ) from None
 
 
 def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -563,7 +560,9 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
         if child is None:
             child = node[part] = {}
         if not isinstance(child, (dict, list)):
-            raise ParamsError(f"override {dotted!r}: {'.'.join(parts[:depth + 1])!r} holds a value, not a block of keys")
+            raise ParamsError(
+                f"override {dotted!r}: {'.'.join(parts[: depth + 1])!r} holds a value, not a block of keys"
+            )
         node = child
     last = parts[-1]
     if isinstance(node, list):
@@ -574,7 +573,9 @@ def _apply(tree: dict[str, Any], dotted: str, value: Any) -> None:
 
 def _list_index(node: list, part: str, dotted: str) -> int:
     if not part.isdigit() or int(part) >= len(node):
-        raise ParamsError(f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} (allowed 0..{len(node) - 1})")
+        raise ParamsError(
+            f"override {dotted!r}: {part!r} is not an index of a list of {len(node)} (allowed 0..{len(node) - 1})"
+        )
     return int(part)
 
 
@@ -583,7 +584,7 @@ def _format_error(stem: str, schema: type[Params], error: ValidationError) -> st
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
-            parent = schema
+            parent: type[BaseModel] = schema
             for part in item["loc"][:-1]:
                 field = parent.model_fields.get(str(part)) if isinstance(parent, type) else None
                 annotation = getattr(field, "annotation", None)
@@ -610,6 +611,11 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
     """Resolve the parameters of notebook `stem`: profile YAML, then overrides ({'a.b': v} or ['a.b=v'])."""
     if stem not in SCHEMAS:
         raise ParamsError(f"unknown notebook {stem!r}; allowed: {', '.join(list_stems())}")
+    if publishing() and (overrides or str(profile) not in PROFILES):
+        raise ParamsError(
+            f"{PUBLISH_ENV}=1 publishes into figures/{stem}/ only a built-in profile ({', '.join(PROFILES)}) without "
+            f"overrides; profile {str(profile)!r}{' with overrides' if overrides else ''} goes to runs/ (unset {PUBLISH_ENV})"
+        )
     schema = SCHEMAS[stem]
     path = profile_path(stem, profile)
     try:
@@ -618,7 +624,11 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
         raise ParamsError(f"profile {str(path)!r} is not plain YAML data ({' '.join(str(error).split())})") from None
     if not isinstance(tree, dict):
         raise ParamsError(f"profile {str(path)!r} must hold a mapping of keys, got {type(tree).__name__}")
-    pairs = [parse_override(o) for o in overrides] if isinstance(overrides, (list, tuple)) else list((overrides or {}).items())
+    pairs = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, (list, tuple))
+        else list(cast(Mapping[str, Any], overrides or {}).items())
+    )
     for key, value in pairs:
         _apply(tree, key, value)
     try:

@@ -1,4 +1,5 @@
 """Heatmaps, curves, image grids and bars in one style; `save_figure` writes reproducible PNG + PDF files."""
+
 from __future__ import annotations
 
 import math
@@ -17,9 +18,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 
-from advlib.report import atomic_write, check_name
+from advlib.files import atomic_write
+from advlib.report import check_name
 from advlib.runtime import output_dir
 
 DPI = 150
@@ -30,18 +32,20 @@ PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None, "ModDat
 def set_style() -> None:
     """Apply the advlib figure style (seaborn whitegrid, small fonts, embedded TrueType) to matplotlib's rcParams."""
     sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=0.9)
-    plt.rcParams.update({
-        "figure.dpi": 100,
-        "savefig.dpi": DPI,
-        "axes.titlesize": 9,
-        "axes.labelsize": 8,
-        "legend.fontsize": 7,
-        "legend.title_fontsize": 8,
-        "pdf.fonttype": 42,
-        "ps.fonttype": 42,
-        "svg.hashsalt": "advlib",
-        "image.interpolation": "nearest",
-    })
+    plt.rcParams.update(
+        {
+            "figure.dpi": 100,
+            "savefig.dpi": DPI,
+            "axes.titlesize": 9,
+            "axes.labelsize": 8,
+            "legend.fontsize": 7,
+            "legend.title_fontsize": 8,
+            "pdf.fonttype": 42,
+            "ps.fonttype": 42,
+            "svg.hashsalt": "advlib",
+            "image.interpolation": "nearest",
+        }
+    )
 
 
 def _require_columns(df: pd.DataFrame, *columns: str | None) -> None:
@@ -57,22 +61,50 @@ def _axes(ax: Axes | None, figsize: tuple[float, float]) -> Axes:
     return new_ax
 
 
-def heatmap(data: pd.DataFrame, *, title: str | None = None, fmt: str = ".0f", vmin: float | None = None, vmax: float | None = None,
-            cmap: str = "viridis", ax: Axes | None = None) -> Figure:
+def heatmap(
+    data: pd.DataFrame,
+    *,
+    title: str | None = None,
+    fmt: str = ".0f",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = "viridis",
+    ax: Axes | None = None,
+) -> Figure | SubFigure:
     """Annotated heatmap of a rows x columns table, e.g. accuracy per class (rows) and attack (columns)."""
     set_style()
     rows, cols = data.shape
     ax = _axes(ax, (max(3.0, 0.6 * cols + 1.8), max(2.5, 0.4 * rows + 1.2)))
-    sns.heatmap(data, annot=True, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap, linewidths=0.5, square=False, ax=ax,
-                annot_kws={"fontsize": 7})
+    sns.heatmap(
+        data,
+        annot=True,
+        fmt=fmt,
+        vmin=vmin,
+        vmax=vmax,
+        cmap=cmap,
+        linewidths=0.5,
+        square=False,
+        ax=ax,
+        annot_kws={"fontsize": 7},
+    )
     ax.tick_params(axis="y", rotation=0)
     if title is not None:
         ax.set_title(title)
     return ax.figure
 
 
-def curves(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str | None = None, xlabel: str | None = None,
-           ylabel: str | None = None, logx: bool = False, ax: Axes | None = None) -> Figure:
+def curves(
+    df: pd.DataFrame,
+    x: str,
+    y: str,
+    hue: str | None = None,
+    *,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    logx: bool = False,
+    ax: Axes | None = None,
+) -> Figure | SubFigure:
     """Lines with markers from a long-format dataframe; repeated x values are averaged with a +-1 sd band."""
     set_style()
     _require_columns(df, x, y, hue)
@@ -94,7 +126,9 @@ def _legend_outside(ax: Axes) -> None:
         sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
 
 
-def bars(df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str | None = None, ax: Axes | None = None) -> Figure:
+def bars(
+    df: pd.DataFrame, x: str, y: str, hue: str | None = None, *, title: str | None = None, ax: Axes | None = None
+) -> Figure | SubFigure:
     """Bar chart from a long-format dataframe; repeated rows are averaged with +-1 sd error bars."""
     set_style()
     _require_columns(df, x, y, hue)
@@ -122,8 +156,15 @@ def _check_labels(kind: str, labels: Sequence[str] | None, expected: int) -> Non
         raise ValueError(f"{kind} has {len(labels)} entries, expected {expected}")
 
 
-def image_grid(images: Any, nrow: int, *, titles: Sequence[str] | None = None, row_labels: Sequence[str] | None = None,
-               col_labels: Sequence[str] | None = None, cell_size: float = 1.2) -> Figure:
+def image_grid(
+    images: Any,
+    nrow: int,
+    *,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell_size: float = 1.2,
+) -> Figure:
     """Images (N, C, H, W) in [0, 1] (tensor or array) laid out `nrow` per row, as torchvision's make_grid counts them.
 
     C = 1 is drawn in grayscale, C = 3 as RGB; `titles` go over each image, `row_labels` / `col_labels` on the margins.
@@ -171,16 +212,23 @@ def save_figure(fig: Figure, stem: str, profile: str, name: str, *, close: bool 
     check_name(name)
     out = output_dir(stem, profile)
     paths = {
-        "png": atomic_write(out / f"{name}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA)),
-        "pdf": atomic_write(out / f"{name}.pdf", lambda tmp: fig.savefig(tmp, format="pdf", dpi=DPI, bbox_inches="tight", metadata=PDF_METADATA)),
+        "png": atomic_write(
+            out / f"{name}.png",
+            lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", metadata=PNG_METADATA),
+        ),
+        "pdf": atomic_write(
+            out / f"{name}.pdf",
+            lambda tmp: fig.savefig(tmp, format="pdf", dpi=DPI, bbox_inches="tight", metadata=PDF_METADATA),
+        ),
     }
     if close:
         plt.close(fig)
     return paths
 
 
-def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int, *, labels: Any = None,
-                     classify: Callable[[Any], Any] | None = None) -> Figure:
+def adversarial_grid(
+    x: Any, adversarials: Mapping[str, Any], n: int, *, labels: Any = None, classify: Callable[[Any], Any] | None = None
+) -> Figure:
     """Clean images in the first row and each attack's adversarials below: one row per attack, `n` columns.
 
     With the true `labels` and a `classify` function (images -> predicted labels), each image is titled with the
@@ -195,10 +243,12 @@ def adversarial_grid(x: Any, adversarials: Mapping[str, Any], n: int, *, labels:
         truth = np.asarray(labels[:n].cpu() if hasattr(labels, "cpu") else labels[:n]).astype(int)
         clean = np.asarray(_as_numpy(classify(rows["clean"]))).astype(int)
         titles = [f"label {t}\npred {p}" for t, p in zip(truth, clean)]
-        for name, batch in list(rows.items())[1:]:
+        for batch in list(rows.values())[1:]:
             predicted = np.asarray(_as_numpy(classify(batch))).astype(int)
-            titles += [f"pred {p}\n{'was wrong' if c != t else 'fooled' if p != t else 'held'}"
-                       for t, c, p in zip(truth, clean, predicted)]
+            titles += [
+                f"pred {p}\n{'was wrong' if c != t else 'fooled' if p != t else 'held'}"
+                for t, c, p in zip(truth, clean, predicted)
+            ]
     return image_grid(images, nrow=n, titles=titles, row_labels=list(rows), cell_size=1.3)
 
 
@@ -206,9 +256,16 @@ def _as_numpy(values: Any) -> np.ndarray:
     return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
 
-def heatmap_rows(rows: Mapping[str, Sequence[pd.DataFrame]], col_titles: Sequence[str], *, fmts: Sequence[str] | None = None,
-                 vmaxes: Sequence[float | None] | None = None, cell: float = 0.32, mark_empty: str | None = None,
-                 note: str | None = None) -> Figure:
+def heatmap_rows(
+    rows: Mapping[str, Sequence[pd.DataFrame]],
+    col_titles: Sequence[str],
+    *,
+    fmts: Sequence[str] | None = None,
+    vmaxes: Sequence[float | None] | None = None,
+    cell: float = 0.32,
+    mark_empty: str | None = None,
+    note: str | None = None,
+) -> Figure:
     """A grid of annotated heatmaps with colour bars: one row per key (e.g. a generator), one column per table kind
     (e.g. accuracy per class x attack, wins per class x attack). `mark_empty` is written across, and appended to the
     title of, every table with no nonzero value (e.g. "no wins"); `note` goes under the grid (e.g. what the column
@@ -231,15 +288,36 @@ def heatmap_rows(rows: Mapping[str, Sequence[pd.DataFrame]], col_titles: Sequenc
             if vmax is None and empty:
                 vmax = 1.0  # nothing to colour (a generator that won no sample); seaborn would warn on an all-NaN max
             fmt = fmts[c] if fmts is not None else ".0f"
-            sns.heatmap(frame, annot=True, fmt=fmt, vmin=0, vmax=vmax, cmap="viridis", linewidths=0.3,
-                        annot_kws={"fontsize": 5}, ax=ax, cbar=True, cbar_kws={"shrink": 0.8, "pad": 0.02})
+            sns.heatmap(
+                frame,
+                annot=True,
+                fmt=fmt,
+                vmin=0,
+                vmax=vmax,
+                cmap="viridis",
+                linewidths=0.3,
+                annot_kws={"fontsize": 5},
+                ax=ax,
+                cbar=True,
+                cbar_kws={"shrink": 0.8, "pad": 0.02},
+            )
             ax.collections[0].colorbar.ax.tick_params(labelsize=5)
             ax.tick_params(axis="both", labelsize=6, rotation=0)
             title = f"{label}: {col_titles[c]}"
             if mark_empty and empty:
                 title += f" ({mark_empty})"
-                ax.text(0.5, 0.5, mark_empty, transform=ax.transAxes, ha="center", va="center", fontsize=9,
-                        color="white", fontweight="bold", bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0})
+                ax.text(
+                    0.5,
+                    0.5,
+                    mark_empty,
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color="white",
+                    fontweight="bold",
+                    bbox={"facecolor": "black", "alpha": 0.6, "linewidth": 0},
+                )
             ax.set_title(title, fontsize=7)
     fig.tight_layout()
     if note:  # under the axes; saving with bbox_inches="tight" (save_figure, inline display) takes it in

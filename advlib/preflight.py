@@ -1,21 +1,23 @@
 """Checks a run's parameters against this machine before a notebook's kernel starts (device present, dataset present
 or downloadable into a writable folder, REGroup's k within the networks' voting layers), so that `advlib run` can
 refuse a run in one line instead of failing minutes later with a notebook traceback."""
+
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from .params import DataSpec, Params
+from .params import DataSpec, Params, PretrainedSpec, RegroupParams
 from .runtime import data_root, resolve_device
 
 
 def problems(stem: str, params: Params) -> list[str]:
-    """One line per problem found; empty when the run can start."""
-    found = _device(params.device) + _dataset(params.data) + _backends(params)
+    """One line per problem found; empty when the run can start. `params` is notebook `stem`'s (`params.load`):
+    every notebook's schema has a `data` block, and the "regroup" one is a `RegroupParams`."""
+    found = _device(params.device) + _dataset(cast(Any, params).data) + _backends(params)
     if stem == "regroup" and not found:
-        found += _regroup_k(params)
+        found += _regroup_k(cast(RegroupParams, params))
     return found
 
 
@@ -45,8 +47,10 @@ def _dataset(data: DataSpec) -> list[str]:
     root = data_root()
     if data.download:
         if not _writable(root):
-            return [f"data: {data.name!r} would be downloaded into {root}, which is not writable; "
-                    f"set ADVLIB_DATA to a writable folder"]
+            return [
+                f"data: {data.name!r} would be downloaded into {root}, which is not writable; "
+                f"set ADVLIB_DATA to a writable folder"
+            ]
         return []
     for split in dataset_info(data.name).splits:
         try:
@@ -56,7 +60,7 @@ def _dataset(data: DataSpec) -> list[str]:
     return []
 
 
-def _regroup_k(params: Params) -> list[str]:
+def _regroup_k(params: RegroupParams) -> list[str]:
     """REGroup votes with the top k of a network's voting layers, so k may not exceed any network's count."""
     if params.k is None:
         return []
@@ -70,11 +74,13 @@ def _regroup_k(params: Params) -> list[str]:
         if spec.layers is not None:
             count = len(spec.layers)
         else:
-            model_name = spec.train.model if spec.train is not None else spec.pretrained.model
+            model_name = spec.train.model if spec.train is not None else cast(PretrainedSpec, spec.pretrained).model
             count = len(voter_layers(create_model_for(model_name, info)))
         if params.k > count:
-            found.append(f"k: k={params.k} exceeds the {count} voting layers of {name!r}; choose k between 1 and "
-                         f"{count} (or leave k unset for the paper's rule)")
+            found.append(
+                f"k: k={params.k} exceeds the {count} voting layers of {name!r}; choose k between 1 and "
+                f"{count} (or leave k unset for the paper's rule)"
+            )
     return found
 
 

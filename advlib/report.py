@@ -1,10 +1,9 @@
 """Tables (CSV, Markdown, LaTeX), paper-vs-run comparisons and the claims table of each notebook."""
+
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from advlib.files import atomic_write_bytes
 from advlib.runtime import output_dir, project_root
 
 HOLDS = "holds"
@@ -40,22 +40,10 @@ _LATEX_SPECIALS = {
 def check_name(name: str) -> str:
     """Reject output names that could escape figures/<stem>/<profile>/ or need quoting; returns the name."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
-        raise ValueError(f"invalid output name {name!r}: use only letters, digits, '_', '.' and '-', no path separators")
+        raise ValueError(
+            f"invalid output name {name!r}: use only letters, digits, '_', '.' and '-', no path separators"
+        )
     return name
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temp file beside `path`, then rename it over `path`, so readers never see half a file."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _format_cell(value: Any, floatfmt: int) -> str:
@@ -84,6 +72,7 @@ def _latex_escape(text: str) -> str:
 
 def _latex_table(cells: pd.DataFrame, numeric: list[bool], caption: str | None) -> str:
     """A booktabs tabular inside a table float; cells are already formatted strings."""
+
     def row(values: Sequence[Any]) -> str:
         return " & ".join(_latex_escape(str(v)) for v in values) + r" \\"
 
@@ -103,7 +92,9 @@ def _latex_table(cells: pd.DataFrame, numeric: list[bool], caption: str | None) 
     return "\n".join(lines) + "\n"
 
 
-def save_table(df: pd.DataFrame, stem: str, profile: str, name: str, *, floatfmt: int = 2, caption: str | None = None) -> dict[str, Path]:
+def save_table(
+    df: pd.DataFrame, stem: str, profile: str, name: str, *, floatfmt: int = 2, caption: str | None = None
+) -> dict[str, Path]:
     """Write `df` as <name>.csv, .md and .tex into figures/<stem>/<profile>/, floats rounded to `floatfmt` decimals.
 
     The same table always gives byte-identical files; the LaTeX uses booktabs rules.
@@ -112,13 +103,15 @@ def save_table(df: pd.DataFrame, stem: str, profile: str, name: str, *, floatfmt
     table, numeric = _flat_table(df)
     cells = table.map(lambda v: _format_cell(v, floatfmt))
     csv = cells.to_csv(index=False, lineterminator="\n")
-    markdown = cells.to_markdown(index=False, disable_numparse=True, colalign=["right" if n else "left" for n in numeric]) + "\n"
+    markdown = (
+        cells.to_markdown(index=False, disable_numparse=True, colalign=["right" if n else "left" for n in numeric])
+        + "\n"
+    )
     latex = _latex_table(cells, numeric, caption)
     out = output_dir(stem, profile)
     paths = {}
     for suffix, text in (("csv", csv), ("md", markdown), ("tex", latex)):
-        data = text.encode("utf-8")
-        paths[suffix] = atomic_write(out / f"{name}.{suffix}", lambda tmp, data=data: tmp.write_bytes(data))
+        paths[suffix] = atomic_write_bytes(out / f"{name}.{suffix}", text.encode("utf-8"))
     return paths
 
 
@@ -136,7 +129,9 @@ def load_references(stem: str) -> dict[str, dict[str, Any]]:
         raise ValueError(f"{path}: expected a mapping of artifacts, got {type(refs).__name__}")
     for artifact, entry in refs.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("values"), dict):
-            raise ValueError(f"{path}: artifact {artifact!r} needs a 'values' mapping ({{row: number}} or {{row: {{col: number}}}})")
+            raise ValueError(
+                f"{path}: artifact {artifact!r} needs a 'values' mapping ({{row: number}} or {{row: {{col: number}}}})"
+            )
     return refs
 
 
@@ -179,7 +174,9 @@ def paper_vs_run(stem: str, artifact: str, run_values: Mapping[str, float] | pd.
     """
     refs = load_references(stem)
     if artifact not in refs:
-        raise KeyError(f"artifact {artifact!r} not in {_references_path(stem)}; present: {', '.join(map(str, refs)) or 'none'}")
+        raise KeyError(
+            f"artifact {artifact!r} not in {_references_path(stem)}; present: {', '.join(map(str, refs)) or 'none'}"
+        )
     entry = refs[artifact]
     paper = _flatten(entry["values"])
     run = _run_to_flat(run_values)
@@ -211,8 +208,9 @@ class CitedTables(Mapping[str, Any]):
 
     def __getitem__(self, name: str) -> Any:
         if name not in self._cites:
-            raise UncitedTable(f"claim {self._id!r} read table {name!r}, which it does not cite "
-                               f"(cites: {', '.join(self._cites)})")
+            raise UncitedTable(
+                f"claim {self._id!r} read table {name!r}, which it does not cite (cites: {', '.join(self._cites)})"
+            )
         self.read.add(name)
         return self._tables[name]
 
@@ -234,7 +232,9 @@ def _text_cites(text: str, name: str) -> bool:
     if match is None:
         return True
     kind, number = match.groups()
-    return re.search(rf"\b{kind}s?\b[^()]*?(?<![\w.-]){re.escape(number)}(?![\w])", text, flags=re.IGNORECASE) is not None
+    return (
+        re.search(rf"\b{kind}s?\b[^()]*?(?<![\w.-]){re.escape(number)}(?![\w])", text, flags=re.IGNORECASE) is not None
+    )
 
 
 Check = Callable[[Mapping[str, Any]], "bool | None"]
@@ -262,7 +262,9 @@ class Claim:
             raise ValueError(f"claim {self.id!r} cites no table: name the tables its check reads")
         missing = [name for name in self.cites if not _text_cites(self.text, name)]
         if missing:
-            raise ValueError(f"claim {self.id!r} cites {', '.join(missing)} but its text does not name them: {self.text!r}")
+            raise ValueError(
+                f"claim {self.id!r} cites {', '.join(missing)} but its text does not name them: {self.text!r}"
+            )
 
 
 CLAIM_COLUMNS = ["id", "claim", "cites", "evidence", "verdict", "reason"]
@@ -299,8 +301,16 @@ def evaluate_claims(claims: Sequence[Claim], tables: Mapping[str, Any]) -> pd.Da
         reason = "" if verdict == HOLDS else _explain(claim.reason, view)
         if verdict != HOLDS and not reason.strip():
             raise ValueError(f"claim {claim.id!r} is {verdict!r} but its reason is empty")
-        rows.append({"id": claim.id, "claim": claim.text, "cites": ", ".join(claim.cites),
-                     "evidence": _explain(claim.evidence, view), "verdict": verdict, "reason": reason})
+        rows.append(
+            {
+                "id": claim.id,
+                "claim": claim.text,
+                "cites": ", ".join(claim.cites),
+                "evidence": _explain(claim.evidence, view),
+                "verdict": verdict,
+                "reason": reason,
+            }
+        )
     return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
 
 
@@ -312,8 +322,16 @@ def proportion_gap(a: float, b: float, n_a: int, n_b: int | None = None) -> str:
     n_b = n_a if n_b is None else n_b
     if n_a < 1 or n_b < 1:
         raise ValueError(f"sample sizes must be >= 1, got n_a={n_a}, n_b={n_b}")
-    half = 1.96 * math.sqrt(sum(p * (1 - p) / (n + 2) for p, n in (((a / 100 * n_a + 1) / (n_a + 2), n_a),
-                                                                       ((b / 100 * n_b + 1) / (n_b + 2), n_b)))) * 100
+    half = (
+        1.96
+        * math.sqrt(
+            sum(
+                p * (1 - p) / (n + 2)
+                for p, n in (((a / 100 * n_a + 1) / (n_a + 2), n_a), ((b / 100 * n_b + 1) / (n_b + 2), n_b))
+            )
+        )
+        * 100
+    )
     sizes = f"{n_a}" if n_b == n_a else f"{n_a}/{n_b}"
     verdict = "inside the noise: this sample size does not resolve it" if abs(a - b) <= half else "outside the noise"
     return f"gap {a - b:+.1f} points, 95% interval half-width {half:.1f} points on {sizes} images: {verdict}"

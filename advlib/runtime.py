@@ -1,4 +1,5 @@
 """Device choice, seeding, threads, project paths and the run manifest written beside outputs."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .files import atomic_write_text
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 _MANIFEST_PACKAGES = ("advlib", "torch", "torchvision", "foolbox", "numpy", "pandas")
@@ -57,8 +60,10 @@ def contained_path(text: str, what: str) -> Path:
     resolved = (path if path.is_absolute() else project_root() / path).resolve()
     roots = [project_root(), data_root(), cache_root()]
     if not any(resolved.is_relative_to(root) for root in roots):
-        raise ValueError(f"{what} {text!r} resolves to {str(resolved)!r}, outside the allowed directories: "
-                         f"{', '.join(str(r) for r in roots)}")
+        raise ValueError(
+            f"{what} {text!r} resolves to {str(resolved)!r}, outside the allowed directories: "
+            f"{', '.join(str(r) for r in roots)}"
+        )
     return resolved
 
 
@@ -140,7 +145,8 @@ def use_portable_kernels() -> bool:
     pins MKL (CBWR=COMPATIBLE) and ATen (AVX2) to code paths every x86-64 CPU takes alike. Returns whether it is on."""
     on = portable_kernels_requested()
     if on:
-        torch.backends.mkldnn.enabled = False
+        # torch types the module attribute as its ContextProp descriptor; at runtime it is a bool property
+        torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
         torch.backends.nnpack.set_flags(False)
     return on
 
@@ -158,8 +164,12 @@ def git_commit() -> str:
     """The commit of the checkout, with '+dirty' when the tree has changes; 'unknown' outside git."""
     try:
         root = project_root()
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -175,27 +185,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _check_publishable(stem: str, profile: str, params: Any) -> None:
-    """A published run (figures/) must be a built-in profile exactly as committed, without overrides."""
-    from . import params as params_mod
-
-    if profile_name(profile) != profile or params != params_mod.load(stem, profile):
-        raise ValueError(f"{PUBLISH_ENV}=1 publishes into figures/{stem}/{profile_name(profile)}/ only for a built-in "
-                         f"profile without overrides; {profile!r} with these parameters goes to runs/ (unset {PUBLISH_ENV})")
-
-
 class Run:
     """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
 
-    def __init__(self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None):
+    def __init__(
+        self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None
+    ):
         self.stem, self.profile, self.params, self.seed = stem, profile, params, seed
         self.device = resolve_device(device)
         self.threads = set_threads(threads)
         self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
-        if publishing() and params is not None and hasattr(params, "model_dump"):
-            _check_publishable(stem, profile, params)
         _run_dirs[(project_root(), stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 
@@ -206,7 +207,9 @@ class Run:
             "profile": self.profile,
             "seed": self.seed,
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine(),
             "threads": self.threads,
             "portable_kernels": self.portable_kernels,
             "git_commit": git_commit(),
@@ -217,8 +220,6 @@ class Run:
 
     def write_manifest(self) -> Path:
         """Write manifest.json beside the run's figures and tables; returns its path."""
-        path = self.out / "manifest.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(
+            self.out / "manifest.json", json.dumps(self.manifest(), indent=2, sort_keys=True) + "\n"
+        )

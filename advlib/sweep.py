@@ -5,6 +5,7 @@ Each point runs `advlib run <stem>` in its own process with its overrides and it
 (`$ADVLIB_FIGURES`), so points never share a Python interpreter or an output file; they share the artifact cache by
 path (its file locks make concurrent builds of one artifact safe), so points reuse each other's trained models.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,15 +16,17 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from . import params as params_mod
+from .files import atomic_write_text
 from .runtime import cache_root, project_root
 
 EXECUTORS = ("local", "dask")
@@ -115,8 +118,9 @@ def plan(stem: str, profile: str, grid: dict[str, list[Any]], seeds: Sequence[in
     if seeds and "seed" in grid:
         raise ValueError("give the seeds either with --seeds or as a grid key 'seed', not both")
     axes = [grid[k] for k in grid] + ([list(seeds)] if seeds else [])
-    digest = hashlib.sha256(json.dumps([stem, str(profile), grid, list(seeds or [])], sort_keys=True, default=str)
-                            .encode()).hexdigest()[:10]
+    digest = hashlib.sha256(
+        json.dumps([stem, str(profile), grid, list(seeds or [])], sort_keys=True, default=str).encode()
+    ).hexdigest()[:10]
     sweep = Sweep(stem, str(profile), grid, list(seeds) if seeds else None, sweep_id=f"sweep-{digest}")
     for combo in itertools.product(*axes):
         values = dict(zip(sweep.keys, combo))
@@ -132,10 +136,25 @@ def run_point(stem: str, profile: str, point: Point, threads: int, home: str, ca
     failure comes back as a result with the papermill error, never as an exception."""
     began = time.perf_counter()
     overrides = {**({"threads": threads} if "threads" not in point.values else {}), **point.values}
-    command = [sys.executable, "-m", "advlib.cli", "run", stem, "--profile", profile, "--output", point.notebook,
-               *(item for k, v in overrides.items() for item in ("--set", f"{k}={json.dumps(v)}"))]
-    env = {**os.environ, "ADVLIB_FIGURES": point.figures, "ADVLIB_HOME": home, "ADVLIB_CACHE": cache,
-           "OMP_NUM_THREADS": str(threads)}
+    command = [
+        sys.executable,
+        "-m",
+        "advlib.cli",
+        "run",
+        stem,
+        "--profile",
+        profile,
+        "--output",
+        point.notebook,
+        *(item for k, v in overrides.items() for item in ("--set", f"{k}={json.dumps(v)}")),
+    ]
+    env = {
+        **os.environ,
+        "ADVLIB_FIGURES": point.figures,
+        "ADVLIB_HOME": home,
+        "ADVLIB_CACHE": cache,
+        "OMP_NUM_THREADS": str(threads),
+    }
     Path(point.notebook).parent.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - began
@@ -150,11 +169,13 @@ def _papermill_error(stderr: str) -> str:
     for marker in ("PapermillExecutionError", "advlib:", "Error"):
         hits = [i for i, line in enumerate(lines) if marker in line]
         if hits:
-            return "\n".join(lines[hits[-1]:hits[-1] + 6])
+            return "\n".join(lines[hits[-1] : hits[-1] + 6])
     return "\n".join(lines[-6:])
 
 
-def _execute(sweep: Sweep, todo: list[Point], executor: str, workers: int, scheduler: str | None) -> Iterable[PointResult]:
+def _execute(
+    sweep: Sweep, todo: list[Point], executor: str, workers: int, scheduler: str | None
+) -> Iterable[PointResult]:
     threads = max(1, (os.cpu_count() or 1) // workers)
     paths = (str(project_root()), str(cache_root()))
     if executor == "local":
@@ -163,24 +184,38 @@ def _execute(sweep: Sweep, todo: list[Point], executor: str, workers: int, sched
             for future in as_completed(futures):
                 yield future.result()
         return
-    from dask.distributed import Client, LocalCluster, as_completed as dask_completed
+    from dask.distributed import Client, LocalCluster
+    from dask.distributed import as_completed as dask_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                   dashboard_address=None)
+    cluster = (
+        None
+        if scheduler
+        else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    )
     client = Client(scheduler or cluster)
     try:
-        futures = [client.submit(run_point, sweep.stem, sweep.profile, p, threads, *paths, key=f"{sweep.sweep_id}-{p.name}",
-                                 pure=False) for p in todo]
-        for future in dask_completed(futures):
-            yield future.result()
+        dask_futures = [
+            client.submit(
+                run_point, sweep.stem, sweep.profile, p, threads, *paths, key=f"{sweep.sweep_id}-{p.name}", pure=False
+            )
+            for p in todo
+        ]
+        for dask_future in dask_completed(dask_futures):
+            yield dask_future.result()
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
 
 
-def run_sweep(sweep: Sweep, *, executor: str = "local", workers: int | None = None, scheduler: str | None = None,
-              resume: bool = False) -> list[PointResult]:
+def run_sweep(
+    sweep: Sweep,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    resume: bool = False,
+) -> list[PointResult]:
     """Run the sweep's points (with `resume`, only those that failed or never finished) and record every point's
     outcome in runs/<stem>/<sweep id>/sweep.json."""
     if executor not in EXECUTORS:
@@ -192,7 +227,11 @@ def run_sweep(sweep: Sweep, *, executor: str = "local", workers: int | None = No
         raise ValueError(f"workers must be >= 1; got {workers}")
     record = sweep.folder / SWEEP_FILE
     previous = {r["name"]: r for r in json.loads(record.read_text())["results"]} if resume and record.is_file() else {}
-    done = {n: PointResult(**r) for n, r in previous.items() if r["status"] == "ok" and Path(sweep.point(n).notebook).is_file()}
+    done = {
+        n: PointResult(**r)
+        for n, r in previous.items()
+        if r["status"] == "ok" and Path(sweep.point(n).notebook).is_file()
+    }
     todo = [p for p in sweep.points if p.name not in done]
     results = dict(done)
     sweep.folder.mkdir(parents=True, exist_ok=True)
@@ -201,8 +240,10 @@ def run_sweep(sweep: Sweep, *, executor: str = "local", workers: int | None = No
         for result in _execute(sweep, todo, executor, min(workers, max(1, len(todo))), scheduler):
             results[result.name] = result
             bar.update(1)
-            bar.write(f"[{result.status}] {result.name} ({result.seconds:.1f} s)"
-                      + (f": {result.error.splitlines()[0]}" if result.error else ""))
+            bar.write(
+                f"[{result.status}] {result.name} ({result.seconds:.1f} s)"
+                + (f": {result.error.splitlines()[0]}" if result.error else "")
+            )
             _write_record(sweep, results)
     finally:
         bar.close()
@@ -211,11 +252,15 @@ def run_sweep(sweep: Sweep, *, executor: str = "local", workers: int | None = No
 
 
 def _write_record(sweep: Sweep, results: dict[str, PointResult]) -> None:
-    record = {"stem": sweep.stem, "profile": sweep.profile, "grid": sweep.grid, "seeds": sweep.seeds,
-              "points": [asdict(p) for p in sweep.points], "results": [asdict(r) for r in results.values()]}
-    tmp = sweep.folder / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(record, indent=1, default=str))
-    os.replace(tmp, sweep.folder / SWEEP_FILE)
+    record = {
+        "stem": sweep.stem,
+        "profile": sweep.profile,
+        "grid": sweep.grid,
+        "seeds": sweep.seeds,
+        "points": [asdict(p) for p in sweep.points],
+        "results": [asdict(r) for r in results.values()],
+    }
+    atomic_write_text(sweep.folder / SWEEP_FILE, json.dumps(record, indent=1, default=str))
 
 
 def gather(sweep: Sweep, results: Sequence[PointResult]) -> pd.DataFrame:
@@ -236,8 +281,15 @@ def gather(sweep: Sweep, results: Sequence[PointResult]) -> pd.DataFrame:
             for i, record in enumerate(table.to_dict("records")):
                 for column, value in record.items():
                     if column != label:
-                        rows.append({**{k: point.values[k] for k in keys}, "table": csv.stem,
-                                     "row": record[label] or str(i), "column": column, "value": value})
+                        rows.append(
+                            {
+                                **{k: point.values[k] for k in keys},
+                                "table": csv.stem,
+                                "row": record[label] or str(i),
+                                "column": column,
+                                "value": value,
+                            }
+                        )
     tidy = pd.DataFrame(rows, columns=[*keys, "table", "row", "column", "value"])
     numeric = pd.to_numeric(tidy["value"], errors="coerce")
     tidy["value"] = numeric.where(numeric.notna(), tidy["value"])
@@ -247,9 +299,18 @@ def gather(sweep: Sweep, results: Sequence[PointResult]) -> pd.DataFrame:
 def write_gathered(sweep: Sweep, tidy: pd.DataFrame, results: Sequence[PointResult]) -> dict[str, Path]:
     """results.csv/.md (the tidy table) and summary.csv/.md (each point's status, time and error)."""
     out = {}
-    summary = pd.DataFrame([{"point": r.name, "status": r.status, "seconds": round(r.seconds, 1),
-                             "notebook": sweep.point(r.name).notebook, "error": r.error.replace("\n", " | ")}
-                            for r in results])
+    summary = pd.DataFrame(
+        [
+            {
+                "point": r.name,
+                "status": r.status,
+                "seconds": round(r.seconds, 1),
+                "notebook": sweep.point(r.name).notebook,
+                "error": r.error.replace("\n", " | "),
+            }
+            for r in results
+        ]
+    )
     for name, frame in (("results", tidy), ("summary", summary)):
         out[f"{name}.csv"] = sweep.folder / f"{name}.csv"
         frame.to_csv(out[f"{name}.csv"], index=False, lineterminator="\n")
@@ -280,7 +341,9 @@ def plot_metric(sweep: Sweep, tidy: pd.DataFrame, metric: str, key: str) -> Path
     for row, part in stats.groupby("row", sort=False):
         part = part.sort_values(key)
         ax.plot(part[key], part["mean"], marker="o", label=str(row))
-        ax.fill_between(part[key], part["mean"] - part["std"].fillna(0), part["mean"] + part["std"].fillna(0), alpha=0.2)
+        ax.fill_between(
+            part[key], part["mean"] - part["std"].fillna(0), part["mean"] + part["std"].fillna(0), alpha=0.2
+        )
     ax.set_xlabel(key)
     ax.set_ylabel(metric)
     ax.legend(fontsize=7)

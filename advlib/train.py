@@ -4,16 +4,16 @@ that make an interrupted run resume to the same final weights, and a tqdm progre
 Determinism: each epoch reseeds its shuffling and attack randomness from (seed, epoch), so a run
 resumed at epoch e sees exactly the batches and random starts an uninterrupted run would.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 from .attacks import create_attack
 from .attacks.pgd import in_layout, prefers_channels_last
 from .cache import Cache, cached_model, make_key
-from .data import augment_batch, dataset_info, load_dataset, to_tensors
-from .evaluate import accuracy
+from .data import augment_batch, dataset_info, dataset_size, load_dataset, to_tensors
+from .files import atomic_write
+from .inference import accuracy
 from .models import create_model_for
 from .params import DataSpec, TrainSpec
 
@@ -49,7 +50,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, spec: TrainSpec) -> torch.o
     if spec.schedule == "triangle":
         peak = 0.4 * spec.epochs
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda epoch: float(np.interp(epoch + 1, [0, peak, spec.epochs + 1], [0.0, 1.0, 0.0])))
+            optimizer, lambda epoch: float(np.interp(epoch + 1, [0, peak, spec.epochs + 1], [0.0, 1.0, 0.0]))
+        )
     if spec.schedule == "multistep":
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(spec.milestones), gamma=spec.gamma)
     if spec.schedule == "cosine":
@@ -67,9 +69,15 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]],
-                     callback_done: bool = True) -> None:
+def _save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    history: list[dict[str, Any]],
+    callback_done: bool = True,
+) -> None:
     """Model, optimizer and schedule state in one safetensors file, replaced atomically; `callback_done` says
     whether the epoch callback has already run on this epoch's record."""
     tensors = {f"model.{k}": v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -81,18 +89,24 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
                 tensors[f"optim.{index}.{name}"] = value.detach().cpu().clone().contiguous()
             else:
                 scalars[f"{index}.{name}"] = value
-    meta = {"epoch": epoch, "history": history, "param_groups": opt_state["param_groups"], "scalars": scalars,
-            "scheduler": scheduler.state_dict(), "callback_done": callback_done, "sha256": _tensors_digest(tensors)}
+    meta = {
+        "epoch": epoch,
+        "history": history,
+        "param_groups": opt_state["param_groups"],
+        "scalars": scalars,
+        "scheduler": scheduler.state_dict(),
+        "callback_done": callback_done,
+        "sha256": _tensors_digest(tensors),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"advlib": json.dumps(meta, default=str)}))
     except OSError as error:
-        raise OSError(error.errno, f"could not write the training checkpoint {path} ({error.strerror or error}); "
-                                   "the previous checkpoint is kept") from error
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise OSError(
+            error.errno,
+            f"could not write the training checkpoint {path} ({error.strerror or error}); "
+            "the previous checkpoint is kept",
+        ) from error
 
 
 def _tensors_digest(tensors: dict[str, Tensor]) -> str:
@@ -109,8 +123,9 @@ class CorruptCheckpoint(ValueError):
     """A checkpoint file that cannot be parsed or does not match its checksum."""
 
 
-def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: torch.optim.lr_scheduler.LRScheduler) -> tuple[int, list[dict[str, Any]], bool]:
+def _load_checkpoint(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler
+) -> tuple[int, list[dict[str, Any]], bool]:
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -136,9 +151,13 @@ def _load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return int(meta["epoch"]), list(meta["history"]), bool(meta.get("callback_done", True))
 
 
-def resume(checkpoint_dir: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: torch.optim.lr_scheduler.LRScheduler, on_epoch: EpochCallback | None = None,
-           ) -> tuple[Path | None, int, list[dict[str, Any]]]:
+def resume(
+    checkpoint_dir: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[Path | None, int, list[dict[str, Any]]]:
     """(checkpoint path or None, epochs done, history) for a training loop; restores model, optimizer and schedule
     from an existing checkpoint and reruns the epoch callback if the run was killed inside it."""
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir is not None else None
@@ -157,9 +176,15 @@ def resume(checkpoint_dir: Path | None, model: nn.Module, optimizer: torch.optim
     return ckpt, start, history
 
 
-def end_epoch(ckpt: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, epoch: int, history: list[dict[str, Any]],
-              on_epoch: EpochCallback | None = None) -> None:
+def end_epoch(
+    ckpt: Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    history: list[dict[str, Any]],
+    on_epoch: EpochCallback | None = None,
+) -> None:
     """Checkpoint the finished epoch, run the epoch callback on its record, and checkpoint again so what the
     callback added (evaluations, diagnostics) survives a resume."""
     if ckpt is not None:
@@ -170,11 +195,20 @@ def end_epoch(ckpt: Path | None, model: nn.Module, optimizer: torch.optim.Optimi
             _save_checkpoint(ckpt, model, optimizer, scheduler, epoch, history)
 
 
-def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0, device: torch.device | str = "cpu",
-        checkpoint_dir: Path | None = None, eval_data: tuple[Tensor, Tensor] | None = None,
-        on_epoch: EpochCallback | None = None, desc: str = "train",
-        regularizer: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
-        criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> dict[str, Any]:
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    spec: TrainSpec,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    eval_data: tuple[Tensor, Tensor] | None = None,
+    on_epoch: EpochCallback | None = None,
+    desc: str = "train",
+    regularizer: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    criterion: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+) -> dict[str, Any]:
     """Train `model` in place per `spec`; returns {'history': [per-epoch loss, train/test accuracy]}.
 
     With `spec.adversary`, each batch is attacked (model in eval mode) and the loss is
@@ -186,14 +220,14 @@ def fit(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, seed: int = 0,
     images. Image batches go in as channels_last on a oneDNN CPU (`prefers_channels_last`: faster steps; only the float
     rounding of the convolutions changes).
     """
-    if len(train_set) == 0:
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     model.to(device)
     optimizer = make_optimizer(model, spec)
     scheduler = make_scheduler(optimizer, spec)
     adversary = create_attack(spec.adversary) if spec.adversary is not None else None
     ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
-    batches = -(-len(train_set) // spec.batch_size)
+    batches = -(-dataset_size(train_set) // spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     for epoch in range(start, spec.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
@@ -256,8 +290,14 @@ def _key_fields(spec: TrainSpec) -> dict[str, Any]:
     return spec.model_dump(mode="json", exclude={k for k, v in later.items() if getattr(spec, k) == v})
 
 
-def train_classifier(spec: TrainSpec | Mapping[str, Any], data: DataSpec | Mapping[str, Any] | None = None, *,
-                     seed: int = 0, device: torch.device | str = "cpu", cache: Cache | None = None) -> TrainedModel:
+def train_classifier(
+    spec: TrainSpec | Mapping[str, Any],
+    data: DataSpec | Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    cache: Cache | None = None,
+) -> TrainedModel:
     """Train `spec.model` on `data` (or load it from the cache): the one call notebooks make for a classifier.
     `spec` and `data` may be dicts with the fields of TrainSpec and DataSpec (validated: a misspelled key is an
     error); `data` defaults to DataSpec() (mnist5k)."""
@@ -266,14 +306,21 @@ def train_classifier(spec: TrainSpec | Mapping[str, Any], data: DataSpec | Mappi
     info = dataset_info(data.name)
     torch.manual_seed(seed)
     model = create_model_for(spec.model, info, **spec.model_options).to(device)
-    key_params = {"train": _key_fields(spec), "data": data.model_dump(mode="json", exclude={"download"}),
-                  "seed": seed}
+    key_params = {"train": _key_fields(spec), "data": data.model_dump(mode="json", exclude={"download"}), "seed": seed}
     train_set = load_dataset(data.name, "train", n=data.n_train, download=data.download)
     test = to_tensors(load_dataset(data.name, "test", n=data.n_test, download=data.download))
 
     def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
-        return fit(module, train_set, spec, seed=seed, device=device, checkpoint_dir=checkpoint_dir,
-                   eval_data=test, desc=f"train {spec.model}")
+        return fit(
+            module,
+            train_set,
+            spec,
+            seed=seed,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            eval_data=test,
+            desc=f"train {spec.model}",
+        )
 
     model, meta = cached_model("model", key_params, model, build, cache=cache, label=f"{spec.model} on {data.name}")
     return TrainedModel(model=model.eval(), meta=meta, key=make_key("model", key_params))

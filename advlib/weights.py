@@ -3,6 +3,7 @@
 A `.pt`/`.pth` file is a pickle, and unpickling runs whatever code the file names; torch's weights-only unpickler
 accepts tensors and plain containers only, so a crafted file is refused instead of executed.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -36,13 +37,17 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UnsafeWeightsError(f"weight file {str(path)!r} was refused: it holds objects other than tensors, which "
-                                 f"loading would execute ({str(error).splitlines()[0]})") from error
+        raise UnsafeWeightsError(
+            f"weight file {str(path)!r} was refused: it holds objects other than tensors, which "
+            f"loading would execute ({str(error).splitlines()[0]})"
+        ) from error
     except (EOFError, RuntimeError) as error:
         raise ValueError(f"weight file {str(path)!r} is truncated or not a torch file: {error}") from error
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"weight file {str(path)!r} does not hold a state dict of tensors (got {type(state).__name__})")
+        raise ValueError(
+            f"weight file {str(path)!r} does not hold a state dict of tensors (got {type(state).__name__})"
+        )
     return state

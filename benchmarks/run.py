@@ -12,6 +12,7 @@ Rules kept here (see benchmarks/README.md):
 - targets are constants below and are never adjusted to the result: a missed target is
   reported as "missed".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -38,17 +39,17 @@ EPS, STEPS, ALPHA = 0.3, 40, 0.01
 FULL_REPS, QUICK_REPS = 5, 3
 MIN_SAMPLE_S = 0.2  # a timed sample repeats a shorter call until it lasts about this long
 # (operator, bound): ratio must satisfy it. Fixed targets; never lowered to fit a result.
-TARGET_LIMIT = ("<=", 1.05)   # native PGD-40 / (40 x one forward+backward)
-TARGET_PEER = ("<", 1.0)      # native PGD-40 / peer PGD-40
+TARGET_LIMIT = ("<=", 1.05)  # native PGD-40 / (40 x one forward+backward)
+TARGET_PEER = ("<", 1.0)  # native PGD-40 / peer PGD-40
 TARGET_REGROUP = ("<=", 1.5)  # REGroup prediction / softmax prediction, same model and batch (paper: 5.8 on CPU)
-REGROUP_K = 5                 # the paper's k for ResNet-50 and VGG-19
-TARGET_STEPS = ("<=", 0.6)    # accuracy-vs-steps: one recording run / separate runs at every step count
+REGROUP_K = 5  # the paper's k for ResNet-50 and VGG-19
+TARGET_STEPS = ("<=", 0.6)  # accuracy-vs-steps: one recording run / separate runs at every step count
 STEP_COUNTS = (1, 2, 5, 10, 20, 50, 100, 200, 500)
-TARGET_MAT = ("<=", 1.15)     # MAT epoch / single-model Linf-AT epoch at equal steps (paper: 1.22 on MNIST)
+TARGET_MAT = ("<=", 1.15)  # MAT epoch / single-model Linf-AT epoch at equal steps (paper: 1.22 on MNIST)
 TARGET_VANILLA = (">=", 2.5)  # M = 3 vanilla-ensemble AT time / MAT time: MAT should cost about one AT run
 MAT_STEPS = 10
-TARGET_UNION = ("<=", 0.5)    # union of attacks: cascade over survivors / every attack on every sample
-TARGET_WARM = ("<=", 0.1)     # notebook suite: warm rerun (everything cached) / cold run
+TARGET_UNION = ("<=", 0.5)  # union of attacks: cascade over survivors / every attack on every sample
+TARGET_WARM = ("<=", 0.1)  # notebook suite: warm rerun (everything cached) / cold run
 PARTS = ("engine", "steps", "regroup", "mat", "union", "suite")  # what --only can pick, in run order
 
 
@@ -88,8 +89,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def compare(ours: Callable[[], object], peer: Callable[[], object], reps: int, device: torch.device,
-            desc: str) -> tuple[float, float, float, tuple[float, ...]]:
+def compare(
+    ours: Callable[[], object], peer: Callable[[], object], reps: int, device: torch.device, desc: str
+) -> tuple[float, float, float, tuple[float, ...]]:
     """Median time of ours, median time of peer, median of the per-pair ratios ours/peer, all ratios (per call).
 
     A side whose call is shorter than MIN_SAMPLE_S (judged from its warm-up) is called n times per timed sample, the
@@ -101,6 +103,7 @@ def compare(ours: Callable[[], object], peer: Callable[[], object], reps: int, d
         def calls() -> None:
             for _ in range(n):
                 fn()
+
         return calls
 
     t_ours, t_peer, ratios = [], [], []
@@ -121,8 +124,17 @@ def _fmt(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int,
-                device: torch.device, *, bf16: bool = False, channels_last: bool = False) -> list[Row]:
+def bench_model(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    reps: int,
+    device: torch.device,
+    *,
+    bf16: bool = False,
+    channels_last: bool = False,
+) -> list[Row]:
     label = f"{name} b{len(x)}" + (" bf16" if bf16 else "") + (" channels_last" if channels_last else "")
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -148,9 +160,19 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
 
     rows = []
     o, p, r, rs = compare(ours, limit, reps, device, f"{label}: PGD vs fwd+bwd")
-    layout_note = ", channels_last as the engine iterates" if engine_layout == torch.channels_last and not channels_last else ""
-    rows.append(Row(f"{label}: PGD-{STEPS} Linf / {STEPS} x (fwd+bwd of CE w.r.t. input{layout_note})", _fmt(o),
-                    f"{STEPS} x fwd+bwd: {_fmt(p)}", r, TARGET_LIMIT, ratios=rs))
+    layout_note = (
+        ", channels_last as the engine iterates" if engine_layout == torch.channels_last and not channels_last else ""
+    )
+    rows.append(
+        Row(
+            f"{label}: PGD-{STEPS} Linf / {STEPS} x (fwd+bwd of CE w.r.t. input{layout_note})",
+            _fmt(o),
+            f"{STEPS} x fwd+bwd: {_fmt(p)}",
+            r,
+            TARGET_LIMIT,
+            ratios=rs,
+        )
+    )
 
     what_fb = f"{label}: PGD-{STEPS} Linf vs foolbox LinfPGD"
     try:
@@ -160,6 +182,7 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
     else:
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
         fb_attack = fb.attacks.LinfPGD(abs_stepsize=ALPHA, steps=STEPS, random_start=True)
+
         def foolbox_pgd():
             with precision():
                 return fb_attack(fmodel, x, y, epsilons=EPS)
@@ -175,12 +198,15 @@ def bench_model(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Ten
         rows.append(Row(what_ta, "", "torchattacks", None, TARGET_PEER, "torchattacks not installed"))
     else:
         ta_attack = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=STEPS, random_start=True)
+
         def torchattacks_pgd():
             with precision():
                 return ta_attack(x, y)
 
         o, p, r, rs = compare(ours, torchattacks_pgd, reps, device, f"{label}: vs torchattacks")
-        rows.append(Row(what_ta, _fmt(o), f"torchattacks {torchattacks.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs))
+        rows.append(
+            Row(what_ta, _fmt(o), f"torchattacks {torchattacks.__version__}: {_fmt(p)}", r, TARGET_PEER, ratios=rs)
+        )
     model.eval()  # peers may touch the mode; keep eval for what follows
     return rows
 
@@ -200,12 +226,25 @@ def bench_regroup(name: str, model: torch.nn.Module, x: torch.Tensor, reps: int,
             return model(x).softmax(1).argmax(1)
 
     o, p, r, rs = compare(lambda: classifier.predict(x), softmax, reps, device, f"{name}: REGroup vs softmax")
-    return Row(f"{name} b{len(x)}: REGroup (k={k}) / softmax inference", _fmt(o), f"softmax: {_fmt(p)}", r,
-               TARGET_REGROUP, ratios=rs)
+    return Row(
+        f"{name} b{len(x)}: REGroup (k={k}) / softmax inference",
+        _fmt(o),
+        f"softmax: {_fmt(p)}",
+        r,
+        TARGET_REGROUP,
+        ratios=rs,
+    )
 
 
-def bench_steps_curve(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, counts: tuple[int, ...],
-                      reps: int, device: torch.device) -> Row:
+def bench_steps_curve(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    counts: tuple[int, ...],
+    reps: int,
+    device: torch.device,
+) -> Row:
     """Accuracy after k PGD steps for every k in `counts`: one run that records every iterate vs one run per k."""
     from advlib.evaluate import accuracy_vs_steps
 
@@ -215,10 +254,17 @@ def bench_steps_curve(name: str, model: torch.nn.Module, x: torch.Tensor, y: tor
         for k in counts:
             pgd(model, x, y, eps=EPS, norm="linf", steps=k, stepsize=ALPHA, update="adam")
 
-    o, p, r, rs = compare(lambda: accuracy_vs_steps(model, x, y, spec, max(counts)), separate, reps, device,
-                          f"{name}: steps curve")
-    return Row(f"{name} b{len(x)}: accuracy vs PGD steps {list(counts)}: one recording run / separate runs",
-               _fmt(o), f"separate runs: {_fmt(p)}", r, TARGET_STEPS, ratios=rs)
+    o, p, r, rs = compare(
+        lambda: accuracy_vs_steps(model, x, y, spec, max(counts)), separate, reps, device, f"{name}: steps curve"
+    )
+    return Row(
+        f"{name} b{len(x)}: accuracy vs PGD steps {list(counts)}: one recording run / separate runs",
+        _fmt(o),
+        f"separate runs: {_fmt(p)}",
+        r,
+        TARGET_STEPS,
+        ratios=rs,
+    )
 
 
 def attack_step_flops(model: torch.nn.Module, members: int) -> int:
@@ -250,30 +296,68 @@ def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> li
     steps = [NormStep("linf", 0.3, 0.1), NormStep("l2", 2.0, 0.7), NormStep("l1", 10.0, 3.5)]
 
     def mat():
-        fit_mimo(create_mimo(backbone, info, 3), data, spec, members=3, device=device,
-                 inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps, MAT_STEPS, generator=g))
+        fit_mimo(
+            create_mimo(backbone, info, 3),
+            data,
+            spec,
+            members=3,
+            device=device,
+            inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps, MAT_STEPS, generator=g),
+        )
 
     def single_at():
-        fit_mimo(SingleAsMIMO(create_model(backbone)), data, spec, members=1, device=device,
-                 inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1], MAT_STEPS, generator=g))
+        fit_mimo(
+            SingleAsMIMO(create_model(backbone)),
+            data,
+            spec,
+            members=1,
+            device=device,
+            inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1], MAT_STEPS, generator=g),
+        )
 
     def mat_all_linf():  # the same MIMO network and epoch, every member attacked in Linf: the network's own cost
-        fit_mimo(create_mimo(backbone, info, 3), data, spec, members=3, device=device,
-                 inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1] * 3, MAT_STEPS, generator=g))
+        fit_mimo(
+            create_mimo(backbone, info, 3),
+            data,
+            spec,
+            members=3,
+            device=device,
+            inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1] * 3, MAT_STEPS, generator=g),
+        )
 
     o, p, r, rs = compare(mat, single_at, reps, device, f"MAT vs AT epoch ({backbone})")
     _, _, network, _ = compare(mat_all_linf, single_at, reps, device, f"MAT (all Linf) vs AT epoch ({backbone})")
-    flops = attack_step_flops(create_mimo(backbone, info, 3), 3) / attack_step_flops(SingleAsMIMO(create_model(backbone)), 1)
-    why = (f"one attack step (forward, and backward to the inputs) of the MIMO network takes {flops:.2f} x the FLOPs of "
-           f"the single network's (torch's FlopCounterMode: its first layer reads three inputs' channels, its last "
-           f"writes three members' logits), and the same MAT epoch with all three members attacked in Linf costs "
-           f"{network:.2f} x the AT epoch; the L2 and L1 members' steps (normalisation, top-k, the sort-based L1-ball "
-           f"projection) account for the rest, {r / network:.2f} x")
+    flops = attack_step_flops(create_mimo(backbone, info, 3), 3) / attack_step_flops(
+        SingleAsMIMO(create_model(backbone)), 1
+    )
+    why = (
+        f"one attack step (forward, and backward to the inputs) of the MIMO network takes {flops:.2f} x the FLOPs of "
+        f"the single network's (torch's FlopCounterMode: its first layer reads three inputs' channels, its last "
+        f"writes three members' logits), and the same MAT epoch with all three members attacked in Linf costs "
+        f"{network:.2f} x the AT epoch; the L2 and L1 members' steps (normalisation, top-k, the sort-based L1-ball "
+        f"projection) account for the rest, {r / network:.2f} x"
+    )
     what = f"{backbone}, {images} images b64, PGD-{MAT_STEPS}"
-    return [Row(f"{what}: MAT epoch (M = 3) / single-model Linf-AT epoch", _fmt(o), f"Linf AT: {_fmt(p)}", r, TARGET_MAT,
-                ratios=rs, why=why),
-            Row(f"{what}: 3-model vanilla-ensemble AT (3 AT epochs) / MAT epoch", f"MAT: {_fmt(o)}", f"3 x AT: {_fmt(3 * p)}",
-                3 / r, TARGET_VANILLA, ratios=tuple(3 / x for x in rs), why=why)]
+    return [
+        Row(
+            f"{what}: MAT epoch (M = 3) / single-model Linf-AT epoch",
+            _fmt(o),
+            f"Linf AT: {_fmt(p)}",
+            r,
+            TARGET_MAT,
+            ratios=rs,
+            why=why,
+        ),
+        Row(
+            f"{what}: 3-model vanilla-ensemble AT (3 AT epochs) / MAT epoch",
+            f"MAT: {_fmt(o)}",
+            f"3 x AT: {_fmt(3 * p)}",
+            3 / r,
+            TARGET_VANILLA,
+            ratios=tuple(3 / x for x in rs),
+            why=why,
+        ),
+    ]
 
 
 UNION_ATTACKS = [  # the quickstart suite: six attacks in three norms, cheap ones first as a researcher would order them
@@ -296,7 +380,12 @@ def bench_union(reps: int, device: torch.device, images: int) -> Row:
 
     torch.manual_seed(0)
     model = create_model("lenet5_classic").to(device)
-    fit(model, load_dataset("mnist5k", "train"), TrainSpec(model="lenet5_classic", epochs=1, batch_size=64), device=device)
+    fit(
+        model,
+        load_dataset("mnist5k", "train"),
+        TrainSpec(model="lenet5_classic", epochs=1, batch_size=64),
+        device=device,
+    )
     model.eval()
     x, y = (t.to(device) for t in to_tensors(load_dataset("mnist5k", "test", n=images)))
     unions = {}
@@ -307,9 +396,16 @@ def bench_union(reps: int, device: torch.device, images: int) -> Row:
     o, p, r, rs = compare(lambda: run(True), lambda: run(False), reps, device, "union cascade vs all")
     cascade, every = 100 * unions[True], 100 * unions[False]
     differ = f"union accuracy {cascade:.2f}% by cascade vs {every:.2f}% by every attack" if cascade != every else ""
-    return Row(f"lenet5_classic (undefended) {images} images: union of 6 attacks, cascade / every attack on every "
-               f"sample (union accuracy {cascade:.2f}% / {every:.2f}%)", _fmt(o), f"all attacks: {_fmt(p)}", r,
-               TARGET_UNION, ratios=rs, invalid=differ)
+    return Row(
+        f"lenet5_classic (undefended) {images} images: union of 6 attacks, cascade / every attack on every "
+        f"sample (union accuracy {cascade:.2f}% / {every:.2f}%)",
+        _fmt(o),
+        f"all attacks: {_fmt(p)}",
+        r,
+        TARGET_UNION,
+        ratios=rs,
+        invalid=differ,
+    )
 
 
 _SUITE_CHILD = """
@@ -362,8 +458,12 @@ def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row]
             seconds, peak = {}, 0
             for state in ("cold", "warm"):
                 began = time.perf_counter()
-                done = subprocess.run([sys.executable, "-c", _SUITE_CHILD, stem, profile, str(home / f"{stem}-{state}.ipynb")],
-                                      env=env, capture_output=True, text=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", _SUITE_CHILD, stem, profile, str(home / f"{stem}-{state}.ipynb")],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                )
                 seconds[state] = time.perf_counter() - began
                 if done.returncode != 0:
                     raise RuntimeError(f"notebook {stem} ({profile}, {state}) failed:\n{done.stderr[-2000:]}")
@@ -371,26 +471,47 @@ def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row]
                 peak = max(peak, usage["kernel_kib"])
                 totals[state] += seconds[state]
             began = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", _FLOOR_CHILD, stem, str(home / f"{stem}-floor.ipynb")],
-                                  env=env, capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-c", _FLOOR_CHILD, stem, str(home / f"{stem}-floor.ipynb")],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"the imports of notebook {stem} failed:\n{done.stderr[-2000:]}")
             seconds["floor"] = time.perf_counter() - began
             totals["floor"] += seconds["floor"]
-            rows.append(Row(f"{stem} ({profile}): warm rerun / cold run", _fmt(seconds["warm"]),
-                            f"cold: {_fmt(seconds['cold'])}", seconds["warm"] / seconds["cold"], TARGET_WARM,
-                            why=_warm_why(seconds)))
+            rows.append(
+                Row(
+                    f"{stem} ({profile}): warm rerun / cold run",
+                    _fmt(seconds["warm"]),
+                    f"cold: {_fmt(seconds['cold'])}",
+                    seconds["warm"] / seconds["cold"],
+                    TARGET_WARM,
+                    why=_warm_why(seconds),
+                )
+            )
             memory.append(f"| {stem} | {profile} | {peak / 1024:.0f} MiB |")
-    rows.append(Row(f"{'all notebooks' if stems is None else ', '.join(stems)} ({profile}): warm rerun / cold run", _fmt(totals["warm"]), f"cold: {_fmt(totals['cold'])}",
-                    totals["warm"] / totals["cold"], TARGET_WARM, why=_warm_why(totals)))
+    rows.append(
+        Row(
+            f"{'all notebooks' if stems is None else ', '.join(stems)} ({profile}): warm rerun / cold run",
+            _fmt(totals["warm"]),
+            f"cold: {_fmt(totals['cold'])}",
+            totals["warm"] / totals["cold"],
+            TARGET_WARM,
+            why=_warm_why(totals),
+        )
+    )
     return rows, memory
 
 
 def _warm_why(seconds: dict[str, float]) -> str:
     floor, warm, cold = seconds["floor"], seconds["warm"], seconds["cold"]
-    return (f"a run of only the imports takes {_fmt(floor)} (process, kernel start, imports), so no cache can bring "
-            f"warm / cold below {floor / cold:.2f}; the other {_fmt(max(0.0, warm - floor))} of the warm rerun is work "
-            f"the cache does not hold (loading artifacts, uncached evaluations, figures and tables)")
+    return (
+        f"a run of only the imports takes {_fmt(floor)} (process, kernel start, imports), so no cache can bring "
+        f"warm / cold below {floor / cold:.2f}; the other {_fmt(max(0.0, warm - floor))} of the warm rerun is work "
+        f"the cache does not hold (loading artifacts, uncached evaluations, figures and tables)"
+    )
 
 
 def _cpu_seconds() -> tuple[float, float] | None:
@@ -398,6 +519,7 @@ def _cpu_seconds() -> tuple[float, float] | None:
     notebook-suite runs) so far; None off Linux."""
     try:
         import resource
+
         fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
         # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy
         busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
@@ -423,15 +545,26 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"{QUICK_REPS} repetitions, batch 64, no resnet18 or resnet50_imagenet")
-    parser.add_argument("--suite", metavar="PROFILE",
-                        help="profile of the notebook-suite rows (cold vs warm, peak memory); default: ci with --quick, "
-                             "else default; 'none' skips them")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_REPS} repetitions, batch 64, no resnet18 or resnet50_imagenet"
+    )
+    parser.add_argument(
+        "--suite",
+        metavar="PROFILE",
+        help="profile of the notebook-suite rows (cold vs warm, peak memory); default: ci with --quick, "
+        "else default; 'none' skips them",
+    )
     parser.add_argument("--bf16", action="store_true", help="run the native attack engine under bf16 autocast")
-    parser.add_argument("--channels-last", action="store_true", help="channels_last memory format for the attack engine")
-    parser.add_argument("--only", action="append", choices=PARTS, metavar="PART",
-                        help=f"run only this part (repeatable; one of {', '.join(PARTS)}; default: all)")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="channels_last memory format for the attack engine"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=PARTS,
+        metavar="PART",
+        help=f"run only this part (repeatable; one of {', '.join(PARTS)}; default: all)",
+    )
     parser.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
     args = parser.parse_args()
@@ -445,7 +578,9 @@ def main() -> None:
     cases = [("lenet5", dict(), (1, 28, 28), 64 if args.quick else 256)]
     if not args.quick:
         # the issue's batch of 256 on a GPU; 64 on a CPU, where 36 timed PGD-40 calls at 256 would take over an hour
-        cases.append(("resnet18", dict(in_channels=3, num_classes=10), (3, 32, 32), 256 if device.type == "cuda" else 64))
+        cases.append(
+            ("resnet18", dict(in_channels=3, num_classes=10), (3, 32, 32), 256 if device.type == "cuda" else 64)
+        )
 
     cpu_start, wall_start = _cpu_seconds(), time.perf_counter()
     rows: list[Row] = []
@@ -458,8 +593,9 @@ def main() -> None:
         counts = STEP_COUNTS if not args.quick else tuple(k for k in STEP_COUNTS if k <= 100)
         model = create_model("width_cnn").to(device).eval()
         x = torch.rand(64, 1, 28, 28, device=device)
-        rows.append(bench_steps_curve("width_cnn", model, x, torch.randint(0, 10, (64,), device=device), counts, reps,
-                                      device))
+        rows.append(
+            bench_steps_curve("width_cnn", model, x, torch.randint(0, 10, (64,), device=device), counts, reps, device)
+        )
     regroup_cases = [("vgg_small", dict(in_channels=1, input_size=28), (1, 28, 28), 256)]
     if not args.quick:
         regroup_cases.append(("resnet50_imagenet", dict(), (3, 224, 224), 8))
@@ -490,15 +626,25 @@ def main() -> None:
         f"threads {torch.get_num_threads()}; mode {'quick' if args.quick else 'full'}"
         f"{'; attack engine in bf16 autocast' if args.bf16 else ''}{'; channels_last' if args.channels_last else ''} "
         f"({reps} repetitions after one warm-up"
-        + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "") + ")"
+        + (", lenet5 batch 64 instead of 256, resnet18 and resnet50_imagenet skipped" if args.quick else "")
+        + ")"
         + (f"; only {', '.join(p for p in PARTS if p in parts)}" if parts != set(PARTS) else "")
-        + (f"; notebooks {args.notebooks}" if args.notebooks and "suite" in parts else "") + ".",
+        + (f"; notebooks {args.notebooks}" if args.notebooks and "suite" in parts else "")
+        + ".",
         "",
-        f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the "
-        f"{wall:.0f} s run." if foreign is not None else "CPU use by other processes was not measured (no /proc/stat).",
+        f"Other processes used {foreign:.0%} of the machine's {os.cpu_count()} CPUs during the {wall:.0f} s run."
+        if foreign is not None
+        else "CPU use by other processes was not measured (no /proc/stat).",
         "",
-        *(["**Warning: the machine was shared during this run; timings and verdicts are unreliable, "
-           "rerun on an idle machine.**", ""] if foreign is not None and foreign > 0.10 else []),
+        *(
+            [
+                "**Warning: the machine was shared during this run; timings and verdicts are unreliable, "
+                "rerun on an idle machine.**",
+                "",
+            ]
+            if foreign is not None and foreign > 0.10
+            else []
+        ),
         "Times are medians; ratio = median over repetitions of (ours / peer or limit), each pair timed back to back.",
         "",
         "| what | ours | peer or limit | ratio | target | verdict | machine |",
@@ -514,10 +660,21 @@ def main() -> None:
             lines.append(f"- {row.what}: " + ", ".join(f"{r:.3f}" for r in row.ratios))
     missed = [row for row in rows if row.verdict == "missed" and row.why]
     if missed:
-        lines += ["", "Why targets were missed (measured in this run):", "", *(f"- {row.what}: {row.why}." for row in missed)]
+        lines += [
+            "",
+            "Why targets were missed (measured in this run):",
+            "",
+            *(f"- {row.what}: {row.why}." for row in missed),
+        ]
     if memory:
-        lines += ["", "Peak resident memory of each notebook's kernel (the larger of its cold and warm runs):", "",
-                  "| notebook | profile | peak RSS |", "|---|---|---|", *memory]
+        lines += [
+            "",
+            "Peak resident memory of each notebook's kernel (the larger of its cold and warm runs):",
+            "",
+            "| notebook | profile | peak RSS |",
+            "|---|---|---|",
+            *memory,
+        ]
     lines.append("")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines))

@@ -1,4 +1,5 @@
 """Shared fixtures: a small LeNet trained on real MNIST (mnist5k) once per test session."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """The Adversary Critic study: C&W's confidence margin, the study kit, the study's tables on the ci profile and a
 paper-profile dry run on MNIST-shaped fake data."""
+
 from __future__ import annotations
 
 import copy
@@ -32,9 +33,17 @@ def test_targeted_cw_with_the_margin_reaches_95_percent(mnist_model, mnist_test)
 
     x, y = mnist_test[0][:6], mnist_test[1][:6]
     target = (y + 1) % 10
-    spec = AttackSpec(name="cw_l2", steps=100, targeted=True,
-                      options={"binary_search_steps": 5, "initial_const": 1.0, "stepsize": 0.1,
-                               "confidence": cw_confidence_margin(0.95, 10)})
+    spec = AttackSpec(
+        name="cw_l2",
+        steps=100,
+        targeted=True,
+        options={
+            "binary_search_steps": 5,
+            "initial_const": 1.0,
+            "stepsize": 0.1,
+            "confidence": cw_confidence_margin(0.95, 10),
+        },
+    )
     result = create_attack(spec)(mnist_model, x, y, target)
     with torch.no_grad():
         probs = torch.softmax(mnist_model(result.x_adv), 1)
@@ -47,8 +56,11 @@ def test_targeted_cw_with_the_margin_reaches_95_percent(mnist_model, mnist_test)
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory):
     """The ci profile with one network and three defenses, in its own cache."""
-    p = params.load("adversary_critic", "ci", {"networks": ["lenet5"], "defenses": ["reference", "margin", "critic"],
-                                               "figure4.network": "lenet5"})
+    p = params.load(
+        "adversary_critic",
+        "ci",
+        {"networks": ["lenet5"], "defenses": ["reference", "margin", "critic"], "figure4.network": "lenet5"},
+    )
     return CriticStudy(p, "cpu", cache=Cache(tmp_path_factory.mktemp("cache")))
 
 
@@ -90,7 +102,9 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     assert len(items) == len(images) and len({i.image_id for i in items}) == len(items)
     assert [i.image_id for i in ci_study.study_images(secret)[0]] == [i.image_id for i in items]  # stable for reruns
     assert {i.image_id for i in ci_study.study_images(bytes(16))[0]}.isdisjoint(i.image_id for i in items)
-    names = {w.lower() for i in items for w in (i.defense, i.network)} | set(ci_study.p.defenses) | set(ci_study.p.networks)
+    names = (
+        {w.lower() for i in items for w in (i.defense, i.network)} | set(ci_study.p.defenses) | set(ci_study.p.networks)
+    )
     assert not [(i.image_id, n) for i in items for n in names if n in i.image_id.lower()]  # ids name no model
     kit = ci_study.export_kit(items, images, tmp_path / "kit")
     assert len(list((tmp_path / "kit" / "images").glob("*.png"))) == len(items)
@@ -111,7 +125,9 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     monkeypatch.setenv("ADVLIB_DATA", str(tmp_path))  # study.results must lie inside the project, data or cache root
     results.to_csv(tmp_path / "results.csv", index=False)
     answered = copy.copy(ci_study)  # a shallow copy with the results file set
-    answered.p = ci_study.p.model_copy(update={"study": ci_study.p.study.model_copy(update={"results": str(tmp_path / "results.csv")})})
+    answered.p = ci_study.p.model_copy(
+        update={"study": ci_study.p.study.model_copy(update={"results": str(tmp_path / "results.csv")})}
+    )
     human, who = answered.table2(items, images)
     assert "human" in who and (human["target_percent"] == 100).all()
 
@@ -147,15 +163,38 @@ def test_paper_profile_dry_run_on_mnist_shaped_fake_data(tmp_path, monkeypatch):
     with torchvision MNIST replaced by fake data of the same shape (no download here)."""
     from advlib import data
 
-    monkeypatch.setitem(data._LOADERS, "mnist", lambda request: data._load_fake(dataclasses.replace(request, shape=(1, 28, 28))))
-    overrides = {"device": "cpu", "data.n_train": 20, "data.n_test": 30, "train.epochs": 1, "critic.epochs": 1,
-                 "seeds": [0, 1], "n_eval": 4, "eval_attacks.DeepFool.steps": 2, "eval_attacks.CW.steps": 2,
-                 "eval_attacks.CW.options.binary_search_steps": 1, "eval_attacks.Our.steps": 2,
-                 "figure2.attack.steps": 2, "figure2.attack.options.binary_search_steps": 1,
-                 "figure4.attack.steps": 2, "figure4.attack.options.binary_search_steps": 1, "figure4.n_images": 3,
-                 "study.n_images": 10, "study.attack.steps": 3,
-                 "study.proxy": [{"model": "lenet5_classic", "epochs": 1, "batch_size": 10,
-                                  "adversary": {"name": "pgd_l2", "eps": 2.0, "steps": 1}, "adv_weight": 0.5}]}
+    monkeypatch.setitem(
+        data._LOADERS, "mnist", lambda request: data._load_fake(dataclasses.replace(request, shape=(1, 28, 28)))
+    )
+    overrides = {
+        "device": "cpu",
+        "data.n_train": 20,
+        "data.n_test": 30,
+        "train.epochs": 1,
+        "critic.epochs": 1,
+        "seeds": [0, 1],
+        "n_eval": 4,
+        "eval_attacks.DeepFool.steps": 2,
+        "eval_attacks.CW.steps": 2,
+        "eval_attacks.CW.options.binary_search_steps": 1,
+        "eval_attacks.Our.steps": 2,
+        "figure2.attack.steps": 2,
+        "figure2.attack.options.binary_search_steps": 1,
+        "figure4.attack.steps": 2,
+        "figure4.attack.options.binary_search_steps": 1,
+        "figure4.n_images": 3,
+        "study.n_images": 10,
+        "study.attack.steps": 3,
+        "study.proxy": [
+            {
+                "model": "lenet5_classic",
+                "epochs": 1,
+                "batch_size": 10,
+                "adversary": {"name": "pgd_l2", "eps": 2.0, "steps": 1},
+                "adv_weight": 0.5,
+            }
+        ],
+    }
     p = params.load("adversary_critic", "paper", overrides)
     assert p.data.name == "mnist" and len(p.defenses) == 5 and p.critic.weight == {"mlp1200": 0.5, "lenet5": 0.1}
     study = CriticStudy(p, "cpu", cache=Cache(tmp_path))

@@ -1,6 +1,7 @@
 """The offline annotation page of the human study (annotate.html): numbered items from local images, pixelated
 upscaling, answers saved as a CSV that Table 2 imports; driven in headless Chromium (Debian's `chromium` package)
 over the DevTools protocol where that browser is installed, and `advlib study import` storing the saved answers."""
+
 from __future__ import annotations
 
 import json
@@ -47,9 +48,19 @@ class _Browser:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.process = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}",
-             f"--user-data-dir={profile_dir}", "--no-first-run", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                f"--remote-debugging-port={port}",
+                f"--user-data-dir={profile_dir}",
+                "--no-first-run",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         target = None
         for _ in range(150):
             try:
@@ -67,8 +78,15 @@ class _Browser:
 
     def eval(self, expression):
         self.calls += 1
-        self.socket.send(json.dumps({"id": self.calls, "method": "Runtime.evaluate",
-                                     "params": {"expression": expression, "returnByValue": True, "awaitPromise": True}}))
+        self.socket.send(
+            json.dumps(
+                {
+                    "id": self.calls,
+                    "method": "Runtime.evaluate",
+                    "params": {"expression": expression, "returnByValue": True, "awaitPromise": True},
+                }
+            )
+        )
         while True:
             reply = json.loads(self.socket.recv())
             if reply.get("id") == self.calls:
@@ -88,8 +106,10 @@ def test_a_person_labels_the_page_in_chromium_and_table2_imports_the_csv(tmp_pat
     browser = _Browser(page.as_uri(), tmp_path / "chromium-profile")
     try:
         for _ in range(100):
-            if browser.eval("document.readyState === 'complete' && document.images.length > 0 && "
-                            "[...document.images].every(i => i.complete)"):
+            if browser.eval(
+                "document.readyState === 'complete' && document.images.length > 0 && "
+                "[...document.images].every(i => i.complete)"
+            ):
                 break
             time.sleep(0.1)
         shown = browser.eval("""[...document.querySelectorAll('section')].map(s => ({
@@ -125,8 +145,10 @@ def test_study_import_stores_a_copy_for_table2_and_rejects_other_files(tmp_path,
     monkeypatch.setenv("ADVLIB_DATA", str(tmp_path / "data"))
     answers = tmp_path / "elsewhere" / "answers.csv"
     answers.parent.mkdir()
-    answers.write_text("WorkerId,AssignmentId,Input.image_1_id,Input.image_2_id,Answer.label_1,Answer.label_2\n"
-                       "w1,1,img-a,img-b,3,\nw2,1,img-a,img-b,4,5\n")
+    answers.write_text(
+        "WorkerId,AssignmentId,Input.image_1_id,Input.image_2_id,Answer.label_1,Answer.label_2\n"
+        "w1,1,img-a,img-b,3,\nw2,1,img-a,img-b,4,5\n"
+    )
     assert cli.main(["study", "import", str(answers), "--profile", "ci"]) == 0
     out = capsys.readouterr().out
     stored = list((tmp_path / "data" / "human_study").glob("answers-*.csv"))

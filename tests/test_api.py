@@ -1,5 +1,6 @@
 """The Python API is as strict and as short as the CLI: validated spec dicts, keyword overrides for run_attack,
 dicts for train_classifier, AttackResult.robust_accuracy, and the README's snippet runs as printed."""
+
 from __future__ import annotations
 
 import re
@@ -28,13 +29,21 @@ def test_run_attack_takes_a_name_and_keyword_overrides(mnist_model, mnist_test):
 
 
 def test_overrides_split_into_fields_and_options():
-    spec = with_overrides({"name": "pgd_linf", "eps": 0.1, "options": {"loss": "margin"}}, {"eps": 0.3, "update": "adam"})
+    spec = with_overrides(
+        {"name": "pgd_linf", "eps": 0.1, "options": {"loss": "margin"}}, {"eps": 0.3, "update": "adam"}
+    )
     assert spec == {"name": "pgd_linf", "eps": 0.3, "options": {"loss": "margin", "update": "adam"}}
     assert with_overrides("fgsm", {}) == {"name": "fgsm"}
 
 
-@pytest.mark.parametrize("spec, bad", [({"name": "pgd_linf", "epss": 0.3}, "epss"), ({"name": "pgd_lnf"}, "pgd_lnf"),
-                                       ({"name": "pgd_linf", "eps": -1}, "eps")])
+@pytest.mark.parametrize(
+    "spec, bad",
+    [
+        ({"name": "pgd_linf", "epss": 0.3}, "epss"),
+        ({"name": "pgd_lnf"}, "pgd_lnf"),
+        ({"name": "pgd_linf", "eps": -1}, "eps"),
+    ],
+)
 def test_a_bad_spec_dict_is_an_error_naming_the_value(spec, bad, mnist_test):
     x, y = mnist_test[0][:4], mnist_test[1][:4]
     with pytest.raises(ValueError, match=re.escape(bad)):

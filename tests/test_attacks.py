@@ -1,5 +1,6 @@
 """Attacks: every registered attack runs, respects [0,1] and its eps-ball, and fools an undefended model;
 native PGD agrees with foolbox; projections are exact."""
+
 from __future__ import annotations
 
 import itertools
@@ -24,7 +25,10 @@ FAST_OPTIONS = {  # cut iteration budgets so the whole suite stays fast on 2 CPU
     "autoattack_l1": {"version": "custom", "attacks": ["apgd-ce"]},
 }
 MIN_SUCCESS = {  # weak by design: random noise at a moderate L2 budget rarely flips a digit
-    "uniform_noise": 0.0, "uniform_noise_linf": 0.0, "gaussian_noise": 0.0, "repeated_gaussian_noise": 0.0,
+    "uniform_noise": 0.0,
+    "uniform_noise_linf": 0.0,
+    "gaussian_noise": 0.0,
+    "repeated_gaussian_noise": 0.0,
 }
 
 
@@ -144,8 +148,12 @@ def test_pgd5_adam_at_least_as_strong_as_ifgsm5_on_an_adversarially_trained_mode
     torch.manual_seed(0)
     model = create_model("lenet5_classic")
     adversary = {"name": "pgd_linf", "eps": 0.2, "steps": 3, "stepsize": 0.08}
-    fit(model, load_dataset("mnist5k", "train", n=2000),
-        TrainSpec(model="lenet5_classic", epochs=2, batch_size=64, adversary=adversary, adv_weight=0.5), seed=0)
+    fit(
+        model,
+        load_dataset("mnist5k", "train", n=2000),
+        TrainSpec(model="lenet5_classic", epochs=2, batch_size=64, adversary=adversary, adv_weight=0.5),
+        seed=0,
+    )
     model.eval()
     x, y = mnist_test
     accs = {}
@@ -190,7 +198,9 @@ def test_l1_projection_is_closest_point_in_ball():
     # optimality: no random point of the ball is closer than the projection
     for _ in range(200):
         candidate = project_l1_ball(projected + 0.3 * torch.randn_like(projected), eps)
-        assert torch.all((candidate - delta).flatten(1).norm(dim=1) >= (projected - delta).flatten(1).norm(dim=1) - 1e-5)
+        assert torch.all(
+            (candidate - delta).flatten(1).norm(dim=1) >= (projected - delta).flatten(1).norm(dim=1) - 1e-5
+        )
     inside = delta / lp_norms(delta, "l1").view(-1, 1, 1, 1)  # L1 norm 1 < eps: unchanged
     assert torch.allclose(project_l1_ball(inside, eps), inside)
 
@@ -220,8 +230,9 @@ def test_in_layout_restrides_one_channel_batches_without_a_copy():
 @pytest.mark.parametrize("norm, eps, channels", [("linf", 0.1, 3), ("l2", 1.0, 3), ("linf", 0.1, 1), ("l1", 2.0, 1)])
 def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps, channels):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(channels, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                                torch.nn.Linear(8 * 6 * 6, 10)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(channels, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10)
+    ).eval()
     seen = []  # NHWC strides: the channel stride is 1 (is_contiguous cannot tell the layouts of one channel apart)
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].stride(1) == 1))
     x, y = torch.rand(16, channels, 8, 8), torch.randint(0, 10, (16,))
@@ -232,7 +243,10 @@ def test_pgd_iterates_in_channels_last_and_returns_contiguous(norm, eps, channel
         results[layout] = pgd(model, x, y, eps=eps, norm=norm, steps=5, stepsize=eps / 4, channels_last=layout).x_adv
         assert all(seen) if layout else not any(seen)
         assert results[layout].is_contiguous()
-        assert lp_norms(results[layout] - x, norm).max() <= eps + 1e-5 and 0 <= results[layout].min() <= results[layout].max() <= 1
+        assert (
+            lp_norms(results[layout] - x, norm).max() <= eps + 1e-5
+            and 0 <= results[layout].min() <= results[layout].max() <= 1
+        )
     # the layout changes the convolution's rounding only: an L2 step moves by ~1e-7; a sign may flip where a gradient
     # entry is ~0, and a top-k choice where two entries nearly tie
     if norm == "l2":
@@ -255,8 +269,11 @@ def test_sorted_descending_equals_torch_sort(dtype):
 def test_l1_projection_equals_the_sort_based_reference():
     """Duchi et al.'s algorithm written out plainly; the library's in-place version must give the same bits."""
     torch.manual_seed(1)
-    for delta, eps in ((torch.randn(16, 1, 28, 28) * 0.05, 10.0), (torch.randn(7, 3, 8, 8).round(decimals=1), 4.0),
-                       (torch.randn(5, 30, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 6)):
+    for delta, eps in (
+        (torch.randn(16, 1, 28, 28) * 0.05, 10.0),
+        (torch.randn(7, 3, 8, 8).round(decimals=1), 4.0),
+        (torch.randn(5, 30, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 6),
+    ):
         flat = delta.flatten(1)
         radius = torch.as_tensor(eps, dtype=flat.dtype).expand(len(flat))
         mu = flat.abs().sort(dim=1, descending=True).values
@@ -264,8 +281,9 @@ def test_l1_projection_equals_the_sort_based_reference():
         ranks = torch.arange(1, flat.shape[1] + 1, dtype=flat.dtype)
         rho = ((mu - (cumsum - radius[:, None]) / ranks > 0).to(flat.dtype) * ranks).argmax(dim=1)
         theta = (cumsum.gather(1, rho[:, None]).squeeze(1) - radius) / (rho + 1).to(flat.dtype)
-        expected = torch.where((flat.abs().sum(1) <= radius)[:, None], flat,
-                               flat.sign() * (flat.abs() - theta[:, None]).clamp_min(0))
+        expected = torch.where(
+            (flat.abs().sum(1) <= radius)[:, None], flat, flat.sign() * (flat.abs() - theta[:, None]).clamp_min(0)
+        )
         assert torch.equal(project_l1_ball(delta, eps), expected.view_as(delta))
 
 
@@ -288,26 +306,32 @@ def test_topk_step_is_sparse_and_respects_box():
     assert torch.allclose(lp_norms(direction, "l1"), torch.ones(4))
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"name": "fgsmm", "eps": 0.1}, "unknown attack 'fgsmm'"),
-    ({"name": "fgsm"}, "needs eps"),
-    ({"name": "fgsm", "eps": -1}, "eps must be > 0"),
-    ({"name": "deepfool_l2", "targeted": True}, "no targeted mode"),
-    ({"name": "fgsm", "eps": 0.1, "targeted": True}, "no targeted mode"),
-    ({"name": "pgd_linf", "eps": 0.1, "options": {"update": "nesterov"}}, "update 'nesterov'"),
-    ({"name": "cw_l2", "options": {"bogus": 1}}, "bogus"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"name": "fgsmm", "eps": 0.1}, "unknown attack 'fgsmm'"),
+        ({"name": "fgsm"}, "needs eps"),
+        ({"name": "fgsm", "eps": -1}, "eps must be > 0"),
+        ({"name": "deepfool_l2", "targeted": True}, "no targeted mode"),
+        ({"name": "fgsm", "eps": 0.1, "targeted": True}, "no targeted mode"),
+        ({"name": "pgd_linf", "eps": 0.1, "options": {"update": "nesterov"}}, "update 'nesterov'"),
+        ({"name": "cw_l2", "options": {"bogus": 1}}, "bogus"),
+    ],
+)
 def test_bad_specs_rejected(bad, message):
     with pytest.raises(ValueError, match=message):
         create_attack(bad)
 
 
-@pytest.mark.parametrize("x, message", [
-    (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
-    (torch.full((2, 1, 28, 28), 1.5), r"\[0, 1\]"),
-    (torch.rand(1, 28, 28), "4-d"),
-    (torch.rand(0, 1, 28, 28), "empty"),
-])
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (torch.full((2, 1, 28, 28), float("nan")), "NaN"),
+        (torch.full((2, 1, 28, 28), 1.5), r"\[0, 1\]"),
+        (torch.rand(1, 28, 28), "4-d"),
+        (torch.rand(0, 1, 28, 28), "empty"),
+    ],
+)
 def test_bad_images_rejected(x, message, mnist_model):
     with pytest.raises(ValueError, match=message):
         run_attack({"name": "fgsm", "eps": 0.1}, mnist_model, x, torch.zeros(len(x), dtype=torch.long))
@@ -322,10 +346,30 @@ def test_foolbox_sample_images_attacked(mnist_model):
 
 
 def test_registry_covers_the_required_attacks():
-    required = {"fgsm", "bim", "ifgsm", "pgd_linf", "pgd_l2", "pgd_l1", "deepfool_l2", "deepfool_linf", "cw_l2",
-                "uniform_noise", "gaussian_noise", "repeated_gaussian_noise", "salt_and_pepper", "sparse_l1_descent",
-                "boundary", "hopskipjump", "spatial", "spsa", "trust_region_l2", "autoattack_linf", "autoattack_l2",
-                "autoattack_l1"}
+    required = {
+        "fgsm",
+        "bim",
+        "ifgsm",
+        "pgd_linf",
+        "pgd_l2",
+        "pgd_l1",
+        "deepfool_l2",
+        "deepfool_linf",
+        "cw_l2",
+        "uniform_noise",
+        "gaussian_noise",
+        "repeated_gaussian_noise",
+        "salt_and_pepper",
+        "sparse_l1_descent",
+        "boundary",
+        "hopskipjump",
+        "spatial",
+        "spsa",
+        "trust_region_l2",
+        "autoattack_linf",
+        "autoattack_l2",
+        "autoattack_l1",
+    }
     assert required <= set(list_attacks())
     assert all(attack_info(n).backend == "foolbox" for n in ("fgsm", "bim", "deepfool_l2", "cw_l2", "boundary"))
     assert len(set(itertools.chain(list_attacks()))) == len(list_attacks())
@@ -363,7 +407,9 @@ def test_boundary_leaves_inputs_without_a_start_unattacked(caplog):
         constant[1].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
     x = torch.rand(3, 1, 2, 2)
     with caplog.at_level("WARNING", logger="advlib"):
-        result = run_attack({"name": "boundary", "options": {"steps": 5}}, constant, x, torch.zeros(3, dtype=torch.long))
+        result = run_attack(
+            {"name": "boundary", "options": {"steps": 5}}, constant, x, torch.zeros(3, dtype=torch.long)
+        )
     assert "no image of another class" in caplog.text
     assert torch.equal(result.x_adv, x) and not result.success.any()
 

@@ -1,4 +1,5 @@
 """The Adversary Critic's baselines: multiclass hinge, margin sensitivity (analytic on a linear model), training."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,8 +24,8 @@ def test_margin_sensitivity_on_a_linear_model_is_the_weight_difference():
     w = model[1].weight.detach()
     expected = []
     for label in y.tolist():
-        gaps = ((w - w[label]) ** 2).sum(1)           # ||W_k - W_y||^2 for every k
-        expected.append(float(gaps.max()))            # the class whose gradient differs most
+        gaps = ((w - w[label]) ** 2).sum(1)  # ||W_k - W_y||^2 for every k
+        expected.append(float(gaps.max()))  # the class whose gradient differs most
     torch.testing.assert_close(margin_sensitivity(model, x, y).detach(), torch.tensor(expected))
 
 
@@ -51,7 +52,10 @@ def test_margin_training_lowers_the_sensitivity():
     spec = TrainSpec(model="mlp1200", model_options={"width": 128}, epochs=2, batch_size=50)
     x, y = load_dataset("mnist5k", "test").tensors
     sensitivity = {}
-    for name, kwargs in (("plain", {}), ("margin", {"regularizer": margin_regularizer(0.1), "criterion": multiclass_hinge})):
+    for name, kwargs in (
+        ("plain", {}),
+        ("margin", {"regularizer": margin_regularizer(0.1), "criterion": multiclass_hinge}),
+    ):
         torch.manual_seed(0)
         model = create_model("mlp1200", width=128)
         fit(model, train, spec, seed=0, **kwargs)

@@ -1,4 +1,5 @@
 """Cache: content-addressed keys, build once then load, failed builds leave nothing, prune (faults: tests/reliability)."""
+
 from __future__ import annotations
 
 import logging
@@ -71,12 +72,15 @@ def test_cached_frames_load_back_exactly(tmp_path, caplog):
 
     from advlib.cache import cached_frames
 
-    named = pd.DataFrame({"system": ["A", "B"], "members": [1, 4], "acc": [0.1 + 0.2, np.nan],
-                          "ok": [True, False]}).set_index("system")
+    named = pd.DataFrame(
+        {"system": ["A", "B"], "members": [1, 4], "acc": [0.1 + 0.2, np.nan], "ok": [True, False]}
+    ).set_index("system")
     curve = pd.DataFrame({"x": [1.0, 2.5]}, index=pd.Index([0.5, 1.0], name="epoch"))
     curve.columns.name = "score"
-    multi = pd.DataFrame({("a", 1): [1, 2], ("b", 2): [3.3, 4.4]},
-                         index=pd.MultiIndex.from_tuples([("x", 1), ("y", 2)], names=["k", "n"]))
+    multi = pd.DataFrame(
+        {("a", 1): [1, 2], ("b", 2): [3.3, 4.4]},
+        index=pd.MultiIndex.from_tuples([("x", 1), ("y", 2)], names=["k", "n"]),
+    )
     text = pd.DataFrame({"s": ["u", "v"], "f": np.array([1e-17, 2 / 3], dtype=np.float32)})
     frames, calls = (named, curve, multi, text), []
     cache = Cache(tmp_path)

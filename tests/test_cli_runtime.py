@@ -1,4 +1,5 @@
 """CLI and runtime: listing, cache commands, early rejection of bad runs, devices, seeding, manifests."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,14 @@ def test_list_shows_registries(capsys):
         assert name in out
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("eps_curve.eps=[-1]", "> 0"),
-    ("attacks.0.name=nope", "unknown attack 'nope'"),
-    ("trian.epochs=1", "unknown key 'trian'"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("eps_curve.eps=[-1]", "> 0"),
+        ("attacks.0.name=nope", "unknown attack 'nope'"),
+        ("trian.epochs=1", "unknown key 'trian'"),
+    ],
+)
 def test_run_rejects_bad_overrides_before_work(override, fragment, capsys, monkeypatch):
     import papermill
 
@@ -95,8 +99,12 @@ def _conv_kernels(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     """The ATen convolution kernels a forward and backward pass of `conv` ran."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         conv(x).sum().backward()
-    return {e.name for e in prof.events() if "conv" in e.name and e.name not in (
-        "aten::conv2d", "aten::convolution", "aten::_convolution", "aten::convolution_backward")}
+    return {
+        e.name
+        for e in prof.events()
+        if "conv" in e.name
+        and e.name not in ("aten::conv2d", "aten::convolution", "aten::_convolution", "aten::convolution_backward")
+    }
 
 
 def test_portable_kernels_turn_onednn_and_nnpack_off_only_when_asked(monkeypatch):
@@ -146,12 +154,18 @@ def test_cache_prune_kind_must_name_a_kind_present(project, capsys):
     assert not list(Cache().entries())
 
 
-@pytest.mark.parametrize("plot, message", [
-    ("attack_suite.accuracy:eps", "--plot key 'eps' is not swept; swept keys: n_eval"),
-    ("attack_suit.accuracy:n_eval", "--plot table 'attack_suit' is not a table of quickstart; tables: "),
-    ("attack_suite.acc:n_eval", "--plot column 'acc' is not in quickstart's attack_suite; columns: attack, norm, eps"),
-    ("attack_suite:n_eval", "is not of the form table.column:key"),
-])
+@pytest.mark.parametrize(
+    "plot, message",
+    [
+        ("attack_suite.accuracy:eps", "--plot key 'eps' is not swept; swept keys: n_eval"),
+        ("attack_suit.accuracy:n_eval", "--plot table 'attack_suit' is not a table of quickstart; tables: "),
+        (
+            "attack_suite.acc:n_eval",
+            "--plot column 'acc' is not in quickstart's attack_suite; columns: attack, norm, eps",
+        ),
+        ("attack_suite:n_eval", "is not of the form table.column:key"),
+    ],
+)
 def test_sweep_plot_is_checked_before_any_point_runs(plot, message, monkeypatch, capsys):
     from advlib import sweep as sweep_mod
 
@@ -186,12 +200,14 @@ def test_only_published_runs_write_figures(real_params, monkeypatch):
     assert runtime.Run("quickstart", "ci", changed).out == runs / f"ci-{runtime.params_digest(changed)}"
     assert runtime.Run("quickstart", "ci", plain).out == runs / f"ci-{runtime.params_digest(plain)}"
     assert runtime.params_digest(plain) != runtime.params_digest(changed)
-    assert report.save_table(report.pd.DataFrame({"a": [1.0]}), "quickstart", "ci", "t")["csv"].parent == \
-        runs / f"ci-{runtime.params_digest(plain)}"  # save_table follows the notebook's Run
+    assert (
+        report.save_table(report.pd.DataFrame({"a": [1.0]}), "quickstart", "ci", "t")["csv"].parent
+        == runs / f"ci-{runtime.params_digest(plain)}"
+    )  # save_table follows the notebook's Run
     monkeypatch.setenv(runtime.PUBLISH_ENV, "1")
     assert runtime.Run("quickstart", "ci", plain).out == real_params / "figures" / "quickstart" / "ci"
-    with pytest.raises(ValueError, match="without overrides"):
-        runtime.Run("quickstart", "ci", changed)
+    with pytest.raises(params.ParamsError, match="without overrides"):  # refused at the notebook's first cell
+        params.load("quickstart", "ci", ["train.epochs=2"])
     assert not (real_params / "figures" / "quickstart" / "ci" / "t.csv").exists()
 
 
@@ -225,18 +241,27 @@ def test_failed_run_keeps_the_last_good_notebook_and_reports_one_line(real_param
     assert [line for line in err.strip().splitlines() if not line.startswith("[advlib] run:")] == [
         "advlib: quickstart failed: ValueError: k must be between 1 and 8",
         f"  executed notebook: {(folder / '00_quickstart.failed.ipynb').relative_to(real_params)} "
-        f"(last good run kept: {(folder / '00_quickstart.ipynb').relative_to(real_params)})"]
+        f"(last good run kept: {(folder / '00_quickstart.ipynb').relative_to(real_params)})",
+    ]
     assert str(real_params) not in err
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["regroup", "--set", "k=99"], {}, "k=99 exceeds the 8 voting layers of 'VGG'"),
-    (["quickstart", "--set", "data.name=mnist"], {}, "'mnist' (train) was not found"),
-    (["quickstart", "--set", "data.name=mnist", "--set", "data.download=true"], {"ADVLIB_DATA": "{file}/data"},
-     "not writable"),
-    (["quickstart", "--set", "device=cuda"], {}, "CUDA is not available"),
-])
-def test_machine_problems_are_usage_errors_before_the_kernel_starts(real_params, monkeypatch, capsys, args, env, message):
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["regroup", "--set", "k=99"], {}, "k=99 exceeds the 8 voting layers of 'VGG'"),
+        (["quickstart", "--set", "data.name=mnist"], {}, "'mnist' (train) was not found"),
+        (
+            ["quickstart", "--set", "data.name=mnist", "--set", "data.download=true"],
+            {"ADVLIB_DATA": "{file}/data"},
+            "not writable",
+        ),
+        (["quickstart", "--set", "device=cuda"], {}, "CUDA is not available"),
+    ],
+)
+def test_machine_problems_are_usage_errors_before_the_kernel_starts(
+    real_params, monkeypatch, capsys, args, env, message
+):
     import papermill
 
     if "device=cuda" in args and torch.cuda.is_available():

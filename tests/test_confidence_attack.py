@@ -1,5 +1,6 @@
 """The Adversary Critic attack (eq. 7): reaches the target with the requested confidence; differentiable to second
 order; the closest target and the stopping mask."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Adversary Critic pieces: the critic's architecture and noise, and the losses against direct computations."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,8 @@ def test_gradient_penalty_matches_a_per_sample_autograd_computation():
     for x, y in ((x_adv, y_adv), (x_data, y_data)):
         norms = []
         for i in range(5):
-            xi = x[i:i + 1].clone().requires_grad_(True)
-            g, = torch.autograd.grad(critic(xi)[0, y[i]], xi)
+            xi = x[i : i + 1].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(critic(xi)[0, y[i]], xi)
             norms.append(g.norm())
         want += torch.stack([(n - 1) ** 2 for n in norms]).mean()
     got = gradient_penalty(critic, x_data, y_data, x_adv, y_adv)
@@ -61,9 +62,9 @@ def test_class_confidence_is_an_ema_per_class():
 
 
 def test_classifier_step_loss_reaches_the_classifier_through_the_attack(mnist_model, mnist_test):
-    from advlib.defenses.critic import ClassConfidence, classifier_step_loss
-
     import copy
+
+    from advlib.defenses.critic import ClassConfidence, classifier_step_loss
 
     classifier = copy.deepcopy(mnist_model).train()
     critic = create_model("critic_mlp")
@@ -116,15 +117,25 @@ def test_critic_defense_resumes_to_the_same_weights(mnist_test, tmp_path):
     def run(epochs, checkpoint_dir=None):
         torch.manual_seed(0)
         classifier, critic = create_model("mlp1200", width=64), create_model("critic_mlp", width=64)
-        out = train_critic_defense(classifier, critic, data, epochs=epochs, weight=0.5, batch_size=16, halve_every=1,
-                                   checkpoint_dir=checkpoint_dir)
+        out = train_critic_defense(
+            classifier,
+            critic,
+            data,
+            epochs=epochs,
+            weight=0.5,
+            batch_size=16,
+            halve_every=1,
+            checkpoint_dir=checkpoint_dir,
+        )
         return classifier, critic, out
 
     whole = run(2)
-    run(1, tmp_path)                      # stopped after one regularised epoch ...
-    resumed = run(2, tmp_path)            # ... and continued from its checkpoint
-    for a, b in zip(list(whole[0].parameters()) + list(whole[1].parameters()),
-                    list(resumed[0].parameters()) + list(resumed[1].parameters())):
+    run(1, tmp_path)  # stopped after one regularised epoch ...
+    resumed = run(2, tmp_path)  # ... and continued from its checkpoint
+    for a, b in zip(
+        list(whole[0].parameters()) + list(whole[1].parameters()),
+        list(resumed[0].parameters()) + list(resumed[1].parameters()),
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert whole[2]["confidence"] == resumed[2]["confidence"]
     with pytest.raises(ValueError, match="epochs"):

@@ -1,4 +1,5 @@
 """Tests for advlib.data: the dataset registry, mnist5k split, fake data, tensors, loaders, image checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -253,10 +254,10 @@ def test_crop_flip_shifts_and_flips_a_hand_made_image():
     out = data.crop_flip(x, torch.Generator().manual_seed(0), pad=2)
     offsets, flips = _draws(64, 0, pad=2)
     padded = torch.zeros(1, 1, h + 4, w + 4)
-    padded[..., 2:2 + h, 2:2 + w] = image
+    padded[..., 2 : 2 + h, 2 : 2 + w] = image
     for i in range(64):
         dy, dx = int(offsets[0, i]), int(offsets[1, i])
-        expected = padded[0, 0, dy:dy + h, dx:dx + w]
+        expected = padded[0, 0, dy : dy + h, dx : dx + w]
         expected = expected.flip(-1) if flips[i] else expected
         assert torch.equal(out[i, 0], expected) and torch.equal(out[i, 1], expected), i
     assert flips.any() and (~flips).any() and (offsets != 2).any()

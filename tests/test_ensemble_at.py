@@ -1,4 +1,5 @@
 """Strength in Numbers: ensemble output, Algorithm 1's gradient flow, parameter matching, smoothing, the study."""
+
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,17 @@ import torch
 
 from advlib import params
 from advlib.cache import Cache
-from advlib.defenses.ensemble_at import (SYSTEMS, average_seeds, build_ensemble, member_gradients_reached,
-                                         member_mean_loss, remove_outliers, strongest_attack, system_spec, with_mode)
+from advlib.defenses.ensemble_at import (
+    SYSTEMS,
+    average_seeds,
+    build_ensemble,
+    member_gradients_reached,
+    member_mean_loss,
+    remove_outliers,
+    strongest_attack,
+    system_spec,
+    with_mode,
+)
 from advlib.evaluate import accuracy_vs_steps
 from advlib.experiments.strength_in_numbers import EnsembleStudy
 from advlib.models import count_parameters, create_model
@@ -28,7 +38,9 @@ def test_ensemble_output_is_the_mean_of_member_probabilities():
     with torch.no_grad():
         want = torch.stack([m(x).softmax(1) for m in ensemble.members]).mean(0)
         torch.testing.assert_close(ensemble(x).exp(), want)
-        torch.testing.assert_close(with_mode(ensemble, "logit")(x), torch.stack([m(x) for m in ensemble.members]).mean(0))
+        torch.testing.assert_close(
+            with_mode(ensemble, "logit")(x), torch.stack([m(x) for m in ensemble.members]).mean(0)
+        )
         mean_loss = member_mean_loss(list(ensemble.members))(x)
         y = torch.tensor([0, 1, 2, 3, 4])
         want_loss = torch.stack([torch.nn.functional.cross_entropy(m(x), y) for m in ensemble.members]).mean()
@@ -59,8 +71,16 @@ def test_double_adv_has_about_the_parameters_of_ensemble2():
 
 
 def test_systems_are_the_papers_eight():
-    assert list(SYSTEMS) == ["Baseline", "Ensemble2", "Ensemble4", "SingleAdv", "DoubleAdv", "Ensemble2Adv",
-                             "Ensemble4Adv", "Separate2Adv"]
+    assert list(SYSTEMS) == [
+        "Baseline",
+        "Ensemble2",
+        "Ensemble4",
+        "SingleAdv",
+        "DoubleAdv",
+        "Ensemble2Adv",
+        "Ensemble4Adv",
+        "Separate2Adv",
+    ]
     assert system_spec("Ensemble4Adv").members == 4 and system_spec("DoubleAdv").wide
     with pytest.raises(ValueError, match="unknown system 'Triple'"):
         system_spec("Triple")
@@ -97,8 +117,9 @@ def test_seed_average_interpolates_onto_one_grid():
 def test_strongest_attack_doubles_until_accuracy_stops_falling():
     model = _builder().eval()
     x, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
-    best, steps, tried = strongest_attack(model, x, y, {"name": "pgd_linf", "eps": 0.3, "stepsize": 0.01},
-                                          start_steps=1, max_steps=16)
+    best, steps, tried = strongest_attack(
+        model, x, y, {"name": "pgd_linf", "eps": 0.3, "stepsize": 0.01}, start_steps=1, max_steps=16
+    )
     assert [s for s, _ in tried][:2] == [1, 2] and all(b == 2 * a for (a, _), (b, _) in zip(tried, tried[1:]))
     assert best == min(a for _, a in tried) and steps in [s for s, _ in tried]
     assert len(tried) == 5 or tried[-1][1] >= tried[-2][1]  # stopped at the cap or when accuracy stopped falling
@@ -110,6 +131,7 @@ def test_steps_curve_from_one_recording_run_equals_separate_runs():
     spec = {"name": "pgd_linf", "eps": 0.3, "stepsize": 0.02, "options": {"update": "adam"}, "seed": 3}
     curve = accuracy_vs_steps(model, x, y, spec, 8).set_index("steps")["accuracy"]
     from advlib.attacks import run_attack
+
     for steps in (1, 2, 5, 8):
         result = run_attack({**spec, "steps": steps}, model, x, y)
         with torch.no_grad():
@@ -167,15 +189,35 @@ def test_bad_strength_in_numbers_parameters():
 def test_paper_profile_dry_run_on_fake_data(tmp_path):
     """The paper's code path (SGD with the multistep schedule, CIFAR-shaped images, every system, two seeds
     averaged, Appendix A) on fake data, with the WRN shrunk to depth 10 so that it runs on a CPU in seconds."""
-    tiny = {"model": "wrn", "model_options": {"depth": 10, "width": 1}, "epochs": 1, "batch_size": 4, "lr": 0.1,
-            "optimizer": "sgd"}
+    tiny = {
+        "model": "wrn",
+        "model_options": {"depth": 10, "width": 1},
+        "epochs": 1,
+        "batch_size": 4,
+        "lr": 0.1,
+        "optimizer": "sgd",
+    }
     overrides = {
-        "data.name": "fake", "data.n_train": 8, "device": "cpu", "n_eval": 4, "seeds": [0, 1],
-        "train.model_options": {"depth": 10, "width": 1}, "train.epochs": 2, "train.batch_size": 4,
-        "train.milestones": [1], "double_options": {"width": 2},
-        "train_attack.steps": 1, "eval_attacks.PGD20.steps": 2, "blackbox_sources": [tiny, {**tiny, "model": "vgg_small", "model_options": {}}],
-        "blackbox_attack.steps": 1, "steps_curve.steps": 3, "long_attacks.IFGSM.steps": 2, "long_attacks.PGD.steps": 2,
-        "strongest.start_steps": 1, "strongest.max_steps": 2, "transfer_steps": [1, 2],
+        "data.name": "fake",
+        "data.n_train": 8,
+        "device": "cpu",
+        "n_eval": 4,
+        "seeds": [0, 1],
+        "train.model_options": {"depth": 10, "width": 1},
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.milestones": [1],
+        "double_options": {"width": 2},
+        "train_attack.steps": 1,
+        "eval_attacks.PGD20.steps": 2,
+        "blackbox_sources": [tiny, {**tiny, "model": "vgg_small", "model_options": {}}],
+        "blackbox_attack.steps": 1,
+        "steps_curve.steps": 3,
+        "long_attacks.IFGSM.steps": 2,
+        "long_attacks.PGD.steps": 2,
+        "strongest.start_steps": 1,
+        "strongest.max_steps": 2,
+        "transfer_steps": [1, 2],
     }
     p = params.load("strength_in_numbers", "paper", overrides)
     assert p.train.schedule == "multistep" and p.train.optimizer == "sgd" and p.train.gamma == 0.2

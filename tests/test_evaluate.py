@@ -1,4 +1,5 @@
 """Evaluation: cascade union equals the naive union, curves, per-class tables, rho_adv, transfer, cached attacks."""
+
 from __future__ import annotations
 
 import logging
@@ -11,13 +12,25 @@ from torch import nn
 
 from advlib.attacks.pgd import pgd
 from advlib.cache import Cache
-from advlib.evaluate import (accuracy, accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite, per_class_attack_table,
-                             rho_adv, transfer_matrix, union_robustness)
+from advlib.evaluate import (
+    accuracy,
+    accuracy_vs_eps,
+    accuracy_vs_steps,
+    attack,
+    attack_suite,
+    per_class_attack_table,
+    rho_adv,
+    transfer_matrix,
+    union_robustness,
+)
 
 # deterministic attacks (no random start), so cascade and naive runs see identical perturbations per sample
-DETERMINISTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "deepfool_l2", "eps": 1.0, "options": {"steps": 20}},
-                 {"name": "pgd_linf", "eps": 0.1, "steps": 5, "random_start": False},
-                 {"name": "pgd_l2", "eps": 1.5, "steps": 5, "random_start": False}]
+DETERMINISTIC = [
+    {"name": "fgsm", "eps": 0.1},
+    {"name": "deepfool_l2", "eps": 1.0, "options": {"steps": 20}},
+    {"name": "pgd_linf", "eps": 0.1, "steps": 5, "random_start": False},
+    {"name": "pgd_l2", "eps": 1.5, "steps": 5, "random_start": False},
+]
 
 
 def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
@@ -33,10 +46,14 @@ def test_cascade_union_equals_naive_union(mnist_model, mnist_test):
 
 
 # random starts, L1 step sizes drawn per step, and two attacks whose noise serves the whole batch
-STOCHASTIC = [{"name": "fgsm", "eps": 0.1}, {"name": "pgd_linf", "eps": 0.1, "steps": 5},
-              {"name": "pgd_l1", "eps": 8.0, "steps": 5}, {"name": "pgd_l2", "eps": 1.0, "steps": 5,
-                                                          "options": {"start_sigma": 0.3}},
-              {"name": "salt_and_pepper", "eps": 3.0, "options": {"steps": 20}}, {"name": "uniform_noise", "eps": 2.0}]
+STOCHASTIC = [
+    {"name": "fgsm", "eps": 0.1},
+    {"name": "pgd_linf", "eps": 0.1, "steps": 5},
+    {"name": "pgd_l1", "eps": 8.0, "steps": 5},
+    {"name": "pgd_l2", "eps": 1.0, "steps": 5, "options": {"start_sigma": 0.3}},
+    {"name": "salt_and_pepper", "eps": 3.0, "options": {"steps": 20}},
+    {"name": "uniform_noise", "eps": 2.0},
+]
 
 
 def test_cascade_union_equals_naive_union_with_random_attacks(mnist_model, mnist_test):
@@ -184,3 +201,10 @@ def test_suites_keep_specs_with_one_name_and_eps_apart_by_their_keys(mnist_model
         attack_suite(mnist_model, x, y, [weak, strong])
     with pytest.raises(ParamsError, match="appear more than once"):
         params.load("quickstart", "ci", ["attacks.0={name: pgd_linf, eps: 0.2, steps: 3}"])
+
+
+@pytest.mark.parametrize("name", ["fgsm", "confidence_l2"])
+def test_accuracy_vs_steps_refuses_attacks_that_do_not_record_iterates(name, mnist_model, mnist_test):
+    x, y = mnist_test[0][:4], mnist_test[1][:4]
+    with pytest.raises(ValueError, match=rf"needs a native PGD attack .*got '{name}'"):
+        accuracy_vs_steps(mnist_model, x, y, {"name": name, "eps": 1.0}, 3)

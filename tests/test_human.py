@@ -1,4 +1,5 @@
 """The human-study kit: assignments, the MTurk batch export, the results import (round trip) and Table 2."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,10 @@ from advlib.human import StudyItem, export_batch, import_results, label_table, m
 
 
 def _items(n=60):
-    return [StudyItem(f"img{i:03d}", "critic" if i % 2 else "reference", "lenet5", i % 10, (i + 3) % 10, 0.95)
-            for i in range(n)]
+    return [
+        StudyItem(f"img{i:03d}", "critic" if i % 2 else "reference", "lenet5", i % 10, (i + 3) % 10, 0.95)
+        for i in range(n)
+    ]
 
 
 def test_assignments_are_seeded_complete_and_sized():
@@ -42,8 +45,9 @@ def test_export_then_import_round_trips_the_answers(tmp_path):
         writer = None
         for row in batch:
             out = {"WorkerId": "W1", **{f"Input.{k}": v for k, v in row.items()}}
-            out.update({f"Answer.label_{k}": truth[row[f"image_{k}_id"]] if row[f"image_{k}_id"] else ""
-                        for k in range(1, 26)})
+            out.update(
+                {f"Answer.label_{k}": truth[row[f"image_{k}_id"]] if row[f"image_{k}_id"] else "" for k in range(1, 26)}
+            )
             if writer is None:
                 writer = csv.DictWriter(handle, fieldnames=list(out))
                 writer.writeheader()
@@ -52,9 +56,11 @@ def test_export_then_import_round_trips_the_answers(tmp_path):
     assert dict(zip(answers.image_id, answers.label)) == truth
     table = label_table(answers, pd.read_csv(files["items"]))
     ids = {item.image_id: item for item in items}
-    for (defense, network), row in table.iterrows():
+    for (defense, _network), row in table.iterrows():
         chosen = [i for i in ids.values() if i.defense == defense]
-        assert row["target_percent"] == pytest.approx(100 * sum(truth[i.image_id] == i.target for i in chosen) / len(chosen))
+        assert row["target_percent"] == pytest.approx(
+            100 * sum(truth[i.image_id] == i.target for i in chosen) / len(chosen)
+        )
 
 
 def test_images_are_written_as_png(tmp_path):
@@ -78,8 +84,8 @@ def test_sheet_has_one_numbered_tile_per_image(tmp_path):
     # 5 columns x 2 rows of 56 px tiles with 6 px padding and a 14 px number strip above each tile
     assert sheet.shape == (2 * (56 + 14 + 6) + 6, 5 * (56 + 6) + 6)
     left, top = 6 + 3 * (56 + 6), 6 + 14
-    assert sheet[top:top + 56, left:left + 56].min() == 255       # tile 4 is the white image
-    assert sheet[top:top + 56, left - 62:left - 6].max() == 0     # tile 3 is black
+    assert sheet[top : top + 56, left : left + 56].min() == 255  # tile 4 is the white image
+    assert sheet[top : top + 56, left - 62 : left - 6].max() == 0  # tile 3 is black
     with pytest.raises(ValueError, match="at least one image"):
         write_sheet(images[:0], tmp_path / "empty.png")
 
@@ -106,7 +112,13 @@ def _grid(secret=SECRET):
     """(id, network, defense, seed, index) for 2 networks x 5 defenses x 2 seeds x 30 images."""
     from advlib.human import anonymous_id
 
-    return [(anonymous_id(secret, n, d, s, i), n, d, s, i) for n in NETWORKS for d in DEFENSES for s in (0, 1) for i in range(30)]
+    return [
+        (anonymous_id(secret, n, d, s, i), n, d, s, i)
+        for n in NETWORKS
+        for d in DEFENSES
+        for s in (0, 1)
+        for i in range(30)
+    ]
 
 
 def test_ids_are_a_bijection_that_names_no_model():
@@ -138,10 +150,13 @@ def test_the_same_image_under_two_defenses_gets_unrelated_ids():
     switches = sum(a[2] != b[2] for a, b in zip(grid, grid[1:]))
     assert switches > 0.6 * len(grid)
     same_image = {}
-    for image_id, network, defense, seed, index in grid:
+    for image_id, network, _defense, seed, index in grid:
         same_image.setdefault((network, seed, index), []).append(image_id)
     for group in same_image.values():  # the five defenses' ids of one image share no more than chance does
-        assert len(group) == 5 and max(len(os.path.commonprefix([a, b])) for a in group for b in group if a != b) < len("img-") + 4
+        assert (
+            len(group) == 5
+            and max(len(os.path.commonprefix([a, b])) for a in group for b in group if a != b) < len("img-") + 4
+        )
 
 
 def test_study_secret_is_drawn_once_kept_and_checked(tmp_path):

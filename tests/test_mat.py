@@ -1,5 +1,6 @@
 """MAT: MIMO slots, the one-backward inner loop (passes counted), member norms and radii, MSD's per-example choice,
 the cross-gradient and sign-disagreement diagnostics, MIMO training and its resume."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,9 +9,21 @@ from torch import nn
 
 from advlib.attacks.base import lp_norms
 from advlib.data import dataset_info, load_dataset, to_tensors
-from advlib.defenses.mat import (NormStep, PassCounter, _start, _take_step, backbone_layout, cross_gradient_ratio,
-                                 fit_mimo, mat_attack, member_batches, msd_attack, ramp_scale, sign_disagreement)
-from advlib.models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
+from advlib.defenses.mat import (
+    NormStep,
+    PassCounter,
+    _start,
+    _take_step,
+    backbone_layout,
+    cross_gradient_ratio,
+    fit_mimo,
+    mat_attack,
+    member_batches,
+    msd_attack,
+    ramp_scale,
+    sign_disagreement,
+)
+from advlib.models.mimo import MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
 from advlib.params import TrainSpec
 
 INFO = dataset_info("mnist5k")
@@ -23,8 +36,9 @@ class Separable(nn.Module):
     def __init__(self, members: int = 3) -> None:
         super().__init__()
         self.members = members
-        self.nets = nn.ModuleList(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
-                                  for _ in range(members))
+        self.nets = nn.ModuleList(
+            nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)) for _ in range(members)
+        )
 
     def forward(self, x):
         return torch.stack([net(x[:, m]) for m, net in enumerate(self.nets)], dim=1)
@@ -115,9 +129,10 @@ def test_l1_sizes_drawn_at_once_are_the_per_step_draws(batch):
     x_adv = _start(x, steps, generator)
     for _ in range(4):
         x_adv.requires_grad_(True)
-        grad, = torch.autograd.grad(member_losses(model, x_adv, y).sum(), x_adv)
-        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator)
-                             for m, s in enumerate(steps)], dim=1)
+        (grad,) = torch.autograd.grad(member_losses(model, x_adv, y).sum(), x_adv)
+        x_adv = torch.stack(
+            [_take_step(x[:, m], x_adv[:, m].detach(), grad[:, m], s, generator) for m, s in enumerate(steps)], dim=1
+        )
     assert torch.equal(got, x_adv.detach())
 
 
@@ -130,7 +145,7 @@ def test_msd_keeps_the_worst_candidate_per_example(batch):
 
     generator = torch.Generator().manual_seed(3)
     x_req = x.clone().requires_grad_(True)
-    grad, = torch.autograd.grad(member_losses(model, x_req, y).sum(), x_req)
+    (grad,) = torch.autograd.grad(member_losses(model, x_req, y).sum(), x_req)
     candidates = [_take_step(x[:, 0], x[:, 0], grad[:, 0], s, generator)[:, None] for s in STEPS]
     with torch.no_grad():
         best = torch.stack([member_losses(model, c, y) for c in candidates]).amax(0)
@@ -176,8 +191,9 @@ def test_mat_training_counts_k_plus_one_passes_and_resumes(tmp_path):
     def run(checkpoint_dir=None, on_epoch=None):
         torch.manual_seed(0)
         mimo = create_mimo("mlp1200", INFO, 3, width=32, depth=1)
-        out = fit_mimo(mimo, train, spec, members=3, inner=inner, seed=0, checkpoint_dir=checkpoint_dir,
-                       on_epoch=on_epoch)
+        out = fit_mimo(
+            mimo, train, spec, members=3, inner=inner, seed=0, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch
+        )
         return mimo, out
 
     whole, out = run()

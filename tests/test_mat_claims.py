@@ -1,6 +1,7 @@
 """MAT claims and references without training: each claim holds on hand-made tables shaped like the run's (filled
 with the paper's numbers) and fails, with a measured reason, on tables where it does not; the references flag the
 published unions that no evaluation can produce, and paper-vs-run leaves them out of the comparison."""
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,9 @@ def _transfer(system: str, norm: str) -> pd.DataFrame:
     ref = report.load_references(STEM)[f"transfer_{system}_{norm}"]["values"]
     ensemble = "MAT" if system == "mat" else "Vanilla Ensemble"
     columns = [SUBS["l1"], SUBS["l2"], SUBS["linf"], ensemble]
-    value = lambda row, column: ref[row]["ensemble" if column == ensemble else NORM_COLUMN[column[column.index("(") + 1:-1]]]
+    value = lambda row, column: ref[row][
+        "ensemble" if column == ensemble else NORM_COLUMN[column[column.index("(") + 1 : -1]]
+    ]
     rows = {SUBS[norm]: "source sub-model", ensemble: "ensemble", "No Attack": "No Attack"}
     counts = pd.DataFrame({label: {c: value(row, c) for c in columns} for label, row in rows.items()}).T
     ratios = counts.copy().astype(float)
@@ -42,9 +45,16 @@ def _transfer(system: str, norm: str) -> pd.DataFrame:
 
 
 def _tables(p) -> dict[str, pd.DataFrame]:
-    table3 = _values("table3").rename(columns={"Sub-model 1": SUBS["l1"], "Sub-model 2": SUBS["l2"], "Sub-model 3": SUBS["linf"]})
-    diagnostics = pd.DataFrame([{"epoch": e, "member": m, "cross_gradient_ratio": 0.5 / (e + 1), "sign_disagreement": 0.1}
-                                for e in range(3) for m in ("1 (l1)", "2 (l2)", "3 (linf)")])
+    table3 = _values("table3").rename(
+        columns={"Sub-model 1": SUBS["l1"], "Sub-model 2": SUBS["l2"], "Sub-model 3": SUBS["linf"]}
+    )
+    diagnostics = pd.DataFrame(
+        [
+            {"epoch": e, "member": m, "cross_gradient_ratio": 0.5 / (e + 1), "sign_disagreement": 0.1}
+            for e in range(3)
+            for m in ("1 (l1)", "2 (l2)", "3 (linf)")
+        ]
+    )
     tables = {"table3": table3, "table4": _values("table4"), "table8": _values("table8"), "figures1_4": diagnostics}
     tables.update({f"transfer_{s}_{n}": _transfer(s, n) for s in ("vanilla", "mat") for n in p.transfer_attacks})
     return tables
@@ -65,24 +75,46 @@ def _broken(p) -> dict[str, pd.DataFrame]:
 
 def test_every_claim_holds_on_the_papers_numbers(p):
     table = report.evaluate_claims(claims(p), _tables(p)).set_index("id")
-    assert (table["verdict"] == report.HOLDS).all(), table[table.verdict != report.HOLDS][["evidence", "reason"]].to_string()
+    assert (table["verdict"] == report.HOLDS).all(), table[table.verdict != report.HOLDS][
+        ["evidence", "reason"]
+    ].to_string()
     assert "mat_costs_one_at" not in table.index  # Table 6 follows from the code: not a claim
-    assert {"mat_beats_msd_all_linf", "mat_submodels_robust", "table8_mat_mostly_higher", "table8_mat_msd_linf_l1"} <= set(table.index)
+    assert {
+        "mat_beats_msd_all_linf",
+        "mat_submodels_robust",
+        "table8_mat_mostly_higher",
+        "table8_mat_msd_linf_l1",
+    } <= set(table.index)
     assert table.loc["table8_mat_mostly_higher", "evidence"] == "13 higher, 0 tied of 19 rows"  # the paper's own count
     assert "82.3 vs MSD 56.3" in table.loc["mat_beats_msd_all_linf", "evidence"]
 
 
 def test_every_claim_can_fail_and_a_miss_says_why(p):
     table = report.evaluate_claims(claims(p), _broken(p)).set_index("id")
-    assert (table["verdict"] == report.DOES_NOT_HOLD).all(), table[table.verdict != report.DOES_NOT_HOLD][["evidence"]].to_string()
+    assert (table["verdict"] == report.DOES_NOT_HOLD).all(), table[table.verdict != report.DOES_NOT_HOLD][
+        ["evidence"]
+    ].to_string()
     assert table["reason"].str.strip().astype(bool).all()
     # measured reasons: the gap against the sampling noise of n_eval images and the budget against the paper's
-    for cid in ("mat_beats_vanilla_unions", "mat_beats_msd_all_linf", "vanilla_fails_linf", "mat_submodels_robust",
-                "mat_above_weakest_submodel", "mat_ensemble_resists_transfer", "table8_mat_mostly_higher", "table8_mat_msd_linf_l1"):
+    for cid in (
+        "mat_beats_vanilla_unions",
+        "mat_beats_msd_all_linf",
+        "vanilla_fails_linf",
+        "mat_submodels_robust",
+        "mat_above_weakest_submodel",
+        "mat_ensemble_resists_transfer",
+        "table8_mat_mostly_higher",
+        "table8_mat_msd_linf_l1",
+    ):
         assert f"on {p.n_eval} images" in table.loc[cid, "reason"], cid
-        assert f"trained {p.train.epochs} epochs" in table.loc[cid, "reason"] and "the paper: 25 epochs" in table.loc[cid, "reason"], cid
+        assert (
+            f"trained {p.train.epochs} epochs" in table.loc[cid, "reason"]
+            and "the paper: 25 epochs" in table.loc[cid, "reason"]
+        ), cid
     assert "Sub-model 3 (linf) - standard, PGD linf" in table.loc["mat_submodels_robust", "reason"]
-    assert "N_ii = 231 (MAT) and 327 (vanilla)" in table.loc["mat_low_transfer", "reason"]  # swapped: the L2 source counts
+    assert (
+        "N_ii = 231 (MAT) and 327 (vanilla)" in table.loc["mat_low_transfer", "reason"]
+    )  # swapped: the L2 source counts
     assert "member 1 (l1): 0.100 -> 0.300" in table.loc["cross_gradients_shrink", "reason"]
 
 
@@ -109,8 +141,15 @@ def test_impossible_published_unions_are_flagged_and_left_out():
 
 
 def test_union_violations_on_hand_made_values():
-    values = {"clean": {"A": 99.0}, "PGD": {"A": 10.0, "B": 5.0}, "HSJ": {"A": 20.0, "B": 6.0}, "All x": {"A": 10.0, "B": 7.0},
-              "S&P": {"A": 50.0, "B": 50.0}, "All y": {"A": 50.0, "B": 40.0}, "All attacks": {"A": 12.0, "B": 5.0}}
+    values = {
+        "clean": {"A": 99.0},
+        "PGD": {"A": 10.0, "B": 5.0},
+        "HSJ": {"A": 20.0, "B": 6.0},
+        "All x": {"A": 10.0, "B": 7.0},
+        "S&P": {"A": 50.0, "B": 50.0},
+        "All y": {"A": 50.0, "B": 40.0},
+        "All attacks": {"A": 12.0, "B": 5.0},
+    }
     bad = union_violations(values)
     assert set(bad) == {"All x / B", "All attacks / A"}
     assert "above PGD (5%)" in bad["All x / B"] and "above PGD (10%)" in bad["All attacks / A"]

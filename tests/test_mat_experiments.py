@@ -1,5 +1,6 @@
 """The MAT study on the ci profile: counted passes equal Table 6's formulas, unions are per-sample worst cases,
 transferability bookkeeping, the vanilla ensemble, diagnostics; bad parameters; a paper-profile dry run."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,7 +74,9 @@ def test_sub_models_follow_section_4_1_order(study):
     assert [key for _, _, key in vanilla] == [study.classifier(s)[1] for s in ("l1_at", "l2_at", "linf_at")]
     assert list(study.table3("mat").columns) == ["MAT", *labels]
     assert sorted(study.diagnostics("mat")["member"].unique()) == ["1 (l1)", "2 (l2)", "3 (linf)"]
-    with pytest.raises(params.ParamsError, match=r"members=\['linf', 'linf', 'l1'\] must name each of l1, l2, linf once"):
+    with pytest.raises(
+        params.ParamsError, match=r"members=\['linf', 'linf', 'l1'\] must name each of l1, l2, linf once"
+    ):
         params.load("mimo_adversarial_training", "ci", {"members": ["linf", "linf", "l1"]})
 
 
@@ -112,13 +115,28 @@ def test_paper_profile_dry_run_on_mnist_shaped_fake_data(tmp_path, monkeypatch):
     MNIST's shape, with one epoch, 2-step attacks and 4 evaluation images."""
     from advlib import data
 
-    monkeypatch.setitem(data._LOADERS, "mnist", lambda request: data._load_fake(dataclasses.replace(request, shape=(1, 28, 28))))
-    overrides = {"device": "cpu", "data.n_train": 16, "train.epochs": 1, "train.batch_size": 8, "iterations": 2,
-                 "n_eval": 4, "diagnostics_images": 4, "curve_steps": 2, "systems": ["linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat"],
-                 "eval_attacks": {"PGD linf": {"name": "pgd_linf", "eps": 0.3, "steps": 2},
-                                  "PGD l1": {"name": "pgd_l1", "eps": 10.0, "steps": 2, "options": {"l1_k": 20}}},
-                 "groups": {"linf": ["PGD linf"], "l1": ["PGD l1"]},
-                 "transfer_attacks.linf.steps": 2, "transfer_attacks.l2.steps": 2, "transfer_attacks.l1.steps": 2}
+    monkeypatch.setitem(
+        data._LOADERS, "mnist", lambda request: data._load_fake(dataclasses.replace(request, shape=(1, 28, 28)))
+    )
+    overrides = {
+        "device": "cpu",
+        "data.n_train": 16,
+        "train.epochs": 1,
+        "train.batch_size": 8,
+        "iterations": 2,
+        "n_eval": 4,
+        "diagnostics_images": 4,
+        "curve_steps": 2,
+        "systems": ["linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat"],
+        "eval_attacks": {
+            "PGD linf": {"name": "pgd_linf", "eps": 0.3, "steps": 2},
+            "PGD l1": {"name": "pgd_l1", "eps": 10.0, "steps": 2, "options": {"l1_k": 20}},
+        },
+        "groups": {"linf": ["PGD linf"], "l1": ["PGD l1"]},
+        "transfer_attacks.linf.steps": 2,
+        "transfer_attacks.l2.steps": 2,
+        "transfer_attacks.l1.steps": 2,
+    }
     p = params.load("mimo_adversarial_training", "paper", overrides)
     assert p.train.model == "resnet18" and p.threats["l1"].stepsize == 0.8
     study = MATStudy(p, "cpu", cache=Cache(tmp_path))

@@ -1,5 +1,6 @@
 """Tests for the mixture-of-generators defense: exact architectures, identity and faster initialisation,
 winner-only updates of Algorithm 1, determinism, generator roles and an end-to-end FGSM defense."""
+
 from __future__ import annotations
 
 import copy
@@ -126,8 +127,9 @@ def test_only_winners_change_in_a_competitive_step(mnist_images: torch.Tensor) -
 def test_competitive_training_is_deterministic_and_updates_the_discriminator(mnist_images: torch.Tensor) -> None:
     def run(seed: int) -> tuple[MixtureOfGenerators, dict]:
         torch.manual_seed(0)
-        mixture = MixtureOfGenerators([create_model("mixgen_generator") for _ in range(2)],
-                                      create_model("mixgen_discriminator"))
+        mixture = MixtureOfGenerators(
+            [create_model("mixgen_generator") for _ in range(2)], create_model("mixgen_discriminator")
+        )
         initial = _state(mixture.discriminator)
         result = train_competitive(mixture, mnist_images[32:56], mnist_images[:32], epochs=1, batch_size=16, seed=seed)
         assert not _same(initial, _state(mixture.discriminator))
@@ -160,8 +162,15 @@ def _roles_example() -> DefenseEvaluation:
     winner[300:] = [1] * 80 + [2] * 20
     correct[300:] = [True] * 60 + [False] * 20 + [True] * 20
     y = np.tile(np.arange(10), 40)
-    return DefenseEvaluation(y=y, attack=attack, attack_names=["fgsm", "pgd", "df", "aun"], winner=winner,
-                             correct=correct, correct_undefended=np.zeros(400, dtype=bool), num_generators=4)
+    return DefenseEvaluation(
+        y=y,
+        attack=attack,
+        attack_names=["fgsm", "pgd", "df", "aun"],
+        winner=winner,
+        correct=correct,
+        correct_undefended=np.zeros(400, dtype=bool),
+        num_generators=4,
+    )
 
 
 def test_generator_roles_follow_the_stated_rule() -> None:
@@ -173,8 +182,9 @@ def test_generator_roles_follow_the_stated_rule() -> None:
     np.testing.assert_allclose(roles["win_share"], [0.6, 0.2, 0.05, 0.15])
 
 
-def _wins(blocks: list[tuple[int, int, int, int]], attacks: int = 4, per_attack: int = 100,
-          generators: int = 6) -> DefenseEvaluation:
+def _wins(
+    blocks: list[tuple[int, int, int, int]], attacks: int = 4, per_attack: int = 100, generators: int = 6
+) -> DefenseEvaluation:
     """An evaluation from (attack, generator, wins, correct) blocks that fill each attack's samples in order."""
     attack = np.repeat(np.arange(attacks), per_attack)
     winner = np.full(attacks * per_attack, -1)
@@ -182,36 +192,54 @@ def _wins(blocks: list[tuple[int, int, int, int]], attacks: int = 4, per_attack:
     filled = np.zeros(attacks, dtype=int)
     for a, g, n, right in blocks:
         start = a * per_attack + filled[a]
-        winner[start:start + n] = g
-        correct[start:start + right] = True
+        winner[start : start + n] = g
+        correct[start : start + right] = True
         filled[a] += n
     assert (winner >= 0).all(), "every sample needs a winner"
-    return DefenseEvaluation(y=np.arange(attacks * per_attack) % 10, attack=attack,
-                             attack_names=[f"a{i}" for i in range(attacks)], winner=winner, correct=correct,
-                             correct_undefended=np.zeros(attacks * per_attack, dtype=bool), num_generators=generators)
+    return DefenseEvaluation(
+        y=np.arange(attacks * per_attack) % 10,
+        attack=attack,
+        attack_names=[f"a{i}" for i in range(attacks)],
+        winner=winner,
+        correct=correct,
+        correct_undefended=np.zeros(attacks * per_attack, dtype=bool),
+        num_generators=generators,
+    )
 
 
 def test_roles_as_the_paper_defines_them() -> None:
     """Sec. 4.6 on a hand-made win/accuracy table (4 attacks x 100 samples, 6 generators: half the fair share is
     400 / 6 / 2 = 33.3 samples). Attack 3 plays the paper's hard attack."""
-    evaluation = _wins([(a, 0, 80, 72) for a in range(3)]      # G0: 60% of samples, 3 attacks, 90%: generalist
-                       + [(3, 1, 60, 18)]                        # G1: 15%, hard attack only, 30%: specialist
-                       + [(3, 2, 20, 20)]                        # G2: 5% (low share), hard attack, 100%: specialist
-                       + [(3, 3, 20, 4)]                         # G3: 5% (low share), 20% (low accuracy): marginalist
-                       + [(a, 4, 20, 5) for a in range(3)])      # G4: 15%, 3 attacks, 25%: generalist by coverage
-    roles = evaluation.generator_roles()                         # G5 wins nothing: marginalist
-    assert roles["role"].tolist() == ["generalist", "specialist", "specialist", "marginalist", "generalist",
-                                      "marginalist"]
+    evaluation = _wins(
+        [(a, 0, 80, 72) for a in range(3)]  # G0: 60% of samples, 3 attacks, 90%: generalist
+        + [(3, 1, 60, 18)]  # G1: 15%, hard attack only, 30%: specialist
+        + [(3, 2, 20, 20)]  # G2: 5% (low share), hard attack, 100%: specialist
+        + [(3, 3, 20, 4)]  # G3: 5% (low share), 20% (low accuracy): marginalist
+        + [(a, 4, 20, 5) for a in range(3)]
+    )  # G4: 15%, 3 attacks, 25%: generalist by coverage
+    roles = evaluation.generator_roles()  # G5 wins nothing: marginalist
+    assert roles["role"].tolist() == [
+        "generalist",
+        "specialist",
+        "specialist",
+        "marginalist",
+        "generalist",
+        "marginalist",
+    ]
     assert roles["wins"].tolist() == [240, 60, 20, 20, 60, 0]
     np.testing.assert_allclose(roles["accuracy"].iloc[:5], [90.0, 30.0, 100.0, 20.0, 25.0])
     assert np.isnan(roles["accuracy"].iloc[5])
     # the same low share is a marginalist only with low accuracy: 17 of 20 right (85%) makes G3 a specialist
-    better = _wins([(a, 0, 80, 72) for a in range(3)] + [(3, 1, 60, 18), (3, 2, 20, 20), (3, 3, 20, 17)]
-                   + [(a, 4, 20, 5) for a in range(3)])
+    better = _wins(
+        [(a, 0, 80, 72) for a in range(3)]
+        + [(3, 1, 60, 18), (3, 2, 20, 20), (3, 3, 20, 17)]
+        + [(a, 4, 20, 5) for a in range(3)]
+    )
     assert better.generator_roles()["role"].iloc[3] == "specialist"
     # and low accuracy alone is not enough: G3 at 20% accuracy but 35% of the samples is a specialist
-    busy = _wins([(a, 0, 80, 72) for a in range(3)] + [(3, 3, 100, 20)] + [(a, 4, 20, 5) for a in range(3)],
-                 per_attack=100)
+    busy = _wins(
+        [(a, 0, 80, 72) for a in range(3)] + [(3, 3, 100, 20)] + [(a, 4, 20, 5) for a in range(3)], per_attack=100
+    )
     assert busy.generator_roles()["role"].tolist()[3] == "specialist"
     assert evaluation.role_examples() == [0, 1, 3]
 
@@ -229,15 +257,20 @@ def test_defense_evaluation_breakdowns() -> None:
     with pytest.raises(ValueError, match="generator must be in"):
         evaluation.class_attack_wins(4)
     with pytest.raises(ValueError, match="attack indices"):
-        DefenseEvaluation(y=[0], attack=[2], attack_names=["fgsm"], winner=[0], correct=[True],
-                          correct_undefended=[False])
+        DefenseEvaluation(
+            y=[0], attack=[2], attack_names=["fgsm"], winner=[0], correct=[True], correct_undefended=[False]
+        )
     with pytest.raises(ValueError, match="same non-zero length"):
-        DefenseEvaluation(y=[0, 1], attack=[0], attack_names=["fgsm"], winner=[0], correct=[True],
-                          correct_undefended=[False])
+        DefenseEvaluation(
+            y=[0, 1], attack=[0], attack_names=["fgsm"], winner=[0], correct=[True], correct_undefended=[False]
+        )
 
 
-def test_mixture_defends_lenet_against_fgsm(mnist_model: nn.Module, mnist_train: tuple[torch.Tensor, torch.Tensor],
-                                            mnist_test: tuple[torch.Tensor, torch.Tensor]) -> None:
+def test_mixture_defends_lenet_against_fgsm(
+    mnist_model: nn.Module,
+    mnist_train: tuple[torch.Tensor, torch.Tensor],
+    mnist_test: tuple[torch.Tensor, torch.Tensor],
+) -> None:
     """Section 4 in miniature: transformed = FGSM(0.3) of 384 training images, canonical = 384 other ones,
     no labels used in training; on 200 test images' FGSM adversarials the defense beats no defense."""
     x_train, y_train = mnist_train
@@ -245,12 +278,20 @@ def test_mixture_defends_lenet_against_fgsm(mnist_model: nn.Module, mnist_train:
     transformed = run_attack(fgsm, mnist_model, x_train[:384], y_train[:384]).x_adv
     canonical = x_train[384:768]
     torch.manual_seed(0)
-    mixture = MixtureOfGenerators([create_model("mixgen_generator") for _ in range(2)],
-                                  create_model("mixgen_discriminator"))
+    mixture = MixtureOfGenerators(
+        [create_model("mixgen_generator") for _ in range(2)], create_model("mixgen_discriminator")
+    )
     identity_init(mixture.generators, transformed, epochs=2, batch_size=64, seed=0)
     epochs_seen: list[int] = []
-    history = train_competitive(mixture, canonical, transformed, epochs=2, batch_size=64, seed=0,
-                                on_epoch=lambda epoch, record: epochs_seen.append(epoch))["history"]
+    history = train_competitive(
+        mixture,
+        canonical,
+        transformed,
+        epochs=2,
+        batch_size=64,
+        seed=0,
+        on_epoch=lambda epoch, record: epochs_seen.append(epoch),
+    )["history"]
     assert epochs_seen == [1, 2] and all(sum(r["wins"]) == 384 for r in history)
 
     x_test, y_test = mnist_test
@@ -267,9 +308,15 @@ def test_expertise_tables_and_role_examples():
 
     # generator 0 wins everything on both attacks and is right: a generalist; generator 1 never wins: a marginalist
     n = 40
-    evaluation = DefenseEvaluation(y=np.arange(n) % 10, attack=np.arange(n) // 20, attack_names=["A", "B"],
-                                   winner=np.zeros(n), correct=np.ones(n, bool), correct_undefended=np.zeros(n, bool),
-                                   num_generators=2)
+    evaluation = DefenseEvaluation(
+        y=np.arange(n) % 10,
+        attack=np.arange(n) // 20,
+        attack_names=["A", "B"],
+        winner=np.zeros(n),
+        correct=np.ones(n, bool),
+        correct_undefended=np.zeros(n, bool),
+        num_generators=2,
+    )
     tables = evaluation.expertise()
     assert list(tables) == ["G1 (generalist)", "G2 (marginalist)"]
     accuracy, wins = tables["G1 (generalist)"]

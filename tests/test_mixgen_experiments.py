@@ -1,4 +1,5 @@
 """The mixture-of-generators experiment plan: disjoint halves, unsupervised pools, cached systems, statistics."""
+
 from __future__ import annotations
 
 import logging
@@ -10,8 +11,13 @@ from advlib import params
 from advlib.cache import Cache
 from advlib.experiments.mixture_of_generators import MixtureStudy, mean_and_errors
 
-OVERRIDES = {"n_canonical": 48, "n_transformed": 48, "n_test": 32, "n_success": 16,
-             "attack_sets": {1: ["FGSM"], 2: ["FGSM", "AUN"]}}
+OVERRIDES = {
+    "n_canonical": 48,
+    "n_transformed": 48,
+    "n_test": 32,
+    "n_success": 16,
+    "attack_sets": {1: ["FGSM"], 2: ["FGSM", "AUN"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,14 @@ def test_systems_are_cached_and_composed(study, caplog):
     assert all(torch.equal(a, b) for a, b in zip(joint.state_dict().values(), again.state_dict().values()))
     separately = study.separately_trained(["FGSM", "AUN"], seed=0)
     single_aun = study.system("single", ["AUN"], seed=0)[0].generators[0]
-    assert all(torch.equal(a, b) for a, b in zip(separately.generators[1].state_dict().values(),
-                                                 single_aun.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(separately.generators[1].state_dict().values(), single_aun.state_dict().values())
+    )
     assert separately.discriminator is joint.discriminator or all(
-        torch.equal(a, b) for a, b in zip(separately.discriminator.state_dict().values(),
-                                          joint.discriminator.state_dict().values()))
+        torch.equal(a, b)
+        for a, b in zip(separately.discriminator.state_dict().values(), joint.discriminator.state_dict().values())
+    )
     evaluation = study.evaluate(joint, ["FGSM", "AUN"])
     assert len(evaluation.y) == 2 * 32 and set(evaluation.attack_names) == {"FGSM", "AUN"}
     built = study.evaluation("joint", ["FGSM", "AUN"], seed=0)
@@ -90,9 +99,13 @@ def test_table6_reference_rows():
 
     from advlib.experiments.mixture_of_generators import MixtureTables
 
-    table6 = pd.DataFrame([{"kind": "joint", "experiment": "1", "3": 70.0},
-                           {"kind": "faster", "experiment": "mean", "3": 60.0},
-                           {"kind": "faster", "experiment": "std", "3": 5.0}])
+    table6 = pd.DataFrame(
+        [
+            {"kind": "joint", "experiment": "1", "3": 70.0},
+            {"kind": "faster", "experiment": "mean", "3": 60.0},
+            {"kind": "faster", "experiment": "std", "3": 5.0},
+        ]
+    )
     rows = MixtureTables.table6_reference_rows(table6)
     assert rows.loc["jointly_experiment1", "3"] == 70.0 and rows.loc["faster_pm", "3"] == 5.0
     assert rows.loc["jointly_experiment2"].isna().all()  # a run with one joint repeat
@@ -104,16 +117,32 @@ import pandas as pd  # noqa: E402
 from advlib import report  # noqa: E402
 from advlib.experiments import mixture_of_generators as mog  # noqa: E402
 
-PAPER_TABLE2 = {"FGSM": 97.5, "PGD": 93.5, "DF": 98.9, "AUN": 18.9, "BIM": 97.5, "AGN": 11.4, "RAGN": 92.9,
-                "SAPN": 98.1, "SLIDE": 95.3}
-BUDGET_PAPER = {"n_canonical": 30000, "n_transformed": 30000, "n_test": 10000, "classifier_epochs": 100,
-                "identity_epochs": 10, "train_epochs": 100, "joint_repeats": 2, "faster_repeats": 10}
+PAPER_TABLE2 = {
+    "FGSM": 97.5,
+    "PGD": 93.5,
+    "DF": 98.9,
+    "AUN": 18.9,
+    "BIM": 97.5,
+    "AGN": 11.4,
+    "RAGN": 92.9,
+    "SAPN": 98.1,
+    "SLIDE": 95.3,
+}
+BUDGET_PAPER = {
+    "n_canonical": 30000,
+    "n_transformed": 30000,
+    "n_test": 10000,
+    "classifier_epochs": 100,
+    "identity_epochs": 10,
+    "train_epochs": 100,
+    "joint_repeats": 2,
+    "faster_repeats": 10,
+}
 
 
 def _budget(**run) -> pd.DataFrame:
     values = {**BUDGET_PAPER, **run}
-    return pd.DataFrame({"paper": BUDGET_PAPER, "run": values}).assign(
-        difference=lambda b: b["run"] - b["paper"])
+    return pd.DataFrame({"paper": BUDGET_PAPER, "run": values}).assign(difference=lambda b: b["run"] - b["paper"])
 
 
 def _roles(per_size: dict[int, list[str]]) -> pd.DataFrame:
@@ -121,29 +150,47 @@ def _roles(per_size: dict[int, list[str]]) -> pd.DataFrame:
     for size, roles in per_size.items():
         wins = [100 if r != "marginalist" else 0 for r in roles]
         frames[f"expertise_joint_{size}attacks_seed0"] = pd.DataFrame(
-            {"wins": wins, "win_share": [w / max(sum(wins), 1) for w in wins], "accuracy": 50.0,
-             "attacks_covered": 1, "role": pd.Categorical(roles, categories=["generalist", "specialist", "marginalist"])},
-            index=pd.RangeIndex(len(roles), name="generator"))
+            {
+                "wins": wins,
+                "win_share": [w / max(sum(wins), 1) for w in wins],
+                "accuracy": 50.0,
+                "attacks_covered": 1,
+                "role": pd.Categorical(roles, categories=["generalist", "specialist", "marginalist"]),
+            },
+            index=pd.RangeIndex(len(roles), name="generator"),
+        )
     return pd.concat(frames, names=["system", "generator"])
 
 
 def _table6(stds: dict[str, float]) -> pd.DataFrame:
-    return pd.DataFrame([{"kind": "faster", "experiment": "mean", **{s: 60.0 for s in stds}},
-                         {"kind": "faster", "experiment": "std", **stds}])
+    return pd.DataFrame(
+        [
+            {"kind": "faster", "experiment": "mean", **{s: 60.0 for s in stds}},
+            {"kind": "faster", "experiment": "std", **stds},
+        ]
+    )
 
 
 def _paper_tables(**changes) -> dict[str, pd.DataFrame]:
     """The paper's own numbers (Tables 2, 3, 6, Section 4.5) at its budget: every claim should hold on them."""
-    table3 = pd.DataFrame({"3": [94.9, 84.4, 81.2, 0.0], "5": [73.9, 64.2, 69.3, 0.0], "9": [73.9, 63.3, 62.5, 0.0]},
-                          index=pd.Index(["separately", "joint", "faster", "undefended"], name="system"))
+    table3 = pd.DataFrame(
+        {"3": [94.9, 84.4, 81.2, 0.0], "5": [73.9, 64.2, 69.3, 0.0], "9": [73.9, 63.3, 62.5, 0.0]},
+        index=pd.Index(["separately", "joint", "faster", "undefended"], name="system"),
+    )
     tables = {
-        "table2": pd.DataFrame({"attack": list(PAPER_TABLE2), "defended": list(PAPER_TABLE2.values()),
-                                "undefended": 0.0}),
+        "table2": pd.DataFrame(
+            {"attack": list(PAPER_TABLE2), "defended": list(PAPER_TABLE2.values()), "undefended": 0.0}
+        ),
         "table3": table3,
-        "section45": pd.DataFrame([{"system": "large_generator", "attacks": 9, "generator_weights": 333697, "accuracy": 66.7},
-                                   {"system": "mixture_jointly", "attacks": 9, "generator_weights": 257481, "accuracy": 63.3}]),
-        "generator_roles": _roles({3: ["generalist"] * 3,
-                                   9: ["generalist"] * 5 + ["specialist"] * 2 + ["marginalist"] * 2}),
+        "section45": pd.DataFrame(
+            [
+                {"system": "large_generator", "attacks": 9, "generator_weights": 333697, "accuracy": 66.7},
+                {"system": "mixture_jointly", "attacks": 9, "generator_weights": 257481, "accuracy": 63.3},
+            ]
+        ),
+        "generator_roles": _roles(
+            {3: ["generalist"] * 3, 9: ["generalist"] * 5 + ["specialist"] * 2 + ["marginalist"] * 2}
+        ),
         "table6": _table6({"3": 8.0, "5": 2.3, "9": 2.1}),
         "budget": _budget(**{k: v for k, v in BUDGET_PAPER.items()}),
     }
@@ -170,27 +217,62 @@ def _bad_table3(**rows) -> pd.DataFrame:
     return table3
 
 
-@pytest.mark.parametrize("claim, changes", [
-    ("hardest_attacks", {"table2": pd.DataFrame({"attack": list(PAPER_TABLE2),
-                                                 "defended": [5.0 if a == "FGSM" else v for a, v in PAPER_TABLE2.items()],
-                                                 "undefended": 0.0})}),
-    ("single_attack_high", {"table2": pd.DataFrame({"attack": list(PAPER_TABLE2),
-                                                    "defended": [min(v, 60.0) for v in PAPER_TABLE2.values()],
-                                                    "undefended": 0.0})}),
-    ("above_chance", {"table3": _bad_table3(joint=[84.4, 64.2, 8.0])}),
-    ("separate_beats_joint", {"table3": _bad_table3(separately=[94.9, 60.0, 73.9])}),
-    ("faster_about_joint", {"table3": _bad_table3(faster=[50.0, 69.3, 62.5])}),
-    ("more_attacks_harder", {"table3": _bad_table3(joint=[64.0, 70.0, 63.3])}),
-    ("drop_flattens", {"table3": _bad_table3(joint=[84.4, 80.0, 60.0])}),
-    ("large_about_mixture", {"section45": _paper_tables()["section45"].assign(accuracy=[30.0, 63.3])}),
-    ("generalists_most_common", {"generator_roles": _roles({3: ["generalist"] * 3,
-                                                            9: ["generalist"] * 2 + ["marginalist"] * 7})}),
-    ("specialisation_grows", {"generator_roles": _roles({3: ["generalist", "specialist", "marginalist"],
-                                                         9: ["generalist"] * 6 + ["specialist"] * 3})}),
-    ("specialisation_grows", {"generator_roles": _roles({3: ["generalist", "marginalist", "marginalist"],
-                                                         9: ["generalist"] + ["marginalist"] * 8})}),  # idle ones only
-    ("spread_shrinks", {"table6": _table6({"3": 2.0, "5": 8.0, "9": 2.1})}),
-])
+@pytest.mark.parametrize(
+    "claim, changes",
+    [
+        (
+            "hardest_attacks",
+            {
+                "table2": pd.DataFrame(
+                    {
+                        "attack": list(PAPER_TABLE2),
+                        "defended": [5.0 if a == "FGSM" else v for a, v in PAPER_TABLE2.items()],
+                        "undefended": 0.0,
+                    }
+                )
+            },
+        ),
+        (
+            "single_attack_high",
+            {
+                "table2": pd.DataFrame(
+                    {
+                        "attack": list(PAPER_TABLE2),
+                        "defended": [min(v, 60.0) for v in PAPER_TABLE2.values()],
+                        "undefended": 0.0,
+                    }
+                )
+            },
+        ),
+        ("above_chance", {"table3": _bad_table3(joint=[84.4, 64.2, 8.0])}),
+        ("separate_beats_joint", {"table3": _bad_table3(separately=[94.9, 60.0, 73.9])}),
+        ("faster_about_joint", {"table3": _bad_table3(faster=[50.0, 69.3, 62.5])}),
+        ("more_attacks_harder", {"table3": _bad_table3(joint=[64.0, 70.0, 63.3])}),
+        ("drop_flattens", {"table3": _bad_table3(joint=[84.4, 80.0, 60.0])}),
+        ("large_about_mixture", {"section45": _paper_tables()["section45"].assign(accuracy=[30.0, 63.3])}),
+        (
+            "generalists_most_common",
+            {"generator_roles": _roles({3: ["generalist"] * 3, 9: ["generalist"] * 2 + ["marginalist"] * 7})},
+        ),
+        (
+            "specialisation_grows",
+            {
+                "generator_roles": _roles(
+                    {3: ["generalist", "specialist", "marginalist"], 9: ["generalist"] * 6 + ["specialist"] * 3}
+                )
+            },
+        ),
+        (
+            "specialisation_grows",
+            {
+                "generator_roles": _roles(
+                    {3: ["generalist", "marginalist", "marginalist"], 9: ["generalist"] + ["marginalist"] * 8}
+                )
+            },
+        ),  # idle ones only
+        ("spread_shrinks", {"table6": _table6({"3": 2.0, "5": 8.0, "9": 2.1})}),
+    ],
+)
 def test_each_claim_can_fail_with_a_reason(claim, changes):
     verdicts = _verdicts(_paper_tables(**changes))
     assert verdicts[claim] == report.DOES_NOT_HOLD
@@ -200,8 +282,10 @@ def test_each_claim_can_fail_with_a_reason(claim, changes):
 
 def test_gaps_inside_the_noise_are_not_measured():
     """On 20 test images the paper's own gaps (except the huge ones) are not resolved: no verdict, a measured reason."""
-    small = _paper_tables(budget=_budget(n_test=20, faster_repeats=3, train_epochs=5, identity_epochs=2),
-                          table6=_table6({"3": 8.6, "5": 8.4, "9": 4.7}))
+    small = _paper_tables(
+        budget=_budget(n_test=20, faster_repeats=3, train_epochs=5, identity_epochs=2),
+        table6=_table6({"3": 8.6, "5": 8.4, "9": 4.7}),
+    )
     verdicts = _verdicts(small)
     for claim in ("faster_about_joint", "large_about_mixture", "spread_shrinks", "drop_flattens"):
         assert verdicts[claim] == report.NOT_MEASURED, claim

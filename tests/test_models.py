@@ -1,4 +1,5 @@
 """Tests for advlib.models: registry, exact parameter counts, output shapes, Normalize, Ensemble."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -75,8 +76,11 @@ MLP1200 = (784 * 1200 + 1200) + 2 * (1200 * 1200 + 1200) + (1200 * 10 + 10)
         # depth 1, width 5: (784*5 + 5) + (5*10 + 10) = 3925 + 60
         ("mlp1200", {"depth": 1, "width": 5}, 3985),
         # lenet5 on 3x32x32: 32 -> 28 -> 14 -> 10 -> 5, so fc1 sees 64*25 = 1600 features, 7 classes
-        ("lenet5", {"in_channels": 3, "input_size": 32, "num_classes": 7},
-         (3 * 32 * 25 + 32) + 51264 + (1600 * 512 + 512) + (512 * 7 + 7)),
+        (
+            "lenet5",
+            {"in_channels": 3, "input_size": 32, "num_classes": 7},
+            (3 * 32 * 25 + 32) + 51264 + (1600 * 512 + 512) + (512 * 7 + 7),
+        ),
         # published sizes of the standard CIFAR-10 architectures
         ("resnet18", {}, 11_173_962),
         ("resnet50", {}, 23_520_842),

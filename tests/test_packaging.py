@@ -1,10 +1,12 @@
 """Packaging: a plain `pip install -e .` must not pull the attack libraries whose pins hold JupyterLab back, and the
 Makefile must still install them (without torchattacks' unused requests pin) so that every attack runs in CI."""
+
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

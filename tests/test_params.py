@@ -1,4 +1,5 @@
 """Parameter loading: profiles, overrides, and errors that name the bad key and the allowed values."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,23 +40,26 @@ def test_profile_may_be_a_path(tmp_path):
     assert params.load("quickstart", str(path)).train.epochs == 4
 
 
-@pytest.mark.parametrize("overrides, fragments", [
-    (["eps_curve.eps=[-1]"], ["eps", "> 0"]),
-    (["attacks.0.eps=-1"], ["attacks.0.eps", "greater than 0"]),
-    (["attacks.0.name=fgsmm"], ["unknown attack 'fgsmm'", "pgd_linf"]),
-    (["epoch=1"], ["unknown key 'epoch'", "train"]),
-    (["train.epoch=1"], ["unknown key 'train.epoch'", "epochs"]),
-    (["train.epochs=abc"], ["train.epochs", "integer", "'abc'"]),
-    (["train.model=lenet6"], ["unknown model 'lenet6'", "lenet5"]),
-    (["data.name=svhn"], ["unknown dataset 'svhn'", "mnist5k"]),
-    (["device=tpu"], ["device 'tpu'", "cpu"]),
-    (["train.optimizer=lbfgs"], ["train.optimizer", "adam", "sgd"]),
-    (["attacks.9.eps=0.1"], ["index", "0..5"]),
-    (["attacks.1.targeted=true", "attacks.0.targeted=true"], ["fgsm", "no targeted mode"]),
-    (["n_eval=0"], ["n_eval", "greater than or equal to 1"]),
-    (["threads=0"], ["threads"]),
-    (["train.epochs"], ["key=value"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fragments",
+    [
+        (["eps_curve.eps=[-1]"], ["eps", "> 0"]),
+        (["attacks.0.eps=-1"], ["attacks.0.eps", "greater than 0"]),
+        (["attacks.0.name=fgsmm"], ["unknown attack 'fgsmm'", "pgd_linf"]),
+        (["epoch=1"], ["unknown key 'epoch'", "train"]),
+        (["train.epoch=1"], ["unknown key 'train.epoch'", "epochs"]),
+        (["train.epochs=abc"], ["train.epochs", "integer", "'abc'"]),
+        (["train.model=lenet6"], ["unknown model 'lenet6'", "lenet5"]),
+        (["data.name=svhn"], ["unknown dataset 'svhn'", "mnist5k"]),
+        (["device=tpu"], ["device 'tpu'", "cpu"]),
+        (["train.optimizer=lbfgs"], ["train.optimizer", "adam", "sgd"]),
+        (["attacks.9.eps=0.1"], ["index", "0..5"]),
+        (["attacks.1.targeted=true", "attacks.0.targeted=true"], ["fgsm", "no targeted mode"]),
+        (["n_eval=0"], ["n_eval", "greater than or equal to 1"]),
+        (["threads=0"], ["threads"]),
+        (["train.epochs"], ["key=value"]),
+    ],
+)
 def test_bad_overrides_name_key_and_allowed(overrides, fragments):
     with pytest.raises(ParamsError) as info:
         params.load("quickstart", "ci", overrides)

@@ -1,4 +1,5 @@
 """Tests for advlib.plots: figure builders and reproducible saving."""
+
 from __future__ import annotations
 
 import warnings
@@ -20,7 +21,9 @@ def home(tmp_path, monkeypatch):
 
 
 def small_curve() -> Figure:
-    df = pd.DataFrame({"eps": [0.0, 0.1, 0.3] * 2, "acc": [0.99, 0.8, 0.1, 0.98, 0.9, 0.6], "model": ["A"] * 3 + ["B"] * 3})
+    df = pd.DataFrame(
+        {"eps": [0.0, 0.1, 0.3] * 2, "acc": [0.99, 0.8, 0.1, 0.98, 0.9, 0.6], "model": ["A"] * 3 + ["B"] * 3}
+    )
     return plots.curves(df, "eps", "acc", hue="model", title="Accuracy vs eps")
 
 
@@ -51,7 +54,11 @@ def test_save_figure_rejects_bad_name(home):
 
 
 def test_heatmap_annotates_every_cell():
-    data = pd.DataFrame(np.arange(12, dtype=float).reshape(4, 3) * 7.5, index=[f"class {i}" for i in range(4)], columns=["FGSM", "PGD", "CW"])
+    data = pd.DataFrame(
+        np.arange(12, dtype=float).reshape(4, 3) * 7.5,
+        index=[f"class {i}" for i in range(4)],
+        columns=["FGSM", "PGD", "CW"],
+    )
     fig = plots.heatmap(data, title="Accuracy", vmin=0, vmax=100)
     ax = fig.axes[0]
     numbers = [t.get_text() for t in ax.texts]
@@ -63,7 +70,9 @@ def test_heatmap_annotates_every_cell():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_grid_channels(channels):
     images = torch.rand(5, channels, 8, 8)
-    fig = plots.image_grid(images, nrow=3, titles=[str(i) for i in range(5)], row_labels=["clean", "adv"], col_labels=["a", "b", "c"])
+    fig = plots.image_grid(
+        images, nrow=3, titles=[str(i) for i in range(5)], row_labels=["clean", "adv"], col_labels=["a", "b", "c"]
+    )
     shown = [ax.images[0] for ax in fig.axes if ax.images]
     assert len(fig.axes) == 6 and len(shown) == 5
     expected = (8, 8) if channels == 1 else (8, 8, 3)
@@ -93,7 +102,9 @@ def test_curves_and_bars():
     fig = small_curve()
     ax = fig.axes[0]
     assert len(ax.get_lines()) >= 2 and ax.get_xlabel() == "eps"
-    df = pd.DataFrame({"attack": ["FGSM", "PGD", "FGSM", "PGD"], "acc": [0.9, 0.5, 0.8, 0.4], "model": ["A", "A", "B", "B"]})
+    df = pd.DataFrame(
+        {"attack": ["FGSM", "PGD", "FGSM", "PGD"], "acc": [0.9, 0.5, 0.8, 0.4], "model": ["A", "A", "B", "B"]}
+    )
     bar_fig = plots.bars(df, "attack", "acc", hue="model", title="Robust accuracy")
     assert len(bar_fig.axes[0].patches) >= 4
     with pytest.raises(KeyError, match="nope"):
@@ -125,11 +136,19 @@ def test_heatmap_rows_and_adversarial_grid():
 def test_heatmap_rows_marks_tables_without_wins_and_explains_abbreviations():
     accuracy = pd.DataFrame(np.full((3, 2), 50.0), columns=["FGSM", "PGD"])
     wins = pd.DataFrame([[1, 0], [2, 0], [0, 3]], columns=["FGSM", "PGD"])
-    fig = plots.heatmap_rows({"G1 (generalist)": (accuracy, wins), "G2 (marginalist)": (accuracy * np.nan, wins * 0)},
-                             ["accuracy (%)", "wins"], mark_empty="no wins", note="FGSM: fast gradient sign method")
+    fig = plots.heatmap_rows(
+        {"G1 (generalist)": (accuracy, wins), "G2 (marginalist)": (accuracy * np.nan, wins * 0)},
+        ["accuracy (%)", "wins"],
+        mark_empty="no wins",
+        note="FGSM: fast gradient sign method",
+    )
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert titles == ["G1 (generalist): accuracy (%)", "G1 (generalist): wins",
-                      "G2 (marginalist): accuracy (%) (no wins)", "G2 (marginalist): wins (no wins)"]
+    assert titles == [
+        "G1 (generalist): accuracy (%)",
+        "G1 (generalist): wins",
+        "G2 (marginalist): accuracy (%) (no wins)",
+        "G2 (marginalist): wins (no wins)",
+    ]
     marked = [ax for ax in fig.axes if any(t.get_text() == "no wins" for t in ax.texts)]
     assert len(marked) == 2
     assert [t.get_text() for t in fig.texts] == ["FGSM: fast gradient sign method"]
@@ -140,7 +159,7 @@ def _overlapping_texts(fig: Figure) -> list[tuple[str, str]]:
     renderer = fig.canvas.get_renderer()
     texts = [t for ax in fig.axes for t in (ax.title, ax.yaxis.label) if t.get_text()]
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
-    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1 :] if box_a.overlaps(box_b)]
 
 
 def test_curve_legend_sits_beside_the_axes():
@@ -158,8 +177,9 @@ def test_adversarial_grid_shows_prediction_and_success_without_overlapping_label
     fooled = torch.tensor([9, 2, 9, 4])
     predictions = iter([clean, fooled, fooled])  # clean row first, then each attack's row
     classify = lambda images: next(predictions)  # noqa: E731
-    fig = plots.adversarial_grid(x, {"salt_and_pepper@5": x.clone(), "deepfool_l2@2": x.clone()}, 4, labels=y,
-                                 classify=classify)
+    fig = plots.adversarial_grid(
+        x, {"salt_and_pepper@5": x.clone(), "deepfool_l2@2": x.clone()}, 4, labels=y, classify=classify
+    )
     titles = [ax.get_title() for ax in fig.axes if ax.images]
     assert titles[:4] == ["label 1\npred 1", "label 2\npred 2", "label 3\npred 3", "label 4\npred 7"]
     assert titles[4:8] == ["pred 9\nfooled", "pred 2\nheld", "pred 9\nfooled", "pred 4\nwas wrong"]

@@ -1,17 +1,23 @@
 """The quickstart's claims: each can hold or fail on hand-made tables, and a miss carries a measured reason."""
+
 import pandas as pd
-import pytest
 
 from advlib import report
 from advlib.experiments import quickstart
 
 
 def _tables(eps_acc, steps_acc, pgd, fgsm, union):
-    suite = pd.DataFrame({"attack": ["clean", "fgsm@0.2", "pgd_linf@0.2", "pgd_l2@2"], "accuracy": [98.0, fgsm, pgd, 40.0]})
+    suite = pd.DataFrame(
+        {"attack": ["clean", "fgsm@0.2", "pgd_linf@0.2", "pgd_l2@2"], "accuracy": [98.0, fgsm, pgd, 40.0]}
+    )
     return {
         "attack_suite": suite,
-        "accuracy_vs_eps": pd.DataFrame({"attack": "pgd_linf", "eps": [0.05, 0.1, 0.2][:len(eps_acc)], "accuracy": eps_acc}),
-        "accuracy_vs_steps": pd.DataFrame({"attack": "pgd_linf", "steps": range(len(steps_acc)), "accuracy": steps_acc}),
+        "accuracy_vs_eps": pd.DataFrame(
+            {"attack": "pgd_linf", "eps": [0.05, 0.1, 0.2][: len(eps_acc)], "accuracy": eps_acc}
+        ),
+        "accuracy_vs_steps": pd.DataFrame(
+            {"attack": "pgd_linf", "steps": range(len(steps_acc)), "accuracy": steps_acc}
+        ),
         "union": quickstart.union_table(0.98, union / 100, 3),
     }
 
@@ -33,7 +39,10 @@ def test_each_quickstart_claim_can_fail_and_says_why():
     assert (table["verdict"] == report.DOES_NOT_HOLD).all()
     assert table.loc["eps_monotone", "reason"].startswith("largest rise +2.0 points from eps 0.05 to 0.1; gap +2.0")
     assert "inside the noise" in table.loc["eps_monotone", "reason"]
-    assert "gap +5.0 points" in table.loc["pgd_beats_fgsm", "reason"] and "on 100 images" in table.loc["pgd_beats_fgsm", "reason"]
+    assert (
+        "gap +5.0 points" in table.loc["pgd_beats_fgsm", "reason"]
+        and "on 100 images" in table.loc["pgd_beats_fgsm", "reason"]
+    )
     assert "kept +15.0 points" in table.loc["union_below_each", "reason"]
 
 

@@ -1,4 +1,5 @@
 """REGroup: PMFs, KL, Borda count and layer choice against hand computations; accuracy on mnist5k."""
+
 from __future__ import annotations
 
 import math
@@ -8,9 +9,6 @@ import torch
 from torch import nn
 
 from advlib.data import load_dataset, to_tensors
-from advlib.models import create_model
-from advlib.params import TrainSpec
-from advlib.train import fit
 from advlib.defenses.regroup import (
     PreactivationRecorder,
     RegroupClassifier,
@@ -24,6 +22,9 @@ from advlib.defenses.regroup import (
     negative_entropy,
     topk_accuracy,
 )
+from advlib.models import create_model
+from advlib.params import TrainSpec
+from advlib.train import fit
 
 
 def _loop_pmfs(preacts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +114,11 @@ def test_choose_k_threshold_and_empty():
 
 def _small_net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 6 * 6, 5), nn.ReLU(inplace=True),
+        nn.Conv2d(1, 3, 3),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(3 * 6 * 6, 5),
+        nn.ReLU(inplace=True),
         nn.Linear(5, 4),
     )
 
@@ -156,8 +161,16 @@ def regroup_setup(vgg_model):
     return vgg_model, stats, (x_test[:600], y_test[:600]), (x_test[600:], y_test[600:])
 
 
-VGG_LAYERS = ["features.0", "features.3", "features.7", "features.10", "features.14", "features.17", "classifier.0",
-              "classifier.2"]
+VGG_LAYERS = [
+    "features.0",
+    "features.3",
+    "features.7",
+    "features.10",
+    "features.14",
+    "features.17",
+    "classifier.0",
+    "classifier.2",
+]
 
 
 def test_fit_regroup_statistics(regroup_setup):
@@ -317,7 +330,7 @@ def test_recorder_reports_forward_order_and_refuses_double_calls():
 def test_fit_regroup_from_batches_equals_from_tensors(regroup_setup):
     model, _, (x, y), _ = regroup_setup
     want = fit_regroup(model, x, y, per_class=5)
-    got = fit_regroup(model, ((x[i:i + 32], y[i:i + 32]) for i in range(0, len(x), 32)), per_class=5)
+    got = fit_regroup(model, ((x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)), per_class=5)
     assert torch.equal(got.counts, want.counts)
     for a, b in zip(got.pos + got.neg, want.pos + want.neg):
         torch.testing.assert_close(a, b)
@@ -329,8 +342,16 @@ def test_fit_regroup_from_batches_equals_from_tensors(regroup_setup):
 def _bn_net() -> nn.Module:
     """conv-BN-ReLU x2, linear-ReLU, linear; BN with non-trivial statistics, so BN changes the tensor."""
     net = nn.Sequential(
-        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4),
-        nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3),
+        nn.Conv2d(1, 3, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
     ).eval()
     for bn in (net[1], net[4]):
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
@@ -340,8 +361,11 @@ def _bn_net() -> nn.Module:
 def _relu_inputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The input of every nn.ReLU call, in call order (a reference independent of the recorder)."""
     seen: list[torch.Tensor] = []
-    handles = [m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()))
-               for m in model.modules() if isinstance(m, nn.ReLU)]
+    handles = [
+        m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].detach().clone()))
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
     with torch.no_grad():
         model(x)
     for h in handles:
@@ -378,8 +402,9 @@ def test_preactivation_point_in_a_residual_network_takes_the_relu_input_after_th
     outputs: dict[str, torch.Tensor] = {}
     modules = dict(net.named_modules())
     names = ["block1.0.conv2", "block1.0.shortcut", "block2.0.bn1"]
-    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone()))
-               for n in names]
+    handles = [
+        modules[n].register_forward_hook(lambda m, i, o, n=n: outputs.__setitem__(n, o.detach().clone())) for n in names
+    ]
     with torch.no_grad():
         net(x)
     for h in handles:

@@ -1,4 +1,5 @@
 """The REGroup experiment plan: sample sets, the k rule, #S accounting, cached statistics, the paper dry run."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,15 @@ from advlib.cache import Cache
 from advlib.defenses.regroup import choose_k
 from advlib.experiments.regroup import RegroupStudy, claims, network_summary, smallest_eps
 
-SMALL = {"n_test": 200, "n_select": 40, "n_clean": 24, "n_untargeted": 16, "n_targeted": 8,
-         "eps_curve.eps": [0.075, 0.3], "paper_eps": [4, 16]}
+SMALL = {
+    "n_test": 200,
+    "n_select": 40,
+    "n_clean": 24,
+    "n_untargeted": 16,
+    "n_targeted": 8,
+    "eps_curve.eps": [0.075, 0.3],
+    "paper_eps": [4, 16],
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +109,15 @@ def test_adaptive_surrogate_attack_is_at_least_as_strong_as_transfer(study):
     for net in study.networks():
         index = net.untargeted
         y = study.y[index]
-        transfer, adaptive = study.sets[(net.name, "adaptive", "transfer")], study.sets[(net.name, "adaptive", "surrogate")]
+        transfer, adaptive = (
+            study.sets[(net.name, "adaptive", "transfer")],
+            study.sets[(net.name, "adaptive", "surrogate")],
+        )
         # success rates on REGroup, each from its own adversarials, on the same images
-        fooled = {name: float((net.classifier.predict(s.x_adv) != y).float().mean())
-                  for name, s in (("transfer", transfer), ("adaptive", adaptive))}
+        fooled = {
+            name: float((net.classifier.predict(s.x_adv) != y).float().mean())
+            for name, s in (("transfer", transfer), ("adaptive", adaptive))
+        }
         assert fooled["adaptive"] >= fooled["transfer"] - 1 / len(y), (net.name, fooled)
 
 
@@ -141,7 +154,7 @@ def test_smallest_eps_matches_the_analytic_minimum_of_a_linear_model():
     eps_max, steps = 1.0, 6
     found, x_adv, hit = smallest_eps(run, len(x), eps_max, steps)
     assert torch.equal(hit, exact < eps_max)
-    assert bool((found[hit] > exact[hit]).all() and (found[hit] <= exact[hit] + eps_max / 2 ** steps + 1e-12).all())
+    assert bool((found[hit] > exact[hit]).all() and (found[hit] <= exact[hit] + eps_max / 2**steps + 1e-12).all())
     assert bool(found[~hit].isnan().all())
     assert bool(((x_adv[hit] @ w + b) < 0).all())  # the adversarial kept is the one at the eps found
     assert sum(calls) == len(x) + steps * int(hit.sum())  # one attack per image per bisection
@@ -172,20 +185,39 @@ def test_paper_profile_dry_run_on_fake_data(tmp_path):
     table) on fake images with random weights and one-or-two-step attacks."""
     budget = {"steps": 1}
     overrides = {
-        "data.name": "fake", "n_test": 64, "n_select": 1, "n_clean": 4, "n_untargeted": 2, "n_targeted": 2,
-        "stats": {"per_class": 1, "n_pool": 16, "on_empty_class": "uniform"}, "device": "cpu",
+        "data.name": "fake",
+        "n_test": 64,
+        "n_select": 1,
+        "n_clean": 4,
+        "n_untargeted": 2,
+        "n_targeted": 2,
+        "stats": {"per_class": 1, "n_pool": 16, "on_empty_class": "uniform"},
+        "device": "cpu",
         "architectures.ResNet.pretrained.model_options": {"weights": None},
         "architectures.VGG.pretrained.model_options": {"weights": None},
-        "table1_attack.steps": 1, "eps_curve.attack.steps": 1, "eps_curve.eps": [0.0627451], "paper_eps": [16],
-        "untargeted.PGD.steps": 1, "untargeted.DFool.options.steps": 1,
-        "untargeted.C&W.options": {"binary_search_steps": 1, "steps": 1}, "untargeted.Trust Region.steps": 1,
+        "table1_attack.steps": 1,
+        "eps_curve.attack.steps": 1,
+        "eps_curve.eps": [0.0627451],
+        "paper_eps": [16],
+        "untargeted.PGD.steps": 1,
+        "untargeted.DFool.options.steps": 1,
+        "untargeted.C&W.options": {"binary_search_steps": 1, "steps": 1},
+        "untargeted.Trust Region.steps": 1,
         "untargeted.Boundary.options.steps": 1,
-        "untargeted.Spatial.options": {"max_translation": 1, "max_rotation": 1, "num_translations": 2, "num_rotations": 2},
-        "targeted.PGD.steps": 1, "targeted.C&W.options": {"binary_search_steps": 1, "steps": 1},
-        "high_confidence.PGD (un-targeted).steps": 1, "high_confidence.PGD (targeted).steps": 1,
+        "untargeted.Spatial.options": {
+            "max_translation": 1,
+            "max_rotation": 1,
+            "num_translations": 2,
+            "num_rotations": 2,
+        },
+        "targeted.PGD.steps": 1,
+        "targeted.C&W.options": {"binary_search_steps": 1, "steps": 1},
+        "high_confidence.PGD (un-targeted).steps": 1,
+        "high_confidence.PGD (targeted).steps": 1,
         "spsa.SPSA (eps=4)": {"name": "spsa", "eps": 0.0157, "options": {"nb_sample": 2}, **budget},
         "spsa.SPSA (eps=8)": {"name": "spsa", "eps": 0.0314, "options": {"nb_sample": 2}, **budget},
-        "adaptive.steps": 1, "timing": {"batch_size": 2, "repeats": 1},
+        "adaptive.steps": 1,
+        "timing": {"batch_size": 2, "repeats": 1},
     }
     p = params.load("regroup", "paper", overrides)
     study = RegroupStudy(p, "cpu", cache=Cache(tmp_path))
@@ -206,14 +238,35 @@ NETS, ATTACKS = ["VGG", "ResNet"], ["PGD", "DFool"]
 def _tables(good: bool) -> dict[str, pd.DataFrame]:
     """Tables shaped like the run's, in which every claim holds (good) or none does (bad)."""
     g = good
-    table1 = pd.DataFrame([{"row": f"{n} {m}", "clean_top1": 90.0 if m == "SoftMax" else (85.0 if g else 60.0),
-                            "clean_top5": 99.0, "attacked_top1": 0.0 if m == "SoftMax" else (40.0 if g else 12.0),
-                            "attacked_top5": 50.0} for n in NETS for m in ("SoftMax", "REGroup")]).set_index("row")
+    table1 = pd.DataFrame(
+        [
+            {
+                "row": f"{n} {m}",
+                "clean_top1": 90.0 if m == "SoftMax" else (85.0 if g else 60.0),
+                "clean_top5": 99.0,
+                "attacked_top1": 0.0 if m == "SoftMax" else (40.0 if g else 12.0),
+                "attacked_top5": 50.0,
+            }
+            for n in NETS
+            for m in ("SoftMax", "REGroup")
+        ]
+    ).set_index("row")
 
     def attack_table(attacks: list[str], regroup: float, mean_eps: bool = False) -> pd.DataFrame:
-        rows = [{"network": n, "attack": a, "n": 100, "attacked": 100, "attacked_percent": 100.0, "softmax": 0.0,
-                 "regroup": regroup + (0 if n == "VGG" or g else 25), **({"mean_eps": 0.1} if mean_eps else {})}
-                for n in NETS for a in attacks]
+        rows = [
+            {
+                "network": n,
+                "attack": a,
+                "n": 100,
+                "attacked": 100,
+                "attacked_percent": 100.0,
+                "softmax": 0.0,
+                "regroup": regroup + (0 if n == "VGG" or g else 25),
+                **({"mean_eps": 0.1} if mean_eps else {}),
+            }
+            for n in NETS
+            for a in attacks
+        ]
         return pd.DataFrame(rows)
 
     table2 = attack_table(ATTACKS, 40.0 if g else 20.0)
@@ -221,15 +274,42 @@ def _tables(good: bool) -> dict[str, pd.DataFrame]:
     table4 = attack_table(["PGD (un-targeted)"], 25.0 if g else 5.0, mean_eps=True)
     table5 = attack_table(["SPSA (eps=4)"], 50.0 if g else 10.0)
     curve = [(4, 80, 60), (16, 50, 10), (40, 30, 0)] if g else [(4, 50, 60), (16, 55, 10), (40, 30, 0)]
-    figure2 = pd.DataFrame([{"network": n, "eps": e * 0.3 / 16, "paper_eps": e, "method": m, "top1": v, "top5": v}
-                            for n in NETS for e, r, s in curve for m, v in (("SoftMax", s), ("REGroup", r))])
-    figure3 = pd.DataFrame([{"network": n, "experiment": "table2 PGD", "pos": 30.0, "neg": 30.0,
-                             "pos+neg": 35.0 if g else 29.0} for n in NETS])
-    figure4 = {f"figure4_{n}": pd.DataFrame({"PGD": [40.0, 42.0, 44.0, 45.0], "DFool": [50.0, 51.0, 52.0 if g else 70.0, 52.0],
-                                             "per_layer": [90.0, 80.0, 60.0, 20.0], "layer": list("dcba")},
-                                            index=pd.RangeIndex(1, 5, name="k")) for n in NETS}
-    return {"table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
-            "figure2": figure2, "figure3": figure3, **figure4}
+    figure2 = pd.DataFrame(
+        [
+            {"network": n, "eps": e * 0.3 / 16, "paper_eps": e, "method": m, "top1": v, "top5": v}
+            for n in NETS
+            for e, r, s in curve
+            for m, v in (("SoftMax", s), ("REGroup", r))
+        ]
+    )
+    figure3 = pd.DataFrame(
+        [
+            {"network": n, "experiment": "table2 PGD", "pos": 30.0, "neg": 30.0, "pos+neg": 35.0 if g else 29.0}
+            for n in NETS
+        ]
+    )
+    figure4 = {
+        f"figure4_{n}": pd.DataFrame(
+            {
+                "PGD": [40.0, 42.0, 44.0, 45.0],
+                "DFool": [50.0, 51.0, 52.0 if g else 70.0, 52.0],
+                "per_layer": [90.0, 80.0, 60.0, 20.0],
+                "layer": list("dcba"),
+            },
+            index=pd.RangeIndex(1, 5, name="k"),
+        )
+        for n in NETS
+    }
+    return {
+        "table1": table1,
+        "table2": table2,
+        "table3": table3,
+        "table4": table4,
+        "table5": table5,
+        "figure2": figure2,
+        "figure3": figure3,
+        **figure4,
+    }
 
 
 def _claims():
@@ -238,7 +318,12 @@ def _claims():
 
 def test_every_claim_holds_on_tables_where_it_holds():
     table = report.evaluate_claims(_claims(), _tables(good=True)).set_index("id")
-    assert set(table.index) >= {"pgd_above_chance", "beats_softmax_eps", "recovers_targeted", "recovers_high_confidence"}
+    assert set(table.index) >= {
+        "pgd_above_chance",
+        "beats_softmax_eps",
+        "recovers_targeted",
+        "recovers_high_confidence",
+    }
     assert (table["verdict"] == report.HOLDS).all(), table[["verdict", "evidence"]]
     assert "beats_softmax_pgd" not in table.index  # compared with a softmax at 0% by construction: dropped
 
@@ -257,7 +342,9 @@ def test_every_claim_fails_on_tables_where_it_does_not_hold_with_a_measured_reas
 def test_a_rise_the_softmax_shares_is_put_down_to_the_attack():
     tables = _tables(good=False)
     figure2 = tables["figure2"]
-    figure2.loc[(figure2.method == "SoftMax") & (figure2.paper_eps == 16), "top1"] = 70.0  # 60 -> 70: the attack weakened
+    figure2.loc[(figure2.method == "SoftMax") & (figure2.paper_eps == 16), "top1"] = (
+        70.0  # 60 -> 70: the attack weakened
+    )
     reason = report.evaluate_claims(_claims(), tables).set_index("id").loc["monotone_eps", "reason"]
     assert "the softmax rises too (60.0% -> 70.0%)" in reason and "the attack, not REGroup" in reason
 

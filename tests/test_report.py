@@ -1,4 +1,5 @@
 """Tests for advlib.report: table files, references, paper-vs-run and claims."""
+
 from __future__ import annotations
 
 import math
@@ -124,16 +125,31 @@ def _claim(cid, text, cites, check, evidence=lambda t: "e", reason=lambda t: "r"
 def test_evaluate_claims_verdicts_and_reasons():
     tables = {"table1": pd.DataFrame({"acc": [99.0, 45.0]}, index=["clean", "pgd"])}
     claims = [
-        _claim("c1", "Clean accuracy stays above 95% (Table 1).", ["table1"], lambda t: t["table1"].loc["clean", "acc"] > 95,
-               lambda t: f"clean {t['table1'].loc['clean', 'acc']:.0f}"),
-        _claim("c2", "PGD accuracy stays above 90% (Table 1).", ["table1"], lambda t: t["table1"].loc["pgd", "acc"] > 90,
-               reason=lambda t: f"only {t['table1'].loc['pgd', 'acc']:.0f}"),
+        _claim(
+            "c1",
+            "Clean accuracy stays above 95% (Table 1).",
+            ["table1"],
+            lambda t: t["table1"].loc["clean", "acc"] > 95,
+            lambda t: f"clean {t['table1'].loc['clean', 'acc']:.0f}",
+        ),
+        _claim(
+            "c2",
+            "PGD accuracy stays above 90% (Table 1).",
+            ["table1"],
+            lambda t: t["table1"].loc["pgd", "acc"] > 90,
+            reason=lambda t: f"only {t['table1'].loc['pgd', 'acc']:.0f}",
+        ),
         _claim("c3", "Transfer attacks fail (Table 3).", ["table3"], lambda t: t["table3"].loc["x", "acc"] < 10),
         _claim("c4", "Only at paper scale (Table 1).", ["table1"], lambda t: None, reason=lambda t: "needs ImageNet"),
     ]
     table = report.evaluate_claims(claims, tables)
     assert list(table.columns) == ["id", "claim", "cites", "evidence", "verdict", "reason"]
-    assert table["verdict"].tolist() == ["holds", "does not hold", "not measured at this profile", "not measured at this profile"]
+    assert table["verdict"].tolist() == [
+        "holds",
+        "does not hold",
+        "not measured at this profile",
+        "not measured at this profile",
+    ]
     assert table["reason"].tolist() == ["", "only 45", "r", "needs ImageNet"]
     assert table.loc[0, "evidence"] == "clean 99"
     assert table.loc[0, "cites"] == "table1"
@@ -142,15 +158,21 @@ def test_evaluate_claims_verdicts_and_reasons():
 def test_claim_reading_an_uncited_table_is_an_error():
     tables = {"table1a": pd.DataFrame({"clean": [1.0]}), "table1b": pd.DataFrame({"clean": [2.0]})}
     # the Strength in Numbers defect: the text cites Table 1b, the check reads Table 1a
-    bad = _claim("clean_cost", "Adversarial training costs clean accuracy (Table 1b).", ["table1b"],
-                 lambda t: t["table1a"]["clean"].iloc[0] < 5)
+    bad = _claim(
+        "clean_cost",
+        "Adversarial training costs clean accuracy (Table 1b).",
+        ["table1b"],
+        lambda t: t["table1a"]["clean"].iloc[0] < 5,
+    )
     with pytest.raises(report.UncitedTable, match="table1a.*cites: table1b"):
         report.evaluate_claims([bad], tables)
 
 
 def test_claim_must_read_every_table_it_cites():
     tables = {"table1a": pd.DataFrame({"clean": [1.0]}), "table2": pd.DataFrame({"clean": [2.0]})}
-    lazy = _claim("c", "Something (Tables 1a and 2).", ["table1a", "table2"], lambda t: t["table1a"]["clean"].iloc[0] > 0)
+    lazy = _claim(
+        "c", "Something (Tables 1a and 2).", ["table1a", "table2"], lambda t: t["table1a"]["clean"].iloc[0] > 0
+    )
     with pytest.raises(ValueError, match="cites table2 but its check does not read it"):
         report.evaluate_claims([lazy], tables)
 
@@ -160,8 +182,12 @@ def test_claim_text_must_name_the_cited_artifact():
         _claim("c", "Adversarial training costs clean accuracy (Table 1a).", ["table1b"], lambda t: True)
     with pytest.raises(ValueError, match="cites no table"):
         _claim("c", "x", [], lambda t: True)
-    for text, name in (("(Tables 1, 2, 9-12)", "table9"), ("(Figure 2c)", "figure2c"), ("(Table 1a / 1b)", "table1b"),
-                       ("(Tables 3 and 4)", "table4")):
+    for text, name in (
+        ("(Tables 1, 2, 9-12)", "table9"),
+        ("(Figure 2c)", "figure2c"),
+        ("(Table 1a / 1b)", "table1b"),
+        ("(Tables 3 and 4)", "table4"),
+    ):
         _claim("c", text, [name], lambda t: True)  # accepted
     with pytest.raises(ValueError):
         _claim("c", "(Table 11)", ["table1"], lambda t: True)
@@ -173,7 +199,9 @@ def test_evaluate_claims_numpy_bool_duplicates_and_empty_reason():
     table = report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read)], tables)
     assert table["verdict"].tolist() == ["does not hold"]
     with pytest.raises(ValueError, match="duplicate claim ids: a"):
-        report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read), _claim("a", "y (Table 1)", ["table1"], read)], tables)
+        report.evaluate_claims(
+            [_claim("a", "x (Table 1)", ["table1"], read), _claim("a", "y (Table 1)", ["table1"], read)], tables
+        )
     with pytest.raises(ValueError, match="reason is empty"):
         report.evaluate_claims([_claim("a", "x (Table 1)", ["table1"], read, reason=lambda t: " ")], tables)
 

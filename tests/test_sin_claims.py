@@ -1,6 +1,7 @@
 """Strength in Numbers claims without training: every claim holds on hand-made tables shaped like the run's (filled
 with the paper's numbers, in percent), fails with a measured reason where the tables contradict it, and each check
 reads exactly the tables it cites."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,18 +11,35 @@ from advlib import report
 from advlib.experiments.strength_in_numbers import claims
 
 SCORES = ["clean", "IFGSM5", "PGD5", "PGD20", "blackbox"]
-TABLE1A = {"Baseline": [94, 34, 15, 1, 27], "Ensemble2": [94, 59, 44, 30, 22], "Ensemble4": [91, 50, 40, 34, 26],
-           "SingleAdv": [82, 55, 44, 43, 80], "DoubleAdv": [83, 57, 46, 44, 82], "Ensemble2Adv": [85, 62, 55, 52, 83],
-           "Ensemble4Adv": [87, 66, 58, 53, 85]}
-TABLE1B = {"Baseline": [95, 57, 29, 9, 26], "Ensemble2": [95, 65, 52, 38, 22], "Ensemble4": [93, 60, 48, 43, 24],
-           "SingleAdv": [84, 57, 46, 45, 81], "DoubleAdv": [85, 60, 48, 47, 84], "Ensemble2Adv": [87, 64, 56, 52, 85],
-           "Ensemble4Adv": [88, 67, 58, 52, 86]}
+TABLE1A = {
+    "Baseline": [94, 34, 15, 1, 27],
+    "Ensemble2": [94, 59, 44, 30, 22],
+    "Ensemble4": [91, 50, 40, 34, 26],
+    "SingleAdv": [82, 55, 44, 43, 80],
+    "DoubleAdv": [83, 57, 46, 44, 82],
+    "Ensemble2Adv": [85, 62, 55, 52, 83],
+    "Ensemble4Adv": [87, 66, 58, 53, 85],
+}
+TABLE1B = {
+    "Baseline": [95, 57, 29, 9, 26],
+    "Ensemble2": [95, 65, 52, 38, 22],
+    "Ensemble4": [93, 60, 48, 43, 24],
+    "SingleAdv": [84, 57, 46, 45, 81],
+    "DoubleAdv": [85, 60, 48, 47, 84],
+    "Ensemble2Adv": [87, 64, 56, 52, 85],
+    "Ensemble4Adv": [88, 67, 58, 52, 86],
+}
 
 
 def _steps_curve(finals: dict[str, float], steps: int = 8) -> pd.DataFrame:
     """Figure 2c's long format: accuracy falling linearly from 90% at step 0 to `finals` at the last step."""
-    return pd.DataFrame([{"attack": "pgd_linf", "steps": s, "accuracy": 90 + (final - 90) * s / steps, "system": name}
-                         for name, final in finals.items() for s in range(steps + 1)])
+    return pd.DataFrame(
+        [
+            {"attack": "pgd_linf", "steps": s, "accuracy": 90 + (final - 90) * s / steps, "system": name}
+            for name, final in finals.items()
+            for s in range(steps + 1)
+        ]
+    )
 
 
 def _figure3(last_drop: float) -> pd.DataFrame:
@@ -35,14 +53,25 @@ def _figure3(last_drop: float) -> pd.DataFrame:
 def _tables() -> dict[str, pd.DataFrame]:
     table1b = pd.DataFrame(TABLE1B, index=SCORES).T
     table1b.insert(0, "epoch", 6.0)
-    table2 = pd.DataFrame({"clean accuracy": [63.8, 79.1, 69.1, 49.0, 87.6, 86.4],
-                           "adversarial accuracy": [34.4, 43.9, 38.7, 23.7, 49.7, 48.7], "steps": 100},
-                          index=["Model 1", "Model 2", "Model 3", "Model 4", "Ensemble", "Ensemble (remove softmax)"])
-    return {"table1a": pd.DataFrame(TABLE1A, index=SCORES).T, "table1b": table1b,
-            "table1c": pd.DataFrame({"IFGSM": [16, 46, 47, 13, 55, 49], "PGD": [4, 44, 47, 2, 52, 47]},
-                                    index=["Baseline", "SingleAdv", "DoubleAdv", "Ensemble2", "Ensemble2Adv", "Separate2Adv"]),
-            "figure2c": _steps_curve({"Baseline": 2, "Ensemble2": 3, "SingleAdv": 44, "Ensemble2Adv": 51}),
-            "table2": table2, "figure3": _figure3(last_drop=0.5)}
+    table2 = pd.DataFrame(
+        {
+            "clean accuracy": [63.8, 79.1, 69.1, 49.0, 87.6, 86.4],
+            "adversarial accuracy": [34.4, 43.9, 38.7, 23.7, 49.7, 48.7],
+            "steps": 100,
+        },
+        index=["Model 1", "Model 2", "Model 3", "Model 4", "Ensemble", "Ensemble (remove softmax)"],
+    )
+    return {
+        "table1a": pd.DataFrame(TABLE1A, index=SCORES).T,
+        "table1b": table1b,
+        "table1c": pd.DataFrame(
+            {"IFGSM": [16, 46, 47, 13, 55, 49], "PGD": [4, 44, 47, 2, 52, 47]},
+            index=["Baseline", "SingleAdv", "DoubleAdv", "Ensemble2", "Ensemble2Adv", "Separate2Adv"],
+        ),
+        "figure2c": _steps_curve({"Baseline": 2, "Ensemble2": 3, "SingleAdv": 44, "Ensemble2Adv": 51}),
+        "table2": table2,
+        "figure3": _figure3(last_drop=0.5),
+    }
 
 
 def _verdicts(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -94,7 +123,9 @@ def test_each_claim_reads_only_and_all_of_its_cited_tables(claim):
     tables = _tables()
     assert set(claim.cites) <= set(tables)
     with pytest.raises(report.UncitedTable):  # an uncited table is out of reach
-        claim.check(report.CitedTables(claim.id, claim.cites, {k: v for k, v in tables.items()} | {"other": None})["other"])
+        claim.check(
+            report.CitedTables(claim.id, claim.cites, {k: v for k, v in tables.items()} | {"other": None})["other"]
+        )
     row = report.evaluate_claims([claim], {k: v for k, v in tables.items() if k in claim.cites})
     assert row.verdict.iloc[0] == report.HOLDS
 

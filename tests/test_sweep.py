@@ -1,5 +1,6 @@
 """Sweeps: grid parsing and planning, a 2x2 quickstart sweep on the local pool and on a Dask LocalCluster giving
 identical gathered tables, and a failed point reported then completed by --resume."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,14 @@ GRID = ["n_eval=32,48", "attacks.0.eps=0.1,0.2"]
 
 
 def test_grid_values_are_yaml_and_lists_survive_commas():
-    grid = sweep_mod.parse_grid(["attacks.0.eps=0.1,0.2", "train.model=lenet5,mlp1200", "eps_curve.eps=[0.1,0.2],[0.3]"])
-    assert grid == {"attacks.0.eps": [0.1, 0.2], "train.model": ["lenet5", "mlp1200"], "eps_curve.eps": [[0.1, 0.2], [0.3]]}
+    grid = sweep_mod.parse_grid(
+        ["attacks.0.eps=0.1,0.2", "train.model=lenet5,mlp1200", "eps_curve.eps=[0.1,0.2],[0.3]"]
+    )
+    assert grid == {
+        "attacks.0.eps": [0.1, 0.2],
+        "train.model": ["lenet5", "mlp1200"],
+        "eps_curve.eps": [[0.1, 0.2], [0.3]],
+    }
     with pytest.raises(ValueError, match="'eps' is not of the form key=v1,v2"):
         sweep_mod.parse_grid(["eps"])
     with pytest.raises(ValueError, match="given twice"):
@@ -59,12 +66,14 @@ def test_local_and_dask_sweeps_agree_and_resume_completes_a_failed_point(tmp_pat
     assert cli(args) == 1
     out = capsys.readouterr().out
     failed = Path(broken.notebook).with_name(Path(broken.notebook).stem + ".failed.ipynb")
-    assert f"3 of 4 points ok" in out and f"FAILED {broken.name}: {failed}" in out and "--resume" in out
+    assert "3 of 4 points ok" in out and f"FAILED {broken.name}: {failed}" in out and "--resume" in out
     assert failed.is_file() and not Path(broken.notebook).exists()  # the partly executed notebook is kept apart
     summary = pd.read_csv(planned.folder / "summary.csv")
     assert summary.set_index("point").loc[broken.name, "status"] == "failed"
-    assert "NotADirectoryError" in summary.set_index("point").loc[broken.name, "error"] or \
-        "FileExistsError" in summary.set_index("point").loc[broken.name, "error"]
+    assert (
+        "NotADirectoryError" in summary.set_index("point").loc[broken.name, "error"]
+        or "FileExistsError" in summary.set_index("point").loc[broken.name, "error"]
+    )
 
     Path(broken.figures).unlink()
     untouched = {p.name: Path(p.notebook).stat().st_mtime_ns for p in planned.points if p.name != broken.name}
@@ -73,7 +82,9 @@ def test_local_and_dask_sweeps_agree_and_resume_completes_a_failed_point(tmp_pat
     assert "4 of 4 points ok" in out and "plot:" in out
     assert {p.name: Path(p.notebook).stat().st_mtime_ns for p in planned.points if p.name != broken.name} == untouched
     local = pd.read_csv(planned.folder / "results.csv")
-    assert set(local.columns[:2]) == {"n_eval", "attacks.0.eps"} and len(local.groupby(["n_eval", "attacks.0.eps"])) == 4
+    assert (
+        set(local.columns[:2]) == {"n_eval", "attacks.0.eps"} and len(local.groupby(["n_eval", "attacks.0.eps"])) == 4
+    )
 
     _home(tmp_path / "dask", cache, monkeypatch)
     assert cli([*args, "--executor", "dask"]) == 0

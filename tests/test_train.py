@@ -1,4 +1,5 @@
 """Training: learns, is deterministic, resumes from a checkpoint to the same weights, adversarial mode works."""
+
 from __future__ import annotations
 
 import pytest
@@ -62,8 +63,9 @@ def test_interrupted_run_resumes_to_identical_weights(small_train, tmp_path):
 
 def test_adversarial_training_improves_robustness(mnist_test):
     train_set = load_dataset("mnist5k", "train", n=2000)
-    adv_spec = SPEC.model_copy(update={"adversary": AttackSpec(name="pgd_linf", eps=0.15, steps=3, stepsize=0.06),
-                                       "adv_weight": 0.5})
+    adv_spec = SPEC.model_copy(
+        update={"adversary": AttackSpec(name="pgd_linf", eps=0.15, steps=3, stepsize=0.06), "adv_weight": 0.5}
+    )
     clean_model, robust_model = _fresh(), _fresh()
     fit(clean_model, train_set, SPEC, seed=1)
     fit(robust_model, train_set, adv_spec, seed=1)

@@ -3,6 +3,7 @@
 foolbox 3 provides most attacks; the gaps are filled by torchattacks (SPSA), adv-lib (the trust
 region attack) and pyautoattack (AutoAttack). Only the glue is written here.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,11 +15,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Attack, predict
+from .base import Attack, Kind, predict
 
 log = logging.getLogger("advlib")
 
-_ATTACK_FIELDS = {"steps": "steps", "stepsize": "abs_stepsize", "rel_stepsize": "rel_stepsize", "random_start": "random_start"}
+_ATTACK_FIELDS = {
+    "steps": "steps",
+    "stepsize": "abs_stepsize",
+    "rel_stepsize": "rel_stepsize",
+    "random_start": "random_start",
+}
 
 
 # backends that are optional extras of advlib: (module imported, how to install it)
@@ -39,13 +45,17 @@ def missing_backend(backend: str) -> str | None:
 def _require(backend: str, attack: str) -> None:
     install = missing_backend(backend)
     if install:
-        raise ModuleNotFoundError(f"attack {attack!r} needs {backend}, an optional extra that is not installed: {install}")
+        raise ModuleNotFoundError(
+            f"attack {attack!r} needs {backend}, an optional extra that is not installed: {install}"
+        )
 
 
 def _checked_options(owner: str, accepted: set[str], options: dict[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"attack {owner!r} does not take option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(accepted)) or 'none'}")
+        raise ValueError(
+            f"attack {owner!r} does not take option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(accepted)) or 'none'}"
+        )
     return options
 
 
@@ -54,15 +64,17 @@ class _OnCorrectOnly(Attack):
 
     only_correct = False
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
-                keys: Tensor | None = None) -> Tensor:
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, keys: Tensor | None = None
+    ) -> Tensor:
         if not self.only_correct:
             return super().perturb(model, x, y, target, keys)
         out = x.clone()
         keep = predict(model, x) == y
         if keep.any():
-            out[keep] = super().perturb(model, x[keep], y[keep], None if target is None else target[keep],
-                                        None if keys is None else keys[keep])
+            out[keep] = super().perturb(
+                model, x[keep], y[keep], None if target is None else target[keep], None if keys is None else keys[keep]
+            )
         return out
 
 
@@ -71,9 +83,21 @@ class FoolboxAttack(_OnCorrectOnly):
 
     backend = "foolbox"
 
-    def __init__(self, fb_class: type, norm: str, kind: str, eps: float | None = None, *, targeted: bool = False,
-                 seed: int = 0, targeted_ok: bool = True, only_correct: bool = False, per_sample: bool = True,
-                 defaults: dict[str, Any] | None = None, **options: Any):
+    def __init__(
+        self,
+        fb_class: type[Any],
+        norm: str,
+        kind: Kind,
+        eps: float | None = None,
+        *,
+        targeted: bool = False,
+        seed: int = 0,
+        targeted_ok: bool = True,
+        only_correct: bool = False,
+        per_sample: bool = True,
+        defaults: dict[str, Any] | None = None,
+        **options: Any,
+    ):
         self.norm, self.kind, self.targeted_ok, self.only_correct = norm, kind, targeted_ok, only_correct
         super().__init__(eps, targeted=targeted, seed=seed)
         accepted = set(inspect.signature(fb_class.__init__).parameters) - {"self"}
@@ -93,12 +117,17 @@ class FoolboxAttack(_OnCorrectOnly):
             starts, found = closest_other_class(x, predict(model, x), y)
             out = x.clone()
             if not found.all():
-                log.warning("%s: no image of another class to start from for %d of %d inputs; they stay unattacked",
-                            type(self.fb_attack).__name__, int((~found).sum()), len(x))
+                log.warning(
+                    "%s: no image of another class to start from for %d of %d inputs; they stay unattacked",
+                    type(self.fb_attack).__name__,
+                    int((~found).sum()),
+                    len(x),
+                )
             if found.any():
                 criterion = fb.criteria.Misclassification(y[found])
-                out[found] = self.fb_attack(fmodel, x[found], criterion, epsilons=None,
-                                            starting_points=starts[found])[0]
+                out[found] = self.fb_attack(fmodel, x[found], criterion, epsilons=None, starting_points=starts[found])[
+                    0
+                ]
             return out
         with warnings.catch_warnings():  # foolbox's SpatialAttack calls torch.meshgrid without `indexing`
             warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
@@ -124,10 +153,14 @@ class SPSAAttack(Attack):
 
     norm, kind, targeted_ok, backend, per_sample = "linf", "fixed", True, "torchattacks", False
 
-    def __init__(self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, steps: int = 100,
-                 **options: Any):
+    def __init__(
+        self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, steps: int = 100, **options: Any
+    ):
         super().__init__(eps, targeted=targeted, seed=seed)
-        self.kwargs = {"nb_iter": steps, **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options)}
+        self.kwargs = {
+            "nb_iter": steps,
+            **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options),
+        }
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         _require(self.backend, "spsa")
@@ -145,11 +178,22 @@ class TrustRegionAttack(_OnCorrectOnly):
 
     kind, targeted_ok, backend, only_correct, per_sample = "minimal", False, "adv-lib", True, False
 
-    def __init__(self, eps: float | None = None, *, norm: str = "l2", steps: int = 100, targeted: bool = False,
-                 seed: int = 0, **options: Any):
+    def __init__(
+        self,
+        eps: float | None = None,
+        *,
+        norm: str = "l2",
+        steps: int = 100,
+        targeted: bool = False,
+        seed: int = 0,
+        **options: Any,
+    ):
         self.norm = norm
         super().__init__(eps, targeted=targeted, seed=seed)
-        self.kwargs = {"iter": steps, **_checked_options("trust_region", {"adaptive", "eps", "c", "worst_case"}, options)}
+        self.kwargs = {
+            "iter": steps,
+            **_checked_options("trust_region", {"adaptive", "eps", "c", "worst_case"}, options),
+        }
         # adv-lib's per-step trust radius (not the attack budget), grown adaptively: its fixed 1e-3
         # default caps 100 steps at an L2 move of 0.1, far below what MNIST models need
         self.kwargs.setdefault("eps", 0.01)
@@ -168,8 +212,16 @@ class AutoAttackAttack(Attack):
     kind, targeted_ok, backend, per_sample = "fixed", False, "pyautoattack", False
     _NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", targeted: bool = False,
-                 version: str = "standard", attacks: list[str] | None = None, seed: int = 0):
+    def __init__(
+        self,
+        eps: float | None = None,
+        *,
+        norm: str = "linf",
+        targeted: bool = False,
+        version: str = "standard",
+        attacks: list[str] | None = None,
+        seed: int = 0,
+    ):
         self.norm = norm
         super().__init__(eps, targeted=targeted, seed=seed)
         self.version, self.attacks, self.seed = version, attacks, seed
@@ -178,8 +230,15 @@ class AutoAttackAttack(Attack):
         from pyautoattack import AutoAttack
 
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
-        runner = AutoAttack(model, norm=self._NORM_NAMES[self.norm], eps=self.eps, version=self.version,
-                            attacks=self.attacks, seed=self.seed, device=x.device)
+        runner = AutoAttack(
+            model,
+            norm=self._NORM_NAMES[self.norm],
+            eps=self.eps,
+            version=self.version,
+            attacks=self.attacks,
+            seed=self.seed,
+            device=x.device,
+        )
         runner.verbose = False
         x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv

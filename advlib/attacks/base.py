@@ -4,16 +4,21 @@ Whatever the backend, results are clipped to [0, 1], projected into the eps-ball
 norm (for minimal-norm attacks only when an eps is given) and `success` is recomputed by
 re-predicting the adversarials, never taken from the backend.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from ..data import check_images
+from ..inference import predict
 
 Norm = Literal["linf", "l2", "l1", "none"]
 Kind = Literal["fixed", "minimal"]
@@ -102,23 +107,9 @@ class AttackResult:
         return self.success & (self.norms <= eps + tol)
 
 
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Predicted labels, in batches, without gradients."""
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size]).argmax(dim=1) for i in range(0, len(x), batch_size)])
-
-
 def check_batch(x: Tensor, y: Tensor, target: Tensor | None = None) -> None:
-    """Reject bad attack inputs before any work: shape, NaN/Inf, range, label count."""
-    if x.dim() != 4:
-        raise ValueError(f"images must be a 4-d batch (N, C, H, W), got shape {tuple(x.shape)}")
-    if len(x) == 0:
-        raise ValueError("empty batch: no images to attack")
-    if not torch.isfinite(x).all():
-        raise ValueError("images contain NaN or Inf values; allowed: finite values in [0, 1]")
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 1:
-        raise ValueError(f"image values span [{low:.4g}, {high:.4g}]; allowed range is [0, 1]")
+    """Reject bad attack inputs before any work: images (data.check_images), label and target counts."""
+    check_images(x, allow_empty=False)
     if y.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},), got {tuple(y.shape)}")
     if target is not None and target.shape != (len(x),):
@@ -132,11 +123,14 @@ def check_model_input(model: nn.Module, x: Tensor, y: Tensor | None = None) -> N
         with torch.no_grad():
             logits = model(x[:1])
     except RuntimeError as error:
-        raise ValueError(f"the model cannot read images of shape {tuple(x.shape[1:])} (C, H, W): "
-                         f"{str(error).splitlines()[0]}") from error
+        raise ValueError(
+            f"the model cannot read images of shape {tuple(x.shape[1:])} (C, H, W): {str(error).splitlines()[0]}"
+        ) from error
     if y is not None and len(y) and (int(y.min()) < 0 or int(y.max()) >= logits.shape[-1]):
-        raise ValueError(f"labels span [{int(y.min())}, {int(y.max())}]; the model has {logits.shape[-1]} classes, "
-                         f"allowed labels 0..{logits.shape[-1] - 1}")
+        raise ValueError(
+            f"labels span [{int(y.min())}, {int(y.max())}]; the model has {logits.shape[-1]} classes, "
+            f"allowed labels 0..{logits.shape[-1] - 1}"
+        )
 
 
 @contextmanager
@@ -152,11 +146,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
 
 
 class Attack(ABC):
-    """Base class: subclasses set the class attributes and implement `generate` on one batch."""
+    """Base class: subclasses set the class attributes (some per instance: `norm`, `kind`, `targeted_ok`) and
+    implement `generate` on one batch."""
 
-    norm: ClassVar[str]
-    kind: ClassVar[Kind]
-    targeted_ok: ClassVar[bool] = False
+    norm: str
+    kind: Kind
+    targeted_ok: bool = False
     backend: ClassVar[str] = "native"
     #: a sample's adversarial depends on that sample (and its key) alone, not on the rest of its batch: true for
     #: deterministic attacks and for keyed random draws, false where one random stream serves the whole batch
@@ -179,16 +174,25 @@ class Attack(ABC):
         """Raw adversarials for one batch (before clipping and projection); attacks with random draws take each
         sample's from a stream keyed by `keys` when given."""
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
-                keys: Tensor | None = None) -> Tensor:
+    def perturb(
+        self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, keys: Tensor | None = None
+    ) -> Tensor:
         """Adversarials clipped to [0, 1] and, when eps is set, projected into the eps-ball."""
         x_adv = self.generate(model, x, y, target, keys).detach()
         if self.eps is not None:
             x_adv = x + project(x_adv - x, self.norm, self.eps)
         return x_adv.clamp(0.0, 1.0)
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None,
-                 *, batch_size: int = 256, keys: Tensor | None = None) -> AttackResult:
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        *,
+        batch_size: int = 256,
+        keys: Tensor | None = None,
+    ) -> AttackResult:
         """Attack (x, y) in batches. `keys` (one integer per sample, e.g. its position in the evaluated set) give
         every sample its own random stream, seeded by (seed, key), in attacks that draw randomness per sample
         (native PGD): its adversarial is then the same in any batch, which makes a cascade over survivors exact."""
@@ -196,8 +200,9 @@ class Attack(ABC):
             raise ValueError(f"{type(self).__name__} was built targeted; pass `target` labels")
         check_batch(x, y, target)
         if keys is not None and (keys.shape != (len(x),) or keys.is_floating_point() or keys.is_complex()):
-            raise ValueError(f"keys must be {len(x)} integers, one per sample; got dtype {keys.dtype}, "
-                             f"shape {tuple(keys.shape)}")
+            raise ValueError(
+                f"keys must be {len(x)} integers, one per sample; got dtype {keys.dtype}, shape {tuple(keys.shape)}"
+            )
         was_training = model.training
         model.eval()
         try:
@@ -205,14 +210,20 @@ class Attack(ABC):
             with seeded(self.seed, x.device):
                 chunks = []
                 for i in range(0, len(x), batch_size):
-                    t = None if target is None else target[i:i + batch_size]
-                    k = None if keys is None else keys[i:i + batch_size]
-                    chunks.append(self.perturb(model, x[i:i + batch_size], y[i:i + batch_size], t, k))
+                    t = None if target is None else target[i : i + batch_size]
+                    k = None if keys is None else keys[i : i + batch_size]
+                    chunks.append(self.perturb(model, x[i : i + batch_size], y[i : i + batch_size], t, k))
             x_adv = torch.cat(chunks)
             pred = predict(model, x_adv, batch_size)
         finally:
             model.train(was_training)
-        success = pred == target if self.targeted else pred != y
+        success = pred == cast(Tensor, target) if self.targeted else pred != y  # targeted: target checked above
         delta = x_adv - x
-        return AttackResult(x_adv=x_adv, success=success, norms=lp_norms(delta, self.norm),
-                            l2=lp_norms(delta, "l2"), norm=self.norm, eps=self.eps)
+        return AttackResult(
+            x_adv=x_adv,
+            success=success,
+            norms=lp_norms(delta, self.norm),
+            l2=lp_norms(delta, "l2"),
+            norm=self.norm,
+            eps=self.eps,
+        )

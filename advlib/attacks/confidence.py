@@ -5,6 +5,7 @@ classifier through the step directions and sizes). Each step moves towards the t
 step of the linearised log-likelihood: r_i = (sqrt(1e-8) + |log p_t - log C| / ||w||) * w / ||w||, w = grad_x log p_t;
 a sample stops once p_t >= C (a straight-through sigmoid mask during training).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,16 +29,25 @@ def closest_target(model: nn.Module, x: Tensor, exclude: Tensor | None = None) -
     distances = []
     for k in range(logits.shape[1]):
         difference = logits[:, k] - base
-        grad, = torch.autograd.grad(difference.sum(), x, retain_graph=True)
+        (grad,) = torch.autograd.grad(difference.sum(), x, retain_graph=True)
         distances.append(difference.detach().abs() / grad.flatten(1).norm(dim=1).clamp_min(TINY))
     distance = torch.stack(distances, dim=1)
     distance.scatter_(1, reference[:, None], float("inf"))
     return distance.argmin(1)
 
 
-def confidence_attack(model: nn.Module, x: Tensor, target: Tensor, confidence: Tensor | float, *, steps: int = 5,
-                      overshoot: float = 0.05, differentiable: bool = False, step_clip: float | None = None,
-                      box: bool = False) -> Tensor:
+def confidence_attack(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    confidence: Tensor | float,
+    *,
+    steps: int = 5,
+    overshoot: float = 0.05,
+    differentiable: bool = False,
+    step_clip: float | None = None,
+    box: bool = False,
+) -> Tensor:
     """Adversarials of `x` classified as `target` with softmax confidence >= `confidence` (per sample or one value).
 
     differentiable=True keeps the graph (training: gradients reach the model's parameters through every step, the
@@ -61,7 +71,7 @@ def confidence_attack(model: nn.Module, x: Tensor, target: Tensor, confidence: T
         elif not x_adv.requires_grad:  # the first step: x + 0 does not depend on the parameters yet
             x_adv.requires_grad_(True)
         log_p = F.log_softmax(model(x_adv), dim=1).gather(1, target[:, None]).squeeze(1)
-        w, = torch.autograd.grad(log_p.sum(), x_adv, create_graph=differentiable)
+        (w,) = torch.autograd.grad(log_p.sum(), x_adv, create_graph=differentiable)
         w_norm = (TINY + w.flatten(1).pow(2).sum(1)).sqrt()
         step = ((math.sqrt(TINY) + (log_p - log_c).abs() / w_norm) / w_norm).view(view) * w
         keep_going = c - log_p.exp()
@@ -89,8 +99,17 @@ class ConfidenceAttack(Attack):
 
     norm, kind, targeted_ok, backend = "l2", "minimal", True, "native"
 
-    def __init__(self, eps: float | None = None, *, steps: int = 500, step_clip: float = 0.1, overshoot: float = 0.02,
-                 confidence: float | None = None, targeted: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        eps: float | None = None,
+        *,
+        steps: int = 500,
+        step_clip: float = 0.1,
+        overshoot: float = 0.02,
+        confidence: float | None = None,
+        targeted: bool = False,
+        seed: int = 0,
+    ) -> None:
         super().__init__(eps, targeted=targeted, seed=seed)
         if confidence is not None and not 0 < confidence < 1:
             raise ValueError(f"confidence must lie in (0, 1) or be None (the model's own); got confidence={confidence}")
@@ -99,10 +118,12 @@ class ConfidenceAttack(Attack):
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         if target is None:
             target = closest_target(model, x, exclude=y)
+        confidence: Tensor | float
         if self.confidence is None:
             with torch.no_grad():
                 confidence = F.softmax(model(x), dim=1).amax(1).clamp(1e-6, 1 - 1e-6)
         else:
             confidence = self.confidence
-        return confidence_attack(model, x, target, confidence, steps=self.steps, overshoot=self.overshoot,
-                                 step_clip=self.step_clip, box=True).detach()
+        return confidence_attack(
+            model, x, target, confidence, steps=self.steps, overshoot=self.overshoot, step_clip=self.step_clip, box=True
+        ).detach()

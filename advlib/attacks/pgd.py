@@ -5,10 +5,11 @@ Native because training loops need it at full speed (one forward+backward per st
 overhead), because foolbox has no sparse top-k L1 step with an exact L1-ball projection, and
 because accuracy-vs-steps curves need the correctness of every iterate from a single run.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -62,11 +63,12 @@ def random_start(x: Tensor, norm: str, eps: float, generator: torch.Generator | 
 
 def keyed_generators(seed: int, keys: Tensor, device: torch.device) -> list[torch.Generator]:
     """One generator per sample, seeded by (seed, key): a sample's draws then do not depend on its batch."""
-    return [torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + int(k)) % 2 ** 63) for k in keys.tolist()]
+    return [torch.Generator(device=device).manual_seed((seed * 0x9E3779B1 + int(k)) % 2**63) for k in keys.tolist()]
 
 
-def start_point(x: Tensor, norm: str, eps: float, start_sigma: float | None = None,
-                generator: torch.Generator | None = None) -> Tensor:
+def start_point(
+    x: Tensor, norm: str, eps: float, start_sigma: float | None = None, generator: torch.Generator | None = None
+) -> Tensor:
     """PGD's start: uniform in the eps-ball, or x + N(0, start_sigma^2) projected into it (clipped to [0, 1])."""
     if start_sigma is None:
         return random_start(x, norm, eps, generator)
@@ -88,12 +90,18 @@ def topk_l1_direction(grad: Tensor, x_adv: Tensor, k: int) -> Tensor:
 
 def draw_l1_sizes(count: int, generator: torch.Generator | None = None) -> list[int]:
     """`count` L1 step sizes k, uniform in L1_K_RANGE, drawn on the generator's device (the CPU's global RNG if None)."""
-    return torch.randint(L1_K_RANGE[0], L1_K_RANGE[1] + 1, (count,), generator=generator,
-                         device=generator.device if generator is not None else None).tolist()
+    return torch.randint(
+        L1_K_RANGE[0],
+        L1_K_RANGE[1] + 1,
+        (count,),
+        generator=generator,
+        device=generator.device if generator is not None else None,
+    ).tolist()
 
 
-def steepest_direction(grad: Tensor, x_adv: Tensor, norm: str, generator: torch.Generator | None = None,
-                       l1_k: int | None = None) -> Tensor:
+def steepest_direction(
+    grad: Tensor, x_adv: Tensor, norm: str, generator: torch.Generator | None = None, l1_k: int | None = None
+) -> Tensor:
     """The unit-norm steepest-ascent direction of `norm` for each sample; the L1 step moves `l1_k` coordinates, or
     a k drawn in 5..20 per step when None (MAT's training; its tests fix k = 20)."""
     if norm == "linf":
@@ -111,8 +119,13 @@ def prefers_channels_last(x: Tensor) -> bool:
     whose convolutions run in oneDNN, which computes in NHWC and otherwise reorders every NCHW input and gradient
     (measured here: ResNet-18 forward+backward about 20% faster, PGD-40 about 9%; the classic LeNet-5 on MNIST
     forward+backward about 2x). Off with oneDNN off (portable kernels), so the goldens keep NCHW."""
-    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    return bool(
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
 
 
 def in_layout(x: Tensor, layout: torch.memory_format) -> Tensor:
@@ -130,11 +143,28 @@ class PGDOutput:
     correct: Tensor | None  # [steps + 1, N]: row t = iterate after t steps classified correctly (or not on target)
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
-        stepsize: float | None = None, rel_stepsize: float = 0.025, start: bool = True, target: Tensor | None = None,
-        update: str = "steepest", loss: str = "ce", record: bool = False, start_sigma: float | None = None,
-        generator: torch.Generator | None = None, l1_k: int | None = None, keys: Tensor | None = None,
-        seed: int = 0, channels_last: bool | None = None) -> PGDOutput:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 40,
+    stepsize: float | None = None,
+    rel_stepsize: float = 0.025,
+    start: bool = True,
+    target: Tensor | None = None,
+    update: str = "steepest",
+    loss: str = "ce",
+    record: bool = False,
+    start_sigma: float | None = None,
+    generator: torch.Generator | None = None,
+    l1_k: int | None = None,
+    keys: Tensor | None = None,
+    seed: int = 0,
+    channels_last: bool | None = None,
+) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
     update="adam" runs Adam (beta 0.9/0.999, eps 1e-8) on the raw gradient of the summed loss, then projects (the
@@ -161,14 +191,21 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         raise ValueError(f"PGD needs eps > 0 and steps >= 1, got eps={eps}, steps={steps}")
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
-    layout = torch.channels_last if (prefers_channels_last(x) if channels_last is None else channels_last) \
+    layout = (
+        torch.channels_last
+        if (prefers_channels_last(x) if channels_last is None else channels_last)
         else torch.contiguous_format
+    )
     x = x.detach() if layout == torch.contiguous_format else in_layout(x.detach(), layout)
     if not start:
         x_adv = x.clone()
     elif keys is not None:
-        x_adv = torch.cat([start_point(x[i:i + 1], norm, eps, start_sigma, g)
-                           for i, g in enumerate(keyed_generators(seed, keys, x.device))])
+        x_adv = torch.cat(
+            [
+                start_point(x[i : i + 1], norm, eps, start_sigma, g)
+                for i, g in enumerate(keyed_generators(seed, keys, x.device))
+            ]
+        )
     else:
         x_adv = start_point(x, norm, eps, start_sigma, generator)
     if keys is not None:
@@ -185,12 +222,16 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf
         logits = model(x_adv)
         if record:  # the prediction only; correctness is compared once at the end (one kernel per step, not two)
             history.append(logits.detach().argmax(dim=1))
-        summed = F.cross_entropy(logits, labels, reduction="sum") if loss == "ce" else attack_loss(logits, labels, loss).sum()
-        grad, = torch.autograd.grad(summed, x_adv)
+        summed = (
+            F.cross_entropy(logits, labels, reduction="sum")
+            if loss == "ce"
+            else attack_loss(logits, labels, loss).sum()
+        )
+        (grad,) = torch.autograd.grad(summed, x_adv)
         if update == "adam":  # Adam on the raw gradient (the paper's PGD), not on the steepest direction
             m = 0.9 * m + 0.1 * grad if m is not None else 0.1 * grad
-            v = 0.999 * v + 0.001 * grad ** 2 if v is not None else 0.001 * grad ** 2
-            direction = (m / (1 - 0.9 ** t)) / ((v / (1 - 0.999 ** t)).sqrt() + 1e-8)
+            v = 0.999 * v + 0.001 * grad**2 if v is not None else 0.001 * grad**2
+            direction = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
             if norm == "l2":  # the norm's steepest step along Adam's preconditioned direction
                 direction = steepest_direction(direction, x_adv.detach(), norm, generator, l1_k)
             elif norm == "l1":  # Adam's direction is ~ +-1 everywhere, so the sparse top-k step picks by momentum
@@ -214,10 +255,22 @@ class PGD(Attack):
     kind = "fixed"
     targeted_ok = True
 
-    def __init__(self, eps: float | None = None, *, norm: str = "linf", steps: int = 40, stepsize: float | None = None,
-                 rel_stepsize: float | None = None, random_start: bool = True, update: str = "steepest",
-                 loss: str = "ce", start_sigma: float | None = None, l1_k: int | None = None, targeted: bool = False,
-                 seed: int = 0):
+    def __init__(
+        self,
+        eps: float | None = None,
+        *,
+        norm: str = "linf",
+        steps: int = 40,
+        stepsize: float | None = None,
+        rel_stepsize: float | None = None,
+        random_start: bool = True,
+        update: str = "steepest",
+        loss: str = "ce",
+        start_sigma: float | None = None,
+        l1_k: int | None = None,
+        targeted: bool = False,
+        seed: int = 0,
+    ):
         super().__init__(eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2", "l1"):
             raise ValueError(f"PGD norm {norm!r} is not allowed; choose linf, l2 or l1")
@@ -233,9 +286,32 @@ class PGD(Attack):
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         return self.run(model, x, y, target, keys=keys).x_adv
 
-    def run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None = None, *, record: bool = False,
-            keys: Tensor | None = None) -> PGDOutput:
-        return pgd(model, x, y, eps=self.eps, norm=self.norm, steps=self.steps, stepsize=self.stepsize,
-                   rel_stepsize=self.rel_stepsize, start=self.start, target=target, update=self.update,
-                   loss=self.loss, record=record, start_sigma=self.start_sigma, l1_k=self.l1_k, keys=keys,
-                   seed=self.seed)
+    def run(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None = None,
+        *,
+        record: bool = False,
+        keys: Tensor | None = None,
+    ) -> PGDOutput:
+        return pgd(
+            model,
+            x,
+            y,
+            eps=cast(float, self.eps),  # a fixed-eps attack: Attack.__init__ refuses eps=None
+            norm=self.norm,
+            steps=self.steps,
+            stepsize=self.stepsize,
+            rel_stepsize=self.rel_stepsize,
+            start=self.start,
+            target=target,
+            update=self.update,
+            loss=self.loss,
+            record=record,
+            start_sigma=self.start_sigma,
+            l1_k=self.l1_k,
+            keys=keys,
+            seed=self.seed,
+        )

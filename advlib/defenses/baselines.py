@@ -6,9 +6,10 @@ hinge loss as the criterion); the libraries in use have neither. Margin maximisa
 hinge loss + lambda * ||grad_x (z_y - z_l)||_2^2 with l the class whose logit gradient differs most from the true
 class's (chosen without gradient).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,9 @@ def _unit_l2(d: Tensor) -> Tensor:
     return d / d.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (d.dim() - 1)))
 
 
-def virtual_adversarial_loss(model: nn.Module, x: Tensor, eps: float = 2.0, xi: float = 1e-6,
-                             iterations: int = 1) -> Tensor:
+def virtual_adversarial_loss(
+    model: nn.Module, x: Tensor, eps: float = 2.0, xi: float = 1e-6, iterations: int = 1
+) -> Tensor:
     """VAT: KL(p(x) || p(x + r_vadv)) with r_vadv = eps * d / ||d||_2, d found by `iterations` power iterations from
     a random direction (finite difference xi); p(x) is held fixed."""
     with torch.no_grad():
@@ -31,7 +33,7 @@ def virtual_adversarial_loss(model: nn.Module, x: Tensor, eps: float = 2.0, xi: 
     for _ in range(iterations):
         d = (xi * _unit_l2(d)).requires_grad_(True)
         kl = F.kl_div(F.log_softmax(model(x + d), dim=1), p_clean, reduction="batchmean")
-        d, = torch.autograd.grad(kl, d)
+        (d,) = torch.autograd.grad(kl, d)
     r_vadv = eps * _unit_l2(d)
     return F.kl_div(F.log_softmax(model(x + r_vadv.detach()), dim=1), p_clean, reduction="batchmean")
 
@@ -55,14 +57,15 @@ def margin_sensitivity(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     differentiable with respect to the model's parameters (double backward)."""
     x = x.detach().requires_grad_(True)
     logits = model(x)
-    grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)[0]
-                         for k in range(logits.shape[1])])                  # (K, N, ...), no graph kept
+    grads = torch.stack(
+        [torch.autograd.grad(logits[:, k].sum(), x, retain_graph=True)[0] for k in range(logits.shape[1])]
+    )  # (K, N, ...), no graph kept
     rows = torch.arange(len(x), device=x.device)
     with torch.no_grad():
-        spread = (grads - grads[y, rows][None]).flatten(2).pow(2).sum(2)   # (K, N)
+        spread = (grads - grads[y, rows][None]).flatten(2).pow(2).sum(2)  # (K, N)
         other = spread.argmax(0)
     margin = logits[rows, y] - logits[rows, other]
-    grad, = torch.autograd.grad(margin.sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(margin.sum(), x, create_graph=True)
     return grad.flatten(1).pow(2).sum(1)
 
 

@@ -4,6 +4,7 @@ Native: the paper's objective (eqs. 4-6) has no library implementation. The crit
 logit at an input's (true or adversarial-target) class scores natural vs adversarial. The paper's baselines
 (VAT, margin maximisation) are in `baselines.py`; the runs are in `advlib/experiments/adversary_critic.py`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data import dataset_size
+
 GRADIENT_PENALTY = 10.0  # lambda_grad of the paper
-CYCLE_WEIGHT = 1e-2      # lambda_rec of the paper
+CYCLE_WEIGHT = 1e-2  # lambda_rec of the paper
 
 
 def class_logit(critic: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
@@ -30,7 +33,7 @@ def gradient_penalty(critic: nn.Module, x_data: Tensor, y_data: Tensor, x_adv: T
     terms = []
     for x, labels in ((x_adv, y_adv), (x_data, y_data)):
         x = x.detach().requires_grad_(True)
-        grad, = torch.autograd.grad(class_logit(critic, x, labels).sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad(class_logit(critic, x, labels).sum(), x, create_graph=True)
         terms.append((grad.flatten(1).norm(dim=1) - 1).pow(2).mean())
     return GRADIENT_PENALTY * sum(terms)
 
@@ -40,8 +43,9 @@ def critic_loss(critic: nn.Module, x_data: Tensor, y_data: Tensor, x_adv: Tensor
     plus the gradient penalty."""
     real = class_logit(critic, x_data, y_data)
     fake = class_logit(critic, x_adv.detach(), y_adv)
-    bce = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-           + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    bce = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
     return bce + gradient_penalty(critic, x_data, y_data, x_adv, y_adv)
 
 
@@ -61,6 +65,8 @@ class ClassConfidence(nn.Module):
     """Per-class running mean (EMA, decay 0.5) of the classifier's softmax confidence on natural images: the
     target confidence C of the training attack. A module so its values travel with checkpoints."""
 
+    values: Tensor  # a buffer, registered in __init__
+
     def __init__(self, num_classes: int, decay: float = 0.5, initial: float = 0.9) -> None:
         super().__init__()
         if not 0 <= decay < 1:
@@ -79,9 +85,17 @@ class ClassConfidence(nn.Module):
         return self.values.to(classes.device)[classes].clamp(1e-4, 1 - 1e-4)
 
 
-def classifier_step_loss(classifier: nn.Module, critic: nn.Module, x: Tensor, y: Tensor, confidence: ClassConfidence,
-                         *, weight: float, steps: int = 5, overshoot: float = 0.05
-                         ) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
+def classifier_step_loss(
+    classifier: nn.Module,
+    critic: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    confidence: ClassConfidence,
+    *,
+    weight: float,
+    steps: int = 5,
+    overshoot: float = 0.05,
+) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
     """The classifier's loss on one batch (eq. 5 + eq. 6): NLL + weight * critic term + 0.01 * cycle term.
 
     The attack targets each input's DeepFool-closest class with the running class confidence and is unrolled
@@ -95,15 +109,23 @@ def classifier_step_loss(classifier: nn.Module, critic: nn.Module, x: Tensor, y:
     nll = F.cross_entropy(logits, y)
     confidence.update(logits.softmax(1), y)
     target = closest_target(classifier, x, exclude=y)
-    x_adv = confidence_attack(classifier, x, target, confidence.of(target), steps=steps, overshoot=overshoot,
-                              differentiable=True)
+    x_adv = confidence_attack(
+        classifier, x, target, confidence.of(target), steps=steps, overshoot=overshoot, differentiable=True
+    )
     reached = classifier(x_adv).argmax(1) == target
     stats = {"nll": float(nll.detach()), "reached": float(reached.float().mean())}
     adversarials = (x_adv.detach()[reached], target[reached])
     if not reached.any():
         return nll, stats, adversarials
-    x_back = confidence_attack(classifier, x_adv[reached], y[reached], confidence.of(y[reached]), steps=steps,
-                               overshoot=overshoot, differentiable=True)
+    x_back = confidence_attack(
+        classifier,
+        x_adv[reached],
+        y[reached],
+        confidence.of(y[reached]),
+        steps=steps,
+        overshoot=overshoot,
+        differentiable=True,
+    )
     gan = classifier_critic_loss(critic, x_adv[reached], target[reached])
     cycle = cycle_loss(x[reached], x_back)
     stats.update(gan=float(gan.detach()), cycle=float(cycle.detach()))
@@ -119,11 +141,26 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor, frozen: nn.Module) -> 
     optimizer.step()
 
 
-def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Dataset, *, epochs: int, weight: float,
-                         seed: int = 0, batch_size: int = 100, lr_classifier: float = 5e-4, lr_critic: float = 1e-3,
-                         halve_every: int = 40, steps: int = 5, overshoot: float = 0.05, pretrain_epochs: int = 1,
-                         num_classes: int = 10, device: torch.device | str = "cpu",
-                         checkpoint_dir: Path | None = None, desc: str = "critic defense") -> dict[str, Any]:
+def train_critic_defense(
+    classifier: nn.Module,
+    critic: nn.Module,
+    train_set: Dataset,
+    *,
+    epochs: int,
+    weight: float,
+    seed: int = 0,
+    batch_size: int = 100,
+    lr_classifier: float = 5e-4,
+    lr_critic: float = 1e-3,
+    halve_every: int = 40,
+    steps: int = 5,
+    overshoot: float = 0.05,
+    pretrain_epochs: int = 1,
+    num_classes: int = 10,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    desc: str = "critic defense",
+) -> dict[str, Any]:
     """Alternate the classifier's and the critic's updates on every batch (Adam, beta1 0.5; learning rates halved
     every `halve_every` epochs); the critic learns from the adversarials of the classifier's step. `pretrain_epochs`
     epochs of plain NLL first initialise the running class confidence. Epochs are seeded from (seed, epoch) and
@@ -132,22 +169,30 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Da
     from ..train import end_epoch, epoch_seed, resume
 
     if epochs < 1 or pretrain_epochs < 0:
-        raise ValueError(f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}")
-    if len(train_set) == 0:
+        raise ValueError(
+            f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}"
+        )
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     confidence = ClassConfidence(num_classes)
     state = nn.ModuleDict({"classifier": classifier, "critic": critic, "confidence": confidence}).to(device)
-    optimizer = torch.optim.Adam([{"params": classifier.parameters(), "lr": lr_classifier},
-                                  {"params": critic.parameters(), "lr": lr_critic}], betas=(0.5, 0.999))
+    optimizer = torch.optim.Adam(
+        [{"params": classifier.parameters(), "lr": lr_classifier}, {"params": critic.parameters(), "lr": lr_critic}],
+        betas=(0.5, 0.999),
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, halve_every, 0.5)
     total = pretrain_epochs + epochs
     ckpt, start, history = resume(checkpoint_dir, state, optimizer, scheduler)
-    batches = -(-len(train_set) // batch_size)
+    batches = -(-dataset_size(train_set) // batch_size)
     bar = tqdm(total=(total - start) * batches, desc=desc, leave=False)
     for epoch in range(start, total):
         torch.manual_seed(epoch_seed(seed, epoch))
-        loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+        loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+        )
         state.train()
         sums: dict[str, float] = {}
         for x, y in loader:
@@ -158,8 +203,9 @@ def train_critic_defense(classifier: nn.Module, critic: nn.Module, train_set: Da
                 confidence.update(logits.softmax(1), y)
                 stats = {"nll": float(F.cross_entropy(logits.detach(), y))}
             else:
-                loss, stats, (x_adv, target) = classifier_step_loss(classifier, critic, x, y, confidence, weight=weight,
-                                                                    steps=steps, overshoot=overshoot)
+                loss, stats, (x_adv, target) = classifier_step_loss(
+                    classifier, critic, x, y, confidence, weight=weight, steps=steps, overshoot=overshoot
+                )
                 _step(optimizer, loss, critic)
                 if len(x_adv):
                     d_loss = critic_loss(critic, x, y, x_adv, target)

@@ -6,10 +6,12 @@ ensemble is `advlib.models.Ensemble` (probability averaging; "remove softmax" = 
 `advlib.train.fit` with the ensemble as the model, so this module only names the systems and the evaluation.
 Native code: no library trains ensembles adversarially as a single model.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import create_attack
-from ..evaluate import accuracy
+from ..inference import accuracy
 from ..models import Ensemble
+from ..params import SIN_SYSTEMS
 
 Builder = Callable[[], nn.Module]
 
@@ -37,16 +40,23 @@ class SystemSpec:
     separate: bool = False
 
 
-SYSTEMS: dict[str, SystemSpec] = {s.name: s for s in (
-    SystemSpec("Baseline", 1),
-    SystemSpec("Ensemble2", 2),
-    SystemSpec("Ensemble4", 4),
-    SystemSpec("SingleAdv", 1, adversarial=True),
-    SystemSpec("DoubleAdv", 1, wide=True, adversarial=True),
-    SystemSpec("Ensemble2Adv", 2, adversarial=True),
-    SystemSpec("Ensemble4Adv", 4, adversarial=True),
-    SystemSpec("Separate2Adv", 2, adversarial=True, separate=True),
-)}
+SYSTEMS: dict[str, SystemSpec] = {
+    s.name: s
+    for s in (
+        SystemSpec("Baseline", 1),
+        SystemSpec("Ensemble2", 2),
+        SystemSpec("Ensemble4", 4),
+        SystemSpec("SingleAdv", 1, adversarial=True),
+        SystemSpec("DoubleAdv", 1, wide=True, adversarial=True),
+        SystemSpec("Ensemble2Adv", 2, adversarial=True),
+        SystemSpec("Ensemble4Adv", 4, adversarial=True),
+        SystemSpec("Separate2Adv", 2, adversarial=True, separate=True),
+    )
+}
+
+
+if tuple(SYSTEMS) != SIN_SYSTEMS:  # the names profiles may use (params) and the recipes here must agree
+    raise ImportError(f"defenses.ensemble_at.SYSTEMS {tuple(SYSTEMS)} and params.SIN_SYSTEMS {SIN_SYSTEMS} disagree")
 
 
 def system_spec(name: str) -> SystemSpec:
@@ -93,8 +103,9 @@ def robust_accuracy(model: nn.Module, spec: Any, x: Tensor, y: Tensor, batch_siz
     return 100 * accuracy(model, adversarial, y)
 
 
-def evaluation_scores(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, Any],
-                      blackbox: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+def evaluation_scores(
+    model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, Any], blackbox: tuple[Tensor, Tensor] | None = None
+) -> dict[str, float]:
     """Section 4.3's evaluation job: clean accuracy, each white-box attack's accuracy and the black-box accuracy on
     a precomputed adversarial set (percent)."""
     model.eval()
@@ -116,7 +127,9 @@ def remove_outliers(series: Sequence[float], window: int = 50, n_std: float = 3.
     return values.where(~outlier, smooth).to_numpy()
 
 
-def average_seeds(curves: Sequence[tuple[Sequence[float], Sequence[float]]], points: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def average_seeds(
+    curves: Sequence[tuple[Sequence[float], Sequence[float]]], points: int = 1000
+) -> tuple[np.ndarray, np.ndarray]:
     """Section 4.3's seed averaging: each (steps, values) curve, outliers removed, is interpolated onto the same
     `points` steps (over the range all curves cover) and the curves are averaged."""
     if not curves:
@@ -128,8 +141,9 @@ def average_seeds(curves: Sequence[tuple[Sequence[float], Sequence[float]]], poi
     return grid, np.mean(stacked, axis=0)
 
 
-def strongest_attack(model: nn.Module, x: Tensor, y: Tensor, spec: Mapping[str, Any], *, start_steps: int,
-                     max_steps: int) -> tuple[float, int, list[tuple[int, float]]]:
+def strongest_attack(
+    model: nn.Module, x: Tensor, y: Tensor, spec: Mapping[str, Any], *, start_steps: int, max_steps: int
+) -> tuple[float, int, list[tuple[int, float]]]:
     """Appendix A: PGD on the CW margin loss, doubling the steps until the accuracy stops falling (or max_steps).
     Returns the lowest accuracy (percent), the steps that reached it and every (steps, accuracy) tried."""
     if start_steps < 1 or max_steps < start_steps:
@@ -137,7 +151,9 @@ def strongest_attack(model: nn.Module, x: Tensor, y: Tensor, spec: Mapping[str, 
     tried: list[tuple[int, float]] = []
     steps = start_steps
     while steps <= max_steps:
-        accuracy = robust_accuracy(model, {**spec, "steps": steps, "options": {**spec.get("options", {}), "loss": "margin"}}, x, y)
+        accuracy = robust_accuracy(
+            model, {**spec, "steps": steps, "options": {**spec.get("options", {}), "loss": "margin"}}, x, y
+        )
         if tried and accuracy >= tried[-1][1]:
             tried.append((steps, accuracy))
             break

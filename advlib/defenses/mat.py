@@ -6,12 +6,14 @@ implementation; the steepest directions (sign, L2, top-k L1) and the projections
 Every model here speaks the MIMO interface (inputs (N, M, C, H, W), logits (N, M, classes)); a plain classifier is
 wrapped by `SingleAsMIMO` (M = 1), so single-model adversarial training and MSD use the same code.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +43,7 @@ class NormStep:
         if self.eps <= 0 or self.stepsize <= 0:
             raise ValueError(f"eps and stepsize must be > 0; got eps={self.eps}, stepsize={self.stepsize}")
 
-    def scaled(self, factor: float) -> "NormStep":
+    def scaled(self, factor: float) -> NormStep:
         """The same threat with radius and step size times `factor` (the radius ramp of `fit_mimo`)."""
         return NormStep(self.norm, self.eps * factor, self.stepsize * factor)
 
@@ -73,8 +75,9 @@ def _start(x: Tensor, steps: Sequence[NormStep], generator: torch.Generator | No
     return torch.stack([random_start(x[:, m], s.norm, s.eps, generator) for m, s in enumerate(steps)], dim=1)
 
 
-def _take_step(x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator: torch.Generator | None,
-               l1_k: int | None = None) -> Tensor:
+def _take_step(
+    x: Tensor, x_adv: Tensor, grad: Tensor, step: NormStep, generator: torch.Generator | None, l1_k: int | None = None
+) -> Tensor:
     """One projected steepest-ascent step of one member's inputs (N, C, H, W) in its own norm (an L1 step moves
     `l1_k` coordinates, else a k drawn from `generator`)."""
     moved = x_adv + step.stepsize * steepest_direction(grad, x_adv, step.norm, generator, l1_k)
@@ -88,11 +91,22 @@ def backbone_layout(x: Tensor) -> Tensor:
     if x.dim() != 5 or not prefers_channels_last(x[:, 0]):
         return x
     n, m, c, h, w = x.shape
-    return torch.empty_strided(x.shape, (h * w * m * c, c, 1, w * m * c, m * c), dtype=x.dtype, device=x.device).copy_(x)
+    return torch.empty_strided(x.shape, (h * w * m * c, c, 1, w * m * c, m * c), dtype=x.dtype, device=x.device).copy_(
+        x
+    )
 
 
-def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], iterations: int, *,
-               approximate: bool = True, start: bool = True, generator: torch.Generator | None = None) -> Tensor:
+def mat_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: Sequence[NormStep],
+    iterations: int,
+    *,
+    approximate: bool = True,
+    start: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """MAT's inner maximisation (eq. 6): every step one forward of the M inputs and ONE backward of the summed member
     losses, whose gradient w.r.t. input m drives member m's step in its own norm. approximate=False is the naive
     MIMO AT of eq. 5: one backward per member loss (M backward passes per step)."""
@@ -107,22 +121,36 @@ def mat_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
     l1_members = [m for m, s in enumerate(steps) if s.norm == "l1"]
     drawn = draw_l1_sizes(iterations * len(l1_members), generator) if l1_members else []
     for t in range(iterations):
-        l1_k = dict(zip(l1_members, drawn[t * len(l1_members):(t + 1) * len(l1_members)]))
+        l1_k = dict(zip(l1_members, drawn[t * len(l1_members) : (t + 1) * len(l1_members)]))
         x_in = backbone_layout(x_adv).detach().requires_grad_(True)  # never x_adv itself
         losses = member_losses(model, x_in, y).sum(0)  # (M,): each member's loss summed over the batch
         if approximate:
-            grad, = torch.autograd.grad(losses.sum(), x_in)
+            (grad,) = torch.autograd.grad(losses.sum(), x_in)
         else:
-            grad = torch.stack([torch.autograd.grad(losses[m], x_in, retain_graph=m < len(steps) - 1)[0][:, m]
-                                for m in range(len(steps))], dim=1)
+            grad = torch.stack(
+                [
+                    torch.autograd.grad(losses[m], x_in, retain_graph=m < len(steps) - 1)[0][:, m]
+                    for m in range(len(steps))
+                ],
+                dim=1,
+            )
         grad = grad.contiguous()  # each member's steps then read contiguous slices
-        x_adv = torch.stack([_take_step(x[:, m], x_adv[:, m], grad[:, m], s, generator, l1_k.get(m))
-                             for m, s in enumerate(steps)], dim=1)
+        x_adv = torch.stack(
+            [_take_step(x[:, m], x_adv[:, m], grad[:, m], s, generator, l1_k.get(m)) for m, s in enumerate(steps)],
+            dim=1,
+        )
     return x_adv.detach()
 
 
-def msd_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], iterations: int, *,
-               generator: torch.Generator | None = None) -> Tensor:
+def msd_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    steps: Sequence[NormStep],
+    iterations: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """MSD (Maini et al. 2020) for every member: one gradient per step (one backward of the summed losses), the
     steepest step of every norm in `steps`, and per example and member the candidate with the largest loss (one extra
     forward per norm). Starts from the clean inputs, as MSD does."""
@@ -135,8 +163,9 @@ def msd_attack(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep]
         grad = torch.autograd.grad(member_losses(model, x_in, y).sum(), x_in)[0].contiguous()
         best, best_loss = x_adv, torch.full(y.shape, float("-inf"), device=x.device)
         for step in steps:
-            candidate = torch.stack([_take_step(x[:, m], x_adv[:, m], grad[:, m], step, generator)
-                                     for m in range(x.shape[1])], dim=1)
+            candidate = torch.stack(
+                [_take_step(x[:, m], x_adv[:, m], grad[:, m], step, generator) for m in range(x.shape[1])], dim=1
+            )
             with torch.no_grad():
                 loss = member_losses(model, candidate, y)
             better = loss > best_loss
@@ -157,10 +186,10 @@ def cross_gradient_ratio(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     norms), with the cross gradient as the approximate minus the true gradient (eq. 7)."""
     x = x.detach().requires_grad_(True)
     losses = member_losses(model, x, y).sum(0)
-    total, = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+    (total,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
     ratios = []
     for m in range(x.shape[1]):
-        own, = torch.autograd.grad(losses[m], x, retain_graph=m < x.shape[1] - 1)
+        (own,) = torch.autograd.grad(losses[m], x, retain_graph=m < x.shape[1] - 1)
         cross = (total - own)[:, m]
         ratios.append((lp_norms(cross, "l2") / lp_norms(own[:, m], "l2").clamp_min(1e-12)).mean())
     return torch.stack(ratios)
@@ -172,15 +201,18 @@ def sign_disagreement(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[No
     step for L1, NaN for L2 (the paper defines E_p for those two operators)."""
     x = x.detach().requires_grad_(True)
     losses = member_losses(model, x, y).sum(0)
-    total, = torch.autograd.grad(losses.sum(), x, retain_graph=True)
+    (total,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
     out = []
     for m, step in enumerate(steps):
-        own, = torch.autograd.grad(losses[m], x, retain_graph=m < len(steps) - 1)
+        (own,) = torch.autograd.grad(losses[m], x, retain_graph=m < len(steps) - 1)
         if step.norm == "l2":  # the paper defines E for the sign and top-k operators only
             out.append(torch.tensor(float("nan")))
             continue
         if step.norm == "l1":
-            a, b = topk_l1_direction(total[:, m], x[:, m].detach(), k), topk_l1_direction(own[:, m], x[:, m].detach(), k)
+            a, b = (
+                topk_l1_direction(total[:, m], x[:, m].detach(), k),
+                topk_l1_direction(own[:, m], x[:, m].detach(), k),
+            )
         else:
             a, b = total[:, m].sign(), own[:, m].sign()
         out.append((a != b).float().mean().cpu())
@@ -201,26 +233,40 @@ def ramp_scale(epoch: int, ramp_epochs: int) -> float:
 def member_batches(train_set: Dataset, members: int, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch of MIMO batches: M loaders, each with its own seeded shuffle, zipped into (N, M, C, H, W) inputs
     and (N, M) labels (member m's slot holds an independent sample)."""
-    loaders = [DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                          generator=torch.Generator().manual_seed(seed * 1_009 + m)) for m in range(members)]
+    loaders = [
+        DataLoader(
+            train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed * 1_009 + m)
+        )
+        for m in range(members)
+    ]
     for parts in zip(*loaders):
         yield torch.stack([x for x, _ in parts], dim=1), torch.stack([y for _, y in parts], dim=1)
 
 
-def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: int, inner: Inner | None = None,
-             seed: int = 0, device: torch.device | str = "cpu", checkpoint_dir: Path | None = None,
-             on_epoch: Callable[[int, nn.Module, dict[str, Any]], None] | None = None,
-             desc: str = "train MIMO", ramp_epochs: int = 0) -> dict[str, Any]:
+def fit_mimo(
+    model: nn.Module,
+    train_set: Dataset,
+    spec: TrainSpec,
+    *,
+    members: int,
+    inner: Inner | None = None,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[int, nn.Module, dict[str, Any]], None] | None = None,
+    desc: str = "train MIMO",
+    ramp_epochs: int = 0,
+) -> dict[str, Any]:
     """Train a MIMO-interface model (a `MIMO`, or a plain classifier in `SingleAsMIMO`): every batch stacks M
     independently shuffled batches, `inner(model, x, y, generator, scale)` (run in eval mode) gives the adversarial
     inputs, with radii ramped linearly over the first `ramp_epochs` epochs (`ramp_scale`; 0: full radii), and the
     step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
     epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
     passes per batch (counted by hooks, attack and update together)."""
-    from ..data import augment_batch
+    from ..data import augment_batch, dataset_size
     from ..train import AUGMENT_STREAM, end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
 
-    if len(train_set) == 0:
+    if dataset_size(train_set) == 0:
         raise ValueError("training set is empty")
     ramp_scale(0, ramp_epochs)
     model.to(device)
@@ -228,7 +274,7 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
     scheduler = make_scheduler(optimizer, spec)
     ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
     counter = PassCounter(model)
-    batches = len(train_set) // spec.batch_size + bool(len(train_set) % spec.batch_size)
+    batches = dataset_size(train_set) // spec.batch_size + bool(dataset_size(train_set) % spec.batch_size)
     bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
     try:
         for epoch in range(start, spec.epochs):
@@ -256,9 +302,14 @@ def fit_mimo(model: nn.Module, train_set: Dataset, spec: TrainSpec, *, members: 
                 count += 1
                 bar.update(1)
             scheduler.step()
-            record = {"epoch": epoch + 1, "loss": loss_sum / count, "train_acc": correct / total,
-                      "seconds": time.perf_counter() - began, "forward_per_batch": counter.forward / count,
-                      "backward_per_batch": counter.backward / count}
+            record = {
+                "epoch": epoch + 1,
+                "loss": loss_sum / count,
+                "train_acc": correct / total,
+                "seconds": time.perf_counter() - began,
+                "forward_per_batch": counter.forward / count,
+                "backward_per_batch": counter.backward / count,
+            }
             history.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             end_epoch(ckpt, model, optimizer, scheduler, epoch + 1, history, on_epoch)

@@ -5,14 +5,16 @@ or attack ids, to map adversarial images back to the canonical image distributio
 discriminator (Algorithm 1, eqs. 1-2, after Parascandolo et al. 2018); at test time each image is replaced
 by the output of the generator the discriminator scores highest, and a pretrained classifier reads it.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from ..data import check_images
+from ..inference import evaluating, logits, model_device
 
 log = logging.getLogger("advlib")
 
@@ -34,19 +39,6 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 @contextmanager
-def _evaluating(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode for the block and restore every submodule's own mode afterwards."""
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-@contextmanager
 def _frozen(module: nn.Module) -> Iterator[None]:
     """Stop gradients into `module`'s parameters for the block (it still passes gradients through)."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
@@ -57,16 +49,6 @@ def _frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    return next(iter(module.parameters()), torch.empty(0)).device
-
-
-def _check_images(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor) or x.ndim != 4 or len(x) == 0:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a non-empty image batch (N, C, H, W); got {shape}")
 
 
 def _check_schedule(epochs: int, batch_size: int, lr: float) -> None:
@@ -96,37 +78,44 @@ class MixtureOfGenerators(nn.Module):
     def _score_batch(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All generators' outputs (G, N, C, H, W) and their discriminator logits (G, N): eval mode, no grad,
         so no BatchNorm running statistic moves."""
-        with torch.no_grad(), _evaluating(self):
+        with torch.no_grad(), evaluating(self):
             outputs = torch.stack([generator(x) for generator in self.generators])
             logits = self.discriminator(outputs.flatten(0, 1)).view(self.num_generators, len(x))
         return outputs, logits
 
     def scores(self, x: Tensor, batch_size: int = 256) -> Tensor:
         """Discriminator logits of every generator's output, shape (G, N), in batches (eval mode, no grad)."""
-        _check_images("x", x)
-        device = _device_of(self)
-        parts = [self._score_batch(x[i:i + batch_size].to(device))[1] for i in range(0, len(x), batch_size)]
+        check_images(x, "x", allow_empty=False)
+        device = model_device(self)
+        parts = [self._score_batch(x[i : i + batch_size].to(device))[1] for i in range(0, len(x), batch_size)]
         return torch.cat(parts, dim=1).to(x.device)
 
     def defend(self, x: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """Per image, the output of argmax_j D(G_j(x)) and that winner's index (long), in batches."""
-        _check_images("x", x)
-        device = _device_of(self)
+        check_images(x, "x", allow_empty=False)
+        device = model_device(self)
         defended, winners = [], []
         for i in range(0, len(x), batch_size):
-            outputs, logits = self._score_batch(x[i:i + batch_size].to(device))
+            outputs, logits = self._score_batch(x[i : i + batch_size].to(device))
             winner = logits.argmax(dim=0)
             defended.append(outputs[winner, torch.arange(len(winner), device=device)])
             winners.append(winner)
         return torch.cat(defended).to(x.device), torch.cat(winners).to(x.device)
 
 
-def identity_init(generators: Sequence[nn.Module], transformed: Tensor, *, epochs: int, batch_size: int,
-                  lr: float = 1e-3, seed: int = 0) -> list[float]:
+def identity_init(
+    generators: Sequence[nn.Module] | nn.ModuleList,
+    transformed: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> list[float]:
     """Train each generator with Adam so that G(x') ~ x' (MSE) on the transformed images (Parascandolo et al.
     2018; paper Sec. 4.1): all generators start near the identity. Returns the per-epoch mean MSE."""
     _check_schedule(epochs, batch_size, lr)
-    _check_images("transformed", transformed)
+    check_images(transformed, "transformed", allow_empty=False)
     if len(generators) == 0:
         raise ValueError("identity_init needs at least one generator; got 0")
     optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in generators]
@@ -140,7 +129,7 @@ def identity_init(generators: Sequence[nn.Module], transformed: Tensor, *, epoch
             total = 0.0
             for index in torch.randperm(len(transformed), generator=order).split(batch_size):
                 for generator, optimizer in zip(generators, optimizers):
-                    x = transformed[index].to(_device_of(generator))
+                    x = transformed[index].to(model_device(generator))
                     loss = F.mse_loss(generator(x), x)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -169,7 +158,7 @@ def faster_init(generator: nn.Module, n: int, *, zero_fraction: float = 0.05, se
         params = list(clone.parameters())
         sizes = [p.numel() for p in params]
         chosen = torch.zeros(sum(sizes), dtype=torch.bool)
-        chosen[torch.randperm(sum(sizes), generator=rng)[:round(zero_fraction * sum(sizes))]] = True
+        chosen[torch.randperm(sum(sizes), generator=rng)[: round(zero_fraction * sum(sizes))]] = True
         with torch.no_grad():
             for param, mask in zip(params, chosen.split(sizes)):
                 param[mask.view_as(param).to(param.device)] = 0
@@ -177,8 +166,9 @@ def faster_init(generator: nn.Module, n: int, *, zero_fraction: float = 0.05, se
     return copies
 
 
-def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.optim.Optimizer], x: Tensor,
-                    winner: Tensor) -> Tensor:
+def _generator_step(
+    mixture: MixtureOfGenerators, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, winner: Tensor
+) -> Tensor:
     """Eq. 1: each generator that won samples gets -log D(G_j(x')) summed over its won samples (divided by
     the batch size) and one Adam step; losers are not run, so their weights and BatchNorm buffers stay put.
     Returns the per-generator loss sums."""
@@ -186,7 +176,7 @@ def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.opt
     sums = torch.zeros(mixture.num_generators)
     objective = x.new_zeros(())
     winners = [j for j in range(mixture.num_generators) if bool((winner == j).any())]
-    with _frozen(discriminator), _evaluating(discriminator):
+    with _frozen(discriminator), evaluating(discriminator):
         for j in winners:
             generator = mixture.generators[j]
             generator.train()
@@ -203,14 +193,16 @@ def _generator_step(mixture: MixtureOfGenerators, optimizers: Sequence[torch.opt
     return sums
 
 
-def _discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimizer, canonical: Tensor,
-                        outputs: Tensor) -> float:
+def _discriminator_step(
+    discriminator: nn.Module, optimizer: torch.optim.Optimizer, canonical: Tensor, outputs: Tensor
+) -> float:
     """Eq. 2: BCE(D(x), 1) on canonical images + mean over generators of BCE(D(G_j(x')), 0); one Adam step."""
     discriminator.train()
     real = discriminator(canonical).squeeze(1)
     fake = discriminator(outputs.detach().flatten(0, 1)).squeeze(1)
-    loss = (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
-            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    loss = F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + F.binary_cross_entropy_with_logits(
+        fake, torch.zeros_like(fake)
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -218,9 +210,17 @@ def _discriminator_step(discriminator: nn.Module, optimizer: torch.optim.Optimiz
     return float(loss.detach())
 
 
-def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transformed: Tensor, *, epochs: int,
-                      batch_size: int, lr: float = 1e-3, seed: int = 0,
-                      on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+def train_competitive(
+    mixture: MixtureOfGenerators,
+    canonical: Tensor,
+    transformed: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
     """Algorithm 1 (eqs. 1-2), unsupervised: no labels or attack ids are used. Per step, a batch of
     transformed images x' and an independent batch of canonical images x:
 
@@ -236,12 +236,14 @@ def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transform
     won samples, NaN if none), discriminator_loss (mean over steps), wins (per generator)]}.
     """
     _check_schedule(epochs, batch_size, lr)
-    _check_images("canonical", canonical)
-    _check_images("transformed", transformed)
+    check_images(canonical, "canonical", allow_empty=False)
+    check_images(transformed, "transformed", allow_empty=False)
     if canonical.shape[1:] != transformed.shape[1:]:
-        raise ValueError(f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
-                         f"{tuple(transformed.shape[1:])}")
-    device = _device_of(mixture)
+        raise ValueError(
+            f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
+            f"{tuple(transformed.shape[1:])}"
+        )
+    device = model_device(mixture)
     gen_optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in mixture.generators]
     disc_optimizer = torch.optim.Adam(mixture.discriminator.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
@@ -273,8 +275,14 @@ def train_competitive(mixture: MixtureOfGenerators, canonical: Tensor, transform
             }
             history.append(record)
             bar.set_postfix(g=f"{record['generator_loss']:.3f}", d=f"{record['discriminator_loss']:.3f}")
-            log.info("mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
-                     epoch + 1, epochs, record["generator_loss"], record["discriminator_loss"], record["wins"])
+            log.info(
+                "mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
+                epoch + 1,
+                epochs,
+                record["generator_loss"],
+                record["discriminator_loss"],
+                record["wins"],
+            )
             if on_epoch is not None:
                 on_epoch(epoch + 1, record)
     mixture.eval()
@@ -294,7 +302,8 @@ class DefenseEvaluation:
 
     `attack` indexes `attack_names`; `winner` is the generator whose output was classified; `correct` and
     `correct_undefended` say whether the classifier was right on the defended and on the raw adversarial
-    image. `num_generators` defaults to the highest winner + 1.
+    image. `num_generators` defaults (0) to the highest winner + 1. The per-sample fields may be given as tensors or
+    array-likes; they are stored as 1-d numpy arrays.
     """
 
     y: np.ndarray
@@ -303,7 +312,7 @@ class DefenseEvaluation:
     winner: np.ndarray
     correct: np.ndarray
     correct_undefended: np.ndarray
-    num_generators: int | None = None
+    num_generators: int = 0  # 0: the highest winner + 1
     num_classes: int = 10
 
     def __post_init__(self) -> None:
@@ -313,18 +322,23 @@ class DefenseEvaluation:
         self.correct = _array("correct", self.correct).astype(bool)
         self.correct_undefended = _array("correct_undefended", self.correct_undefended).astype(bool)
         self.attack_names = list(self.attack_names)
-        lengths = {name: len(getattr(self, name)) for name in ("y", "attack", "winner", "correct",
-                                                                 "correct_undefended")}
+        lengths = {
+            name: len(getattr(self, name)) for name in ("y", "attack", "winner", "correct", "correct_undefended")
+        }
         if len(set(lengths.values())) != 1 or len(self.y) == 0:
             raise ValueError(f"per-sample fields need one and the same non-zero length; got {lengths}")
         if self.attack.min() < 0 or self.attack.max() >= len(self.attack_names):
-            raise ValueError(f"attack indices must be in [0, {len(self.attack_names)}) to index attack_names "
-                             f"{self.attack_names}; got values {self.attack.min()}..{self.attack.max()}")
-        if self.num_generators is None:
+            raise ValueError(
+                f"attack indices must be in [0, {len(self.attack_names)}) to index attack_names "
+                f"{self.attack_names}; got values {self.attack.min()}..{self.attack.max()}"
+            )
+        if self.num_generators == 0:
             self.num_generators = int(self.winner.max()) + 1
         if self.winner.min() < 0 or self.winner.max() >= self.num_generators:
-            raise ValueError(f"winner indices must be in [0, {self.num_generators}); "
-                             f"got values {self.winner.min()}..{self.winner.max()}")
+            raise ValueError(
+                f"winner indices must be in [0, {self.num_generators}); "
+                f"got values {self.winner.min()}..{self.winner.max()}"
+            )
         if self.y.min() < 0 or self.y.max() >= self.num_classes:
             raise ValueError(f"labels must be in [0, {self.num_classes}); got values {self.y.min()}..{self.y.max()}")
 
@@ -350,13 +364,19 @@ class DefenseEvaluation:
 
     def _class_attack_counts(self, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         cells = self.y[mask] * len(self.attack_names) + self.attack[mask]
-        counts = np.bincount(cells, weights=None if weights is None else weights[mask],
-                             minlength=self.num_classes * len(self.attack_names))
+        counts = np.bincount(
+            cells,
+            weights=None if weights is None else weights[mask],
+            minlength=self.num_classes * len(self.attack_names),
+        )
         return counts.reshape(self.num_classes, len(self.attack_names))
 
     def _frame(self, values: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame(values, index=pd.RangeIndex(self.num_classes, name="class"),
-                            columns=pd.Index(self.attack_names, name="attack"))
+        return pd.DataFrame(
+            values,
+            index=pd.RangeIndex(self.num_classes, name="class"),
+            columns=pd.Index(self.attack_names, name="attack"),
+        )
 
     def class_attack_accuracy(self, generator: int | None = None) -> pd.DataFrame:
         """Defended accuracy (percent) per class (rows) and attack (columns), over the samples `generator`
@@ -404,9 +424,16 @@ class DefenseEvaluation:
                 roles.append("generalist")
             else:
                 roles.append("specialist")
-        return pd.DataFrame({"wins": wins, "win_share": share, "accuracy": accuracy, "attacks_covered": covered,
-                             "role": pd.Categorical(roles, categories=ROLES)}, index=pd.RangeIndex(g, name="generator"))
-
+        return pd.DataFrame(
+            {
+                "wins": wins,
+                "win_share": share,
+                "accuracy": accuracy,
+                "attacks_covered": covered,
+                "role": pd.Categorical(roles, categories=ROLES),
+            },
+            index=pd.RangeIndex(g, name="generator"),
+        )
 
     def expertise(self, generators: Sequence[int] | None = None) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
         """Per generator (all, or those given), labelled 'G<n> (<role>)': its accuracy and wins per class x attack."""
@@ -420,30 +447,38 @@ class DefenseEvaluation:
         return [int(roles.index[roles == role][0]) for role in ROLES if (roles == role).any()]
 
 
-def evaluate_defense(mixture: MixtureOfGenerators, classifier: nn.Module,
-                     adversarials: Mapping[str, tuple[Tensor, Tensor]], *, batch_size: int = 256) -> DefenseEvaluation:
+def evaluate_defense(
+    mixture: MixtureOfGenerators,
+    classifier: nn.Module,
+    adversarials: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    batch_size: int = 256,
+) -> DefenseEvaluation:
     """Defend each attack's adversarial images and classify them with and without the defense (classifier in
     eval mode, no grad). `adversarials` maps attack name -> (x_adv, true labels)."""
     if not adversarials:
         raise ValueError("adversarials is empty; give at least one attack name -> (x_adv, y)")
-    device = _device_of(classifier)
     parts: dict[str, list[Tensor]] = {key: [] for key in ("y", "attack", "winner", "correct", "undefended")}
     num_classes = 0
-    with torch.no_grad(), _evaluating(classifier):
+    with torch.no_grad(), evaluating(classifier):
         for index, (name, (x_adv, y)) in enumerate(adversarials.items()):
             if len(x_adv) != len(y):
                 raise ValueError(f"attack {name!r}: {len(x_adv)} images but {len(y)} labels")
             x_def, winner = mixture.defend(x_adv, batch_size=batch_size)
             for key, images in (("correct", x_def), ("undefended", x_adv)):
-                logits = torch.cat([classifier(images[i:i + batch_size].to(device)).cpu()
-                                    for i in range(0, len(images), batch_size)])
-                num_classes = logits.shape[1]
-                parts[key].append(logits.argmax(dim=1) == y.cpu())
+                outputs = logits(classifier, images, batch_size).cpu()
+                num_classes = outputs.shape[1]
+                parts[key].append(outputs.argmax(dim=1) == y.cpu())
             parts["y"].append(y.cpu())
             parts["attack"].append(torch.full((len(y),), index, dtype=torch.long))
             parts["winner"].append(winner.cpu())
     return DefenseEvaluation(
-        y=torch.cat(parts["y"]), attack=torch.cat(parts["attack"]), attack_names=list(adversarials),
-        winner=torch.cat(parts["winner"]), correct=torch.cat(parts["correct"]),
-        correct_undefended=torch.cat(parts["undefended"]), num_generators=mixture.num_generators,
-        num_classes=num_classes)
+        y=torch.cat(parts["y"]).numpy(),
+        attack=torch.cat(parts["attack"]).numpy(),
+        attack_names=list(adversarials),
+        winner=torch.cat(parts["winner"]).numpy(),
+        correct=torch.cat(parts["correct"]).numpy(),
+        correct_undefended=torch.cat(parts["undefended"]).numpy(),
+        num_generators=mixture.num_generators,
+        num_classes=num_classes,
+    )

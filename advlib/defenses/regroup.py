@@ -5,56 +5,41 @@ only a CIFAR-10 demo). Each Conv2d/Linear layer's pre-activation gives positive 
 (Algorithm 1); class-conditional mixtures of training PMFs are compared with a test PMF by KL
 divergence, and the per-layer class rankings of the highest k layers are combined by Borda count.
 """
+
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..inference import evaluating, model_device
+
 log = logging.getLogger("advlib")
 
 PMF_FLOOR = 1e-20  # added to every accumulator before normalising (as in the authors' demo)
-WEIGHT_MODES = ("softmax", "equal")
-VOTER_MODES = ("pos", "neg", "pos+neg")
-VOTER_POINTS = ("preactivation", "conv_output")
 Weights = Literal["softmax", "equal"]
 Voters = Literal["pos", "neg", "pos+neg"]
 VoterPoint = Literal["preactivation", "conv_output"]
+WEIGHT_MODES: tuple[Weights, ...] = ("softmax", "equal")
+VOTER_MODES: tuple[Voters, ...] = ("pos", "neg", "pos+neg")
+VOTER_POINTS: tuple[VoterPoint, ...] = ("preactivation", "conv_output")
 
 
-def check_voter_point(point: str) -> str:
+def check_voter_point(point: str) -> VoterPoint:
     """`point` if it is a known voter point, else a ValueError naming the allowed ones."""
     if point not in VOTER_POINTS:
         raise ValueError(f"unknown voter_point={point!r}; choose one of {', '.join(VOTER_POINTS)}")
-    return point
+    return cast(VoterPoint, point)
 
 
 def has_batch_norm(model: nn.Module) -> bool:
     """Whether the model holds a BatchNorm layer (then a conv output is not yet the ReLU's input)."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-@contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block; every submodule's own mode is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.train(training)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter (CPU for a parameterless model)."""
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterator[slice]:
@@ -77,8 +62,13 @@ class PreactivationRecorder:
     "the highest k layers" means). `reduce` maps each capture to what is kept (default: a detached copy).
     """
 
-    def __init__(self, model: nn.Module, layers: Sequence[str] | None = None,
-                 reduce: Callable[[Tensor], Any] | None = None, point: VoterPoint = "preactivation") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str] | None = None,
+        reduce: Callable[[Tensor], Any] | None = None,
+        point: VoterPoint = "preactivation",
+    ) -> None:
         self.model = model
         self.point = check_voter_point(point)
         available = voter_layers(model)
@@ -104,8 +94,9 @@ class PreactivationRecorder:
         hooked = available if self._relu_input else names  # every voter takes part in matching voters to ReLUs
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in hooked]
         if self._relu_input:
-            self._handles += [m.register_forward_pre_hook(self._relu_hook) for m in model.modules()
-                              if isinstance(m, nn.ReLU)]
+            self._handles += [
+                m.register_forward_pre_hook(self._relu_hook) for m in model.modules() if isinstance(m, nn.ReLU)
+            ]
 
     def _store(self, name: str, tensor: Tensor) -> None:
         if name not in self._recorded:
@@ -219,8 +210,9 @@ def kl_to_classes(class_pmf: Tensor, sample_pmf: Tensor, entropy_term: Tensor | 
     """KL(class || sample) for every sample and class, (N, M), as sum_i C log C - C @ log P^T (no class loop);
     `entropy_term` is `negative_entropy(class_pmf)` when the caller has it already (the classifier keeps it)."""
     if class_pmf.shape[-1] != sample_pmf.shape[-1]:
-        raise ValueError(f"class and sample PMFs must have the same length K; got {class_pmf.shape[-1]} "
-                         f"and {sample_pmf.shape[-1]}")
+        raise ValueError(
+            f"class and sample PMFs must have the same length K; got {class_pmf.shape[-1]} and {sample_pmf.shape[-1]}"
+        )
     if entropy_term is None:
         entropy_term = negative_entropy(class_pmf)  # (M,)
     cross = sample_pmf.log() @ class_pmf.T  # (N, M)
@@ -289,13 +281,15 @@ class RegroupStatistics:
         return tensors
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, Tensor], layer_names: Sequence[str],
-                     voter_point: VoterPoint = "preactivation") -> RegroupStatistics:
+    def from_tensors(
+        cls, tensors: dict[str, Tensor], layer_names: Sequence[str], voter_point: VoterPoint = "preactivation"
+    ) -> RegroupStatistics:
         """Rebuild the statistics written by `to_tensors` for the given layer names (in forward order)."""
         expected = {"counts"} | {f"{kind}.{i}" for i in range(len(layer_names)) for kind in ("pos", "neg")}
         if set(tensors) != expected:
-            raise ValueError(f"tensors for {len(layer_names)} layers must have keys {sorted(expected)}; "
-                             f"got {sorted(tensors)}")
+            raise ValueError(
+                f"tensors for {len(layer_names)} layers must have keys {sorted(expected)}; got {sorted(tensors)}"
+            )
         return cls(
             layer_names=list(layer_names),
             pos=[tensors[f"pos.{i}"] for i in range(len(layer_names))],
@@ -334,22 +328,27 @@ def fit_regroup(
         raise ValueError(f"per_class must be a positive number of samples; got per_class={per_class}")
     if isinstance(x, Tensor):
         if y is None or len(x) != len(y):
-            raise ValueError(f"x and y must hold the same number of samples; got {len(x)} and "
-                             f"{None if y is None else len(y)}")
-        batches: Iterable[tuple[Tensor, Tensor]] = ((x[b], y[b]) for b in _batches(len(x), batch_size,
-                                                                                  "REGroup statistics"))
+            raise ValueError(
+                f"x and y must hold the same number of samples; got {len(x)} and {None if y is None else len(y)}"
+            )
+        batches: Iterable[tuple[Tensor, Tensor]] = (
+            (x[b], y[b]) for b in _batches(len(x), batch_size, "REGroup statistics")
+        )
     else:
         batches = tqdm(x, desc="REGroup statistics", leave=False)
-    device = _model_device(model)
+    device = model_device(model)
     pos_sums: list[Tensor] = []
     neg_sums: list[Tensor] = []
     weight_sums: Tensor | None = None
     counts: Tensor | None = None
-    with _inference(model), PreactivationRecorder(model, layers, reduce=accumulators, point=voter_point) as recorder:
+    with (
+        evaluating(model, no_grad=True),
+        PreactivationRecorder(model, layers, reduce=accumulators, point=voter_point) as recorder,
+    ):
         for images, labels in batches:
             logits, preacts = recorder.forward(images.to(device))
             labels = labels.to(device)
-            if counts is None:
+            if counts is None or weight_sums is None:  # both are set together, on the first batch
                 num_classes = logits.shape[-1]
                 counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
                 weight_sums = torch.zeros(num_classes, device=device)
@@ -380,23 +379,35 @@ def fit_regroup(
         raise ValueError("x must hold at least one sample; got none")
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty and on_empty_class == "error":
-        raise ValueError(f"classes {empty} have no correctly classified sample; pass more samples of them "
-                         "(or on_empty_class='uniform' to give them uniform PMFs)")
+        raise ValueError(
+            f"classes {empty} have no correctly classified sample; pass more samples of them "
+            "(or on_empty_class='uniform' to give them uniform PMFs)"
+        )
     if empty:
         log.warning("REGroup: classes %s have no correctly classified sample; their PMFs are uniform", empty)
         weight_sums[counts == 0] = 1.0
         for sums in (*pos_sums, *neg_sums):
             sums[counts == 0] = 1.0 / sums.shape[1]
-    log.info("REGroup statistics from %d correctly classified samples (%d to %d per class) over %d layers",
-             int(counts.sum()), int(counts.min()), int(counts.max()), len(layer_names))
+    log.info(
+        "REGroup statistics from %d correctly classified samples (%d to %d per class) over %d layers",
+        int(counts.sum()),
+        int(counts.min()),
+        int(counts.max()),
+        len(layer_names),
+    )
 
     def mixture(sums: Tensor) -> Tensor:
         """Weighted average PMF per class, renormalised to sum 1."""
         pmf = sums / weight_sums.unsqueeze(1)
         return (pmf / pmf.sum(dim=1, keepdim=True)).cpu()
 
-    return RegroupStatistics(layer_names=layer_names, pos=[mixture(s) for s in pos_sums],
-                             neg=[mixture(s) for s in neg_sums], counts=counts.cpu(), voter_point=voter_point)
+    return RegroupStatistics(
+        layer_names=layer_names,
+        pos=[mixture(s) for s in pos_sums],
+        neg=[mixture(s) for s in neg_sums],
+        counts=counts.cpu(),
+        voter_point=voter_point,
+    )
 
 
 VOTER_SLICES = {"pos": slice(0, 1), "neg": slice(1, 2), "pos+neg": slice(0, 2)}
@@ -459,8 +470,15 @@ def _percent(correct: Tensor) -> float:
 class RegroupClassifier:
     """REGroup prediction: Borda count over the per-layer KL rankings of the highest k layers."""
 
-    def __init__(self, model: nn.Module, stats: RegroupStatistics, *, k: int | None = None,
-                 voters: Voters = "pos+neg", batch_size: int = 256) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        stats: RegroupStatistics,
+        *,
+        k: int | None = None,
+        voters: Voters = "pos+neg",
+        batch_size: int = 256,
+    ) -> None:
         num_layers = len(stats.layer_names)
         if k is not None and not 1 <= k <= num_layers:
             raise ValueError(f"k must be between 1 and the number of layers {num_layers} (or None for all); got k={k}")
@@ -471,7 +489,7 @@ class RegroupClassifier:
         self.k = num_layers if k is None else k
         self.voters = voters
         self.batch_size = batch_size
-        self._device = _model_device(model)
+        self._device = model_device(model)
         self._pos = [p.to(self._device) for p in stats.pos]
         self._neg = [n.to(self._device) for n in stats.neg]
         self._pos_entropy = [negative_entropy(p) for p in self._pos]
@@ -485,8 +503,10 @@ class RegroupClassifier:
         """Per batch: its slice, the model logits and the Borda points (B, L', 2, M) of layers first..L-1
         (polarity 0 = Pos, 1 = Neg); the model runs once per batch with hooks only on those layers."""
         names = self.stats.layer_names[first:]
-        with _inference(self.model), PreactivationRecorder(self.model, names, reduce=accumulators,
-                                                                         point=self.stats.voter_point) as recorder:
+        with (
+            evaluating(self.model, no_grad=True),
+            PreactivationRecorder(self.model, names, reduce=accumulators, point=self.stats.voter_point) as recorder,
+        ):
             for batch in _batches(len(x), self.batch_size, "REGroup"):
                 logits, captured = recorder.forward(x[batch].to(self._device))
                 by_name = dict(zip(recorder.layer_names, captured))
@@ -494,14 +514,23 @@ class RegroupClassifier:
                 for offset, name in enumerate(names):
                     pos_acc, neg_acc = by_name[name]
                     i = first + offset
-                    kl.append(torch.stack([kl_to_classes(self._pos[i], normalise(pos_acc), self._pos_entropy[i]),
-                                           kl_to_classes(self._neg[i], normalise(neg_acc), self._neg_entropy[i])], dim=1))
+                    kl.append(
+                        torch.stack(
+                            [
+                                kl_to_classes(self._pos[i], normalise(pos_acc), self._pos_entropy[i]),
+                                kl_to_classes(self._neg[i], normalise(neg_acc), self._neg_entropy[i]),
+                            ],
+                            dim=1,
+                        )
+                    )
                 yield batch, logits, borda_points(torch.stack(kl, dim=1))
 
     def scores(self, x: Tensor) -> Tensor:
         """Borda totals (N, M) summed over the chosen voters of the last k layers; higher is better."""
-        parts = [votes[:, :, VOTER_SLICES[self.voters]].sum(dim=(1, 2))
-                 for _, _, votes in self._votes(x, self.num_layers - self.k)]
+        parts = [
+            votes[:, :, VOTER_SLICES[self.voters]].sum(dim=(1, 2))
+            for _, _, votes in self._votes(x, self.num_layers - self.k)
+        ]
         return torch.cat(parts).cpu()
 
     def predict(self, x: Tensor, topk: int = 1) -> Tensor:
@@ -523,12 +552,19 @@ class RegroupClassifier:
         if len(x) != len(y):
             raise ValueError(f"x and y must hold the same number of samples; got {len(x)} and {len(y)}")
         topk = min(5, self.stats.num_classes)
-        parts: dict[str, list[Tensor]] = {"top1": [], "top5": [], "per_layer": [], "softmax_top1": [], "softmax_top5": []}
+        parts: dict[str, list[Tensor]] = {
+            "top1": [],
+            "top5": [],
+            "per_layer": [],
+            "softmax_top1": [],
+            "softmax_top5": [],
+        }
         for batch, logits, votes in self._votes(x, 0):
             labels = y[batch].to(self._device)
             # cumulative Borda over the highest k layers: reverse the layer axis, cumsum, (B, L, M) per voter mode
-            totals = torch.stack([votes[:, :, VOTER_SLICES[mode]].sum(dim=2).flip(1).cumsum(dim=1)
-                                  for mode in VOTER_MODES], dim=0)
+            totals = torch.stack(
+                [votes[:, :, VOTER_SLICES[mode]].sum(dim=2).flip(1).cumsum(dim=1) for mode in VOTER_MODES], dim=0
+            )
             hit = _ranked(totals, topk) == labels.view(1, -1, 1, 1)
             parts["top1"].append(hit[..., 0].transpose(1, 2))
             parts["top5"].append(hit.any(dim=-1).transpose(1, 2))
@@ -556,10 +592,11 @@ class RegroupSurrogate(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.classifier
-        names = c.stats.layer_names[c.num_layers - c.k:]
+        names = c.stats.layer_names[c.num_layers - c.k :]
         # clone inside the hook: the graph must survive the in-place ReLU that may follow the layer
-        with PreactivationRecorder(self.model, names, reduce=lambda out: accumulators(out.clone()),
-                                   point=c.stats.voter_point) as recorder:
+        with PreactivationRecorder(
+            self.model, names, reduce=lambda out: accumulators(out.clone()), point=c.stats.voter_point
+        ) as recorder:
             _, captured = recorder.forward(x, grad=torch.is_grad_enabled())
             by_name = dict(zip(recorder.layer_names, captured))
         logits = torch.zeros(len(x), c.stats.num_classes, device=x.device)

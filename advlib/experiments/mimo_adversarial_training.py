@@ -5,10 +5,11 @@ cached with its per-epoch history: loss, counted forward/backward passes per bat
 for MIMO systems, the cross-gradient ratio and sign disagreement on a fixed batch (Figures 1 and 4). Evaluations are
 cached per model and attack; unions follow the paper's rule (broken = success within eps + 1e-4).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import torch
@@ -19,15 +20,26 @@ from ..cache import Cache, cached_model, make_key
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.mat import NormStep, cross_gradient_ratio, fit_mimo, mat_attack, msd_attack, sign_disagreement
 from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite
+from ..inference import predict
 from ..models import Ensemble, create_model_for
-from ..models.mimo import MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
-from ..params import MATParams
+from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
+from ..params import MATNorm, MATParams
 from ..report import Claim, load_references, proportion_gap
 from ..report import paper_vs_run as report_paper_vs_run
 
-LABELS = {"standard": "standard", "linf_at": "Linf AT", "l2_at": "L2 AT", "l1_at": "L1 AT", "vanilla": "Vanilla Ensemble",
-          "msd": "MSD", "mat": "MAT", "mat_linf": "MAT(Linf)", "mat_l2": "MAT(L2)", "mat_msd": "MAT+MSD"}
-SINGLE_AT = {"linf_at": "linf", "l2_at": "l2", "l1_at": "l1"}
+LABELS = {
+    "standard": "standard",
+    "linf_at": "Linf AT",
+    "l2_at": "L2 AT",
+    "l1_at": "L1 AT",
+    "vanilla": "Vanilla Ensemble",
+    "msd": "MSD",
+    "mat": "MAT",
+    "mat_linf": "MAT(Linf)",
+    "mat_l2": "MAT(L2)",
+    "mat_msd": "MAT+MSD",
+}
+SINGLE_AT: dict[str, MATNorm] = {"linf_at": "linf", "l2_at": "l2", "l1_at": "l1"}
 AT_FOR_NORM = {norm: system for system, norm in SINGLE_AT.items()}
 NORM_LABELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 # The paper's MNIST budget (Section 4, Appendix C), against which reasons for a missed claim measure this run's.
@@ -43,32 +55,41 @@ class MATStudy:
         self.train_set = load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
         x, y = to_tensors(load_dataset(p.data.name, "test", n=p.n_eval, seed=p.seed, download=p.data.download))
         self.x, self.y = x.to(self.device), y.to(self.device)
-        self._trained: dict[str, tuple[nn.Module, dict[str, Any], str]] = {}
+        self._trained: dict[str, tuple[MIMO | SingleAsMIMO, dict[str, Any], str]] = {}
 
     # -- systems ---------------------------------------------------------------------------
-    def norm_steps(self, norms: list[str]) -> list[NormStep]:
+    def norm_steps(self, norms: list[MATNorm]) -> list[NormStep]:
         return [NormStep(n, self.p.threats[n].eps, self.p.threats[n].stepsize) for n in norms]
 
-    def _recipe(self, name: str) -> tuple[nn.Module, Any, int, list[str]]:
+    def _recipe(self, name: str) -> tuple[MIMO | SingleAsMIMO, Any, int, list[MATNorm]]:
         """(module to train, inner attack, members, norms) of a trained system."""
         p, k = self.p, self.p.iterations
-        all_norms = ["linf", "l2", "l1"]
+        all_norms: list[MATNorm] = ["linf", "l2", "l1"]
         if name == "standard" or name in SINGLE_AT or name == "msd":
-            model = create_model_for(p.msd_model if name == "msd" else p.train.model, self.info, **p.train.model_options)
+            model = create_model_for(
+                p.msd_model if name == "msd" else p.train.model, self.info, **p.train.model_options
+            )
             norms = [SINGLE_AT[name]] if name in SINGLE_AT else all_norms if name == "msd" else []
             return SingleAsMIMO(model), self._inner(name, norms, k), 1, norms
-        norms = {"mat": list(p.members), "mat_linf": ["linf"] * len(p.members), "mat_l2": ["l2"] * len(p.members),
-                 "mat_msd": all_norms}[name]
+        norms_of: dict[str, list[MATNorm]] = {
+            "mat": list(p.members),
+            "mat_linf": ["linf"] * len(p.members),
+            "mat_l2": ["l2"] * len(p.members),
+            "mat_msd": all_norms,
+        }
+        norms = norms_of[name]
         members = len(p.members)
         model = create_mimo(p.train.model, self.info, members, **p.train.model_options)
         return model, self._inner(name, norms, k), members, norms
 
-    def _inner(self, name: str, norms: list[str], k: int):
+    def _inner(self, name: str, norms: list[MATNorm], k: int):
         if not norms:
             return None
         steps = self.norm_steps(norms)
         if name in ("msd", "mat_msd"):
-            return lambda model, x, y, g, scale: msd_attack(model, x, y, [s.scaled(scale) for s in steps], k, generator=g)
+            return lambda model, x, y, g, scale: msd_attack(
+                model, x, y, [s.scaled(scale) for s in steps], k, generator=g
+            )
         return lambda model, x, y, g, scale: mat_attack(model, x, y, [s.scaled(scale) for s in steps], k, generator=g)
 
     def _diagnostic_batch(self, members: int) -> tuple[Tensor, Tensor]:
@@ -76,7 +97,7 @@ class MATStudy:
         x, y = to_tensors(self.train_set, n=n * members)
         return x.view(n, members, *x.shape[1:]).to(self.device), y.view(n, members).to(self.device)
 
-    def trained(self, name: str) -> tuple[nn.Module, dict[str, Any], str]:
+    def trained(self, name: str) -> tuple[MIMO | SingleAsMIMO, dict[str, Any], str]:
         """The trained module of a system (a MIMO network, or SingleAsMIMO), its history and cache key."""
         if name in self._trained:
             return self._trained[name]
@@ -86,11 +107,18 @@ class MATStudy:
         torch.manual_seed(p.seed)
         module, inner, members, norms = self._recipe(name)
         module = module.to(self.device)
-        key = {"system": name, "norms": norms, "members": members, "iterations": p.iterations,
-               **({"ramp_epochs": p.ramp_epochs} if p.ramp_epochs and norms else {}),
-               "threats": {n: p.threats[n].model_dump() for n in sorted(set(norms))},
-               "model": p.msd_model if name == "msd" else p.train.model, "train": p.train.model_dump(mode="json"),
-               "data": p.data.model_dump(mode="json", exclude={"download"}), "seed": p.seed}
+        key = {
+            "system": name,
+            "norms": norms,
+            "members": members,
+            "iterations": p.iterations,
+            **({"ramp_epochs": p.ramp_epochs} if p.ramp_epochs and norms else {}),
+            "threats": {n: p.threats[n].model_dump() for n in sorted(set(norms))},
+            "model": p.msd_model if name == "msd" else p.train.model,
+            "train": p.train.model_dump(mode="json"),
+            "data": p.data.model_dump(mode="json", exclude={"download"}),
+            "seed": p.seed,
+        }
         diagnostics = None
         if members > 1:
             x_d, y_d = self._diagnostic_batch(members)
@@ -103,10 +131,19 @@ class MATStudy:
                 model.train()
 
         def build(target: nn.Module, checkpoint_dir) -> dict[str, Any]:
-            return fit_mimo(target, self.train_set, p.train, members=members, inner=inner, seed=p.seed,
-                            device=self.device, checkpoint_dir=checkpoint_dir, on_epoch=diagnostics,
-                            ramp_epochs=p.ramp_epochs,
-                            desc=f"train {LABELS[name]}")
+            return fit_mimo(
+                target,
+                self.train_set,
+                p.train,
+                members=members,
+                inner=inner,
+                seed=p.seed,
+                device=self.device,
+                checkpoint_dir=checkpoint_dir,
+                on_epoch=diagnostics,
+                ramp_epochs=p.ramp_epochs,
+                desc=f"train {LABELS[name]}",
+            )
 
         module, meta = cached_model("mat", key, module, build, cache=self.cache, label=LABELS[name])
         self._trained[name] = (module.eval(), meta, make_key("mat", key))
@@ -122,12 +159,20 @@ class MATStudy:
 
     def sub_models(self, name: str) -> list[tuple[str, nn.Module, str]]:
         """(label, classifier, key) of each sub-model: the AT models of the vanilla ensemble, or MIMO members."""
-        if name == "vanilla":  # sub-model m is the AT model of members[m], as in MAT (Section 4.1: 1 = L1, 2 = L2, 3 = Linf)
-            return [(f"Sub-model {m + 1} ({norm})", *self.classifier(AT_FOR_NORM[norm])) for m, norm in enumerate(self.p.members)]
+        if (
+            name == "vanilla"
+        ):  # sub-model m is the AT model of members[m], as in MAT (Section 4.1: 1 = L1, 2 = L2, 3 = Linf)
+            return [
+                (f"Sub-model {m + 1} ({norm})", *self.classifier(AT_FOR_NORM[norm]))
+                for m, norm in enumerate(self.p.members)
+            ]
         module, _, key = self.trained(name)
         norms = self._recipe(name)[3]
-        return [(f"Sub-model {m + 1} ({norms[m]})", MIMOMember(module, m).eval(), f"{key}/member{m}")
-                for m in range(module.members)]
+        return [
+            # sub-models are the members of a MIMO system
+            (f"Sub-model {m + 1} ({norms[m]})", MIMOMember(cast(MIMO, module), m).eval(), f"{key}/member{m}")
+            for m in range(module.members)
+        ]
 
     # -- Tables 4 and 8 --------------------------------------------------------------------
     def robustness_table(self, systems: list[str]) -> pd.DataFrame:
@@ -152,11 +197,16 @@ class MATStudy:
         entries = [(LABELS[name], model, key)] + self.sub_models(name)
         rows = {}
         for norm, spec in self.p.transfer_attacks.items():
-            rows[f"PGD {norm}"] = {label: 100 * float((~attack(spec, m, self.x, self.y, model_key=k, cache=self.cache)
-                                                       .broken(tol=1e-4)).float().mean()) for label, m, k in entries}
+            rows[f"PGD {norm}"] = {
+                label: 100
+                * float(
+                    (~attack(spec, m, self.x, self.y, model_key=k, cache=self.cache).broken(tol=1e-4)).float().mean()
+                )
+                for label, m, k in entries
+            }
         return pd.DataFrame(rows).T
 
-    def transfer_table(self, name: str, norm: str) -> pd.DataFrame:
+    def transfer_table(self, name: str, norm: MATNorm) -> pd.DataFrame:
         """Misclassified test images (of n_eval) on every target (columns) under the `norm` PGD crafted on the
         sub-model trained for `norm` and on the ensemble (rows), with the clean errors ('No Attack') and the
         ratio r_ij = N_ij / N_ii (source row's count on itself)."""
@@ -167,32 +217,50 @@ class MATStudy:
         counts, ratios = {}, {}
         for label, source, key in sources:
             x_adv = attack(spec, source, self.x, self.y, model_key=key, cache=self.cache).x_adv
-            counts[label] = {t: int((_predict(m, x_adv) != self.y).sum()) for t, m, _ in targets}
+            counts[label] = {t: int((predict(m, x_adv, batch_size=500) != self.y).sum()) for t, m, _ in targets}
             ratios[label] = {t: 100 * counts[label][t] / max(counts[label][label], 1) for t, _, _ in targets}
-        counts["No Attack"] = {t: int((_predict(m, self.x) != self.y).sum()) for t, m, _ in targets}
+        counts["No Attack"] = {t: int((predict(m, self.x, batch_size=500) != self.y).sum()) for t, m, _ in targets}
         return pd.concat({"count": pd.DataFrame(counts).T, "ratio %": pd.DataFrame(ratios).T}, axis=1)
 
     # -- Tables 6 and 7 --------------------------------------------------------------------
     def passes_table(self, systems: list[str]) -> pd.DataFrame:
         """Forward and backward passes per batch, counted in the last training epoch, beside Table 6's formula."""
         k, m = self.p.iterations, len(self.p.members)
-        formula = {"standard": (1, 1), "linf_at": (k + 1, k + 1), "l2_at": (k + 1, k + 1), "l1_at": (k + 1, k + 1),
-                   "msd": (4 * k + 1, k + 1), "mat": (k + 1, k + 1), "mat_linf": (k + 1, k + 1), "mat_l2": (k + 1, k + 1),
-                   "mat_msd": (4 * k + 1, k + 1)}
+        formula = {
+            "standard": (1, 1),
+            "linf_at": (k + 1, k + 1),
+            "l2_at": (k + 1, k + 1),
+            "l1_at": (k + 1, k + 1),
+            "msd": (4 * k + 1, k + 1),
+            "mat": (k + 1, k + 1),
+            "mat_linf": (k + 1, k + 1),
+            "mat_l2": (k + 1, k + 1),
+            "mat_msd": (4 * k + 1, k + 1),
+        }
         rows = {}
         for name in systems:
             if name == "vanilla":
-                rows[LABELS[name]] = {"forward": float("nan"), "backward": float("nan"),
-                                      "formula forward": m * (k + 1), "formula backward": m * (k + 1)}
+                rows[LABELS[name]] = {
+                    "forward": float("nan"),
+                    "backward": float("nan"),
+                    "formula forward": m * (k + 1),
+                    "formula backward": m * (k + 1),
+                }
                 continue
             last = self.trained(name)[1]["history"][-1]
-            rows[LABELS[name]] = {"forward": last["forward_per_batch"], "backward": last["backward_per_batch"],
-                                  "formula forward": formula[name][0], "formula backward": formula[name][1]}
+            rows[LABELS[name]] = {
+                "forward": last["forward_per_batch"],
+                "backward": last["backward_per_batch"],
+                "formula forward": formula[name][0],
+                "formula backward": formula[name][1],
+            }
         return pd.DataFrame(rows).T
 
     def time_table(self, systems: list[str]) -> pd.DataFrame:
         """Training wall-clock seconds per system (summed over epochs), the epochs run and the ratio to Linf AT."""
-        seconds = {LABELS[n]: sum(h["seconds"] for h in self.trained(n)[1]["history"]) for n in systems if n != "vanilla"}
+        seconds = {
+            LABELS[n]: sum(h["seconds"] for h in self.trained(n)[1]["history"]) for n in systems if n != "vanilla"
+        }
         epochs = {LABELS[n]: len(self.trained(n)[1]["history"]) for n in systems if n != "vanilla"}
         if "vanilla" in systems:
             seconds[LABELS["vanilla"]] = sum(seconds[LABELS[n]] for n in SINGLE_AT)
@@ -209,8 +277,14 @@ class MATStudy:
         rows = []
         for record in self.trained(name)[1]["history"]:
             for m, (ratio, disagreement) in enumerate(zip(record["cross_gradient_ratio"], record["sign_disagreement"])):
-                rows.append({"epoch": record["epoch"], "member": f"{m + 1} ({norms[m]})", "cross_gradient_ratio": ratio,
-                             "sign_disagreement": disagreement})
+                rows.append(
+                    {
+                        "epoch": record["epoch"],
+                        "member": f"{m + 1} ({norms[m]})",
+                        "cross_gradient_ratio": ratio,
+                        "sign_disagreement": disagreement,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def curves(self, systems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -221,14 +295,11 @@ class MATStudy:
             for norm, spec in self.p.transfer_attacks.items():
                 steps = accuracy_vs_steps(model, self.x, self.y, spec, self.p.curve_steps)
                 by_steps.append(steps.assign(system=LABELS[name], norm=norm))
-                eps = accuracy_vs_eps(model, self.x, self.y, spec, self.p.curve_eps[norm], model_key=key, cache=self.cache)
+                eps = accuracy_vs_eps(
+                    model, self.x, self.y, spec, self.p.curve_eps[norm], model_key=key, cache=self.cache
+                )
                 by_eps.append(eps.assign(system=LABELS[name], norm=norm))
         return pd.concat(by_steps, ignore_index=True), pd.concat(by_eps, ignore_index=True)
-
-
-def _predict(model: nn.Module, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
 
 
 def strip_norms(table: pd.DataFrame) -> pd.DataFrame:
@@ -241,13 +312,18 @@ def transfer_for_paper(table: pd.DataFrame, ensemble_label: str) -> pd.DataFrame
     """A transfer table's counts keyed as the references are: rows 'source sub-model', 'ensemble', 'No Attack';
     columns '<Norm> sub-model' and 'ensemble'. Sub-models are matched by the norm they were trained for, not by number,
     because the paper's transferability tables number them Linf, L2, L1 while its Section 4.1 numbers them L1, L2, Linf."""
+
     def rename(label: str) -> str:
         if str(label).startswith("Sub-model") and label.endswith(")"):
-            return f"{NORM_LABELS[label[label.rindex('(') + 1:-1]]} sub-model"
+            return f"{NORM_LABELS[label[label.rindex('(') + 1 : -1]]} sub-model"
         return "ensemble" if label == ensemble_label else label
 
     counts = table["count"].rename(columns=rename)
-    rows = {"source sub-model": counts.iloc[0], "ensemble": counts.loc[ensemble_label], "No Attack": counts.loc["No Attack"]}
+    rows = {
+        "source sub-model": counts.iloc[0],
+        "ensemble": counts.loc[ensemble_label],
+        "No Attack": counts.loc["No Attack"],
+    }
     return pd.DataFrame(rows).T
 
 
@@ -271,8 +347,10 @@ def union_violations(values: dict[str, dict[str, float]]) -> dict[str, str]:
             above = [(r, values[r][column]) for r in parts if column in values[r] and values[r][column] < value]
             if above:
                 lowest = min(above, key=lambda item: item[1])
-                bad[f"{union} / {column}"] = (f"impossible in the paper: the union ({value:g}%) is above {lowest[0]} "
-                                              f"({lowest[1]:g}%), which it contains")
+                bad[f"{union} / {column}"] = (
+                    f"impossible in the paper: the union ({value:g}%) is above {lowest[0]} "
+                    f"({lowest[1]:g}%), which it contains"
+                )
     return bad
 
 
@@ -283,7 +361,9 @@ def paper_vs_run(artifact: str, run_values: pd.DataFrame, stem: str = "mimo_adve
     excluded = load_references(stem)[artifact].get("excluded") or {}
     unknown = sorted(set(excluded) - set(table.index))
     if unknown:
-        raise KeyError(f"excluded cells {unknown} of {artifact!r} are not in its values; cells: {', '.join(table.index)}")
+        raise KeyError(
+            f"excluded cells {unknown} of {artifact!r} are not in its values; cells: {', '.join(table.index)}"
+        )
     table["note"] = ""
     for key, why in excluded.items():
         table.loc[key, "difference"] = float("nan")
@@ -296,8 +376,10 @@ def _budget(p: MATParams) -> str:
     """This run's training and evaluation budget beside the paper's, for the reason of a missed claim."""
     b = PAPER_BUDGET
     images = p.data.n_train if p.data.n_train is not None else "all"
-    return (f"this run trained {p.train.epochs} epochs on {images} images with {p.iterations}-step attacks (the paper: "
-            f"{b['epochs']} epochs on {b['images']:,} with {b['iterations']}) and evaluates {p.n_eval} images (the paper: {b['n_eval']:,})")
+    return (
+        f"this run trained {p.train.epochs} epochs on {images} images with {p.iterations}-step attacks (the paper: "
+        f"{b['epochs']} epochs on {b['images']:,} with {b['iterations']}) and evaluates {p.n_eval} images (the paper: {b['n_eval']:,})"
+    )
 
 
 def _transfer(t: Mapping[str, Any], system: str, norm: str) -> pd.DataFrame:
@@ -330,7 +412,7 @@ def _own_norm_rows(table3: pd.DataFrame) -> list[tuple[str, str, float]]:
     out = []
     for column in table3.columns:
         if str(column).startswith("Sub-model"):
-            norm = column[column.rindex("(") + 1:-1]
+            norm = column[column.rindex("(") + 1 : -1]
             out.append((column, norm, float(table3.loc[f"PGD {norm}", column])))
     if not out:
         raise KeyError("Table 3 has no sub-model columns")
@@ -348,8 +430,11 @@ def _table8_rows(table8: pd.DataFrame, groups: Mapping[str, list[str]]) -> list[
         if base not in table8.columns or variant not in table8.columns:
             continue
         names = [*groups[norm], f"All {norm}"] if norm else [r for r in table8.index if r != "clean"]
-        rows += [(base, variant, r, float(table8.loc[r, base]), float(table8.loc[r, variant])) for r in names
-                 if pd.notna(table8.loc[r, base]) and pd.notna(table8.loc[r, variant])]  # the paper leaves some cells empty
+        rows += [
+            (base, variant, r, float(table8.loc[r, base]), float(table8.loc[r, variant]))
+            for r in names
+            if pd.notna(table8.loc[r, base]) and pd.notna(table8.loc[r, variant])
+        ]  # the paper leaves some cells empty
     if not rows:
         raise KeyError("Table 8 has no pair of a baseline and its MAT variant")
     return rows
@@ -374,20 +459,40 @@ def claims(p: MATParams) -> list[Claim]:
         return [(u, cell(t, u, "MAT"), cell(t, u, "Vanilla Ensemble")) for u in unions]
 
     def own_norm(t):
-        return [(col, norm, acc, float(t["table4"].loc[f"PGD {norm}", "standard"])) for col, norm, acc in _own_norm_rows(t["table3"])]
+        return [
+            (col, norm, acc, float(t["table4"].loc[f"PGD {norm}", "standard"]))
+            for col, norm, acc in _own_norm_rows(t["table3"])
+        ]
 
     def weakest(t):
         table3 = t["table3"]
         subs = [c for c in table3.columns if str(c).startswith("Sub-model")]
-        return [(row, float(table3.loc[row, "MAT"]), float(table3.loc[row, subs].min()), str(table3.loc[row, subs].astype(float).idxmin()))
-                for row in table3.index]
+        return [
+            (
+                row,
+                float(table3.loc[row, "MAT"]),
+                float(table3.loc[row, subs].min()),
+                str(table3.loc[row, subs].astype(float).idxmin()),
+            )
+            for row in table3.index
+        ]
 
     def transfer_ratios(t):
-        return [(nm, _off_diagonal_ratio(_transfer(t, "mat", nm)), _off_diagonal_ratio(_transfer(t, "vanilla", nm)),
-                 _own_count(_transfer(t, "mat", nm)), _own_count(_transfer(t, "vanilla", nm))) for nm in low_transfer_norms]
+        return [
+            (
+                nm,
+                _off_diagonal_ratio(_transfer(t, "mat", nm)),
+                _off_diagonal_ratio(_transfer(t, "vanilla", nm)),
+                _own_count(_transfer(t, "mat", nm)),
+                _own_count(_transfer(t, "vanilla", nm)),
+            )
+            for nm in low_transfer_norms
+        ]
 
     def ensemble_counts(t):
-        return [(nm, _ensemble_count(_transfer(t, "mat", nm)), _ensemble_count(_transfer(t, "vanilla", nm))) for nm in norms]
+        return [
+            (nm, _ensemble_count(_transfer(t, "mat", nm)), _ensemble_count(_transfer(t, "vanilla", nm))) for nm in norms
+        ]
 
     def table8_rows(t):
         return _table8_rows(t["table8"], p.groups)
@@ -404,8 +509,14 @@ def claims(p: MATParams) -> list[Claim]:
         return t["figures1_4"]
 
     def first_last(t):
-        return {m: (g.sort_values("epoch")["cross_gradient_ratio"].iloc[0], g.sort_values("epoch")["cross_gradient_ratio"].iloc[-1],
-                    g["cross_gradient_ratio"].min()) for m, g in diag(t).groupby("member")}
+        return {
+            m: (
+                g.sort_values("epoch")["cross_gradient_ratio"].iloc[0],
+                g.sort_values("epoch")["cross_gradient_ratio"].iloc[-1],
+                g["cross_gradient_ratio"].min(),
+            )
+            for m, g in diag(t).groupby("member")
+        }
 
     def shrink_check(t):
         if diag(t)["epoch"].nunique() < 2:
@@ -415,73 +526,154 @@ def claims(p: MATParams) -> list[Claim]:
     def shrink_reason(t):
         if diag(t)["epoch"].nunique() < 2:
             return f"only {diag(t)['epoch'].nunique()} epoch recorded: a trend needs two (the paper trains {PAPER_BUDGET['epochs']})"
-        missed = [f"member {m}: {first:.3f} -> {last:.3f} (min {low:.3f})" for m, (first, last, low) in first_last(t).items()
-                  if not (last < first and low > 0)]
-        return "; ".join(missed) + f"; measured on {p.diagnostics_images} fixed training images once per epoch; {budget}"
+        missed = [
+            f"member {m}: {first:.3f} -> {last:.3f} (min {low:.3f})"
+            for m, (first, last, low) in first_last(t).items()
+            if not (last < first and low > 0)
+        ]
+        return (
+            "; ".join(missed) + f"; measured on {p.diagnostics_images} fixed training images once per epoch; {budget}"
+        )
 
     return [
-        Claim("mat_beats_vanilla_unions", "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
-              ("table4",),
-              lambda t: all(a > b for _, a, b in vanilla_unions(t)),
-              lambda t: "; ".join(f"{u}: MAT {a:.1f} vs vanilla {b:.1f}" for u, a, b in vanilla_unions(t)),
-              lambda t: gaps(t, [(u, a, b) for u, a, b in vanilla_unions(t) if not a > b])),
-        Claim("mat_beats_msd_all_linf", "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
-              ("table4",),
-              lambda t: cell(t, "All linf", "MAT") > cell(t, "All linf", "MSD"),
-              lambda t: f"All linf: MAT {cell(t, 'All linf', 'MAT'):.1f} vs MSD {cell(t, 'All linf', 'MSD'):.1f}",
-              lambda t: gaps(t, [("All linf, MAT - MSD", cell(t, "All linf", "MAT"), cell(t, "All linf", "MSD"))])),
-        Claim("vanilla_fails_linf", "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
-              "points below Linf AT's (0.0% vs 94.9% in Table 4).",
-              ("table4",),
-              lambda t: cell(t, "All linf", "Vanilla Ensemble") < cell(t, "All linf", "Linf AT") - 20,
-              lambda t: f"All linf: vanilla {cell(t, 'All linf', 'Vanilla Ensemble'):.1f} vs Linf AT {cell(t, 'All linf', 'Linf AT'):.1f}",
-              lambda t: gaps(t, [("All linf, vanilla - Linf AT", cell(t, "All linf", "Vanilla Ensemble"), cell(t, "All linf", "Linf AT"))])),
-        Claim("mat_submodels_robust", "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
-              "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, 2, 3; "
-              "standard model in Table 4: 0%).",
-              ("table3", "table4"),
-              lambda t: all(acc >= std + 20 for *_, acc, std in own_norm(t)),
-              lambda t: "; ".join(f"{col} under PGD {norm}: {acc:.1f} vs standard {std:.1f}" for col, norm, acc, std in own_norm(t)),
-              lambda t: gaps(t, [(f"{col} - standard, PGD {norm}", acc, std) for col, norm, acc, std in own_norm(t) if not acc >= std + 20])),
-        Claim("mat_above_weakest_submodel", "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
-              "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
-              ("table3",),
-              lambda t: all(mat > low for _, mat, low, _ in weakest(t)),
-              lambda t: "; ".join(f"{row}: MAT {mat:.1f} vs {who} {low:.1f}" for row, mat, low, who in weakest(t)),
-              lambda t: gaps(t, [(f"{row}, MAT - {who}", mat, low) for row, mat, low, who in weakest(t) if not mat > low])),
-        Claim("mat_low_transfer", "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
-              "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
-              tuple(f"transfer_{s}_{nm}" for nm in low_transfer_norms for s in ("vanilla", "mat")),
-              lambda t: all(m < v for _, m, v, _, _ in transfer_ratios(t)) if low_transfer_norms else None,
-              lambda t: "; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%" for nm, m, v, _, _ in transfer_ratios(t)),
-              lambda t: ("; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%, ratios over N_ii = {nm_own} (MAT) and {v_own} "
-                                   f"(vanilla) source images of {n}" for nm, m, v, nm_own, v_own in transfer_ratios(t) if not m < v)
-                         + f"; {budget}") if low_transfer_norms else "the profile has no Linf or L2 transfer attack"),
-        Claim("mat_ensemble_resists_transfer", "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
-              "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
-              tuple(f"transfer_{s}_{nm}" for nm in norms for s in ("vanilla", "mat")),
-              lambda t: all(m < v for _, m, v in ensemble_counts(t)),
-              lambda t: "; ".join(f"{nm}: MAT {m} vs vanilla {v} of {n}" for nm, m, v in ensemble_counts(t)),
-              lambda t: gaps(t, [(f"{nm} accuracy, MAT - vanilla", 100 * (1 - m / n), 100 * (1 - v / n))
-                                 for nm, m, v in ensemble_counts(t) if not m < v])),
-        Claim("table8_mat_mostly_higher", "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
-              "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
-              ("table8",),
-              lambda t: table8_score(t)[0] > table8_score(t)[2] / 2,
-              lambda t: "{} higher, {} tied of {} rows".format(*table8_score(t)),
-              lambda t: "{} of {} rows higher, more than half needed; the largest losses: ".format(table8_score(t)[0], table8_score(t)[2])
-                        + gaps(t, [(f"{row}, {variant} - {base}", v, b) for base, variant, row, b, v in
-                                   sorted(table8_rows(t), key=lambda r: r[4] - r[3])[:3]])),
-        Claim("table8_mat_msd_linf_l1", "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
-              "of L1 attacks (Table 8: +20.2 and +29.2 points).",
-              ("table8",),
-              lambda t: all(a > b for _, a, b in mat_msd(t)),
-              lambda t: "; ".join(f"{u}: MAT+MSD {a:.1f} vs MSD {b:.1f}" for u, a, b in mat_msd(t)),
-              lambda t: gaps(t, [(f"{u}, MAT+MSD - MSD", a, b) for u, a, b in mat_msd(t) if not a > b])),
-        Claim("cross_gradients_shrink", "The cross-gradient ratio of every MAT member falls during training but stays "
-              "above zero (Figure 1).",
-              ("figures1_4",),
-              shrink_check,
-              lambda t: "; ".join(f"member {m}: {first:.3f} -> {last:.3f}" for m, (first, last, _) in first_last(t).items()),
-              shrink_reason),
+        Claim(
+            "mat_beats_vanilla_unions",
+            "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
+            ("table4",),
+            lambda t: all(a > b for _, a, b in vanilla_unions(t)),
+            lambda t: "; ".join(f"{u}: MAT {a:.1f} vs vanilla {b:.1f}" for u, a, b in vanilla_unions(t)),
+            lambda t: gaps(t, [(u, a, b) for u, a, b in vanilla_unions(t) if not a > b]),
+        ),
+        Claim(
+            "mat_beats_msd_all_linf",
+            "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
+            ("table4",),
+            lambda t: cell(t, "All linf", "MAT") > cell(t, "All linf", "MSD"),
+            lambda t: f"All linf: MAT {cell(t, 'All linf', 'MAT'):.1f} vs MSD {cell(t, 'All linf', 'MSD'):.1f}",
+            lambda t: gaps(t, [("All linf, MAT - MSD", cell(t, "All linf", "MAT"), cell(t, "All linf", "MSD"))]),
+        ),
+        Claim(
+            "vanilla_fails_linf",
+            "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
+            "points below Linf AT's (0.0% vs 94.9% in Table 4).",
+            ("table4",),
+            lambda t: cell(t, "All linf", "Vanilla Ensemble") < cell(t, "All linf", "Linf AT") - 20,
+            lambda t: (
+                f"All linf: vanilla {cell(t, 'All linf', 'Vanilla Ensemble'):.1f} vs Linf AT {cell(t, 'All linf', 'Linf AT'):.1f}"
+            ),
+            lambda t: gaps(
+                t,
+                [
+                    (
+                        "All linf, vanilla - Linf AT",
+                        cell(t, "All linf", "Vanilla Ensemble"),
+                        cell(t, "All linf", "Linf AT"),
+                    )
+                ],
+            ),
+        ),
+        Claim(
+            "mat_submodels_robust",
+            "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
+            "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, 2, 3; "
+            "standard model in Table 4: 0%).",
+            ("table3", "table4"),
+            lambda t: all(acc >= std + 20 for *_, acc, std in own_norm(t)),
+            lambda t: "; ".join(
+                f"{col} under PGD {norm}: {acc:.1f} vs standard {std:.1f}" for col, norm, acc, std in own_norm(t)
+            ),
+            lambda t: gaps(
+                t,
+                [
+                    (f"{col} - standard, PGD {norm}", acc, std)
+                    for col, norm, acc, std in own_norm(t)
+                    if not acc >= std + 20
+                ],
+            ),
+        ),
+        Claim(
+            "mat_above_weakest_submodel",
+            "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
+            "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
+            ("table3",),
+            lambda t: all(mat > low for _, mat, low, _ in weakest(t)),
+            lambda t: "; ".join(f"{row}: MAT {mat:.1f} vs {who} {low:.1f}" for row, mat, low, who in weakest(t)),
+            lambda t: gaps(
+                t, [(f"{row}, MAT - {who}", mat, low) for row, mat, low, who in weakest(t) if not mat > low]
+            ),
+        ),
+        Claim(
+            "mat_low_transfer",
+            "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
+            "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
+            tuple(f"transfer_{s}_{nm}" for nm in low_transfer_norms for s in ("vanilla", "mat")),
+            lambda t: all(m < v for _, m, v, _, _ in transfer_ratios(t)) if low_transfer_norms else None,
+            lambda t: "; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%" for nm, m, v, _, _ in transfer_ratios(t)),
+            lambda t: (
+                (
+                    "; ".join(
+                        f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%, ratios over N_ii = {nm_own} (MAT) and {v_own} "
+                        f"(vanilla) source images of {n}"
+                        for nm, m, v, nm_own, v_own in transfer_ratios(t)
+                        if not m < v
+                    )
+                    + f"; {budget}"
+                )
+                if low_transfer_norms
+                else "the profile has no Linf or L2 transfer attack"
+            ),
+        ),
+        Claim(
+            "mat_ensemble_resists_transfer",
+            "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
+            "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
+            tuple(f"transfer_{s}_{nm}" for nm in norms for s in ("vanilla", "mat")),
+            lambda t: all(m < v for _, m, v in ensemble_counts(t)),
+            lambda t: "; ".join(f"{nm}: MAT {m} vs vanilla {v} of {n}" for nm, m, v in ensemble_counts(t)),
+            lambda t: gaps(
+                t,
+                [
+                    (f"{nm} accuracy, MAT - vanilla", 100 * (1 - m / n), 100 * (1 - v / n))
+                    for nm, m, v in ensemble_counts(t)
+                    if not m < v
+                ],
+            ),
+        ),
+        Claim(
+            "table8_mat_mostly_higher",
+            "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
+            "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
+            ("table8",),
+            lambda t: table8_score(t)[0] > table8_score(t)[2] / 2,
+            lambda t: "{} higher, {} tied of {} rows".format(*table8_score(t)),
+            lambda t: (
+                f"{table8_score(t)[0]} of {table8_score(t)[2]} rows higher, more than half needed; the largest losses: "
+                + gaps(
+                    t,
+                    [
+                        (f"{row}, {variant} - {base}", v, b)
+                        for base, variant, row, b, v in sorted(table8_rows(t), key=lambda r: r[4] - r[3])[:3]
+                    ],
+                )
+            ),
+        ),
+        Claim(
+            "table8_mat_msd_linf_l1",
+            "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
+            "of L1 attacks (Table 8: +20.2 and +29.2 points).",
+            ("table8",),
+            lambda t: all(a > b for _, a, b in mat_msd(t)),
+            lambda t: "; ".join(f"{u}: MAT+MSD {a:.1f} vs MSD {b:.1f}" for u, a, b in mat_msd(t)),
+            lambda t: gaps(t, [(f"{u}, MAT+MSD - MSD", a, b) for u, a, b in mat_msd(t) if not a > b]),
+        ),
+        Claim(
+            "cross_gradients_shrink",
+            "The cross-gradient ratio of every MAT member falls during training but stays above zero (Figure 1).",
+            ("figures1_4",),
+            shrink_check,
+            lambda t: "; ".join(
+                f"member {m}: {first:.3f} -> {last:.3f}" for m, (first, last, _) in first_last(t).items()
+            ),
+            shrink_reason,
+        ),
     ]

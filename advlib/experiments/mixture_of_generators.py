@@ -7,25 +7,33 @@ system's transformed training pool gives each transformed image one attack drawn
 (seeded), so training sees the attacks in equal shares without attack ids or labels. A system's per-sample
 evaluation on the test adversarials is cached under the system's key, so a rerun only loads it.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats as scipy_stats
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..attacks import attack_info
 from ..cache import Artifact, Cache, cached_model
 from ..data import load_dataset, to_tensors
-from ..defenses.mixgen import (DefenseEvaluation, MixtureOfGenerators, evaluate_defense, faster_init, identity_init,
-                               train_competitive)
+from ..defenses.mixgen import (
+    DefenseEvaluation,
+    MixtureOfGenerators,
+    evaluate_defense,
+    faster_init,
+    identity_init,
+    train_competitive,
+)
 from ..evaluate import attack
 from ..models import create_model
 from ..params import MixtureOfGeneratorsParams
@@ -53,8 +61,13 @@ def split_halves(p: MixtureOfGeneratorsParams) -> Halves:
     total = p.n_canonical + p.n_transformed
     x, y = to_tensors(load_dataset(p.data.name, "train", n=total, seed=p.seed, download=p.data.download))
     tx, ty = to_tensors(load_dataset(p.data.name, "test", n=p.n_test, seed=p.seed, download=p.data.download))
-    return Halves(canonical=x[:p.n_canonical], transformed=x[p.n_canonical:], transformed_y=y[p.n_canonical:],
-                  test=tx, test_y=ty)
+    return Halves(
+        canonical=x[: p.n_canonical],
+        transformed=x[p.n_canonical :],
+        transformed_y=y[p.n_canonical :],
+        test=tx,
+        test_y=ty,
+    )
 
 
 class MixtureStudy:
@@ -63,7 +76,9 @@ class MixtureStudy:
     def __init__(self, p: MixtureOfGeneratorsParams, device: torch.device | str = "cpu", cache: Cache | None = None):
         self.p, self.device, self.cache = p, torch.device(device), cache or Cache()
         self.halves = split_halves(p)
-        self.trained: TrainedModel = train_classifier(p.classifier, p.data, seed=p.seed, device=self.device, cache=self.cache)
+        self.trained: TrainedModel = train_classifier(
+            p.classifier, p.data, seed=p.seed, device=self.device, cache=self.cache
+        )
         self.classifier = self.trained.model
         self._adversarials: dict[tuple[str, str], Tensor] = {}
 
@@ -71,28 +86,55 @@ class MixtureStudy:
     def adversarials(self, name: str, split: Literal["transformed", "test"]) -> Tensor:
         """The adversarials of attack `name` (a key of p.attacks) on a split, cached on disk and in memory."""
         if (name, split) not in self._adversarials:
-            x, y = ((self.halves.transformed, self.halves.transformed_y) if split == "transformed"
-                    else (self.halves.test, self.halves.test_y))
-            result = attack(self.p.attacks[name], self.classifier, x.to(self.device), y.to(self.device),
-                            model_key=self.trained.key, cache=self.cache)
+            x, y = (
+                (self.halves.transformed, self.halves.transformed_y)
+                if split == "transformed"
+                else (self.halves.test, self.halves.test_y)
+            )
+            result = attack(
+                self.p.attacks[name],
+                self.classifier,
+                x.to(self.device),
+                y.to(self.device),
+                model_key=self.trained.key,
+                cache=self.cache,
+            )
             self._adversarials[(name, split)] = result.x_adv.cpu()
         return self._adversarials[(name, split)]
 
     def table1(self) -> tuple[pd.DataFrame, dict[str, Tensor]]:
         """Attack, eps and success rate on n_success random clean training images; plus each attack's adversarials."""
-        x, y = to_tensors(load_dataset(self.p.data.name, "train", n=self.p.n_success, seed=self.p.seed + 1,
-                                       download=self.p.data.download))
+        x, y = to_tensors(
+            load_dataset(
+                self.p.data.name, "train", n=self.p.n_success, seed=self.p.seed + 1, download=self.p.data.download
+            )
+        )
         rows, images = [], {}
         for name, spec in self.p.attacks.items():
-            result = attack(spec, self.classifier, x.to(self.device), y.to(self.device), model_key=self.trained.key,
-                            cache=self.cache)
-            rows.append({"attack": name, "method": spec.name, "eps": spec.eps, "success": 100 * float(result.success.float().mean())})
+            result = attack(
+                spec,
+                self.classifier,
+                x.to(self.device),
+                y.to(self.device),
+                model_key=self.trained.key,
+                cache=self.cache,
+            )
+            rows.append(
+                {
+                    "attack": name,
+                    "method": spec.name,
+                    "eps": spec.eps,
+                    "success": 100 * float(result.success.float().mean()),
+                }
+            )
             images[name] = result.x_adv.cpu()
         return pd.DataFrame(rows), {"clean": x, **images}
 
     def transformed_pool(self, names: Sequence[str], seed: int) -> Tensor:
         """Each transformed image under one attack of `names`, drawn uniformly at random with `seed`."""
-        choice = torch.randint(len(names), (len(self.halves.transformed),), generator=torch.Generator().manual_seed(seed))
+        choice = torch.randint(
+            len(names), (len(self.halves.transformed),), generator=torch.Generator().manual_seed(seed)
+        )
         pool = torch.empty_like(self.halves.transformed)
         for index, name in enumerate(names):
             mask = choice == index
@@ -100,7 +142,9 @@ class MixtureStudy:
         return pool
 
     # -- systems ---------------------------------------------------------------------------
-    def system(self, kind: SystemKind, names: Sequence[str], seed: int = 0) -> tuple[MixtureOfGenerators, dict[str, Any]]:
+    def system(
+        self, kind: SystemKind, names: Sequence[str], seed: int = 0
+    ) -> tuple[MixtureOfGenerators, dict[str, Any]]:
         """A trained defense: 'joint' (one identity-initialised generator per attack), 'faster' (copies of one
         identity-initialised generator with zero_fraction of weights zeroed), 'single' (one attack, one generator)
         or 'large' (one large generator for all `names`)."""
@@ -112,23 +156,43 @@ class MixtureStudy:
         n_generators = 1 if kind in ("single", "large") else len(names)
         generator_name = "mixgen_large_generator" if kind == "large" else "mixgen_generator"
         torch.manual_seed(seed)
-        mixture = MixtureOfGenerators([create_model(generator_name) for _ in range(n_generators)],
-                                      create_model("mixgen_discriminator")).to(self.device)
+        mixture = MixtureOfGenerators(
+            [create_model(generator_name) for _ in range(n_generators)], create_model("mixgen_discriminator")
+        ).to(self.device)
         key = self.system_key(kind, names, seed)
 
-        def build(module: nn.Module, checkpoint_dir) -> dict[str, Any]:
+        def build(module: MixtureOfGenerators, checkpoint_dir: Path) -> dict[str, Any]:
             pool = self.transformed_pool(names, seed).to(self.device)
             if kind == "faster":
-                identity_mse = identity_init(module.generators[:1], pool, epochs=spec.identity_epochs,
-                                             batch_size=spec.batch_size, lr=spec.lr, seed=seed)
+                identity_mse = identity_init(
+                    module.generators[:1],
+                    pool,
+                    epochs=spec.identity_epochs,
+                    batch_size=spec.batch_size,
+                    lr=spec.lr,
+                    seed=seed,
+                )
                 copies = faster_init(module.generators[0], n_generators, zero_fraction=spec.zero_fraction, seed=seed)
                 for target, source in zip(module.generators, copies):
                     target.load_state_dict(source.state_dict())
             else:
-                identity_mse = identity_init(module.generators, pool, epochs=spec.identity_epochs,
-                                             batch_size=spec.batch_size, lr=spec.lr, seed=seed)
-            trained = train_competitive(module, self.halves.canonical.to(self.device), pool, epochs=spec.train_epochs,
-                                        batch_size=spec.batch_size, lr=spec.lr, seed=seed)
+                identity_mse = identity_init(
+                    module.generators,
+                    pool,
+                    epochs=spec.identity_epochs,
+                    batch_size=spec.batch_size,
+                    lr=spec.lr,
+                    seed=seed,
+                )
+            trained = train_competitive(
+                module,
+                self.halves.canonical.to(self.device),
+                pool,
+                epochs=spec.train_epochs,
+                batch_size=spec.batch_size,
+                lr=spec.lr,
+                seed=seed,
+            )
             return {"identity_mse": identity_mse, "history": trained["history"]}
 
         label = f"{kind} mixture ({'+'.join(names)}, seed {seed})"
@@ -137,9 +201,14 @@ class MixtureStudy:
 
     def system_key(self, kind: str, names: Sequence[str], seed: int) -> dict[str, Any]:
         """What determines a trained system of `kind` (its cache key); 'separately' names the systems it combines."""
-        return {"kind": kind, "attacks": {n: self.p.attacks[n].model_dump(mode="json") for n in names}, "seed": seed,
-                "mixture": self.p.mixture.model_dump(mode="json"), "classifier": self.trained.key,
-                "halves": [self.p.data.name, self.p.n_canonical, self.p.n_transformed, self.p.seed]}
+        return {
+            "kind": kind,
+            "attacks": {n: self.p.attacks[n].model_dump(mode="json") for n in names},
+            "seed": seed,
+            "mixture": self.p.mixture.model_dump(mode="json"),
+            "classifier": self.trained.key,
+            "halves": [self.p.data.name, self.p.n_canonical, self.p.n_transformed, self.p.seed],
+        }
 
     def separately_trained(self, names: Sequence[str], seed: int = 0) -> MixtureOfGenerators:
         """Table 3 'trained separately': the single-attack generators with the joint system's discriminator."""
@@ -149,31 +218,50 @@ class MixtureStudy:
 
     def evaluate(self, mixture: MixtureOfGenerators, names: Sequence[str]) -> DefenseEvaluation:
         """Classifier accuracy after the defense on the test adversarials of `names` (all pooled)."""
-        adversarials = {name: (self.adversarials(name, "test").to(self.device), self.halves.test_y.to(self.device))
-                        for name in names}
+        adversarials = {
+            name: (self.adversarials(name, "test").to(self.device), self.halves.test_y.to(self.device))
+            for name in names
+        }
         return evaluate_defense(mixture, self.classifier, adversarials)
 
     def evaluation(self, kind: str, names: Sequence[str], seed: int) -> DefenseEvaluation:
         """`evaluate` of the system `kind` ('separately' or a system kind) on the attacks `names`, cached under the
         system's key and the test images."""
+
         def build() -> Artifact:
-            mixture = self.separately_trained(names, seed) if kind == "separately" else self.system(kind, names, seed)[0]
+            mixture = (
+                self.separately_trained(names, seed)
+                if kind == "separately"
+                else self.system(cast(SystemKind, kind), names, seed)[0]  # `system` checks the kind
+            )
             result = self.evaluate(mixture, names)
             fields = ("y", "attack", "winner", "correct", "correct_undefended")
-            return Artifact(tensors={f: torch.from_numpy(getattr(result, f)) for f in fields},
-                            meta={"attack_names": result.attack_names, "num_generators": result.num_generators,
-                                  "num_classes": result.num_classes})
+            return Artifact(
+                tensors={f: torch.from_numpy(getattr(result, f)) for f in fields},
+                meta={
+                    "attack_names": result.attack_names,
+                    "num_generators": result.num_generators,
+                    "num_classes": result.num_classes,
+                },
+            )
 
         key = {**self.system_key(kind, names, seed), "test": [self.p.data.name, self.p.n_test, self.p.seed]}
-        found = self.cache.get_or_build("mixgen_eval", key, build, label=f"evaluation of {kind} ({'+'.join(names)}, seed {seed})")
-        return DefenseEvaluation(**{f: t.numpy() for f, t in found.tensors.items()}, **found.meta)
+        found = self.cache.get_or_build(
+            "mixgen_eval", key, build, label=f"evaluation of {kind} ({'+'.join(names)}, seed {seed})"
+        )
+        arrays: dict[str, Any] = {f: t.numpy() for f, t in found.tensors.items()}
+        return DefenseEvaluation(**arrays, **found.meta)
 
 
 def mean_and_errors(values: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation and standard error of repeated runs (NaN spread for a single run)."""
     array = np.asarray(values, dtype=float)
     std = float(array.std(ddof=1)) if len(array) > 1 else float("nan")
-    return {"mean": float(array.mean()), "std": std, "se": std / np.sqrt(len(array)) if len(array) > 1 else float("nan")}
+    return {
+        "mean": float(array.mean()),
+        "std": std,
+        "se": std / np.sqrt(len(array)) if len(array) > 1 else float("nan"),
+    }
 
 
 class MixtureTables:
@@ -194,20 +282,28 @@ class MixtureTables:
         rows = []
         for name in self.p.attacks:
             evaluation = self._evaluate("single", [name], self.p.seed)
-            rows.append({"attack": name, "defended": evaluation.accuracy(),
-                         "undefended": evaluation.accuracy_undefended()})
+            rows.append(
+                {"attack": name, "defended": evaluation.accuracy(), "undefended": evaluation.accuracy_undefended()}
+            )
         return pd.DataFrame(rows)
 
     def single_class_accuracy(self) -> pd.DataFrame:
         """Figures 5-6: accuracy per class (rows) for each single-attack system (columns)."""
-        return pd.concat({name: self._evaluate("single", [name], self.p.seed).class_attack_accuracy()[name]
-                          for name in self.p.attacks}, axis=1)
+        return pd.concat(
+            {
+                name: self._evaluate("single", [name], self.p.seed).class_attack_accuracy()[name]
+                for name in self.p.attacks
+            },
+            axis=1,
+        )
 
     def table3(self) -> pd.DataFrame:
         """Accuracy after defense for each attack set: trained separately, jointly, faster initialisation."""
         table = {}
         for size, names in sorted(self.p.attack_sets.items()):
-            column = {kind: self._evaluate(kind, names, self.p.seed).accuracy() for kind in ("separately", "joint", "faster")}
+            column = {
+                kind: self._evaluate(kind, names, self.p.seed).accuracy() for kind in ("separately", "joint", "faster")
+            }
             column["undefended"] = self._evaluate("joint", names, self.p.seed).accuracy_undefended()
             table[str(size)] = column
         frame = pd.DataFrame(table)
@@ -219,13 +315,26 @@ class MixtureTables:
         names = self.p.attack_sets[max(self.p.attack_sets)]
         large = self._evaluate("large", names, self.p.seed)
         joint = self._evaluate("joint", names, self.p.seed)
-        mixture_params = sum(p.numel() for g in self.study.system("joint", names, self.p.seed)[0].generators
-                             for p in g.parameters())
+        mixture_params = sum(
+            p.numel() for g in self.study.system("joint", names, self.p.seed)[0].generators for p in g.parameters()
+        )
         large_params = sum(p.numel() for p in self.study.system("large", names, self.p.seed)[0].generators.parameters())
-        return pd.DataFrame([{"system": "large_generator", "attacks": len(names), "generator_weights": large_params,
-                              "accuracy": large.accuracy()},
-                             {"system": "mixture_jointly", "attacks": len(names), "generator_weights": mixture_params,
-                              "accuracy": joint.accuracy()}])
+        return pd.DataFrame(
+            [
+                {
+                    "system": "large_generator",
+                    "attacks": len(names),
+                    "generator_weights": large_params,
+                    "accuracy": large.accuracy(),
+                },
+                {
+                    "system": "mixture_jointly",
+                    "attacks": len(names),
+                    "generator_weights": mixture_params,
+                    "accuracy": joint.accuracy(),
+                },
+            ]
+        )
 
     def budget(self) -> pd.DataFrame:
         """This run's data and training budget beside the paper's (params/references 'budget'): the epochs are those
@@ -233,23 +342,36 @@ class MixtureTables:
         joint system), so a claim's reason can say how far the run is from the paper's budget."""
         names = self.p.attack_sets[max(self.p.attack_sets)]
         _, meta = self.study.system("joint", names, self.p.seed)
-        run = {"n_canonical": len(self.study.halves.canonical), "n_transformed": len(self.study.halves.transformed),
-               "n_test": len(self.study.halves.test), "classifier_epochs": len(self.study.trained.meta["history"]),
-               "identity_epochs": len(meta["identity_mse"]), "train_epochs": len(meta["history"]),
-               "joint_repeats": self.p.joint_repeats, "faster_repeats": self.p.faster_repeats}
+        run = {
+            "n_canonical": len(self.study.halves.canonical),
+            "n_transformed": len(self.study.halves.transformed),
+            "n_test": len(self.study.halves.test),
+            "classifier_epochs": len(self.study.trained.meta["history"]),
+            "identity_epochs": len(meta["identity_mse"]),
+            "train_epochs": len(meta["history"]),
+            "joint_repeats": self.p.joint_repeats,
+            "faster_repeats": self.p.faster_repeats,
+        }
         return paper_vs_run(STEM, "budget", run)
 
     def table6(self) -> pd.DataFrame:
         """Repeated runs (seeds p.seed + r): joint and faster initialisation, each experiment, mean, std and SE."""
         rows = []
         for kind, repeats in (("joint", self.p.joint_repeats), ("faster", self.p.faster_repeats)):
-            per_size = {size: [self._evaluate(kind, names, self.p.seed + r).accuracy() for r in range(repeats)]
-                        for size, names in sorted(self.p.attack_sets.items())}
+            per_size = {
+                size: [self._evaluate(kind, names, self.p.seed + r).accuracy() for r in range(repeats)]
+                for size, names in sorted(self.p.attack_sets.items())
+            }
             for r in range(repeats):
                 rows.append({"kind": kind, "experiment": str(r + 1), **{str(s): v[r] for s, v in per_size.items()}})
             for stat in ("mean", "std", "se"):
-                rows.append({"kind": kind, "experiment": stat,
-                             **{str(s): mean_and_errors(v)[stat] for s, v in per_size.items()}})
+                rows.append(
+                    {
+                        "kind": kind,
+                        "experiment": stat,
+                        **{str(s): mean_and_errors(v)[stat] for s, v in per_size.items()},
+                    }
+                )
         return pd.DataFrame(rows)
 
     def joint(self, size: int, seed: int | None = None, kind: str = "joint") -> DefenseEvaluation:
@@ -259,24 +381,34 @@ class MixtureTables:
     def expertise_systems(self) -> dict[str, DefenseEvaluation]:
         """Figures 7-30: the joint system of every attack set and the first expertise_faster_repeats faster ones."""
         faster_seeds = [self.p.seed + r for r in range(min(self.p.expertise_faster_repeats, self.p.faster_repeats))]
-        return {f"expertise_{kind}_{size}attacks_seed{seed}": self.joint(size, seed, kind)
-                for size in sorted(self.p.attack_sets)
-                for kind, seeds in (("joint", [self.p.seed]), ("faster", faster_seeds)) for seed in seeds}
+        return {
+            f"expertise_{kind}_{size}attacks_seed{seed}": self.joint(size, seed, kind)
+            for size in sorted(self.p.attack_sets)
+            for kind, seeds in (("joint", [self.p.seed]), ("faster", faster_seeds))
+            for seed in seeds
+        }
 
     def attack_legend(self) -> str:
         """What each attack abbreviation of the expertise figures stands for: the attack and its budget."""
-        return "attacks: " + "; ".join(f"{key} = {attack_info(spec.name).summary}, eps {spec.eps:g}"
-                                       for key, spec in self.p.attacks.items())
+        return "attacks: " + "; ".join(
+            f"{key} = {attack_info(spec.name).summary}, eps {spec.eps:g}" for key, spec in self.p.attacks.items()
+        )
 
     @staticmethod
     def table6_reference_rows(table6: pd.DataFrame) -> pd.DataFrame:
         """Table 6 reshaped to the paper's rows: the two joint experiments, the faster mean and its spread
         (the paper's '±' equals the sample standard deviation); NaN where this run has fewer repeats."""
         indexed = table6.set_index(["kind", "experiment"])
-        wanted = {"jointly_experiment1": ("joint", "1"), "jointly_experiment2": ("joint", "2"),
-                  "faster_mean": ("faster", "mean"), "faster_pm": ("faster", "std")}
-        rows = {name: indexed.loc[key] if key in indexed.index else pd.Series(np.nan, index=indexed.columns)
-                for name, key in wanted.items()}
+        wanted = {
+            "jointly_experiment1": ("joint", "1"),
+            "jointly_experiment2": ("joint", "2"),
+            "faster_mean": ("faster", "mean"),
+            "faster_pm": ("faster", "std"),
+        }
+        rows = {
+            name: indexed.loc[key] if key in indexed.index else pd.Series(np.nan, index=indexed.columns)
+            for name, key in wanted.items()
+        }
         return pd.DataFrame(rows).T
 
 
@@ -305,7 +437,7 @@ def interval(terms: Sequence[tuple[float, float, int]]) -> tuple[float, float]:
             raise ValueError(f"a compared accuracy needs >= 1 image, got n={n}")
         p = (accuracy / 100 * n + 1) / (n + 2)
         value += coefficient * accuracy
-        variance += coefficient ** 2 * p * (1 - p) / (n + 2)
+        variance += coefficient**2 * p * (1 - p) / (n + 2)
     return value, Z95 * math.sqrt(variance) * 100
 
 
@@ -321,7 +453,7 @@ def within(terms: Sequence[tuple[float, float, int]], margin: float) -> bool | N
     return True if abs(value) + half <= margin else False if abs(value) - half > margin else None
 
 
-def every(verdicts: Sequence[bool | None]) -> bool | None:
+def every(verdicts: Iterable[bool | None]) -> bool | None:
     """All decided and true -> True; any decided false -> False; else None (not measured)."""
     verdicts = list(verdicts)
     return False if any(v is False for v in verdicts) else True if all(v is True for v in verdicts) else None
@@ -335,9 +467,11 @@ def budget_note(t: Tables) -> str:
     """This run's training budget against the paper's, from the cited 'budget' table."""
     b = t["budget"]
     row = lambda key: f"{b.loc[key, 'run']:.0f} (paper {b.loc[key, 'paper']:.0f})"
-    return (f"budget: {row('train_epochs')} training and {row('identity_epochs')} identity epochs on "
-            f"{row('n_transformed')} transformed images, classifier {row('classifier_epochs')} epochs, "
-            f"{row('n_test')} test images per attack")
+    return (
+        f"budget: {row('train_epochs')} training and {row('identity_epochs')} identity epochs on "
+        f"{row('n_transformed')} transformed images, classifier {row('classifier_epochs')} epochs, "
+        f"{row('n_test')} test images per attack"
+    )
 
 
 def _sizes(table3: pd.DataFrame) -> list[str]:
@@ -355,8 +489,10 @@ def _gaps(t: Tables, a: str, b: str, decide) -> str:
     for size in _sizes(t["table3"]):
         if decide(_table3_terms(t, a, b, size)) is not True:
             n = int(size) * _n_test(t)
-            parts.append(f"{size} attacks: " + proportion_gap(float(t["table3"].loc[a, size]),
-                                                            float(t["table3"].loc[b, size]), n))
+            parts.append(
+                f"{size} attacks: "
+                + proportion_gap(float(t["table3"].loc[a, size]), float(t["table3"].loc[b, size]), n)
+            )
     return "; ".join(parts)
 
 
@@ -365,8 +501,10 @@ def _roles(t: Tables) -> pd.DataFrame:
     roles = t["generator_roles"].reset_index()
     parsed = roles["system"].str.extract(_SYSTEM)
     if parsed.isna().any().any():
-        raise ValueError(f"generator_roles systems must be named like 'expertise_joint_9attacks_seed0'; got "
-                         f"{sorted(set(roles['system'][parsed.isna().any(axis=1)]))}")
+        raise ValueError(
+            f"generator_roles systems must be named like 'expertise_joint_9attacks_seed0'; got "
+            f"{sorted(set(roles['system'][parsed.isna().any(axis=1)]))}"
+        )
     return roles.assign(kind=parsed["kind"], size=parsed["size"].astype(int), seed=parsed["seed"].astype(int))
 
 
@@ -395,8 +533,10 @@ def _collapse(t: Tables) -> str:
     for size, group in roles.groupby("size"):
         idle = int((group["wins"] == 0).sum())
         top = group.groupby("system")["win_share"].max().mean()
-        parts.append(f"{size} attacks: {idle} of {len(group)} generators won no sample, the top generator won "
-                     f"{100 * top:.0f}% on average")
+        parts.append(
+            f"{size} attacks: {idle} of {len(group)} generators won no sample, the top generator won "
+            f"{100 * top:.0f}% on average"
+        )
     return "; ".join(parts)
 
 
@@ -441,11 +581,14 @@ def _spread_reason(t: Tables) -> str:
     if repeats < 2:
         return f"{repeats} faster-initialisation repeat (paper {paper}): a spread needs at least 2"
     spread, critical = _spread(t), _spread_critical(t)
-    ratios = ", ".join(f"{spread.index[0]} vs {size}: F = {(spread.iloc[0] / std) ** 2:.2f}"
-                       for size, std in spread.iloc[1:].items())
-    return (f"std {', '.join(f'{s} attacks {v:.1f}' for s, v in spread.items())} over {repeats} repeats (paper {paper}); "
-            f"variance ratios {ratios}; with {repeats - 1} degrees of freedom each a ratio must exceed {critical:.2f} "
-            f"(or fall below {1 / critical:.2f}) to be resolved at 5%")
+    ratios = ", ".join(
+        f"{spread.index[0]} vs {size}: F = {(spread.iloc[0] / std) ** 2:.2f}" for size, std in spread.iloc[1:].items()
+    )
+    return (
+        f"std {', '.join(f'{s} attacks {v:.1f}' for s, v in spread.items())} over {repeats} repeats (paper {paper}); "
+        f"variance ratios {ratios}; with {repeats - 1} degrees of freedom each a ratio must exceed {critical:.2f} "
+        f"(or fall below {1 / critical:.2f}) to be resolved at 5%"
+    )
 
 
 def claims() -> list[Claim]:
@@ -459,9 +602,13 @@ def claims() -> list[Claim]:
         failing = [(o, h) for o, h in _hard_pairs(t) if above(_pair_terms(t, o, h)) is not True]
         accuracy = t["table2"].set_index("attack")["defended"]
         worst = min(failing, key=lambda pair: accuracy[pair[0]] - accuracy[pair[1]])
-        return (f"{len(failing)} of {len(_hard_pairs(t))} (attack, hard attack) pairs not resolved in the claimed order; "
-                f"worst {worst[0]} {accuracy[worst[0]]:.1f}% vs {worst[1]} {accuracy[worst[1]]:.1f}%: "
-                + proportion_gap(accuracy[worst[0]], accuracy[worst[1]], _n_test(t)) + "; " + budget_note(t))
+        return (
+            f"{len(failing)} of {len(_hard_pairs(t))} (attack, hard attack) pairs not resolved in the claimed order; "
+            f"worst {worst[0]} {accuracy[worst[0]]:.1f}% vs {worst[1]} {accuracy[worst[1]]:.1f}%: "
+            + proportion_gap(accuracy[worst[0]], accuracy[worst[1]], _n_test(t))
+            + "; "
+            + budget_note(t)
+        )
 
     def high(t: Tables) -> dict[str, bool | None]:
         accuracy = t["table2"].set_index("attack")["defended"]
@@ -475,9 +622,11 @@ def claims() -> list[Claim]:
     def most_high_reason(t: Tables) -> str:
         verdicts = list(high(t).values())
         accuracy = t["table2"]["defended"]
-        return (f"{verdicts.count(True)} of {len(verdicts)} attacks resolved above {HIGH_ACCURACY:.0f}%, "
-                f"{verdicts.count(False)} resolved below (95% intervals on {_n_test(t)} images); median "
-                f"{accuracy.median():.1f}%, {HIGH_ACCURACY - accuracy.median():.1f} points short; " + budget_note(t))
+        return (
+            f"{verdicts.count(True)} of {len(verdicts)} attacks resolved above {HIGH_ACCURACY:.0f}%, "
+            f"{verdicts.count(False)} resolved below (95% intervals on {_n_test(t)} images); median "
+            f"{accuracy.median():.1f}%, {HIGH_ACCURACY - accuracy.median():.1f} points short; " + budget_note(t)
+        )
 
     def chance_terms(t: Tables, size: str) -> list[tuple[float, float, int]]:
         return [(1.0, float(t["table3"].loc["joint", size]), int(size) * _n_test(t))]
@@ -501,34 +650,53 @@ def claims() -> list[Claim]:
         sizes = _sizes(t["table3"])
         joint = t["table3"].loc["joint"]
         value, half = interval(drop_terms(t))
-        return (f"drop {sizes[0]}->{sizes[1]} {joint[sizes[0]] - joint[sizes[1]]:+.1f} points, {sizes[1]}->{sizes[2]} "
-                f"{joint[sizes[1]] - joint[sizes[2]]:+.1f}: difference {value:+.1f} +- {half:.1f} points "
-                f"({'inside the noise' if abs(value) <= half else 'outside the noise'}); " + budget_note(t))
+        return (
+            f"drop {sizes[0]}->{sizes[1]} {joint[sizes[0]] - joint[sizes[1]]:+.1f} points, {sizes[1]}->{sizes[2]} "
+            f"{joint[sizes[1]] - joint[sizes[2]]:+.1f}: difference {value:+.1f} +- {half:.1f} points "
+            f"({'inside the noise' if abs(value) <= half else 'outside the noise'}); " + budget_note(t)
+        )
 
     def harder(t: Tables) -> bool | None:
         sizes = _sizes(t["table3"])
         if len(sizes) < 2:
             raise KeyError("at least two attack sets needed")
         joint = t["table3"].loc["joint"]
-        return every(above([(1.0, float(joint[sizes[0]]), int(sizes[0]) * _n_test(t)),
-                            (-1.0, float(joint[s]), int(s) * _n_test(t))]) for s in sizes[1:])
+        return every(
+            above(
+                [
+                    (1.0, float(joint[sizes[0]]), int(sizes[0]) * _n_test(t)),
+                    (-1.0, float(joint[s]), int(s) * _n_test(t)),
+                ]
+            )
+            for s in sizes[1:]
+        )
 
     def harder_reason(t: Tables) -> str:
         sizes = _sizes(t["table3"])
         joint = t["table3"].loc["joint"]
-        return "; ".join(f"{sizes[0]} vs {s} attacks: " + proportion_gap(float(joint[sizes[0]]), float(joint[s]),
-                                                                          int(sizes[0]) * _n_test(t), int(s) * _n_test(t))
-                         for s in sizes[1:]) + "; " + budget_note(t)
+        return (
+            "; ".join(
+                f"{sizes[0]} vs {s} attacks: "
+                + proportion_gap(
+                    float(joint[sizes[0]]), float(joint[s]), int(sizes[0]) * _n_test(t), int(s) * _n_test(t)
+                )
+                for s in sizes[1:]
+            )
+            + "; "
+            + budget_note(t)
+        )
 
     def large_terms(t: Tables) -> list[tuple[float, float, int]]:
         rows = t["section45"].set_index("system")
         n = int(rows.loc["large_generator", "attacks"]) * _n_test(t)
-        return [(1.0, float(rows.loc["large_generator", "accuracy"]), n),
-                (-1.0, float(rows.loc["mixture_jointly", "accuracy"]), n)]
+        return [
+            (1.0, float(rows.loc["large_generator", "accuracy"]), n),
+            (-1.0, float(rows.loc["mixture_jointly", "accuracy"]), n),
+        ]
 
     def large_reason(t: Tables) -> str:
         (_, large, n), (_, mixture, _) = large_terms(t)
-        return (f"margin {ABOUT_EQUAL:.0f} points; " + proportion_gap(large, mixture, n) + "; " + budget_note(t))
+        return f"margin {ABOUT_EQUAL:.0f} points; " + proportion_gap(large, mixture, n) + "; " + budget_note(t)
 
     def sizes_of_roles(t: Tables) -> tuple[int, int]:
         sizes = sorted(_roles(t)["size"].unique())
@@ -539,64 +707,131 @@ def claims() -> list[Claim]:
     def role_counts_text(t: Tables, size: int) -> str:
         return ", ".join(f"{n} {role}s" for role, n in _role_counts(t, size).items())
 
-    table3_text = lambda t, a, b: "; ".join(f"{s}: {t['table3'].loc[a, s]:.1f}% vs {t['table3'].loc[b, s]:.1f}%"
-                                           for s in _sizes(t["table3"]))
+    table3_text = lambda t, a, b: "; ".join(
+        f"{s}: {t['table3'].loc[a, s]:.1f}% vs {t['table3'].loc[b, s]:.1f}%" for s in _sizes(t["table3"])
+    )
     return [
-        Claim("hardest_attacks", "AUN and AGN are the hardest attacks to defend against (Table 2).", ("table2", "budget"),
-              hardest,
-              lambda t: "lowest two: " + ", ".join(f"{k} {v:.1f}%" for k, v in
-                                                   t["table2"].set_index("attack")["defended"].nsmallest(2).items()),
-              hardest_reason),
-        Claim("single_attack_high", "For most attacks the accuracy after the defense is above 90% (Table 2).",
-              ("table2", "budget"), most_high,
-              lambda t: f"{int((t['table2']['defended'] > HIGH_ACCURACY).sum())} of {len(t['table2'])} attacks above "
-                        f"{HIGH_ACCURACY:.0f}%; median {t['table2']['defended'].median():.1f}%",
-              most_high_reason),
-        Claim("above_chance", "After the defense the classifier is meaningfully more accurate than a random classifier "
-              "(10%) on every attack set, trained jointly (Table 3).", ("table3", "budget"),
-              lambda t: every(above(chance_terms(t, s), CHANCE) for s in _sizes(t["table3"])),
-              lambda t: "; ".join(f"{s}: {t['table3'].loc['joint', s]:.1f}%" for s in _sizes(t["table3"])),
-              chance_reason),
-        Claim("separate_beats_joint", "Generators trained separately consistently outperform the jointly trained "
-              "system (Table 3).", ("table3", "budget"),
-              lambda t: every(above(_table3_terms(t, "separately", "joint", s)) for s in _sizes(t["table3"])),
-              lambda t: table3_text(t, "separately", "joint"),
-              lambda t: _gaps(t, "separately", "joint", above) + "; " + budget_note(t)),
-        Claim("faster_about_joint", f"Faster initialisation gives results qualitatively similar to joint training "
-              f"(within {ABOUT_EQUAL:.0f} points on every attack set, Table 3).", ("table3", "budget"),
-              lambda t: every(within(_table3_terms(t, "faster", "joint", s), ABOUT_EQUAL) for s in _sizes(t["table3"])),
-              lambda t: table3_text(t, "faster", "joint"),
-              lambda t: f"margin {ABOUT_EQUAL:.0f} points; "
-                        + _gaps(t, "faster", "joint", lambda terms: within(terms, ABOUT_EQUAL)) + "; " + budget_note(t)),
-        Claim("more_attacks_harder", "The jointly trained system's accuracy drops when the number of attacks grows "
-              "from 3 to 5 and 9 (Table 3).", ("table3", "budget"), harder,
-              lambda t: " -> ".join(f"{t['table3'].loc['joint', s]:.1f}" for s in _sizes(t["table3"])),
-              harder_reason),
-        Claim("drop_flattens", "Going from 5 to 9 attacks costs the jointly trained system less accuracy than going "
-              "from 3 to 5 (Table 3).", ("table3", "budget"), lambda t: above(drop_terms(t)),
-              lambda t: "drops " + ", ".join(f"{a}->{b}: {t['table3'].loc['joint', a] - t['table3'].loc['joint', b]:+.1f}"
-                                             for a, b in zip(_sizes(t["table3"]), _sizes(t["table3"])[1:])),
-              drop_reason),
-        Claim("large_about_mixture", f"One large generator reaches about the accuracy of the 9-generator mixture "
-              f"(within {ABOUT_EQUAL:.0f} points, Section 4.5).", ("section45", "budget"),
-              lambda t: within(large_terms(t), ABOUT_EQUAL),
-              lambda t: "large {:.1f}% vs mixture {:.1f}%".format(large_terms(t)[0][1], large_terms(t)[1][1]),
-              large_reason),
-        Claim("generalists_most_common", "Generalists are the most common generators of the 9-attack systems "
-              "(Section 4.6, Figure 4).", ("generator_roles",),
-              lambda t: bool((lambda c: c["generalist"] > c.drop("generalist").max())(_role_counts(t, sizes_of_roles(t)[1]))),
-              lambda t: f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]),
-              lambda t: f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]) + "; " + _collapse(t)),
-        Claim("specialisation_grows", "Specialisation grows with the number of generators: more of the 9-attack "
-              "systems' active generators than of the 3-attack ones are specialists or marginalists (Section 4.6, "
-              "Figures 7-30).", ("generator_roles",),
-              lambda t: _non_generalist_share(t, sizes_of_roles(t)[1]) > _non_generalist_share(t, sizes_of_roles(t)[0]),
-              lambda t: "non-generalist share of generators that won " + " vs ".join(f"{_non_generalist_share(t, s):.2f} ({s} attacks)"
-                                                            for s in sizes_of_roles(t)),
-              lambda t: "; ".join(f"{s} attacks: {role_counts_text(t, s)}" for s in sizes_of_roles(t)) + "; " + _collapse(t)),
-        Claim("spread_shrinks", "The spread of repeated runs shrinks with more attacks and generators: the standard "
-              "deviation of the faster-initialisation runs is smaller for 5 and 9 attacks than for 3 (Table 6).",
-              ("table6", "budget"), spread_verdict,
-              lambda t: "std " + ", ".join(f"{s}: {v:.1f}" for s, v in _spread(t).items()),
-              _spread_reason),
+        Claim(
+            "hardest_attacks",
+            "AUN and AGN are the hardest attacks to defend against (Table 2).",
+            ("table2", "budget"),
+            hardest,
+            lambda t: (
+                "lowest two: "
+                + ", ".join(
+                    f"{k} {v:.1f}%" for k, v in t["table2"].set_index("attack")["defended"].nsmallest(2).items()
+                )
+            ),
+            hardest_reason,
+        ),
+        Claim(
+            "single_attack_high",
+            "For most attacks the accuracy after the defense is above 90% (Table 2).",
+            ("table2", "budget"),
+            most_high,
+            lambda t: (
+                f"{int((t['table2']['defended'] > HIGH_ACCURACY).sum())} of {len(t['table2'])} attacks above "
+                f"{HIGH_ACCURACY:.0f}%; median {t['table2']['defended'].median():.1f}%"
+            ),
+            most_high_reason,
+        ),
+        Claim(
+            "above_chance",
+            "After the defense the classifier is meaningfully more accurate than a random classifier "
+            "(10%) on every attack set, trained jointly (Table 3).",
+            ("table3", "budget"),
+            lambda t: every(above(chance_terms(t, s), CHANCE) for s in _sizes(t["table3"])),
+            lambda t: "; ".join(f"{s}: {t['table3'].loc['joint', s]:.1f}%" for s in _sizes(t["table3"])),
+            chance_reason,
+        ),
+        Claim(
+            "separate_beats_joint",
+            "Generators trained separately consistently outperform the jointly trained system (Table 3).",
+            ("table3", "budget"),
+            lambda t: every(above(_table3_terms(t, "separately", "joint", s)) for s in _sizes(t["table3"])),
+            lambda t: table3_text(t, "separately", "joint"),
+            lambda t: _gaps(t, "separately", "joint", above) + "; " + budget_note(t),
+        ),
+        Claim(
+            "faster_about_joint",
+            f"Faster initialisation gives results qualitatively similar to joint training "
+            f"(within {ABOUT_EQUAL:.0f} points on every attack set, Table 3).",
+            ("table3", "budget"),
+            lambda t: every(within(_table3_terms(t, "faster", "joint", s), ABOUT_EQUAL) for s in _sizes(t["table3"])),
+            lambda t: table3_text(t, "faster", "joint"),
+            lambda t: (
+                f"margin {ABOUT_EQUAL:.0f} points; "
+                + _gaps(t, "faster", "joint", lambda terms: within(terms, ABOUT_EQUAL))
+                + "; "
+                + budget_note(t)
+            ),
+        ),
+        Claim(
+            "more_attacks_harder",
+            "The jointly trained system's accuracy drops when the number of attacks grows from 3 to 5 and 9 (Table 3).",
+            ("table3", "budget"),
+            harder,
+            lambda t: " -> ".join(f"{t['table3'].loc['joint', s]:.1f}" for s in _sizes(t["table3"])),
+            harder_reason,
+        ),
+        Claim(
+            "drop_flattens",
+            "Going from 5 to 9 attacks costs the jointly trained system less accuracy than going "
+            "from 3 to 5 (Table 3).",
+            ("table3", "budget"),
+            lambda t: above(drop_terms(t)),
+            lambda t: (
+                "drops "
+                + ", ".join(
+                    f"{a}->{b}: {t['table3'].loc['joint', a] - t['table3'].loc['joint', b]:+.1f}"
+                    for a, b in zip(_sizes(t["table3"]), _sizes(t["table3"])[1:])
+                )
+            ),
+            drop_reason,
+        ),
+        Claim(
+            "large_about_mixture",
+            f"One large generator reaches about the accuracy of the 9-generator mixture "
+            f"(within {ABOUT_EQUAL:.0f} points, Section 4.5).",
+            ("section45", "budget"),
+            lambda t: within(large_terms(t), ABOUT_EQUAL),
+            lambda t: f"large {large_terms(t)[0][1]:.1f}% vs mixture {large_terms(t)[1][1]:.1f}%",
+            large_reason,
+        ),
+        Claim(
+            "generalists_most_common",
+            "Generalists are the most common generators of the 9-attack systems (Section 4.6, Figure 4).",
+            ("generator_roles",),
+            lambda t: bool(
+                (lambda c: c["generalist"] > c.drop("generalist").max())(_role_counts(t, sizes_of_roles(t)[1]))
+            ),
+            lambda t: f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]),
+            lambda t: (
+                f"{sizes_of_roles(t)[1]} attacks: " + role_counts_text(t, sizes_of_roles(t)[1]) + "; " + _collapse(t)
+            ),
+        ),
+        Claim(
+            "specialisation_grows",
+            "Specialisation grows with the number of generators: more of the 9-attack "
+            "systems' active generators than of the 3-attack ones are specialists or marginalists (Section 4.6, "
+            "Figures 7-30).",
+            ("generator_roles",),
+            lambda t: _non_generalist_share(t, sizes_of_roles(t)[1]) > _non_generalist_share(t, sizes_of_roles(t)[0]),
+            lambda t: (
+                "non-generalist share of generators that won "
+                + " vs ".join(f"{_non_generalist_share(t, s):.2f} ({s} attacks)" for s in sizes_of_roles(t))
+            ),
+            lambda t: (
+                "; ".join(f"{s} attacks: {role_counts_text(t, s)}" for s in sizes_of_roles(t)) + "; " + _collapse(t)
+            ),
+        ),
+        Claim(
+            "spread_shrinks",
+            "The spread of repeated runs shrinks with more attacks and generators: the standard "
+            "deviation of the faster-initialisation runs is smaller for 5 and 9 attacks than for 3 (Table 6).",
+            ("table6", "budget"),
+            spread_verdict,
+            lambda t: "std " + ", ".join(f"{s}: {v:.1f}" for s, v in _spread(t).items()),
+            _spread_reason,
+        ),
     ]

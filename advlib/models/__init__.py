@@ -1,4 +1,5 @@
 """Model zoo behind one registry: `create_model(name, **kw)`; every model takes images in [0, 1]."""
+
 from advlib.models import lenet, mixgen, mlp, resnet, vgg  # noqa: F401  (importing registers the models)
 from advlib.models.ensemble import ENSEMBLE_MODES, Ensemble
 from advlib.models.layers import IMAGENET_NORMALIZE, Normalize

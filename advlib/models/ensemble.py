@@ -1,8 +1,9 @@
 """Ensembles that average member probabilities or logits."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -1,7 +1,8 @@
 """Building blocks shared by the models: in-model normalisation and size helpers."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ IMAGENET_NORMALIZE: NormalizeSpec = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225
 
 class Normalize(nn.Module):
     """(x - mean) / std per channel, so models take raw [0, 1] images and attacks work in pixel space."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
@@ -51,7 +55,7 @@ def conv_out(size: int, kernel: int, padding: int = 0, stride: int = 1) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def check_feature_size(model: str, size: tuple[int, int], input_size: tuple[int, int]) -> None:
+def check_feature_size(model: str, size: tuple[int, ...], input_size: tuple[int, int]) -> None:
     """Raise ValueError when an input is too small for the model's stack of convs and pools."""
     if min(size) < 1:
         raise ValueError(f"input size {input_size} is too small for {model} (feature map would be {size})")

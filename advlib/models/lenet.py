@@ -1,7 +1,8 @@
 """LeNet-5 variants and the small MNIST CNN of the MSD reference code."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 
@@ -113,8 +114,12 @@ def width_cnn(
     feat = tuple(conv_out(conv_out(conv_out(conv_out(s, 3, 1), 2, stride=2), 3, 1), 2, stride=2) for s in size)
     check_feature_size("width_cnn", feat, size)
     features = nn.Sequential(
-        nn.Conv2d(in_channels, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(in_channels, c1, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
     )
     classifier = nn.Sequential(nn.Linear(c2 * feat[0] * feat[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
     return FeatureClassifier(make_normalize(normalize), features, classifier)

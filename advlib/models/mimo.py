@@ -3,6 +3,7 @@ stacked along channels and whose last layer gives M x classes logits (member m =
 
 Native: a thin reshaping wrapper around any registered backbone; no library provides it.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -70,8 +71,14 @@ def create_mimo(name: str, info, members: int, **kwargs) -> MIMO:
     (the MAT paper trains on raw [0, 1] inputs)."""
     if members < 1:
         raise ValueError(f"a MIMO network needs members >= 1; got M={members}")
-    backbone = create_model_for(name, info, in_channels=members * info.shape[0],
-                                num_classes=members * info.num_classes, normalize=None, **kwargs)
+    backbone = create_model_for(
+        name,
+        info,
+        in_channels=members * info.shape[0],
+        num_classes=members * info.num_classes,
+        normalize=None,
+        **kwargs,
+    )
     return MIMO(backbone, members, info.num_classes)
 
 

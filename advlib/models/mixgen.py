@@ -3,9 +3,10 @@
 Generators are fully convolutional image-to-image maps (same size out as in); the discriminator scores how
 canonical an image looks. Parameter counts on 1x28x28 match the paper exactly: 28,609 and 333,697.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -1,7 +1,8 @@
 """Fully connected classifiers and the Adversary Critic's critic."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -60,8 +61,13 @@ def critic_mlp(
     """The adversary critic: flatten, noise(0.1), 1200 leaky-ReLU(0.2), noise(0.5), 1200 leaky-ReLU(0.2), noise(0.5),
     one logit per class (the logit at the relevant class says natural vs adversarial). 2,395,210 params on MNIST."""
     return nn.Sequential(
-        nn.Flatten(), GaussianNoise(input_sigma),
-        nn.Linear(in_features, width), nn.LeakyReLU(0.2), GaussianNoise(hidden_sigma),
-        nn.Linear(width, width), nn.LeakyReLU(0.2), GaussianNoise(hidden_sigma),
+        nn.Flatten(),
+        GaussianNoise(input_sigma),
+        nn.Linear(in_features, width),
+        nn.LeakyReLU(0.2),
+        GaussianNoise(hidden_sigma),
+        nn.Linear(width, width),
+        nn.LeakyReLU(0.2),
+        GaussianNoise(hidden_sigma),
         nn.Linear(width, num_classes),
     )

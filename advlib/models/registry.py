@@ -1,9 +1,11 @@
 """Model registry in the style of timm: `@register_model(name)` builders, `create_model(name, **kw)`."""
+
 from __future__ import annotations
 
 import fnmatch
 import inspect
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from torch import nn
 
@@ -56,6 +58,10 @@ def create_model_for(name: str, info, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     accepted = inspect.signature(_MODELS[name]).parameters
-    implied = {"in_channels": info.shape[0], "num_classes": info.num_classes, "input_size": tuple(info.shape[1:]),
-               "normalize": (tuple(info.mean), tuple(info.std))}
+    implied = {
+        "in_channels": info.shape[0],
+        "num_classes": info.num_classes,
+        "input_size": tuple(info.shape[1:]),
+        "normalize": (tuple(info.mean), tuple(info.std)),
+    }
     return create_model(name, **{**{k: v for k, v in implied.items() if k in accepted}, **kwargs})

@@ -1,9 +1,11 @@
 """Residual networks: CIFAR-style ResNets and Wide ResNets for small images, torchvision ImageNet models."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
@@ -12,6 +14,9 @@ from torch import nn
 from advlib.models.layers import IMAGENET_NORMALIZE, NormalizeSpec, make_normalize
 from advlib.models.registry import register_model
 from advlib.weights import load_state_dict
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 
 class BasicBlock(nn.Module):
@@ -183,7 +188,7 @@ def wrn(
 def _torchvision_model(
     name: str,
     builder: Callable[..., nn.Module],
-    weights_enum: type,
+    weights_enum: type[WeightsEnum],
     weights: str | None,
     download: bool,
     num_classes: int,
@@ -195,9 +200,7 @@ def _torchvision_model(
     if weights is not None:
         allowed = list(weights_enum.__members__)
         if weights not in allowed:
-            raise ValueError(
-                f"unknown weights {weights!r} for {name}; choose one of {', '.join(allowed)} or None"
-            )
+            raise ValueError(f"unknown weights {weights!r} for {name}; choose one of {', '.join(allowed)} or None")
         weight = weights_enum[weights]
         local = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weight.url).path).name
         if not download and not local.is_file():
@@ -207,12 +210,15 @@ def _torchvision_model(
             )
         classes = len(weight.meta["categories"])
         if num_classes != classes:
-            raise ValueError(f"weights {weights!r} for {name} have {classes} classes; num_classes={num_classes} does not match")
+            raise ValueError(
+                f"weights {weights!r} for {name} have {classes} classes; num_classes={num_classes} does not match"
+            )
         if download and not local.is_file():
             local.parent.mkdir(parents=True, exist_ok=True)
             digest = torch.hub.HASH_REGEX.search(local.name)  # torchvision names files <arch>-<sha256 prefix>.pth
-            torch.hub.download_url_to_file(weight.url, str(local), hash_prefix=digest.group(1) if digest else None,
-                                           progress=False)
+            torch.hub.download_url_to_file(
+                weight.url, str(local), hash_prefix=digest.group(1) if digest else None, progress=False
+            )
     net = builder(weights=None, num_classes=num_classes)
     if weight is not None:  # loaded here, weights-only: torchvision's own path unpickles the hub file in full
         net.load_state_dict(load_state_dict(local))
@@ -248,6 +254,4 @@ def vgg19_imagenet(
     from torchvision.models import VGG19_Weights
     from torchvision.models import vgg19 as tv_vgg19
 
-    return _torchvision_model(
-        "vgg19_imagenet", tv_vgg19, VGG19_Weights, weights, download, num_classes, normalize
-    )
+    return _torchvision_model("vgg19_imagenet", tv_vgg19, VGG19_Weights, weights, download, num_classes, normalize)

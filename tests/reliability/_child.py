@@ -1,5 +1,6 @@
 """A subprocess the interruption tests SIGKILL at random moments: `train` (a cached, checkpointed training run)
 or `attack` (a cached PGD evaluation). Prints 'ready' once imports are done and 'done' at the end."""
+
 from __future__ import annotations
 
 import sys
@@ -23,9 +24,15 @@ def main(mode: str, root: str) -> None:
     if mode == "train":
         train = load_dataset("mnist5k", "train", n=600, seed=0)
         spec = TrainSpec(model="lenet5_classic", epochs=6, batch_size=50)
-        cached_model("reliability", {"spec": spec.model_dump(mode="json")}, model,
-                     lambda m, ckpt: fit(m, train, spec, seed=0, checkpoint_dir=ckpt,
-                                         on_epoch=lambda e, *_: print(f"epoch {e}", flush=True)), cache=cache)
+        cached_model(
+            "reliability",
+            {"spec": spec.model_dump(mode="json")},
+            model,
+            lambda m, ckpt: fit(
+                m, train, spec, seed=0, checkpoint_dir=ckpt, on_epoch=lambda e, *_: print(f"epoch {e}", flush=True)
+            ),
+            cache=cache,
+        )
     elif mode == "attack":
         x, y = to_tensors(load_dataset("mnist5k", "test", n=300, seed=0))
         spec = AttackSpec(name="pgd_linf", eps=0.1, steps=150, stepsize=0.005)

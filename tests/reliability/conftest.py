@@ -1,5 +1,6 @@
 """The reliability ledger: every fault injected and every bad input tried is recorded, and with
 ADVLIB_RELIABILITY_REPORT=1 (`make reliability`) the session writes the README's "Reliability" figures from it."""
+
 from __future__ import annotations
 
 import os
@@ -32,13 +33,20 @@ def _summary(session: pytest.Session) -> str:
     by_category: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in _LEDGER:
         by_category[row["category"]].append(row)
-    lines = [BEGIN, "",
-             f"From a pytest run including `tests/reliability` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
-             f"{os.cpu_count()} cores): {session.testscollected} tests in the run, {session.testsfailed} failed.", "",
-             "| category | cases | all handled as specified | examples |", "|---|---:|---|---|"]
+    lines = [
+        BEGIN,
+        "",
+        f"From a pytest run including `tests/reliability` on {time.strftime('%Y-%m-%d')} ({platform.machine()}, "
+        f"{os.cpu_count()} cores): {session.testscollected} tests in the run, {session.testsfailed} failed.",
+        "",
+        "| category | cases | all handled as specified | examples |",
+        "|---|---:|---|---|",
+    ]
     for category, rows in sorted(by_category.items()):
         examples = "; ".join(dict.fromkeys(r["case"] for r in rows[:3]))
-        lines.append(f"| {category} | {len(rows)} | {'yes' if session.testsfailed == 0 else 'see failures'} | {examples} |")
+        lines.append(
+            f"| {category} | {len(rows)} | {'yes' if session.testsfailed == 0 else 'see failures'} | {examples} |"
+        )
     lines += ["", END]
     return "\n".join(lines)
 

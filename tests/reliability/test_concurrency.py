@@ -1,4 +1,5 @@
 """Processes building the same artifact at once end with one valid entry, one build, and no crash."""
+
 from __future__ import annotations
 
 import multiprocessing as mp

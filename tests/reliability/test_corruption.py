@@ -1,5 +1,6 @@
 """Truncated or bit-flipped cache entries and training checkpoints are detected by checksum, reported by
 `advlib cache verify`, and rebuilt (with a warning) to the same result."""
+
 from __future__ import annotations
 
 import json
@@ -41,12 +42,21 @@ def _build_counter():
     return build, calls
 
 
-DAMAGES = [(TENSORS, "truncate"), (TENSORS, "flip"), (TENSORS, "garbage"), (TENSORS, "delete"),
-           (META, "truncate"), (META, "garbage"), (META, "delete")]
+DAMAGES = [
+    (TENSORS, "truncate"),
+    (TENSORS, "flip"),
+    (TENSORS, "garbage"),
+    (TENSORS, "delete"),
+    (META, "truncate"),
+    (META, "garbage"),
+    (META, "delete"),
+]
 
 
 @pytest.mark.parametrize("target, how", DAMAGES)
-def test_damaged_entry_is_listed_by_cli_verify_then_rebuilt_with_a_warning(target, how, tmp_path, caplog, capsys, ledger):
+def test_damaged_entry_is_listed_by_cli_verify_then_rebuilt_with_a_warning(
+    target, how, tmp_path, caplog, capsys, ledger
+):
     cache, rng = Cache(tmp_path), random.Random(f"{target}-{how}")
     build, calls = _build_counter()
     original = cache.get_or_build("model", {"x": 1}, build)
@@ -111,8 +121,9 @@ def test_corrupt_model_entry_is_retrained_to_the_same_weights(tmp_path, caplog, 
     def get():
         torch.manual_seed(0)
         model = create_model("mlp1200", width=16, depth=1)
-        return cached_model("model", {"t": 1}, model, lambda m, ckpt: fit(m, train, spec, checkpoint_dir=ckpt),
-                            cache=Cache(tmp_path))[0]
+        return cached_model(
+            "model", {"t": 1}, model, lambda m, ckpt: fit(m, train, spec, checkpoint_dir=ckpt), cache=Cache(tmp_path)
+        )[0]
 
     first = get()
     entry = Cache(tmp_path).entry_dir("model", make_key("model", {"t": 1}))

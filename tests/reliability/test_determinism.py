@@ -1,5 +1,6 @@
 """Every notebook's `ci` profile, run twice from a cold cache, writes byte-identical CSV tables (wall-clock
 timing tables excepted: they measure the machine, not the method)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,13 @@ def _run_all(home: Path) -> dict[str, bytes]:
         (home / shared).symlink_to(ROOT / shared, target_is_directory=True)
     (home / "pyproject.toml").write_text("")
     env = {**os.environ, "ADVLIB_HOME": str(home), "ADVLIB_CACHE": str(home / "artifacts")}
-    done = subprocess.run([sys.executable, "-m", "advlib.cli", "run", "all", "--profile", "ci"], env=env,
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [sys.executable, "-m", "advlib.cli", "run", "all", "--profile", "ci"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (home / "figures").exists()  # unpublished runs leave the committed outputs alone
     runs = sorted((home / "runs").glob("*/ci-*/*.csv"))  # runs/<stem>/ci-<digest>/<table>.csv
@@ -34,5 +40,8 @@ def test_every_ci_notebook_twice_gives_byte_identical_tables(tmp_path, ledger):
     differ = [name for name in first if name not in TIMING_TABLES and first[name] != second[name]]
     assert differ == []
     compared = len(first.keys() - TIMING_TABLES)
-    ledger.record("determinism", f"{len(stems)} notebooks x ci profile twice, cold caches: {compared} CSV tables",
-                  "byte-identical")
+    ledger.record(
+        "determinism",
+        f"{len(stems)} notebooks x ci profile twice, cold caches: {compared} CSV tables",
+        "byte-identical",
+    )

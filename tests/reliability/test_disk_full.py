@@ -1,5 +1,6 @@
 """A write that fails (disk full, simulated by a patched writer that leaves half a file) ends with a clear
 message, and the cache entry, the training checkpoint or the result table keeps its previous complete state."""
+
 from __future__ import annotations
 
 import errno
@@ -46,11 +47,18 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     train = load_dataset("mnist5k", "train", n=100, seed=0)
     spec = TrainSpec(model="mlp1200", epochs=2, batch_size=50, model_options={"width": 16, "depth": 1})
     torch.manual_seed(0)
-    fit(create_model("mlp1200", width=16, depth=1), train, spec.model_copy(update={"epochs": 1}), checkpoint_dir=tmp_path)
+    fit(
+        create_model("mlp1200", width=16, depth=1),
+        train,
+        spec.model_copy(update={"epochs": 1}),
+        checkpoint_dir=tmp_path,
+    )
     before = (tmp_path / CHECKPOINT).read_bytes()
     monkeypatch.setattr(train_mod, "save_file", _half_then_full(train_mod.save_file))
     torch.manual_seed(0)
-    with pytest.raises(OSError, match=r"could not write the training checkpoint .*No space left.*previous checkpoint is kept"):
+    with pytest.raises(
+        OSError, match=r"could not write the training checkpoint .*No space left.*previous checkpoint is kept"
+    ):
         fit(create_model("mlp1200", width=16, depth=1), train, spec, checkpoint_dir=tmp_path)
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]  # no half-written temp file left

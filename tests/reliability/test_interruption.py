@@ -1,5 +1,6 @@
 """SIGKILL a training run and a cached attack at random moments: the rerun resumes, ends with exactly the weights
 (or adversarials) of an uninterrupted run, and no kill leaves a partial cache entry."""
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,9 @@ CHILD = Path(__file__).with_name("_child.py")
 
 
 def _start(mode: str, root: Path) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, str(CHILD), mode, str(root)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(CHILD), mode, str(root)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     assert process.stdout.readline().strip() == "ready"
     return process
 
@@ -67,5 +69,6 @@ def test_sigkill_at_random_points_then_resume_gives_the_uninterrupted_result(mod
     assert kills >= 2, "the run finished before most kills: lengthen the child's work"
     if mode == "train":
         assert not any((killed_root / "checkpoints").rglob("*.safetensors"))  # checkpoints removed once stored
-    ledger.record("interruption (SIGKILL)", f"{mode}: rerun after {kills} kills equals the uninterrupted run",
-                  "identical result")
+    ledger.record(
+        "interruption (SIGKILL)", f"{mode}: rerun after {kills} kills equals the uninterrupted run", "identical result"
+    )

@@ -1,5 +1,6 @@
 """Weights load only from safetensors or torch.load(weights_only=True): a pickle with a code payload is refused
 without running; parameters are YAML, never code; paths from parameters stay inside the project, data or cache."""
+
 from __future__ import annotations
 
 import ast
@@ -68,11 +69,14 @@ def test_plain_state_dicts_still_load(tmp_path):
         load_state_dict(tmp_path / "cut.pt")
 
 
-@pytest.mark.parametrize("payload", [
-    "!!python/object/apply:os.system ['touch {marker}']",
-    "!!python/object/new:os.system ['touch {marker}']",
-    "__import__('os').system('touch {marker}')",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "!!python/object/apply:os.system ['touch {marker}']",
+        "!!python/object/new:os.system ['touch {marker}']",
+        "__import__('os').system('touch {marker}')",
+    ],
+)
 def test_parameters_are_yaml_data_never_code(payload, tmp_path, ledger):
     marker = tmp_path / "pwned"
     text = payload.format(marker=marker)
@@ -105,8 +109,10 @@ def test_no_code_evaluation_or_unsafe_loading_in_the_package(ledger):
             if owner == "yaml" and name in {"load", "unsafe_load", "full_load"}:
                 offences.append(f"{where} yaml.{name}()")
             if owner == "torch" and name == "load":
-                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
-                           for k in node.keywords)
+                safe = any(
+                    k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                    for k in node.keywords
+                )
                 if not safe:
                     offences.append(f"{where} torch.load() without weights_only=True")
     assert offences == []
