@@ -7,7 +7,8 @@ import logging
 import os
 import runpy
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import params as params_mod
@@ -55,50 +56,54 @@ def run_notebook(
     <name>.failed.ipynb beside the last good one instead of replacing it."""
     import papermill
 
-    p = params_mod.load(stem, profile, list(overrides))
-    if publish and (overrides or Path(profile).stem != profile):
-        raise UsageError(
-            f"--publish writes figures/{stem}/ and takes only a built-in profile without --set; "
-            f"got profile {profile!r}{' with overrides' if overrides else ''}"
-        )
-    found = preflight.problems(stem, p)
-    if found:
-        raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
-    source = notebook_path(stem)
-    target = output or run_dir(stem, profile, p) / source.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.stem + ".running.ipynb")
-    parsed = dict(params_mod.parse_override(item) for item in overrides)
-    log.info("run: %s (profile %s) -> %s", source.name, profile, _shown(target))
-    os.environ.pop(PUBLISH_ENV, None)
-    if publish:
-        os.environ[PUBLISH_ENV] = "1"  # the kernel inherits it; runtime.output_dir then writes figures/
-    try:
-        papermill.execute_notebook(
-            str(source),
-            str(partial),
-            parameters={"profile": profile, "overrides": parsed},
-            cwd=str(source.parent),
-            progress_bar=True,
-        )
-    except (papermill.PapermillExecutionError, KeyboardInterrupt) as error:
-        failed = failed_notebook(target)
-        if partial.exists():
-            os.replace(partial, failed)
-        what = (
-            f"{error.ename}: {error.evalue}".splitlines()[0]
-            if isinstance(error, papermill.PapermillExecutionError)
-            else "interrupted"
-        )
-        raise RunFailed(
-            f"{stem} failed: {what}\n  executed notebook: {_shown(failed)}"
-            + (f" (last good run kept: {_shown(target)})" if target.exists() else ""),
-            130 if isinstance(error, KeyboardInterrupt) else 1,
-        ) from None
-    finally:
-        os.environ.pop(PUBLISH_ENV, None)
+    with _publishing(publish):
+        p = params_mod.load(stem, profile, list(overrides))  # refuses overrides and custom profiles when publishing
+        found = preflight.problems(stem, p)
+        if found:
+            raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
+        source = notebook_path(stem)
+        target = output or run_dir(stem, profile, p) / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.stem + ".running.ipynb")
+        parsed = dict(params_mod.parse_override(item) for item in overrides)
+        log.info("run: %s (profile %s) -> %s", source.name, profile, _shown(target))
+        try:
+            papermill.execute_notebook(
+                str(source),
+                str(partial),
+                parameters={"profile": profile, "overrides": parsed},
+                cwd=str(source.parent),
+                progress_bar=True,
+            )
+        except (papermill.PapermillExecutionError, KeyboardInterrupt) as error:
+            failed = failed_notebook(target)
+            if partial.exists():
+                os.replace(partial, failed)
+            what = (
+                f"{error.ename}: {error.evalue}".splitlines()[0]
+                if isinstance(error, papermill.PapermillExecutionError)
+                else "interrupted"
+            )
+            raise RunFailed(
+                f"{stem} failed: {what}\n  executed notebook: {_shown(failed)}"
+                + (f" (last good run kept: {_shown(target)})" if target.exists() else ""),
+                130 if isinstance(error, KeyboardInterrupt) else 1,
+            ) from None
     os.replace(partial, target)
     return target
+
+
+@contextmanager
+def _publishing(publish: bool) -> Iterator[None]:
+    """$ADVLIB_PUBLISH set for the block exactly when `publish` (the kernel inherits it: runtime.output_dir then writes
+    figures/, and params.load refuses overrides and custom profiles), and unset afterwards."""
+    os.environ.pop(PUBLISH_ENV, None)
+    if publish:
+        os.environ[PUBLISH_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(PUBLISH_ENV, None)
 
 
 def failed_notebook(target: Path) -> Path:

@@ -613,8 +613,9 @@ def load(stem: str, profile: str | Path = "ci", overrides: Mapping[str, Any] | S
         raise ParamsError(f"unknown notebook {stem!r}; allowed: {', '.join(list_stems())}")
     if publishing() and (overrides or str(profile) not in PROFILES):
         raise ParamsError(
-            f"{PUBLISH_ENV}=1 publishes into figures/{stem}/ only a built-in profile ({', '.join(PROFILES)}) without "
-            f"overrides; profile {str(profile)!r}{' with overrides' if overrides else ''} goes to runs/ (unset {PUBLISH_ENV})"
+            f"publishing (make reproduce, advlib run --publish, {PUBLISH_ENV}=1) writes figures/{stem}/ only for a "
+            f"built-in profile ({', '.join(PROFILES)}) without overrides; profile {str(profile)!r}"
+            f"{' with overrides' if overrides else ''} writes to runs/ when not published"
         )
     schema = SCHEMAS[stem]
     path = profile_path(stem, profile)
