@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_s
 
 from .attacks.spec import AttackSpec
 from .runtime import DEVICE_CHOICES, PUBLISH_ENV, contained_path, project_root, publishing
-from .schema import Strict
+from .schema import Strict, one_of
 
 PROFILES = ("ci", "default", "paper")
 SCHEMAS: dict[str, type[Params]] = {}
@@ -60,10 +60,7 @@ def _known_model_name(name: str) -> str:
     """`name` if it is a registered model, else a ValueError listing the allowed ones (TrainSpec, PretrainedSpec)."""
     from .models import list_models
 
-    allowed = list_models()
-    if name not in allowed:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(allowed)}")
-    return name
+    return one_of("model", name, list_models())
 
 
 class TrainSpec(Strict):
@@ -118,10 +115,7 @@ class DataSpec(Strict):
     def _known_dataset(cls, name: str) -> str:
         from .data import list_datasets
 
-        allowed = list_datasets()
-        if name not in allowed:
-            raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(allowed)}")
-        return name
+        return one_of("dataset", name, list_datasets())
 
 
 class EpsCurveSpec(Strict):

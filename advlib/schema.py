@@ -3,6 +3,8 @@ values are checked on assignment."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -10,3 +12,10 @@ class Strict(BaseModel):
     """Base for every parameter block: unknown keys are errors, values are checked on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+def one_of(kind: str, name: str, allowed: Sequence[str]) -> str:
+    """`name` if it is among `allowed`, else a ValueError naming it and the allowed ones (for registry names)."""
+    if name not in allowed:
+        raise ValueError(f"unknown {kind} {name!r}; allowed: {', '.join(allowed)}")
+    return name

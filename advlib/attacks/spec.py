@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from ..schema import Strict
+from ..schema import Strict, one_of
 
 
 class AttackSpec(Strict):
@@ -29,10 +29,7 @@ class AttackSpec(Strict):
     def _known_attack(cls, name: str) -> str:
         from .registry import list_attacks
 
-        allowed = list_attacks()
-        if name not in allowed:
-            raise ValueError(f"unknown attack {name!r}; allowed: {', '.join(allowed)}")
-        return name
+        return one_of("attack", name, list_attacks())
 
     @model_validator(mode="after")
     def _targeted_supported(self) -> AttackSpec:
