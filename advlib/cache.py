@@ -15,22 +15,24 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
 from filelock import FileLock
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 from safetensors.torch import load_file, save_file
 
 from .runtime import cache_root
 
 log = logging.getLogger("advlib")
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keys derived from parameter blocks (`derive_key`), no hand-kept legacy fields
 TENSORS = "tensors.safetensors"
 META = "meta.json"
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -61,6 +63,56 @@ def make_key(kind: str, params: Any) -> str:
     """sha256 over kind, cache format and the canonical parameters; first 20 hex digits."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{canonical(params)}".encode()).hexdigest()
     return digest[:20]
+
+
+@dataclass
+class Trained(Generic[ModelT]):
+    """What every trainer returns: the trained module, its per-epoch history, and the cache key that names it (the
+    upstream key of whatever is derived from it); `meta` holds any other numbers the training recorded."""
+
+    model: ModelT
+    history: list[dict[str, Any]]
+    key: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def identity(value: Any) -> Any:
+    """What of `value` names an artifact, as JSON: a parameter block's fields except those declared
+    `json_schema_extra={"identity": False}` (e.g. whether to download a dataset), a `Trained`'s or `CacheKey`'s key
+    for an upstream artifact, and mappings, sequences and plain values as themselves."""
+    if isinstance(value, BaseModel):
+        return {
+            name: identity(getattr(value, name))
+            for name, info in type(value).model_fields.items()
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("identity") is False)
+        }
+    if isinstance(value, Trained | CacheKey):
+        return value.key
+    if isinstance(value, Mapping):
+        return {str(k): identity(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [identity(v) for v in value]
+    return to_jsonable_python(value)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """An artifact's kind and the parameters that name it; `key` is their digest."""
+
+    kind: str
+    params: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return make_key(self.kind, self.params)
+
+
+def derive_key(kind: str, **parts: Any) -> CacheKey:
+    """The key of a `kind` artifact derived from what determines it: parameter blocks, upstream artifacts (`Trained`
+    or `CacheKey`: their keys), seeds and other plain values, each under its own name. No key is assembled by hand, so
+    a parameter added to a block is part of every key that block enters."""
+    _check_kind(kind)
+    return CacheKey(kind, {name: identity(value) for name, value in sorted(parts.items())})
 
 
 def file_sha256(path: Path) -> str:
@@ -164,27 +216,25 @@ class Cache:
                 return f"{name} checksum mismatch"
         return None
 
-    def get_or_build(
-        self, kind: str, params: Any, build: Callable[[], Artifact], *, label: str | None = None
-    ) -> Artifact:
-        """Return the cached artifact for (kind, params), building and storing it under a lock if absent."""
-        key = make_key(kind, params)
+    def get_or_build(self, key: CacheKey, build: Callable[[], Artifact], *, label: str | None = None) -> Artifact:
+        """Return the cached artifact for `key`, building and storing it under a lock if absent."""
+        kind, digest = key.kind, key.key
         name = label or kind
-        lock_path = self.root / kind / f"{key}.lock"
+        lock_path = self.root / kind / f"{digest}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path)):
             try:
-                found = self.read(kind, key)
+                found = self.read(kind, digest)
             except CacheError as error:
                 log.warning("%s; rebuilding", error)
-                shutil.rmtree(self.entry_dir(kind, key), ignore_errors=True)
+                shutil.rmtree(self.entry_dir(kind, digest), ignore_errors=True)
                 found = None
             if found is not None:
-                log.info("cache: loaded %s (%s/%s)", name, kind, key)  # relative: no machine path in notebook outputs
+                log.info("cache: loaded %s (%s/%s)", name, kind, digest)  # relative: no machine path in notebooks
                 return found
-            log.info("cache: building %s (%s/%s)", name, kind, key)
+            log.info("cache: building %s (%s/%s)", name, kind, digest)
             artifact = build()
-            self.write(kind, key, artifact, params)
+            self.write(kind, digest, artifact, key.params)
             return artifact
 
     # -- maintenance -------------------------------------------------------------------------
@@ -229,10 +279,10 @@ class Cache:
 
 
 def cached(
-    kind: str, params: Any, build: Callable[[], Artifact], *, cache: Cache | None = None, label: str | None = None
+    key: CacheKey, build: Callable[[], Artifact], *, cache: Cache | None = None, label: str | None = None
 ) -> Artifact:
     """`Cache().get_or_build` for the default cache root."""
-    return (cache or Cache()).get_or_build(kind, params, build, label=label)
+    return (cache or Cache()).get_or_build(key, build, label=label)
 
 
 def state_to_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -240,33 +290,39 @@ def state_to_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in module.state_dict().items()}
 
 
+TrainingResult = list[dict[str, Any]] | Mapping[str, Any]
+
+
 def cached_model(
-    kind: str,
-    params: Any,
+    key: CacheKey,
     model: ModelT,
-    train: Callable[[ModelT, Path], dict[str, Any]],
+    train: Callable[[ModelT, Path], TrainingResult],
     *,
     cache: Cache | None = None,
     label: str | None = None,
-) -> tuple[ModelT, dict[str, Any]]:
-    """Load `model`'s weights from the cache, or run `train(model, checkpoint_dir)` and store the result.
+) -> Trained[ModelT]:
+    """`model` with its weights loaded from the cache, or trained by `train(model, checkpoint_dir)` and stored.
 
-    `train` returns metadata (history, accuracy); it may checkpoint into `checkpoint_dir` so an
-    interrupted build resumes; the checkpoints are removed once the entry is written.
+    `train` returns the per-epoch history, or a mapping with 'history' and any other JSON-able numbers (they become
+    `Trained.meta`); it may checkpoint into `checkpoint_dir` so an interrupted build resumes; the checkpoints are
+    removed once the entry is written. The model comes back in eval mode.
     """
     cache = cache or Cache()
-    checkpoints = cache.checkpoint_dir(kind, make_key(kind, params))
+    checkpoints = cache.checkpoint_dir(key.kind, key.key)
 
     def build() -> Artifact:
-        meta = train(model, checkpoints)
+        result = train(model, checkpoints)
+        meta = {"history": result} if isinstance(result, list) else dict(result)
         return Artifact(tensors=state_to_tensors(model), meta=meta)
 
-    artifact = cache.get_or_build(kind, params, build, label=label)
+    artifact = cache.get_or_build(key, build, label=label)
     shutil.rmtree(checkpoints, ignore_errors=True)
     if artifact.from_cache:
         device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in artifact.tensors.items()})
-    return model, artifact.meta
+    meta = dict(artifact.meta)
+    history = list(meta.pop("history", []))
+    return Trained(model=model.eval(), history=history, key=key.key, meta=meta)
 
 
 def _index_to_json(index: pd.Index) -> dict[str, Any]:
@@ -330,13 +386,12 @@ def frames_from_artifact(artifact: Artifact) -> tuple[pd.DataFrame, ...]:
 
 
 def cached_frames(
-    kind: str,
-    params: Any,
+    key: CacheKey,
     build: Callable[[], tuple[pd.DataFrame, ...]],
     *,
     cache: Cache | None = None,
     label: str | None = None,
 ) -> tuple[pd.DataFrame, ...]:
-    """Tables of results (an evaluation the notebook reports), built once per parameters and then loaded exactly."""
-    artifact = (cache or Cache()).get_or_build(kind, params, lambda: frames_to_artifact(tuple(build())), label=label)
+    """Tables of results (an evaluation the notebook reports), built once per key and then loaded exactly."""
+    artifact = (cache or Cache()).get_or_build(key, lambda: frames_to_artifact(tuple(build())), label=label)
     return frames_from_artifact(artifact)

@@ -23,7 +23,7 @@ from .attacks.base import seeded
 from .attacks.pgd import PGD
 from .attacks.registry import _spec_dict
 from .attacks.spec import labelled_specs, spec_label
-from .cache import Artifact, Cache, cached_frames
+from .cache import Artifact, Cache, cached_frames, derive_key
 from .inference import accuracy
 
 TOLERANCE = 1e-4
@@ -53,19 +53,20 @@ def attack(
     adversary = create_attack(spec)
     if model_key is None:
         return adversary(model, x, y, target, keys=keys)
-    key = {
-        "model": model_key,
-        "spec": _spec_dict(spec),
-        "samples": tensor_digest(x, y) + (tensor_digest(target) if target is not None else ""),
-    }
-    if keys is not None:
-        key["keys"] = tensor_digest(keys)
+    key = derive_key(
+        "adversarial",
+        model=model_key,
+        spec=_spec_dict(spec),
+        samples=tensor_digest(x, y),
+        target=tensor_digest(target) if target is not None else None,
+        keys=tensor_digest(keys) if keys is not None else None,
+    )
 
     def build() -> Artifact:
         result = adversary(model, x, y, target, keys=keys)
         return Artifact({"x_adv": result.x_adv, "success": result.success, "norms": result.norms, "l2": result.l2}, {})
 
-    artifact = (cache or Cache()).get_or_build("adversarial", key, build, label=f"adversarials {spec_label(spec)}")
+    artifact = (cache or Cache()).get_or_build(key, build, label=f"adversarials {spec_label(spec)}")
     t = artifact.tensors
     return AttackResult(
         x_adv=t["x_adv"].to(x.device),
@@ -266,8 +267,8 @@ def accuracy_vs_steps(
 
     if model_key is None:
         return build()[0]
-    key = {"model": model_key, "spec": raw, "samples": tensor_digest(x, y)}
-    return cached_frames("steps_curve", key, build, cache=cache, label=f"accuracy vs steps {spec_label(raw)}")[0]
+    key = derive_key("steps_curve", model=model_key, spec=raw, samples=tensor_digest(x, y))
+    return cached_frames(key, build, cache=cache, label=f"accuracy vs steps {spec_label(raw)}")[0]
 
 
 def rho_adv(x: Tensor, x_adv: Tensor, mask: Tensor | None = None) -> float:

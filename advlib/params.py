@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .attacks.spec import AttackSpec
 from .runtime import DEVICE_CHOICES, PUBLISH_ENV, contained_path, project_root, publishing
@@ -93,14 +93,6 @@ class TrainSpec(Strict):
             raise ValueError(f"milestones are only used by schedule 'multistep', not {self.schedule!r}")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump_without_default_augment(self, handler: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
-        """Leave `augment` out of dumps while it is 'none', so cache keys of models trained before it existed hold."""
-        data = handler(self)
-        if data.get("augment") == "none":
-            data.pop("augment")
-        return data
-
 
 class DataSpec(Strict):
     """Which dataset and how many images of each split."""
@@ -108,7 +100,7 @@ class DataSpec(Strict):
     name: str = "mnist5k"
     n_train: int | None = Field(default=None, ge=1)
     n_test: int | None = Field(default=None, ge=1)
-    download: bool = False
+    download: bool = Field(default=False, json_schema_extra={"identity": False})  # how, not what: not in cache keys
 
     @field_validator("name")
     @classmethod

@@ -200,6 +200,11 @@ class Run:
         _run_dirs[(project_root(), stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 
+    def artifact(self, study: Any, name: str) -> Any:
+        """`study`'s declared artifact `name` (an `experiments.base.Study`): computed, saved beside this run's outputs,
+        paired with the paper's numbers where it has a reference, and returned as a table."""
+        return study.publish(name, self)
+
     def manifest(self) -> dict[str, Any]:
         params = self.params.model_dump(mode="json") if hasattr(self.params, "model_dump") else self.params
         return {

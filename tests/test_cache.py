@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from advlib.cache import Artifact, Cache, make_key
+from advlib.cache import Artifact, Cache, derive_key
 
 
 def _build(value: float = 1.0):
@@ -21,20 +21,20 @@ def _build(value: float = 1.0):
 
 
 def test_key_is_canonical_and_parameter_sensitive():
-    assert make_key("model", {"a": 1, "b": [1, 2]}) == make_key("model", {"b": [1, 2], "a": 1})
-    assert make_key("model", {"a": 1}) != make_key("model", {"a": 2})
-    assert make_key("model", {"a": 1}) != make_key("adversarial", {"a": 1})
+    assert derive_key("model", a=1, b=[1, 2]).key == derive_key("model", b=[1, 2], a=1).key
+    assert derive_key("model", a=1).key != derive_key("model", a=2).key
+    assert derive_key("model", a=1).key != derive_key("adversarial", a=1).key
 
 
 def test_build_once_then_load(tmp_path, caplog):
     cache = Cache(tmp_path)
     build, calls = _build()
-    first = cache.get_or_build("model", {"x": 1}, build)
+    first = cache.get_or_build(derive_key("model", x=1), build)
     with caplog.at_level(logging.INFO, logger="advlib"):
-        second = cache.get_or_build("model", {"x": 1}, build)
+        second = cache.get_or_build(derive_key("model", x=1), build)
     assert len(calls) == 1 and not first.from_cache and second.from_cache
     assert torch.equal(second.tensors["w"], first.tensors["w"]) and second.meta == {"note": "built"}
-    assert f"loaded model (model/{make_key('model', {'x': 1})})" in caplog.text
+    assert f"loaded model (model/{derive_key('model', x=1).key})" in caplog.text
     assert str(tmp_path) not in caplog.text  # notices end up in committed notebooks: no machine paths
     assert [row["kind"] for row in cache.ls()] == ["model"]
 
@@ -46,7 +46,7 @@ def test_failed_build_leaves_no_entry(tmp_path):
         raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError):
-        cache.get_or_build("model", {"x": 1}, broken)
+        cache.get_or_build(derive_key("model", x=1), broken)
     assert list(cache.entries()) == []
     assert not list((tmp_path / "model").glob(".tmp-*"))
 
@@ -54,7 +54,7 @@ def test_failed_build_leaves_no_entry(tmp_path):
 def test_prune(tmp_path):
     cache = Cache(tmp_path)
     for i in range(3):
-        cache.get_or_build("model" if i < 2 else "adversarial", {"i": i}, _build()[0])
+        cache.get_or_build(derive_key("model" if i < 2 else "adversarial", i=i), _build()[0])
     assert len(cache.prune("adversarial")) == 1
     assert {row["kind"] for row in cache.ls()} == {"model"}
     cache.prune()
@@ -84,9 +84,9 @@ def test_cached_frames_load_back_exactly(tmp_path, caplog):
     text = pd.DataFrame({"s": ["u", "v"], "f": np.array([1e-17, 2 / 3], dtype=np.float32)})
     frames, calls = (named, curve, multi, text), []
     cache = Cache(tmp_path)
-    cached_frames("tables", {"t": 1}, lambda: (calls.append(1), frames)[1], cache=cache)
+    cached_frames(derive_key("tables", t=1), lambda: (calls.append(1), frames)[1], cache=cache)
     with caplog.at_level(logging.INFO, logger="advlib"):
-        loaded = cached_frames("tables", {"t": 1}, lambda: (calls.append(1), frames)[1], cache=cache)
+        loaded = cached_frames(derive_key("tables", t=1), lambda: (calls.append(1), frames)[1], cache=cache)
     assert len(calls) == 1 and "loaded" in caplog.text
     for built, back in zip(frames, loaded):
         pd.testing.assert_frame_equal(back, built, check_exact=True, check_index_type=True, check_column_type=True)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from advlib import cli, params, runtime
-from advlib.cache import Artifact, Cache
+from advlib.cache import Artifact, Cache, derive_key
 
 
 def test_list_shows_registries(capsys):
@@ -58,7 +58,7 @@ def test_run_passes_profile_and_overrides_to_papermill(monkeypatch, tmp_path):
 
 def test_cache_commands(project, capsys):
     cache = Cache()
-    cache.get_or_build("model", {"a": 1}, lambda: Artifact({"w": torch.ones(2)}, {}))
+    cache.get_or_build(derive_key("model", a=1), lambda: Artifact({"w": torch.ones(2)}, {}))
     assert cli.main(["cache", "ls"]) == 0
     assert "1 entries" in capsys.readouterr().out
     entry = next(cache.entries())
@@ -145,7 +145,7 @@ def test_portable_kernel_runs_cache_apart_from_plain_runs(monkeypatch, tmp_path)
 
 
 def test_cache_prune_kind_must_name_a_kind_present(project, capsys):
-    Cache().get_or_build("model", {"a": 1}, lambda: Artifact({"w": torch.ones(2)}, {}))
+    Cache().get_or_build(derive_key("model", a=1), lambda: Artifact({"w": torch.ones(2)}, {}))
     assert cli.main(["cache", "prune", "--kind", "modle"]) == 2
     err = capsys.readouterr().err
     assert "--kind 'modle'" in err and "kinds present: model" in err

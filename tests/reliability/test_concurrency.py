@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from advlib.cache import Artifact, Cache
+from advlib.cache import Artifact, Cache, derive_key
 
 WORKERS = 3
 
@@ -18,7 +18,7 @@ def _worker(root: str, value: float, start_at: float, queue) -> None:
         return Artifact({"w": torch.full((2,), value)}, {"builder": value})
 
     time.sleep(max(0.0, start_at - time.time()))  # all workers ask at the same moment
-    artifact = Cache(root).get_or_build("model", {"shared": True}, slow)
+    artifact = Cache(root).get_or_build(derive_key("model", shared=True), slow)
     queue.put((artifact.from_cache, float(artifact.tensors["w"][0])))
 
 

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from advlib.cache import META, TENSORS, Artifact, Cache, CacheError, cached_model, make_key
+from advlib.cache import META, TENSORS, Artifact, Cache, CacheError, cached_model, derive_key
 from advlib.cli import main as cli
 from advlib.data import load_dataset
 from advlib.models import create_model
@@ -59,18 +59,18 @@ def test_damaged_entry_is_listed_by_cli_verify_then_rebuilt_with_a_warning(
 ):
     cache, rng = Cache(tmp_path), random.Random(f"{target}-{how}")
     build, calls = _build_counter()
-    original = cache.get_or_build("model", {"x": 1}, build)
-    cache.get_or_build("model", {"y": 2}, build)  # an intact neighbour
-    entry = cache.entry_dir("model", make_key("model", {"x": 1}))
+    original = cache.get_or_build(derive_key("model", x=1), build)
+    cache.get_or_build(derive_key("model", y=2), build)  # an intact neighbour
+    entry = cache.entry_dir("model", derive_key("model", x=1).key)
     _damage(entry / target, how, rng)
 
     assert cli(["cache", "verify", "--root", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert f"CORRUPT {entry}" in out and "1 corrupt of 2 entries" in out
     with pytest.raises(CacheError, match="corrupt"):
-        cache.read("model", make_key("model", {"x": 1}))
+        cache.read("model", derive_key("model", x=1).key)
     with caplog.at_level(logging.WARNING, logger="advlib"):
-        again = cache.get_or_build("model", {"x": 1}, build)
+        again = cache.get_or_build(derive_key("model", x=1), build)
     assert "corrupt" in caplog.text and "rebuilding" in caplog.text
     assert len(calls) == 3 and torch.equal(again.tensors["w"], original.tensors["w"])
     assert cli(["cache", "verify", "--root", str(tmp_path)]) == 0
@@ -81,8 +81,8 @@ def test_prune_corrupt_removes_only_the_damaged_entries(tmp_path, capsys, ledger
     cache = Cache(tmp_path)
     build, _ = _build_counter()
     for i in range(4):
-        cache.get_or_build("model", {"i": i}, build)
-    damaged = [cache.entry_dir("model", make_key("model", {"i": i})) for i in (1, 3)]
+        cache.get_or_build(derive_key("model", i=i), build)
+    damaged = [cache.entry_dir("model", derive_key("model", i=i).key) for i in (1, 3)]
     for entry in damaged:
         _damage(entry / TENSORS, "flip", random.Random(str(entry)))
     assert sorted(p for p, _ in cache.verify()) == sorted(damaged)
@@ -126,7 +126,7 @@ def test_corrupt_model_entry_is_retrained_to_the_same_weights(tmp_path, caplog, 
         )[0]
 
     first = get()
-    entry = Cache(tmp_path).entry_dir("model", make_key("model", {"t": 1}))
+    entry = Cache(tmp_path).entry_dir("model", derive_key("model", t=1).key)
     meta = json.loads((entry / META).read_text())
     meta["sha256"][TENSORS] = "0" * 64  # a checksum that no longer matches
     (entry / META).write_text(json.dumps(meta))

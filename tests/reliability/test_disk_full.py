@@ -12,7 +12,7 @@ import torch
 import advlib.cache as cache_mod
 import advlib.train as train_mod
 from advlib import report
-from advlib.cache import Artifact, Cache, CacheError
+from advlib.cache import Artifact, Cache, CacheError, derive_key
 from advlib.data import load_dataset
 from advlib.models import create_model
 from advlib.params import TrainSpec
@@ -35,10 +35,10 @@ def test_cache_write_on_a_full_disk(tmp_path, monkeypatch, ledger):
     cache = Cache(tmp_path)
     monkeypatch.setattr(cache_mod, "save_file", _half_then_full(cache_mod.save_file))
     with pytest.raises(CacheError, match=r"could not write cache entry model/.*No space left on device"):
-        cache.get_or_build("model", {"x": 1}, lambda: Artifact({"w": torch.ones(1000)}, {}))
+        cache.get_or_build(derive_key("model", x=1), lambda: Artifact({"w": torch.ones(1000)}, {}))
     assert list(cache.entries()) == [] and not list((tmp_path / "model").glob(".tmp-*"))
     monkeypatch.undo()
-    built = cache.get_or_build("model", {"x": 1}, lambda: Artifact({"w": torch.ones(1000)}, {}))
+    built = cache.get_or_build(derive_key("model", x=1), lambda: Artifact({"w": torch.ones(1000)}, {}))
     assert not built.from_cache and cache.verify() == []  # space back: the build goes through
     ledger.record("disk full", "cache entry write", "clear error, no entry, later build fine")
 
