@@ -77,11 +77,12 @@ class Study:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        declared = dict(cls.artifacts)
-        for value in vars(cls).values():
-            spec = getattr(value, "__artifact__", None)
-            if isinstance(spec, ArtifactSpec):
-                declared[spec.name] = spec
+        declared = {}
+        for klass in reversed(cls.__mro__):  # a subclass's declaration of a name replaces its base's
+            for value in vars(klass).values():
+                spec = getattr(value, "__artifact__", None)
+                if isinstance(spec, ArtifactSpec):
+                    declared[spec.name] = spec
         cls.artifacts = declared
 
     def __init__(self, p: Any, device: torch.device | str = "cpu", cache: Cache | None = None) -> None:
@@ -106,7 +107,9 @@ class Study:
     # -- artifacts -----------------------------------------------------------------------------
     def _spec(self, name: str) -> ArtifactSpec:
         if name not in self.artifacts:
-            raise KeyError(f"{type(self).__name__} declares no artifact {name!r}; declared: {', '.join(self.artifacts)}")
+            raise KeyError(
+                f"{type(self).__name__} declares no artifact {name!r}; declared: {', '.join(self.artifacts)}"
+            )
         return self.artifacts[name]
 
     def publish(self, name: str, out: Out) -> pd.DataFrame:

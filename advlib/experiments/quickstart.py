@@ -1,16 +1,94 @@
-"""The quickstart's sanity claims, checked on the tables the notebook saves (attack_suite, accuracy_vs_eps,
-accuracy_vs_steps, union)."""
+"""The quickstart: LeNet-5 trained on MNIST, attacked by a suite, with the standard curves and the sanity claims every
+robustness paper relies on, each checked on the table it cites."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
+from torch import Tensor
 
-from advlib.report import Claim, proportion_gap
+from ..cache import Trained
+from ..data import dataset_info, load_dataset, to_tensors
+from ..evaluate import (
+    SuiteResult,
+    UnionResult,
+    accuracy_vs_eps,
+    accuracy_vs_steps,
+    attack_suite,
+    per_class_attack_table,
+    union_robustness,
+)
+from ..params import QuickstartParams
+from ..report import Claim, proportion_gap
+from ..train import train_classifier
+from .base import Study, artifact
 
 Tables = Mapping[str, Any]
+
+
+class QuickstartStudy(Study):
+    """One quickstart run: the trained classifier, its evaluation images and every table, each cached."""
+
+    stem = "quickstart"
+    p: QuickstartParams
+
+    @cached_property
+    def trained(self) -> Trained:
+        return train_classifier(self.p.train, self.p.data, seed=self.p.seed, device=self.device, cache=self.cache)
+
+    @cached_property
+    def evaluation_set(self) -> tuple[Tensor, Tensor]:
+        """The first `n_eval` test images, on the study's device."""
+        x, y = to_tensors(load_dataset(self.p.data.name, "test", n=self.p.n_eval))
+        return x.to(self.device), y.to(self.device)
+
+    @cached_property
+    def suite(self) -> SuiteResult:
+        x, y = self.evaluation_set
+        return attack_suite(self.trained.model, x, y, self.p.attacks, model_key=self.trained.key, cache=self.cache)
+
+    @cached_property
+    def union(self) -> UnionResult:
+        x, y = self.evaluation_set
+        return union_robustness(self.trained.model, x, y, self.p.attacks, model_key=self.trained.key, cache=self.cache)
+
+    @artifact("attack_suite", "Accuracy (%) of the classifier under each attack of the suite.")
+    def attack_suite(self) -> pd.DataFrame:
+        return self.suite.table()
+
+    @artifact("union", "Clean accuracy and accuracy under the union of the suite's attacks (%).")
+    def union_table(self) -> pd.DataFrame:
+        return union_table(
+            float(self.union.clean_correct.float().mean()), self.union.robust_accuracy, len(self.p.attacks)
+        )
+
+    @artifact("per_class_attack", "Accuracy (%) per class and attack.")
+    def per_class_attack(self) -> pd.DataFrame:
+        _, y = self.evaluation_set
+        robust = {"clean": self.suite.clean, **self.suite.robust()}
+        return per_class_attack_table(y, robust, dataset_info(self.p.data.name).num_classes)
+
+    @artifact("accuracy_vs_eps", "Robust accuracy (%) as the attack's budget grows.")
+    def accuracy_vs_eps(self) -> pd.DataFrame:
+        x, y = self.evaluation_set
+        curve = self.p.eps_curve
+        return accuracy_vs_eps(
+            self.trained.model, x, y, curve.attack, curve.eps, model_key=self.trained.key, cache=self.cache
+        )
+
+    @artifact("accuracy_vs_steps", "Robust accuracy (%) after each PGD step, from one run that records every iterate.")
+    def accuracy_vs_steps(self) -> pd.DataFrame:
+        x, y = self.evaluation_set
+        curve = self.p.steps_curve
+        return accuracy_vs_steps(
+            self.trained.model, x, y, curve.attack, curve.steps, model_key=self.trained.key, cache=self.cache
+        )
+
+    def claims(self) -> list[Claim]:
+        return claims(n_images=self.p.n_eval)
 
 
 def union_table(clean_accuracy: float, robust_accuracy: float, attacks: int) -> pd.DataFrame:
