@@ -376,15 +376,17 @@ def bench_union(reps: int, device: torch.device, images: int) -> Row:
     from advlib.data import load_dataset, to_tensors
     from advlib.evaluate import union_robustness
     from advlib.params import TrainSpec
-    from advlib.train import fit
+    from advlib.train import ClassifierStep, fit
 
     torch.manual_seed(0)
     model = create_model("lenet5_classic").to(device)
     fit(
-        model,
-        load_dataset("mnist5k", "train"),
-        TrainSpec(model="lenet5_classic", epochs=1, batch_size=64),
-        device=device,
+        ClassifierStep(
+            model,
+            load_dataset("mnist5k", "train"),
+            TrainSpec(model="lenet5_classic", epochs=1, batch_size=64),
+            device=device,
+        )
     )
     model.eval()
     x, y = (t.to(device) for t in to_tensors(load_dataset("mnist5k", "test", n=images)))

@@ -143,15 +143,17 @@ def test_pgd5_adam_at_least_as_strong_as_ifgsm5_on_an_adversarially_trained_mode
     from advlib.data import load_dataset
     from advlib.models import create_model
     from advlib.params import TrainSpec
-    from advlib.train import fit
+    from advlib.train import ClassifierStep, fit
 
     torch.manual_seed(0)
     model = create_model("lenet5_classic")
     adversary = {"name": "pgd_linf", "eps": 0.2, "steps": 3, "stepsize": 0.08}
     fit(
-        model,
-        load_dataset("mnist5k", "train", n=2000),
-        TrainSpec(model="lenet5_classic", epochs=2, batch_size=64, adversary=adversary, adv_weight=0.5),
+        ClassifierStep(
+            model,
+            load_dataset("mnist5k", "train", n=2000),
+            TrainSpec(model="lenet5_classic", epochs=2, batch_size=64, adversary=adversary, adv_weight=0.5),
+        ),
         seed=0,
     )
     model.eval()

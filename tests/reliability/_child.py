@@ -7,12 +7,12 @@ import sys
 
 import torch
 
-from advlib.cache import Cache, cached_model
+from advlib.cache import Cache, cached_model, derive_key
 from advlib.data import load_dataset, to_tensors
 from advlib.evaluate import attack
 from advlib.models import create_model
 from advlib.params import AttackSpec, TrainSpec
-from advlib.train import fit
+from advlib.train import ClassifierStep, fit
 
 
 def main(mode: str, root: str) -> None:
@@ -25,11 +25,13 @@ def main(mode: str, root: str) -> None:
         train = load_dataset("mnist5k", "train", n=600, seed=0)
         spec = TrainSpec(model="lenet5_classic", epochs=6, batch_size=50)
         cached_model(
-            "reliability",
-            {"spec": spec.model_dump(mode="json")},
+            derive_key("reliability", spec=spec),
             model,
             lambda m, ckpt: fit(
-                m, train, spec, seed=0, checkpoint_dir=ckpt, on_epoch=lambda e, *_: print(f"epoch {e}", flush=True)
+                ClassifierStep(m, train, spec),
+                seed=0,
+                checkpoint_dir=ckpt,
+                on_epoch=lambda e, *_: print(f"epoch {e}", flush=True),
             ),
             cache=cache,
         )

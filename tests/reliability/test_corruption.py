@@ -15,7 +15,7 @@ from advlib.cli import main as cli
 from advlib.data import load_dataset
 from advlib.models import create_model
 from advlib.params import TrainSpec
-from advlib.train import CHECKPOINT, fit
+from advlib.train import CHECKPOINT, ClassifierStep, fit
 
 
 def _damage(path, how: str, rng: random.Random) -> None:
@@ -99,7 +99,11 @@ def test_damaged_training_checkpoint_restarts_the_build_and_ends_identical(how, 
     def run(checkpoint_dir, epochs=3):
         torch.manual_seed(0)
         model = create_model("mlp1200", width=32, depth=1)
-        fit(model, train, spec.model_copy(update={"epochs": epochs}), seed=0, checkpoint_dir=checkpoint_dir)
+        fit(
+            ClassifierStep(model, train, spec.model_copy(update={"epochs": epochs})),
+            seed=0,
+            checkpoint_dir=checkpoint_dir,
+        )
         return model
 
     reference = run(None)
@@ -121,9 +125,8 @@ def test_corrupt_model_entry_is_retrained_to_the_same_weights(tmp_path, caplog, 
     def get():
         torch.manual_seed(0)
         model = create_model("mlp1200", width=16, depth=1)
-        return cached_model(
-            "model", {"t": 1}, model, lambda m, ckpt: fit(m, train, spec, checkpoint_dir=ckpt), cache=Cache(tmp_path)
-        )[0]
+        build = lambda m, ckpt: fit(ClassifierStep(m, train, spec), checkpoint_dir=ckpt)  # noqa: E731
+        return cached_model(derive_key("model", t=1), model, build, cache=Cache(tmp_path)).model
 
     first = get()
     entry = Cache(tmp_path).entry_dir("model", derive_key("model", t=1).key)

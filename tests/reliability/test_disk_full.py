@@ -16,7 +16,7 @@ from advlib.cache import Artifact, Cache, CacheError, derive_key
 from advlib.data import load_dataset
 from advlib.models import create_model
 from advlib.params import TrainSpec
-from advlib.train import CHECKPOINT, fit
+from advlib.train import CHECKPOINT, ClassifierStep, fit
 
 
 def _half_then_full(real):
@@ -48,9 +48,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     spec = TrainSpec(model="mlp1200", epochs=2, batch_size=50, model_options={"width": 16, "depth": 1})
     torch.manual_seed(0)
     fit(
-        create_model("mlp1200", width=16, depth=1),
-        train,
-        spec.model_copy(update={"epochs": 1}),
+        ClassifierStep(create_model("mlp1200", width=16, depth=1), train, spec.model_copy(update={"epochs": 1})),
         checkpoint_dir=tmp_path,
     )
     before = (tmp_path / CHECKPOINT).read_bytes()
@@ -59,7 +57,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
     with pytest.raises(
         OSError, match=r"could not write the training checkpoint .*No space left.*previous checkpoint is kept"
     ):
-        fit(create_model("mlp1200", width=16, depth=1), train, spec, checkpoint_dir=tmp_path)
+        fit(ClassifierStep(create_model("mlp1200", width=16, depth=1), train, spec), checkpoint_dir=tmp_path)
     assert (tmp_path / CHECKPOINT).read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]  # no half-written temp file left
     ledger.record("disk full", "training checkpoint write", "clear error, previous checkpoint intact")
