@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,7 @@ from advlib.defenses.ensemble_at import (
     with_mode,
 )
 from advlib.evaluate import accuracy_vs_steps
+from advlib.experiments.base import MissingResult
 from advlib.experiments.strength_in_numbers import EnsembleStudy
 from advlib.models import count_parameters, create_model
 
@@ -146,17 +148,20 @@ def study(tmp_path_factory):
 
 
 def test_study_histories_tables_and_cache(study):
-    model, history = study.system("Ensemble2Adv", 0)
+    trained = study.system("Ensemble2Adv", 0)
+    model, history = trained.model, trained.history
     assert len(model.members) == 2 and len(history) == study.p.train.epochs
     assert set(history[0]) >= {"clean", "IFGSM5", "PGD5", "PGD20", "blackbox", "epoch"}
-    separate, none = study.system("Separate2Adv", 0)
-    single_a, single_b = study.system("SingleAdv", 0)[0], study.system("SingleAdv", 1000)[0]
-    assert none == [] and separate.members[0] is single_a.members[0] and separate.members[1] is single_b.members[0]
-    again = EnsembleStudy(study.p, "cpu", cache=study.cache).system("Ensemble2Adv", 0)[1]
-    assert again == history
+    separate = study.system("Separate2Adv", 0)
+    single_a, single_b = study.system("SingleAdv", 0).model, study.system("SingleAdv", 1000).model
+    assert separate.history == []
+    assert separate.model.members[0] is single_a.members[0] and separate.model.members[1] is single_b.members[0]
+    again = EnsembleStudy(study.p, "cpu", cache=study.cache).system("Ensemble2Adv", 0)
+    assert again.history == history and again.key == trained.key
+    torch.testing.assert_close(again.model.state_dict(), model.state_dict(), rtol=0, atol=0)
     curves = study.curves()
     assert set(curves["system"]) == {"Baseline", "SingleAdv", "Ensemble2Adv"}
-    table1a = study.table1a(curves)
+    table1a = study.table1a()
     assert list(table1a.columns) == ["clean", "IFGSM5", "PGD5", "PGD20", "blackbox"]
     final = history[-1]
     assert table1a.loc["Ensemble2Adv", "clean"] == pytest.approx(np.mean([h["clean"] for h in history[-10:]]))
@@ -172,9 +177,71 @@ def test_evaluated_tables_are_cached_under_the_systems_keys(study, caplog):
         again = EnsembleStudy(study.p, "cpu", cache=study.cache).steps_curves()
     assert "loaded figure2c" in caplog.text
     pd.testing.assert_frame_equal(again, steps, check_exact=True)
-    single = study.system_key("SingleAdv", 0)
-    assert study.system_key("Separate2Adv", 0)["members"] == [single, study.system_key("SingleAdv", 1000)]
-    assert single != study.system_key("SingleAdv", 1) != study.system_key("Ensemble2Adv", 1)
+    keys = {
+        (name, seed): study.system(name, seed).key
+        for name, seed in [
+            ("SingleAdv", 0),
+            ("SingleAdv", 1000),
+            ("SingleAdv", 1),
+            ("Ensemble2Adv", 1),
+            ("Separate2Adv", 0),
+        ]
+    }
+    assert len(set(keys.values())) == len(keys)  # every system and seed has its own key
+    separate = study.key("separate", system="Separate2Adv", members=[keys["SingleAdv", 0], keys["SingleAdv", 1000]])
+    assert keys["Separate2Adv", 0] == separate.key  # a test-time ensemble is named by its members' keys
+
+
+def test_every_key_part_names_the_system(study):
+    """A change to any parameter the training or its evaluation history depends on gives another system key."""
+    base = study.system("SingleAdv", 0).key
+    for change in (
+        {"rho": 0.5},
+        {"n_eval": 16},
+        {"seed": 1},
+        {"train.lr": 0.002},
+        {"train_attack.steps": 3},
+        {"eval_attacks.PGD20.steps": 3},
+        {"blackbox_attack.steps": 3},
+    ):
+        p = params.load("strength_in_numbers", "ci", {"systems": ["SingleAdv"], **change})
+        other = EnsembleStudy(p, "cpu", cache=study.cache)
+        assert other._system_key("SingleAdv", 0).key != base, change
+    assert study._system_key("SingleAdv", 0).key == base
+    download = params.load("strength_in_numbers", "ci", {"systems": ["SingleAdv"], "data.download": True})
+    assert EnsembleStudy(download, "cpu", cache=study.cache)._system_key("SingleAdv", 0).key == base
+
+
+def test_declared_artifacts_and_pairings(study, tmp_path, monkeypatch):
+    """Every table of the notebook is a declared artifact; the paired ones give the paper-vs-run summary in the
+    order the run made them, and claims citing a table the run lacks are a MissingResult."""
+    assert set(EnsembleStudy.artifacts) >= {
+        "parameters",
+        "curves",
+        "table1a",
+        "table1b",
+        "table1c",
+        "figure2c",
+        "table2",
+        "table2_doubling",
+        "figure3",
+        "paper_vs_run",
+        "claims",
+    }
+    assert EnsembleStudy.artifacts["paper_vs_run"].floatfmt == 3
+    monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path))
+    out = SimpleNamespace(stem=EnsembleStudy.stem, profile="ci")
+    fresh = EnsembleStudy(study.p, "cpu", cache=study.cache)
+    with pytest.raises(MissingResult, match="table1a"):
+        fresh.publish("claims", out)
+    fresh.publish("table1c", out)
+    table1a = fresh.publish("table1a", out)
+    summary = fresh.publish("paper_vs_run", out)
+    assert list(summary.index.get_level_values("artifact").unique()) == ["table1c", "table1a"]
+    assert summary.loc[("table1a", "SingleAdv / clean"), "run"] == pytest.approx(
+        table1a.loc["SingleAdv", "clean"] / 100
+    )
+    assert (tmp_path / "strength_in_numbers" / "ci" / "paper_vs_run.csv").is_file()
 
 
 def test_bad_strength_in_numbers_parameters():
@@ -224,9 +291,9 @@ def test_paper_profile_dry_run_on_fake_data(tmp_path):
     study = EnsembleStudy(p, "cpu", cache=Cache(tmp_path))
     curves = study.curves()
     assert set(curves["system"]) == set(p.systems) - {"Separate2Adv"}
-    assert len(study.table1a(curves)) == 7 and len(study.table1b(curves)) == 7
+    assert len(study.table1a()) == 7 and len(study.table1b()) == 7
     assert list(study.table1c().index) == p.systems
     assert set(study.steps_curves()["steps"]) == {0, 1, 2, 3}
-    table2, _ = study.table2()
+    table2 = study.table2()
     assert list(table2.index) == ["Model 1", "Model 2", "Model 3", "Model 4", "Ensemble", "Ensemble (remove softmax)"]
     assert len(study.figure3()) == 6
