@@ -10,13 +10,13 @@ from torch import nn
 from advlib.attacks.base import lp_norms
 from advlib.data import dataset_info, load_dataset, to_tensors
 from advlib.defenses.mat import (
+    MIMOStep,
     NormStep,
     PassCounter,
     _start,
     _take_step,
     backbone_layout,
     cross_gradient_ratio,
-    fit_mimo,
     mat_attack,
     member_batches,
     msd_attack,
@@ -25,6 +25,7 @@ from advlib.defenses.mat import (
 )
 from advlib.models.mimo import MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo, member_losses
 from advlib.params import TrainSpec
+from advlib.train import fit
 
 INFO = dataset_info("mnist5k")
 STEPS = [NormStep("l1", 10.0, 0.8), NormStep("l2", 2.0, 0.1), NormStep("linf", 0.3, 0.01)]
@@ -170,8 +171,9 @@ def test_trained_member_answers_for_its_own_slot():
     torch.manual_seed(0)
     mimo = create_mimo("mlp1200", INFO, 3, width=256, depth=1)
     train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(1500))
-    out = fit_mimo(mimo, train, TrainSpec(model="mlp1200", epochs=3, batch_size=50), members=3, seed=0)
-    assert len(out["history"]) == 3 and out["history"][-1]["backward_per_batch"] == 1
+    with MIMOStep(mimo, train, TrainSpec(model="mlp1200", epochs=3, batch_size=50), members=3) as step:
+        history = fit(step, seed=0)
+    assert len(history) == 3 and history[-1]["backward_per_batch"] == 1
     x, y = to_tensors(load_dataset("mnist5k", "test"), n=300)
     for m in range(3):
         slots = torch.zeros(300, 3, 1, 28, 28)
@@ -191,13 +193,13 @@ def test_mat_training_counts_k_plus_one_passes_and_resumes(tmp_path):
     def run(checkpoint_dir=None, on_epoch=None):
         torch.manual_seed(0)
         mimo = create_mimo("mlp1200", INFO, 3, width=32, depth=1)
-        out = fit_mimo(
-            mimo, train, spec, members=3, inner=inner, seed=0, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch
-        )
-        return mimo, out
+        with MIMOStep(mimo, train, spec, members=3, inner=inner) as step:
+            history = fit(step, seed=0, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch)
+        assert not mimo._forward_hooks  # the pass counter is gone once training ends
+        return mimo, history
 
-    whole, out = run()
-    record = out["history"][-1]
+    whole, history = run()
+    record = history[-1]
     assert (record["forward_per_batch"], record["backward_per_batch"]) == (3 + 1, 3 + 1)  # Table 6: K+1 / K+1
 
     def crash(epoch, model, record):
@@ -208,10 +210,24 @@ def test_mat_training_counts_k_plus_one_passes_and_resumes(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, crash)
-    resumed, out = run(tmp_path, crash)
-    assert [h["diagnostic"] for h in out["history"]] == [1, 2]  # the interrupted callback ran again
+    resumed, history = run(tmp_path, crash)
+    assert [h["diagnostic"] for h in history] == [1, 2]  # the interrupted callback ran again
     for a, b in zip(whole.parameters(), resumed.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_pass_counter_leaves_the_model_also_when_training_fails():
+    mimo = create_mimo("mlp1200", INFO, 3, width=16, depth=1)
+    train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(40))
+
+    def inner(model, x, y, g, scale):
+        assert model._forward_hooks  # counting while it trains
+        raise RuntimeError("attack failed")
+
+    with pytest.raises(RuntimeError, match="attack failed"):
+        with MIMOStep(mimo, train, TrainSpec(model="mlp1200", epochs=1, batch_size=20), members=3, inner=inner) as step:
+            fit(step)
+    assert not mimo._forward_hooks
 
 
 def test_triangle_schedule_peaks_at_40_percent():
@@ -244,7 +260,10 @@ def test_radius_ramp_scales_the_training_attack_then_reaches_full_radii():
         seen.append(scale)
         return x
 
-    fit_mimo(create_mimo("mlp1200", INFO, 3, width=16, depth=1), train, spec, members=3, inner=inner, ramp_epochs=2)
+    with MIMOStep(
+        create_mimo("mlp1200", INFO, 3, width=16, depth=1), train, spec, members=3, inner=inner, ramp_epochs=2
+    ) as step:
+        fit(step)
     assert seen == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1.0, 1.0])  # two batches per epoch
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from advlib import params, report
-from advlib.experiments.mimo_adversarial_training import claims, paper_vs_run, union_violations
+from advlib.experiments.base import MissingResult
+from advlib.experiments.mimo_adversarial_training import MATStudy, mark_excluded, union_violations
 
 STEM = "mimo_adversarial_training"
 SUBS = {"l1": "Sub-model 1 (l1)", "l2": "Sub-model 2 (l2)", "linf": "Sub-model 3 (linf)"}
@@ -74,7 +75,7 @@ def _broken(p) -> dict[str, pd.DataFrame]:
 
 
 def test_every_claim_holds_on_the_papers_numbers(p):
-    table = report.evaluate_claims(claims(p), _tables(p)).set_index("id")
+    table = report.evaluate_claims(MATStudy(p).claims(), _tables(p)).set_index("id")
     assert (table["verdict"] == report.HOLDS).all(), table[table.verdict != report.HOLDS][
         ["evidence", "reason"]
     ].to_string()
@@ -90,7 +91,7 @@ def test_every_claim_holds_on_the_papers_numbers(p):
 
 
 def test_every_claim_can_fail_and_a_miss_says_why(p):
-    table = report.evaluate_claims(claims(p), _broken(p)).set_index("id")
+    table = report.evaluate_claims(MATStudy(p).claims(), _broken(p)).set_index("id")
     assert (table["verdict"] == report.DOES_NOT_HOLD).all(), table[table.verdict != report.DOES_NOT_HOLD][
         ["evidence"]
     ].to_string()
@@ -121,7 +122,7 @@ def test_every_claim_can_fail_and_a_miss_says_why(p):
 def test_claims_without_their_tables_are_not_measured(p):
     tables = {k: v for k, v in _tables(p).items() if k != "table8"}
     tables["figures1_4"] = tables["figures1_4"][tables["figures1_4"].epoch == 0]
-    table = report.evaluate_claims(claims(p), tables).set_index("id")
+    table = report.evaluate_claims(MATStudy(p).claims(), tables).set_index("id")
     for cid in ("table8_mat_mostly_higher", "table8_mat_msd_linf_l1", "cross_gradients_shrink"):
         assert table.loc[cid, "verdict"] == report.NOT_MEASURED and table.loc[cid, "reason"], cid
     assert "only 1 epoch" in table.loc["cross_gradients_shrink", "reason"]
@@ -133,7 +134,7 @@ def test_impossible_published_unions_are_flagged_and_left_out():
         assert set(refs[artifact].get("excluded") or {}) == set(union_violations(refs[artifact]["values"])), artifact
     assert set(refs["table4"]["excluded"]) == {"All attacks / L2 AT", "All attacks / Vanilla Ensemble"}
     run = _values("table4")
-    table = paper_vs_run("table4", run)
+    table = mark_excluded("table4", report.paper_vs_run(STEM, "table4", run))
     for key in refs["table4"]["excluded"]:
         assert table.loc[key, "paper"] == refs["table4"]["values"]["All attacks"][key.split(" / ")[1]]
         assert math.isnan(table.loc[key, "difference"]) and table.loc[key, "note"].startswith("excluded: impossible")
@@ -153,3 +154,30 @@ def test_union_violations_on_hand_made_values():
     bad = union_violations(values)
     assert set(bad) == {"All x / B", "All attacks / A"}
     assert "above PGD (5%)" in bad["All x / B"] and "above PGD (10%)" in bad["All attacks / A"]
+
+
+def test_the_studys_claims_need_every_table_its_profile_produces(p):
+    study = MATStudy(p)
+    study.results = _tables(p)
+    assert (study.claims_table()["verdict"] == report.HOLDS).all()
+    del study.results["table8"]
+    with pytest.raises(MissingResult, match="cite table8"):
+        study.claims_table()
+    # a profile without MAT and the vanilla ensemble produces no Table 3 or transfer tables: their claims are open
+    singles = MATStudy(params.load(STEM, "ci", {"n_eval": 1000, "systems": ["standard", "linf_at", "msd"]}))
+    singles.results = {k: v for k, v in _tables(p).items() if k in ("table4", "table8", "figures1_4")}
+    table = singles.claims_table().set_index("id")
+    for cid in ("mat_submodels_robust", "mat_above_weakest_submodel", "mat_low_transfer"):
+        assert table.loc[cid, "verdict"] == report.NOT_MEASURED, cid
+
+
+def test_the_studys_paper_vs_run_leads_with_the_robustness_tables_and_marks_excluded_cells(p):
+    study = MATStudy(p)
+    study.references = {
+        "table3": report.paper_vs_run(STEM, "table3", _values("table3")),
+        "table4": report.paper_vs_run(STEM, "table4", _values("table4")),
+    }
+    table = study.paper_vs_run()
+    assert list(table.index.get_level_values("artifact").unique()) == ["table4", "table3"]
+    assert table.loc[("table4", "All attacks / L2 AT"), "note"].startswith("excluded: impossible")
+    assert (table.loc["table3", "note"] == "").all() and "note" not in study.references["table4"]

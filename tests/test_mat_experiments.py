@@ -35,7 +35,8 @@ def test_counted_passes_match_table6(study):
 def test_unions_are_per_sample_worst_cases(study):
     table = study.robustness_table(["linf_at", "mat"])
     model, key = study.classifier("mat")
-    suite = attack_suite(model, study.x, study.y, list(study.p.eval_attacks.values()), model_key=key, cache=study.cache)
+    x, y = study.evaluation_set
+    suite = attack_suite(model, x, y, list(study.p.eval_attacks.values()), model_key=key, cache=study.cache)
     robust = dict(zip(study.p.eval_attacks, suite.robust().values()))
     for group, names in study.p.groups.items():
         expected = 100 * float(torch.stack([robust[a] for a in names]).all(0).float().mean())
@@ -52,8 +53,9 @@ def test_transfer_tables_bookkeeping(study):
     assert list(counts.index) == ["Sub-model 2 (l2)", "MAT", "No Attack"]
     assert ratios.loc["Sub-model 2 (l2)", "Sub-model 2 (l2)"] == 100 and ratios.loc["MAT", "MAT"] == 100
     model, _ = study.classifier("mat")
+    x, y = study.evaluation_set
     with torch.no_grad():
-        assert counts.loc["No Attack", "MAT"] == int((model(study.x).argmax(1) != study.y).sum())
+        assert counts.loc["No Attack", "MAT"] == int((model(x).argmax(1) != y).sum())
     paper_keys = transfer_for_paper(table, "MAT")
     assert list(paper_keys.index) == ["source sub-model", "ensemble", "No Attack"]
     assert list(paper_keys.columns) == ["L1 sub-model", "L2 sub-model", "Linf sub-model", "ensemble"]
@@ -83,9 +85,10 @@ def test_sub_models_follow_section_4_1_order(study):
 def test_vanilla_is_the_mean_of_the_three_at_models(study):
     vanilla, _ = study.classifier("vanilla")
     parts = [study.classifier(n)[0] for n in ("linf_at", "l2_at", "l1_at")]
+    x, _ = study.evaluation_set
     with torch.no_grad():
-        mean = torch.stack([m(study.x).softmax(1) for m in parts]).mean(0)
-        torch.testing.assert_close(vanilla(study.x).exp(), mean)
+        mean = torch.stack([m(x).softmax(1) for m in parts]).mean(0)
+        torch.testing.assert_close(vanilla(x).exp(), mean)
     with pytest.raises(ValueError, match="not trained"):
         study.trained("vanilla")
 

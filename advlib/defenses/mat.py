@@ -12,19 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ..attacks.base import lp_norms, project
 from ..attacks.pgd import draw_l1_sizes, prefers_channels_last, random_start, steepest_direction, topk_l1_direction
+from ..data import augment_batch, dataset_size
 from ..models.mimo import member_losses
 from ..params import TrainSpec
+from ..train import AUGMENT_STREAM, Step, epoch_seed, make_optimizer, make_scheduler
 
 NORMS = ("linf", "l2", "l1")
 
@@ -44,7 +44,7 @@ class NormStep:
             raise ValueError(f"eps and stepsize must be > 0; got eps={self.eps}, stepsize={self.stepsize}")
 
     def scaled(self, factor: float) -> NormStep:
-        """The same threat with radius and step size times `factor` (the radius ramp of `fit_mimo`)."""
+        """The same threat with radius and step size times `factor` (the radius ramp of `MIMOStep`)."""
         return NormStep(self.norm, self.eps * factor, self.stepsize * factor)
 
 
@@ -243,78 +243,79 @@ def member_batches(train_set: Dataset, members: int, batch_size: int, seed: int)
         yield torch.stack([x for x, _ in parts], dim=1), torch.stack([y for _, y in parts], dim=1)
 
 
-def fit_mimo(
-    model: nn.Module,
-    train_set: Dataset,
-    spec: TrainSpec,
-    *,
-    members: int,
-    inner: Inner | None = None,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    checkpoint_dir: Path | None = None,
-    on_epoch: Callable[[int, nn.Module, dict[str, Any]], None] | None = None,
-    desc: str = "train MIMO",
-    ramp_epochs: int = 0,
-) -> dict[str, Any]:
-    """Train a MIMO-interface model (a `MIMO`, or a plain classifier in `SingleAsMIMO`): every batch stacks M
-    independently shuffled batches, `inner(model, x, y, generator, scale)` (run in eval mode) gives the adversarial
-    inputs, with radii ramped linearly over the first `ramp_epochs` epochs (`ramp_scale`; 0: full radii), and the
-    step minimises `outer_loss`. Epochs are seeded from (seed, epoch) and checkpointed like `train.fit`. Each
-    epoch's record holds the loss, the clean-slot train accuracy, the seconds it took and the forward/backward
-    passes per batch (counted by hooks, attack and update together)."""
-    from ..data import augment_batch, dataset_size
-    from ..train import AUGMENT_STREAM, end_epoch, epoch_seed, make_optimizer, make_scheduler, resume
+class MIMOStep(Step):
+    """Training of a MIMO-interface model (a `MIMO`, or a plain classifier in `SingleAsMIMO`), run by `train.fit`:
+    every batch stacks M independently shuffled batches (`member_batches`), `inner(model, x, y, generator, scale)`
+    (run in eval mode) gives the adversarial inputs, with radii ramped linearly over the first `ramp_epochs` epochs
+    (`ramp_scale`; 0: full radii), and the step minimises `outer_loss`. Each epoch's record holds the loss, the
+    clean-slot train accuracy, the seconds it took and the forward/backward passes per batch, counted by hooks on the
+    model (attack and update together). A context manager: leaving it removes the hooks, also on error."""
 
-    if dataset_size(train_set) == 0:
-        raise ValueError("training set is empty")
-    ramp_scale(0, ramp_epochs)
-    model.to(device)
-    optimizer = make_optimizer(model, spec)
-    scheduler = make_scheduler(optimizer, spec)
-    ckpt, start, history = resume(checkpoint_dir, model, optimizer, scheduler, on_epoch)
-    counter = PassCounter(model)
-    batches = dataset_size(train_set) // spec.batch_size + bool(dataset_size(train_set) % spec.batch_size)
-    bar = tqdm(total=(spec.epochs - start) * batches, desc=desc, leave=False)
-    try:
-        for epoch in range(start, spec.epochs):
-            torch.manual_seed(epoch_seed(seed, epoch))
-            generator = torch.Generator(device=device).manual_seed(epoch_seed(seed, epoch))
-            counter.reset()
-            began, total, correct, loss_sum, count = time.perf_counter(), 0, 0, 0.0, 0
-            augment_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch) + AUGMENT_STREAM)
-            for x, y in member_batches(train_set, members, spec.batch_size, epoch_seed(seed, epoch)):
-                x, y = x.to(device), y.to(device)
-                if spec.augment != "none":  # every member slot's image augmented on its own (N*M images)
-                    x = augment_batch(x.flatten(0, 1), spec.augment, augment_rng).view_as(x)
-                if inner is not None:
-                    model.eval()
-                    x = inner(model, x, y, generator, ramp_scale(epoch, ramp_epochs))
-                model.train()
-                logits = model(backbone_layout(x))
-                loss = outer_loss(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += y.numel()
-                correct += int((logits.argmax(2) == y).sum())
-                loss_sum += float(loss.detach())
-                count += 1
-                bar.update(1)
-            scheduler.step()
-            record = {
-                "epoch": epoch + 1,
-                "loss": loss_sum / count,
-                "train_acc": correct / total,
-                "seconds": time.perf_counter() - began,
-                "forward_per_batch": counter.forward / count,
-                "backward_per_batch": counter.backward / count,
-            }
-            history.append(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            end_epoch(ckpt, model, optimizer, scheduler, epoch + 1, history, on_epoch)
-    finally:
-        counter.remove()
-        bar.close()
-    model.eval()
-    return {"history": history}
+    def __init__(
+        self,
+        model: nn.Module,
+        train_set: Dataset,
+        spec: TrainSpec,
+        *,
+        members: int,
+        inner: Inner | None = None,
+        device: torch.device | str = "cpu",
+        ramp_epochs: int = 0,
+    ) -> None:
+        if dataset_size(train_set) == 0:
+            raise ValueError("training set is empty")
+        ramp_scale(0, ramp_epochs)
+        self.model, self.train_set, self.spec, self.device = model.to(device), train_set, spec, device
+        self.members, self.inner, self.ramp_epochs = members, inner, ramp_epochs
+        self.epochs = spec.epochs
+        self.optimizer = make_optimizer(model, spec)
+        self.scheduler = make_scheduler(self.optimizer, spec)
+        self.state = {"model": model, "optimizer": self.optimizer, "scheduler": self.scheduler}
+        self.counter = PassCounter(model)
+
+    def __enter__(self) -> MIMOStep:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.counter.remove()
+
+    def num_batches(self) -> int:
+        return -(-dataset_size(self.train_set) // self.spec.batch_size)
+
+    def begin_epoch(self, epoch: int, seed: int) -> None:
+        """Seed the epoch's global draws and the inner attack's generator (on the device) from (seed, epoch), restart
+        the pass counts and the clock."""
+        super().begin_epoch(epoch, seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(epoch_seed(seed, epoch))
+        self.counter.reset()
+        self.began = time.perf_counter()
+
+    def batches(self, epoch: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+        self.augment_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch) + AUGMENT_STREAM)
+        return member_batches(self.train_set, self.members, self.spec.batch_size, epoch_seed(seed, epoch))
+
+    def update(self, batch: tuple[Tensor, Tensor], epoch: int) -> dict[str, float]:
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        if self.spec.augment != "none":  # every member slot's image augmented on its own (N*M images)
+            x = augment_batch(x.flatten(0, 1), self.spec.augment, self.augment_rng).view_as(x)
+        if self.inner is not None:
+            self.model.eval()
+            x = self.inner(self.model, x, y, self.generator, ramp_scale(epoch, self.ramp_epochs))
+        self.model.train()
+        logits = self.model(backbone_layout(x))
+        loss = outer_loss(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"n": y.numel(), "correct": int((logits.argmax(2) == y).sum()), "loss_sum": float(loss.detach())}
+
+    def record(self, epoch: int, sums: dict[str, float], batches: int) -> dict[str, Any]:
+        self.scheduler.step()
+        return {
+            "epoch": epoch + 1,
+            "loss": sums["loss_sum"] / batches,
+            "train_acc": sums["correct"] / sums["n"],
+            "seconds": time.perf_counter() - self.began,
+            "forward_per_batch": self.counter.forward / batches,
+            "backward_per_batch": self.counter.backward / batches,
+        }

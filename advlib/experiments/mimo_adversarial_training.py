@@ -1,31 +1,43 @@
-"""The experiments of "Resilience to Multiple Attacks via Adversarially Trained MIMO Ensembles" as cached runs.
+"""The experiments of "Resilience to Multiple Attacks via Adversarially Trained MIMO Ensembles" as a `Study`.
 
-Every system of Tables 4 and 8 is trained once by `defenses.mat.fit_mimo` (single models through `SingleAsMIMO`) and
-cached with its per-epoch history: loss, counted forward/backward passes per batch (Table 6), seconds (Table 7) and,
+Every system of Tables 4 and 8 is trained once by `defenses.mat.MIMOStep` under `train.fit` (single models through
+`SingleAsMIMO`) and cached with its per-epoch history: loss, counted forward/backward passes per batch (Table 6), seconds (Table 7) and,
 for MIMO systems, the cross-gradient ratio and sign disagreement on a fixed batch (Figures 1 and 4). Evaluations are
 cached per model and attack; unions follow the paper's rule (broken = success within eps + 1e-4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import cached_property
+from pathlib import Path
 from typing import Any, cast
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..cache import Cache, cached_model, make_key
-from ..data import dataset_info, load_dataset, to_tensors
-from ..defenses.mat import NormStep, cross_gradient_ratio, fit_mimo, mat_attack, msd_attack, sign_disagreement
+from ..cache import Cache, Trained, cached_model
+from ..data import DatasetInfo, dataset_info, load_dataset, to_tensors
+from ..defenses.mat import (
+    Inner,
+    MIMOStep,
+    NormStep,
+    cross_gradient_ratio,
+    mat_attack,
+    msd_attack,
+    sign_disagreement,
+)
 from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite
 from ..inference import predict
 from ..models import Ensemble, create_model_for
 from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
 from ..params import MATNorm, MATParams
-from ..report import Claim, load_references, proportion_gap
-from ..report import paper_vs_run as report_paper_vs_run
+from ..report import Claim, evaluate_claims, load_references, proportion_gap
+from ..train import fit
+from .base import MissingResult, Study, artifact
 
 LABELS = {
     "standard": "standard",
@@ -46,22 +58,83 @@ NORM_LABELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 PAPER_BUDGET = {"images": 60_000, "epochs": 25, "iterations": 100, "n_eval": 1_000}
 
 
-class MATStudy:
-    """One notebook run: every system trained (cached) and the paper's tables and figures from them."""
+TABLE4_SYSTEMS = ("standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat")
+TABLE8_SYSTEMS = ("linf_at", "mat_linf", "l2_at", "mat_l2", "msd", "mat_msd")
+TABLE4_CAPTION = (
+    "{data}: every system under every attack, the union of each norm's attacks and of all (robust accuracy, %)."
+)
+TRANSFER_CAPTION = (
+    "Transferability: misclassified evaluation images on each target (columns) under the PGD crafted on the sub-model "
+    "trained for the norm and on the ensemble (rows), with the ratios r_ij = N_ij / N_ii (%)."
+)
+
+
+def strip_norms(table: pd.DataFrame) -> pd.DataFrame:
+    """Sub-model labels without their '(norm)' suffix, as the paper's tables name them."""
+    rename = lambda label: label.split(" (")[0] if str(label).startswith("Sub-model") else label
+    return table.rename(index=rename, columns=rename)
+
+
+def transfer_for_paper(table: pd.DataFrame, ensemble_label: str) -> pd.DataFrame:
+    """A transfer table's counts keyed as the references are: rows 'source sub-model', 'ensemble', 'No Attack';
+    columns '<Norm> sub-model' and 'ensemble'. Sub-models are matched by the norm they were trained for, not by number,
+    because the paper's transferability tables number them Linf, L2, L1 while its Section 4.1 numbers them L1, L2, Linf."""
+
+    def rename(label: str) -> str:
+        if str(label).startswith("Sub-model") and label.endswith(")"):
+            return f"{NORM_LABELS[label[label.rindex('(') + 1 : -1]]} sub-model"
+        return "ensemble" if label == ensemble_label else label
+
+    counts = table["count"].rename(columns=rename)
+    rows = {
+        "source sub-model": counts.iloc[0],
+        "ensemble": counts.loc[ensemble_label],
+        "No Attack": counts.loc["No Attack"],
+    }
+    return pd.DataFrame(rows).T
+
+
+def _paired_transfer(system: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The pairing of a transfer table of `system` with the references."""
+    return lambda table: transfer_for_paper(table, LABELS[system])
+
+
+class MATStudy(Study):
+    """One notebook run: every system trained (cached), and the paper's tables and figures from them as declared
+    artifacts, each paired with the paper's numbers where it has them."""
+
+    stem = "mimo_adversarial_training"
+    p: MATParams
 
     def __init__(self, p: MATParams, device: torch.device | str = "cpu", cache: Cache | None = None) -> None:
-        self.p, self.device, self.cache = p, torch.device(device), cache or Cache()
-        self.info = dataset_info(p.data.name)
-        self.train_set = load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
+        super().__init__(p, device, cache)
+        self._trained: dict[str, Trained[MIMO | SingleAsMIMO]] = {}
+
+    @cached_property
+    def info(self) -> DatasetInfo:
+        return dataset_info(self.p.data.name)
+
+    @cached_property
+    def train_set(self) -> Dataset:
+        p = self.p
+        return load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
+
+    @cached_property
+    def evaluation_set(self) -> tuple[Tensor, Tensor]:
+        """`n_eval` test images drawn with the run's seed, on the study's device."""
+        p = self.p
         x, y = to_tensors(load_dataset(p.data.name, "test", n=p.n_eval, seed=p.seed, download=p.data.download))
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self._trained: dict[str, tuple[MIMO | SingleAsMIMO, dict[str, Any], str]] = {}
+        return x.to(self.device), y.to(self.device)
+
+    def has(self, *systems: str) -> bool:
+        """Whether the profile runs every one of `systems`."""
+        return all(s in self.p.systems for s in systems)
 
     # -- systems ---------------------------------------------------------------------------
     def norm_steps(self, norms: list[MATNorm]) -> list[NormStep]:
         return [NormStep(n, self.p.threats[n].eps, self.p.threats[n].stepsize) for n in norms]
 
-    def _recipe(self, name: str) -> tuple[MIMO | SingleAsMIMO, Any, int, list[MATNorm]]:
+    def _recipe(self, name: str) -> tuple[MIMO | SingleAsMIMO, Inner | None, int, list[MATNorm]]:
         """(module to train, inner attack, members, norms) of a trained system."""
         p, k = self.p, self.p.iterations
         all_norms: list[MATNorm] = ["linf", "l2", "l1"]
@@ -82,7 +155,7 @@ class MATStudy:
         model = create_mimo(p.train.model, self.info, members, **p.train.model_options)
         return model, self._inner(name, norms, k), members, norms
 
-    def _inner(self, name: str, norms: list[MATNorm], k: int):
+    def _inner(self, name: str, norms: list[MATNorm], k: int) -> Inner | None:
         if not norms:
             return None
         steps = self.norm_steps(norms)
@@ -97,8 +170,9 @@ class MATStudy:
         x, y = to_tensors(self.train_set, n=n * members)
         return x.view(n, members, *x.shape[1:]).to(self.device), y.view(n, members).to(self.device)
 
-    def trained(self, name: str) -> tuple[MIMO | SingleAsMIMO, dict[str, Any], str]:
-        """The trained module of a system (a MIMO network, or SingleAsMIMO), its history and cache key."""
+    def trained(self, name: str) -> Trained[MIMO | SingleAsMIMO]:
+        """A system's trained module (a MIMO network, or SingleAsMIMO) with its history, under a key derived from the
+        system, its training attack (norms, threats, iterations, ramp), the model, training, data and seed."""
         if name in self._trained:
             return self._trained[name]
         if name == "vanilla":
@@ -107,18 +181,19 @@ class MATStudy:
         torch.manual_seed(p.seed)
         module, inner, members, norms = self._recipe(name)
         module = module.to(self.device)
-        key = {
-            "system": name,
-            "norms": norms,
-            "members": members,
-            "iterations": p.iterations,
-            **({"ramp_epochs": p.ramp_epochs} if p.ramp_epochs and norms else {}),
-            "threats": {n: p.threats[n].model_dump() for n in sorted(set(norms))},
-            "model": p.msd_model if name == "msd" else p.train.model,
-            "train": p.train.model_dump(mode="json"),
-            "data": p.data.model_dump(mode="json", exclude={"download"}),
-            "seed": p.seed,
-        }
+        key = self.key(
+            "mat",
+            system=name,
+            norms=norms,
+            members=members,
+            iterations=p.iterations,
+            ramp_epochs=p.ramp_epochs if norms else 0,
+            threats={n: p.threats[n] for n in sorted(set(norms))},
+            model=p.msd_model if name == "msd" else p.train.model,
+            train=p.train,
+            data=p.data,
+            seed=p.seed,
+        )
         diagnostics = None
         if members > 1:
             x_d, y_d = self._diagnostic_batch(members)
@@ -130,23 +205,21 @@ class MATStudy:
                 record["sign_disagreement"] = sign_disagreement(model, x_d, y_d, steps).tolist()
                 model.train()
 
-        def build(target: nn.Module, checkpoint_dir) -> dict[str, Any]:
-            return fit_mimo(
+        def build(target: nn.Module, checkpoint_dir: Path) -> list[dict[str, Any]]:
+            with MIMOStep(
                 target,
                 self.train_set,
                 p.train,
                 members=members,
                 inner=inner,
-                seed=p.seed,
                 device=self.device,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=diagnostics,
                 ramp_epochs=p.ramp_epochs,
-                desc=f"train {LABELS[name]}",
-            )
+            ) as step:
+                return fit(
+                    step, seed=p.seed, checkpoint_dir=checkpoint_dir, on_epoch=diagnostics, desc=f"train {LABELS[name]}"
+                )
 
-        module, meta = cached_model("mat", key, module, build, cache=self.cache, label=LABELS[name])
-        self._trained[name] = (module.eval(), meta, make_key("mat", key))
+        self._trained[name] = cached_model(key, module, build, cache=self.cache, label=LABELS[name])
         return self._trained[name]
 
     def classifier(self, name: str) -> tuple[nn.Module, str]:
@@ -154,8 +227,9 @@ class MATStudy:
         if name == "vanilla":
             parts = [self.classifier(n) for n in ("linf_at", "l2_at", "l1_at")]
             return Ensemble([m for m, _ in parts]).eval(), "+".join(k for _, k in parts)
-        module, _, key = self.trained(name)
-        return (module.model if isinstance(module, SingleAsMIMO) else MIMOAverage(module)).eval(), key
+        trained = self.trained(name)
+        module = trained.model
+        return (module.model if isinstance(module, SingleAsMIMO) else MIMOAverage(module)).eval(), trained.key
 
     def sub_models(self, name: str) -> list[tuple[str, nn.Module, str]]:
         """(label, classifier, key) of each sub-model: the AT models of the vanilla ensemble, or MIMO members."""
@@ -166,7 +240,8 @@ class MATStudy:
                 (f"Sub-model {m + 1} ({norm})", *self.classifier(AT_FOR_NORM[norm]))
                 for m, norm in enumerate(self.p.members)
             ]
-        module, _, key = self.trained(name)
+        trained = self.trained(name)
+        module, key = trained.model, trained.key
         norms = self._recipe(name)[3]
         return [
             # sub-models are the members of a MIMO system
@@ -177,10 +252,11 @@ class MATStudy:
     # -- Tables 4 and 8 --------------------------------------------------------------------
     def robustness_table(self, systems: list[str]) -> pd.DataFrame:
         """Robust accuracy (%) of each system (columns): clean, every attack, the union of each group and of all."""
+        x, y = self.evaluation_set
         columns = {}
         for name in tqdm(systems, desc="systems", leave=False):
             model, key = self.classifier(name)
-            suite = attack_suite(model, self.x, self.y, self.p.eval_attacks, model_key=key, cache=self.cache)
+            suite = attack_suite(model, x, y, self.p.eval_attacks, model_key=key, cache=self.cache)
             robust = suite.robust()
             column = {"clean": 100 * float(suite.clean.float().mean())}
             for group, names in self.p.groups.items():
@@ -193,15 +269,14 @@ class MATStudy:
     # -- Table 3 and the transferability tables --------------------------------------------
     def table3(self, name: str = "mat") -> pd.DataFrame:
         """The system and each sub-model against the PGD of every norm (robust accuracy, %)."""
+        x, y = self.evaluation_set
         model, key = self.classifier(name)
         entries = [(LABELS[name], model, key)] + self.sub_models(name)
         rows = {}
         for norm, spec in self.p.transfer_attacks.items():
             rows[f"PGD {norm}"] = {
                 label: 100
-                * float(
-                    (~attack(spec, m, self.x, self.y, model_key=k, cache=self.cache).broken(tol=1e-4)).float().mean()
-                )
+                * float((~attack(spec, m, x, y, model_key=k, cache=self.cache).broken(tol=1e-4)).float().mean())
                 for label, m, k in entries
             }
         return pd.DataFrame(rows).T
@@ -210,16 +285,17 @@ class MATStudy:
         """Misclassified test images (of n_eval) on every target (columns) under the `norm` PGD crafted on the
         sub-model trained for `norm` and on the ensemble (rows), with the clean errors ('No Attack') and the
         ratio r_ij = N_ij / N_ii (source row's count on itself)."""
+        x, y = self.evaluation_set
         spec = self.p.transfer_attacks[norm]
         ensemble, ensemble_key = self.classifier(name)
         targets = self.sub_models(name) + [(LABELS[name], ensemble, ensemble_key)]
         sources = [t for t in targets[:-1] if t[0].endswith(f"({norm})")][:1] + [targets[-1]]
         counts, ratios = {}, {}
         for label, source, key in sources:
-            x_adv = attack(spec, source, self.x, self.y, model_key=key, cache=self.cache).x_adv
-            counts[label] = {t: int((predict(m, x_adv, batch_size=500) != self.y).sum()) for t, m, _ in targets}
+            x_adv = attack(spec, source, x, y, model_key=key, cache=self.cache).x_adv
+            counts[label] = {t: int((predict(m, x_adv, batch_size=500) != y).sum()) for t, m, _ in targets}
             ratios[label] = {t: 100 * counts[label][t] / max(counts[label][label], 1) for t, _, _ in targets}
-        counts["No Attack"] = {t: int((predict(m, self.x, batch_size=500) != self.y).sum()) for t, m, _ in targets}
+        counts["No Attack"] = {t: int((predict(m, x, batch_size=500) != y).sum()) for t, m, _ in targets}
         return pd.concat({"count": pd.DataFrame(counts).T, "ratio %": pd.DataFrame(ratios).T}, axis=1)
 
     # -- Tables 6 and 7 --------------------------------------------------------------------
@@ -247,7 +323,7 @@ class MATStudy:
                     "formula backward": m * (k + 1),
                 }
                 continue
-            last = self.trained(name)[1]["history"][-1]
+            last = self.trained(name).history[-1]
             rows[LABELS[name]] = {
                 "forward": last["forward_per_batch"],
                 "backward": last["backward_per_batch"],
@@ -258,10 +334,8 @@ class MATStudy:
 
     def time_table(self, systems: list[str]) -> pd.DataFrame:
         """Training wall-clock seconds per system (summed over epochs), the epochs run and the ratio to Linf AT."""
-        seconds = {
-            LABELS[n]: sum(h["seconds"] for h in self.trained(n)[1]["history"]) for n in systems if n != "vanilla"
-        }
-        epochs = {LABELS[n]: len(self.trained(n)[1]["history"]) for n in systems if n != "vanilla"}
+        seconds = {LABELS[n]: sum(h["seconds"] for h in self.trained(n).history) for n in systems if n != "vanilla"}
+        epochs = {LABELS[n]: len(self.trained(n).history) for n in systems if n != "vanilla"}
         if "vanilla" in systems:
             seconds[LABELS["vanilla"]] = sum(seconds[LABELS[n]] for n in SINGLE_AT)
             epochs[LABELS["vanilla"]] = max(epochs[LABELS[n]] for n in SINGLE_AT)
@@ -275,7 +349,7 @@ class MATStudy:
         """Figures 1 and 4: per epoch and member, the cross-gradient ratio and the sign disagreement (long format)."""
         norms = self._recipe(name)[3]
         rows = []
-        for record in self.trained(name)[1]["history"]:
+        for record in self.trained(name).history:
             for m, (ratio, disagreement) in enumerate(zip(record["cross_gradient_ratio"], record["sign_disagreement"])):
                 rows.append(
                     {
@@ -289,42 +363,396 @@ class MATStudy:
 
     def curves(self, systems: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Figures 2/3: robust accuracy vs PGD steps (one recording run) and vs radius, per norm and system."""
+        x, y = self.evaluation_set
         by_steps, by_eps = [], []
         for name in tqdm(systems, desc="curves", leave=False):
             model, key = self.classifier(name)
             for norm, spec in self.p.transfer_attacks.items():
-                steps = accuracy_vs_steps(model, self.x, self.y, spec, self.p.curve_steps)
+                steps = accuracy_vs_steps(model, x, y, spec, self.p.curve_steps)
                 by_steps.append(steps.assign(system=LABELS[name], norm=norm))
-                eps = accuracy_vs_eps(
-                    model, self.x, self.y, spec, self.p.curve_eps[norm], model_key=key, cache=self.cache
-                )
+                eps = accuracy_vs_eps(model, x, y, spec, self.p.curve_eps[norm], model_key=key, cache=self.cache)
                 by_eps.append(eps.assign(system=LABELS[name], norm=norm))
         return pd.concat(by_steps, ignore_index=True), pd.concat(by_eps, ignore_index=True)
 
+    # -- artifacts -------------------------------------------------------------------------
+    @property
+    def table4_name(self) -> str:
+        """Table 4 is MNIST's robustness table; the paper's CIFAR-10 one is Table 5."""
+        return "table5" if self.p.data.name == "cifar10" else "table4"
 
-def strip_norms(table: pd.DataFrame) -> pd.DataFrame:
-    """Sub-model labels without their '(norm)' suffix, as the paper's tables name them."""
-    rename = lambda label: label.split(" (")[0] if str(label).startswith("Sub-model") else label
-    return table.rename(index=rename, columns=rename)
+    @property
+    def transfer_pairs(self) -> list[tuple[str, MATNorm]]:
+        """(system, norm) of every transferability table the profile produces."""
+        return [(s, n) for s in ("vanilla", "mat") if self.has(s) for n in self.p.transfer_attacks]
 
+    def produced_tables(self) -> set[str]:
+        """The names of the tables the claims may cite that this profile produces."""
+        transfers = {f"transfer_{s}_{n}" for s, n in self.transfer_pairs}
+        return {self.table4_name, "table8", "figures1_4", *(["table3"] if self.has("mat") else []), *transfers}
 
-def transfer_for_paper(table: pd.DataFrame, ensemble_label: str) -> pd.DataFrame:
-    """A transfer table's counts keyed as the references are: rows 'source sub-model', 'ensemble', 'No Attack';
-    columns '<Norm> sub-model' and 'ensemble'. Sub-models are matched by the norm they were trained for, not by number,
-    because the paper's transferability tables number them Linf, L2, L1 while its Section 4.1 numbers them L1, L2, Linf."""
+    def _require_mat(self, what: str) -> None:
+        if not self.has("mat"):
+            raise ValueError(f"{what} needs the system 'mat', which systems={self.p.systems} lacks")
 
-    def rename(label: str) -> str:
-        if str(label).startswith("Sub-model") and label.endswith(")"):
-            return f"{NORM_LABELS[label[label.rindex('(') + 1 : -1]]} sub-model"
-        return "ensemble" if label == ensemble_label else label
+    @artifact(
+        "table6",
+        "Forward and backward passes per training batch, counted in the last epoch, beside Table 6's "
+        "formula (K training PGD steps, M members).",
+        floatfmt=1,
+    )
+    def table6(self) -> pd.DataFrame:
+        return self.passes_table(self.p.systems)
 
-    counts = table["count"].rename(columns=rename)
-    rows = {
-        "source sub-model": counts.iloc[0],
-        "ensemble": counts.loc[ensemble_label],
-        "No Attack": counts.loc["No Attack"],
-    }
-    return pd.DataFrame(rows).T
+    @artifact(
+        "table7", "Training wall-clock seconds per system on this machine, the epochs run and the ratio to Linf AT."
+    )
+    def table7(self) -> pd.DataFrame:
+        return self.time_table(self.p.systems)
+
+    @artifact(
+        "figures1_4",
+        "Figures 1 and 4: per epoch and MAT member, the cross-gradient ratio and the sign disagreement E_p.",
+        floatfmt=4,
+    )
+    def figures1_4(self) -> pd.DataFrame:
+        if not self.has("mat"):
+            return pd.DataFrame(columns=["epoch", "member", "cross_gradient_ratio", "sign_disagreement"])
+        return self.diagnostics("mat")
+
+    @artifact(
+        "table3",
+        "MAT and each sub-model against the PGD of every norm (robust accuracy, %).",
+        pair=strip_norms,
+        floatfmt=1,
+    )
+    def table3_mat(self) -> pd.DataFrame:
+        self._require_mat("Table 3")
+        return self.table3("mat")
+
+    @artifact("transfer_vanilla_linf", TRANSFER_CAPTION, pair=_paired_transfer("vanilla"), floatfmt=1)
+    def transfer_vanilla_linf(self) -> pd.DataFrame:
+        return self.transfer_table("vanilla", "linf")
+
+    @artifact("transfer_vanilla_l2", TRANSFER_CAPTION, pair=_paired_transfer("vanilla"), floatfmt=1)
+    def transfer_vanilla_l2(self) -> pd.DataFrame:
+        return self.transfer_table("vanilla", "l2")
+
+    @artifact("transfer_vanilla_l1", TRANSFER_CAPTION, pair=_paired_transfer("vanilla"), floatfmt=1)
+    def transfer_vanilla_l1(self) -> pd.DataFrame:
+        return self.transfer_table("vanilla", "l1")
+
+    @artifact("transfer_mat_linf", TRANSFER_CAPTION, pair=_paired_transfer("mat"), floatfmt=1)
+    def transfer_mat_linf(self) -> pd.DataFrame:
+        return self.transfer_table("mat", "linf")
+
+    @artifact("transfer_mat_l2", TRANSFER_CAPTION, pair=_paired_transfer("mat"), floatfmt=1)
+    def transfer_mat_l2(self) -> pd.DataFrame:
+        return self.transfer_table("mat", "l2")
+
+    @artifact("transfer_mat_l1", TRANSFER_CAPTION, pair=_paired_transfer("mat"), floatfmt=1)
+    def transfer_mat_l1(self) -> pd.DataFrame:
+        return self.transfer_table("mat", "l1")
+
+    @artifact("table4", TABLE4_CAPTION.format(data="MNIST"), pair=lambda table: table, floatfmt=1)
+    def table4(self) -> pd.DataFrame:
+        return self.robustness_table([s for s in TABLE4_SYSTEMS if self.has(s)])
+
+    @artifact("table5", TABLE4_CAPTION.format(data="CIFAR-10"), pair=lambda table: table, floatfmt=1)
+    def table5(self) -> pd.DataFrame:
+        return self.table4()
+
+    @artifact(
+        "table8",
+        "Sub-models trained with one attack: each single model beside its MAT variant (robust accuracy, %).",
+        pair=lambda table: table,
+        floatfmt=1,
+    )
+    def table8(self) -> pd.DataFrame:
+        return self.robustness_table([s for s in TABLE8_SYSTEMS if self.has(s)])
+
+    @cached_property
+    def curve_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Figures 2/3's (accuracy vs steps, accuracy vs radius) for MAT, MSD and MAT+MSD, as the profile has them."""
+        return self.curves([s for s in ("mat", "msd", "mat_msd") if self.has(s)])
+
+    @artifact("figure2_steps", "Figure 2: robust accuracy (%) after each PGD step, per norm and system.", floatfmt=1)
+    def figure2_steps(self) -> pd.DataFrame:
+        return self.curve_tables[0]
+
+    @artifact("figure2_eps", "Figure 3: robust accuracy (%) as the PGD radius grows, per norm and system.", floatfmt=1)
+    def figure2_eps(self) -> pd.DataFrame:
+        return self.curve_tables[1]
+
+    @artifact(
+        "paper_vs_run",
+        "Every published number beside this run's: Table 4 (or 5), Table 8, Table 3 and the "
+        "transferability tables; cells no run can reach are kept, with a note, out of the comparison.",
+    )
+    def paper_vs_run(self) -> pd.DataFrame:
+        """The pairings with the paper, the robustness tables first, each with its excluded cells marked."""
+        if not self.references:
+            raise MissingResult("no artifact paired with the paper has been produced in this run")
+        first = [name for name in (self.table4_name, "table8", "table3") if name in self.references]
+        order = first + [name for name in self.references if name not in first]
+        return pd.concat(
+            {name: mark_excluded(name, self.references[name]) for name in order}, names=["artifact", "row"]
+        )
+
+    # -- claims ----------------------------------------------------------------------------
+    @artifact("claims", "The paper's claims, each with the run's evidence, verdict and, for a miss, its reason.")
+    def claims_table(self) -> pd.DataFrame:
+        """Every claim on the tables it cites. A cited table this profile produces but the run has not is a
+        MissingResult; one the profile cannot produce (a system it lacks; Table 4 on CIFAR-10) leaves its claim not
+        measured."""
+        claims = self.claims()
+        missing = sorted({n for c in claims for n in c.cites if n in self.produced_tables() and n not in self.results})
+        if missing:
+            raise MissingResult(
+                f"the claims cite {', '.join(missing)}, which this run has not produced "
+                f"(produced: {', '.join(self.results) or 'none'})"
+            )
+        return evaluate_claims(claims, self.results)
+
+    def claims(self) -> list[Claim]:
+        """The paper's qualitative claims, each checked on the run tables it cites (table3, table4, table8, the
+        transfer_<system>_<norm> tables and figures1_4); reasons measure a miss against sampling noise and the budget."""
+        p = self.p
+        n = p.n_eval
+        budget = _budget(p)
+        unions = [f"All {g}" for g in p.groups]
+        norms = list(p.transfer_attacks)
+        low_transfer_norms = [nm for nm in ("linf", "l2") if nm in norms]  # Tables 11/12 show the opposite for L1
+
+        def cell(t, row: str, column: str) -> float:
+            return float(t["table4"].loc[row, column])
+
+        def gaps(t, pairs) -> str:
+            return "; ".join(f"{label}: {proportion_gap(a, b, n)}" for label, a, b in pairs) + f"; {budget}"
+
+        def vanilla_unions(t):
+            return [(u, cell(t, u, "MAT"), cell(t, u, "Vanilla Ensemble")) for u in unions]
+
+        def own_norm(t):
+            return [
+                (col, norm, acc, float(t["table4"].loc[f"PGD {norm}", "standard"]))
+                for col, norm, acc in _own_norm_rows(t["table3"])
+            ]
+
+        def weakest(t):
+            table3 = t["table3"]
+            subs = [c for c in table3.columns if str(c).startswith("Sub-model")]
+            return [
+                (
+                    row,
+                    float(table3.loc[row, "MAT"]),
+                    float(table3.loc[row, subs].min()),
+                    str(table3.loc[row, subs].astype(float).idxmin()),
+                )
+                for row in table3.index
+            ]
+
+        def transfer_ratios(t):
+            return [
+                (
+                    nm,
+                    _off_diagonal_ratio(_transfer(t, "mat", nm)),
+                    _off_diagonal_ratio(_transfer(t, "vanilla", nm)),
+                    _own_count(_transfer(t, "mat", nm)),
+                    _own_count(_transfer(t, "vanilla", nm)),
+                )
+                for nm in low_transfer_norms
+            ]
+
+        def ensemble_counts(t):
+            return [
+                (nm, _ensemble_count(_transfer(t, "mat", nm)), _ensemble_count(_transfer(t, "vanilla", nm)))
+                for nm in norms
+            ]
+
+        def table8_rows(t):
+            return _table8_rows(t["table8"], p.groups)
+
+        def table8_score(t) -> tuple[int, int, int]:
+            rows = table8_rows(t)
+            return sum(v > b for *_, b, v in rows), sum(v == b for *_, b, v in rows), len(rows)
+
+        def mat_msd(t):
+            table8 = t["table8"]
+            return [(u, float(table8.loc[u, "MAT+MSD"]), float(table8.loc[u, "MSD"])) for u in ("All linf", "All l1")]
+
+        def diag(t):
+            return t["figures1_4"]
+
+        def first_last(t):
+            return {
+                m: (
+                    g.sort_values("epoch")["cross_gradient_ratio"].iloc[0],
+                    g.sort_values("epoch")["cross_gradient_ratio"].iloc[-1],
+                    g["cross_gradient_ratio"].min(),
+                )
+                for m, g in diag(t).groupby("member")
+            }
+
+        def shrink_check(t):
+            if diag(t)["epoch"].nunique() < 2:
+                return None
+            return all(last < first and low > 0 for first, last, low in first_last(t).values())
+
+        def shrink_reason(t):
+            if diag(t)["epoch"].nunique() < 2:
+                return f"only {diag(t)['epoch'].nunique()} epoch recorded: a trend needs two (the paper trains {PAPER_BUDGET['epochs']})"
+            missed = [
+                f"member {m}: {first:.3f} -> {last:.3f} (min {low:.3f})"
+                for m, (first, last, low) in first_last(t).items()
+                if not (last < first and low > 0)
+            ]
+            return (
+                "; ".join(missed)
+                + f"; measured on {p.diagnostics_images} fixed training images once per epoch; {budget}"
+            )
+
+        return [
+            Claim(
+                "mat_beats_vanilla_unions",
+                "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
+                ("table4",),
+                lambda t: all(a > b for _, a, b in vanilla_unions(t)),
+                lambda t: "; ".join(f"{u}: MAT {a:.1f} vs vanilla {b:.1f}" for u, a, b in vanilla_unions(t)),
+                lambda t: gaps(t, [(u, a, b) for u, a, b in vanilla_unions(t) if not a > b]),
+            ),
+            Claim(
+                "mat_beats_msd_all_linf",
+                "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
+                ("table4",),
+                lambda t: cell(t, "All linf", "MAT") > cell(t, "All linf", "MSD"),
+                lambda t: f"All linf: MAT {cell(t, 'All linf', 'MAT'):.1f} vs MSD {cell(t, 'All linf', 'MSD'):.1f}",
+                lambda t: gaps(t, [("All linf, MAT - MSD", cell(t, "All linf", "MAT"), cell(t, "All linf", "MSD"))]),
+            ),
+            Claim(
+                "vanilla_fails_linf",
+                "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
+                "points below Linf AT's (0.0% vs 94.9% in Table 4).",
+                ("table4",),
+                lambda t: cell(t, "All linf", "Vanilla Ensemble") < cell(t, "All linf", "Linf AT") - 20,
+                lambda t: (
+                    f"All linf: vanilla {cell(t, 'All linf', 'Vanilla Ensemble'):.1f} vs Linf AT {cell(t, 'All linf', 'Linf AT'):.1f}"
+                ),
+                lambda t: gaps(
+                    t,
+                    [
+                        (
+                            "All linf, vanilla - Linf AT",
+                            cell(t, "All linf", "Vanilla Ensemble"),
+                            cell(t, "All linf", "Linf AT"),
+                        )
+                    ],
+                ),
+            ),
+            Claim(
+                "mat_submodels_robust",
+                "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
+                "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, 2, 3; "
+                "standard model in Table 4: 0%).",
+                ("table3", "table4"),
+                lambda t: all(acc >= std + 20 for *_, acc, std in own_norm(t)),
+                lambda t: "; ".join(
+                    f"{col} under PGD {norm}: {acc:.1f} vs standard {std:.1f}" for col, norm, acc, std in own_norm(t)
+                ),
+                lambda t: gaps(
+                    t,
+                    [
+                        (f"{col} - standard, PGD {norm}", acc, std)
+                        for col, norm, acc, std in own_norm(t)
+                        if not acc >= std + 20
+                    ],
+                ),
+            ),
+            Claim(
+                "mat_above_weakest_submodel",
+                "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
+                "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
+                ("table3",),
+                lambda t: all(mat > low for _, mat, low, _ in weakest(t)),
+                lambda t: "; ".join(f"{row}: MAT {mat:.1f} vs {who} {low:.1f}" for row, mat, low, who in weakest(t)),
+                lambda t: gaps(
+                    t, [(f"{row}, MAT - {who}", mat, low) for row, mat, low, who in weakest(t) if not mat > low]
+                ),
+            ),
+            Claim(
+                "mat_low_transfer",
+                "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
+                "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
+                tuple(f"transfer_{s}_{nm}" for nm in low_transfer_norms for s in ("vanilla", "mat")),
+                lambda t: all(m < v for _, m, v, _, _ in transfer_ratios(t)) if low_transfer_norms else None,
+                lambda t: "; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%" for nm, m, v, _, _ in transfer_ratios(t)),
+                lambda t: (
+                    (
+                        "; ".join(
+                            f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%, ratios over N_ii = {nm_own} (MAT) and {v_own} "
+                            f"(vanilla) source images of {n}"
+                            for nm, m, v, nm_own, v_own in transfer_ratios(t)
+                            if not m < v
+                        )
+                        + f"; {budget}"
+                    )
+                    if low_transfer_norms
+                    else "the profile has no Linf or L2 transfer attack"
+                ),
+            ),
+            Claim(
+                "mat_ensemble_resists_transfer",
+                "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
+                "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
+                tuple(f"transfer_{s}_{nm}" for nm in norms for s in ("vanilla", "mat")),
+                lambda t: all(m < v for _, m, v in ensemble_counts(t)),
+                lambda t: "; ".join(f"{nm}: MAT {m} vs vanilla {v} of {n}" for nm, m, v in ensemble_counts(t)),
+                lambda t: gaps(
+                    t,
+                    [
+                        (f"{nm} accuracy, MAT - vanilla", 100 * (1 - m / n), 100 * (1 - v / n))
+                        for nm, m, v in ensemble_counts(t)
+                        if not m < v
+                    ],
+                ),
+            ),
+            Claim(
+                "table8_mat_mostly_higher",
+                "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
+                "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
+                ("table8",),
+                lambda t: table8_score(t)[0] > table8_score(t)[2] / 2,
+                lambda t: "{} higher, {} tied of {} rows".format(*table8_score(t)),
+                lambda t: (
+                    f"{table8_score(t)[0]} of {table8_score(t)[2]} rows higher, more than half needed; the largest losses: "
+                    + gaps(
+                        t,
+                        [
+                            (f"{row}, {variant} - {base}", v, b)
+                            for base, variant, row, b, v in sorted(table8_rows(t), key=lambda r: r[4] - r[3])[:3]
+                        ],
+                    )
+                ),
+            ),
+            Claim(
+                "table8_mat_msd_linf_l1",
+                "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
+                "of L1 attacks (Table 8: +20.2 and +29.2 points).",
+                ("table8",),
+                lambda t: all(a > b for _, a, b in mat_msd(t)),
+                lambda t: "; ".join(f"{u}: MAT+MSD {a:.1f} vs MSD {b:.1f}" for u, a, b in mat_msd(t)),
+                lambda t: gaps(t, [(f"{u}, MAT+MSD - MSD", a, b) for u, a, b in mat_msd(t) if not a > b]),
+            ),
+            Claim(
+                "cross_gradients_shrink",
+                "The cross-gradient ratio of every MAT member falls during training but stays above zero (Figure 1).",
+                ("figures1_4",),
+                shrink_check,
+                lambda t: "; ".join(
+                    f"member {m}: {first:.3f} -> {last:.3f}" for m, (first, last, _) in first_last(t).items()
+                ),
+                shrink_reason,
+            ),
+        ]
 
 
 def union_violations(values: dict[str, dict[str, float]]) -> dict[str, str]:
@@ -354,11 +782,11 @@ def union_violations(values: dict[str, dict[str, float]]) -> dict[str, str]:
     return bad
 
 
-def paper_vs_run(artifact: str, run_values: pd.DataFrame, stem: str = "mimo_adversarial_training") -> pd.DataFrame:
-    """report.paper_vs_run, with the references' `excluded` cells (published values no run can reach) kept visible
-    but left out of the comparison: their difference is empty and a `note` column says why."""
-    table = report_paper_vs_run(stem, artifact, run_values)
-    excluded = load_references(stem)[artifact].get("excluded") or {}
+def mark_excluded(artifact: str, table: pd.DataFrame) -> pd.DataFrame:
+    """A paper-vs-run pairing of `artifact` with the references' `excluded` cells (published values no run can reach)
+    kept visible but left out of the comparison: their difference is empty and a `note` column says why."""
+    table = table.copy()
+    excluded = load_references(MATStudy.stem)[artifact].get("excluded") or {}
     unknown = sorted(set(excluded) - set(table.index))
     if unknown:
         raise KeyError(
@@ -438,242 +866,3 @@ def _table8_rows(table8: pd.DataFrame, groups: Mapping[str, list[str]]) -> list[
     if not rows:
         raise KeyError("Table 8 has no pair of a baseline and its MAT variant")
     return rows
-
-
-def claims(p: MATParams) -> list[Claim]:
-    """The paper's qualitative claims, each checked on the run tables it cites (table3, table4, table8, the
-    transfer_<system>_<norm> tables and figures1_4); reasons measure a miss against sampling noise and the budget."""
-    n = p.n_eval
-    budget = _budget(p)
-    unions = [f"All {g}" for g in p.groups]
-    norms = list(p.transfer_attacks)
-    low_transfer_norms = [nm for nm in ("linf", "l2") if nm in norms]  # Tables 11/12 show the opposite for L1
-
-    def cell(t, row: str, column: str) -> float:
-        return float(t["table4"].loc[row, column])
-
-    def gaps(t, pairs) -> str:
-        return "; ".join(f"{label}: {proportion_gap(a, b, n)}" for label, a, b in pairs) + f"; {budget}"
-
-    def vanilla_unions(t):
-        return [(u, cell(t, u, "MAT"), cell(t, u, "Vanilla Ensemble")) for u in unions]
-
-    def own_norm(t):
-        return [
-            (col, norm, acc, float(t["table4"].loc[f"PGD {norm}", "standard"]))
-            for col, norm, acc in _own_norm_rows(t["table3"])
-        ]
-
-    def weakest(t):
-        table3 = t["table3"]
-        subs = [c for c in table3.columns if str(c).startswith("Sub-model")]
-        return [
-            (
-                row,
-                float(table3.loc[row, "MAT"]),
-                float(table3.loc[row, subs].min()),
-                str(table3.loc[row, subs].astype(float).idxmin()),
-            )
-            for row in table3.index
-        ]
-
-    def transfer_ratios(t):
-        return [
-            (
-                nm,
-                _off_diagonal_ratio(_transfer(t, "mat", nm)),
-                _off_diagonal_ratio(_transfer(t, "vanilla", nm)),
-                _own_count(_transfer(t, "mat", nm)),
-                _own_count(_transfer(t, "vanilla", nm)),
-            )
-            for nm in low_transfer_norms
-        ]
-
-    def ensemble_counts(t):
-        return [
-            (nm, _ensemble_count(_transfer(t, "mat", nm)), _ensemble_count(_transfer(t, "vanilla", nm))) for nm in norms
-        ]
-
-    def table8_rows(t):
-        return _table8_rows(t["table8"], p.groups)
-
-    def table8_score(t) -> tuple[int, int, int]:
-        rows = table8_rows(t)
-        return sum(v > b for *_, b, v in rows), sum(v == b for *_, b, v in rows), len(rows)
-
-    def mat_msd(t):
-        table8 = t["table8"]
-        return [(u, float(table8.loc[u, "MAT+MSD"]), float(table8.loc[u, "MSD"])) for u in ("All linf", "All l1")]
-
-    def diag(t):
-        return t["figures1_4"]
-
-    def first_last(t):
-        return {
-            m: (
-                g.sort_values("epoch")["cross_gradient_ratio"].iloc[0],
-                g.sort_values("epoch")["cross_gradient_ratio"].iloc[-1],
-                g["cross_gradient_ratio"].min(),
-            )
-            for m, g in diag(t).groupby("member")
-        }
-
-    def shrink_check(t):
-        if diag(t)["epoch"].nunique() < 2:
-            return None
-        return all(last < first and low > 0 for first, last, low in first_last(t).values())
-
-    def shrink_reason(t):
-        if diag(t)["epoch"].nunique() < 2:
-            return f"only {diag(t)['epoch'].nunique()} epoch recorded: a trend needs two (the paper trains {PAPER_BUDGET['epochs']})"
-        missed = [
-            f"member {m}: {first:.3f} -> {last:.3f} (min {low:.3f})"
-            for m, (first, last, low) in first_last(t).items()
-            if not (last < first and low > 0)
-        ]
-        return (
-            "; ".join(missed) + f"; measured on {p.diagnostics_images} fixed training images once per epoch; {budget}"
-        )
-
-    return [
-        Claim(
-            "mat_beats_vanilla_unions",
-            "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
-            ("table4",),
-            lambda t: all(a > b for _, a, b in vanilla_unions(t)),
-            lambda t: "; ".join(f"{u}: MAT {a:.1f} vs vanilla {b:.1f}" for u, a, b in vanilla_unions(t)),
-            lambda t: gaps(t, [(u, a, b) for u, a, b in vanilla_unions(t) if not a > b]),
-        ),
-        Claim(
-            "mat_beats_msd_all_linf",
-            "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
-            ("table4",),
-            lambda t: cell(t, "All linf", "MAT") > cell(t, "All linf", "MSD"),
-            lambda t: f"All linf: MAT {cell(t, 'All linf', 'MAT'):.1f} vs MSD {cell(t, 'All linf', 'MSD'):.1f}",
-            lambda t: gaps(t, [("All linf, MAT - MSD", cell(t, "All linf", "MAT"), cell(t, "All linf", "MSD"))]),
-        ),
-        Claim(
-            "vanilla_fails_linf",
-            "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
-            "points below Linf AT's (0.0% vs 94.9% in Table 4).",
-            ("table4",),
-            lambda t: cell(t, "All linf", "Vanilla Ensemble") < cell(t, "All linf", "Linf AT") - 20,
-            lambda t: (
-                f"All linf: vanilla {cell(t, 'All linf', 'Vanilla Ensemble'):.1f} vs Linf AT {cell(t, 'All linf', 'Linf AT'):.1f}"
-            ),
-            lambda t: gaps(
-                t,
-                [
-                    (
-                        "All linf, vanilla - Linf AT",
-                        cell(t, "All linf", "Vanilla Ensemble"),
-                        cell(t, "All linf", "Linf AT"),
-                    )
-                ],
-            ),
-        ),
-        Claim(
-            "mat_submodels_robust",
-            "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
-            "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, 2, 3; "
-            "standard model in Table 4: 0%).",
-            ("table3", "table4"),
-            lambda t: all(acc >= std + 20 for *_, acc, std in own_norm(t)),
-            lambda t: "; ".join(
-                f"{col} under PGD {norm}: {acc:.1f} vs standard {std:.1f}" for col, norm, acc, std in own_norm(t)
-            ),
-            lambda t: gaps(
-                t,
-                [
-                    (f"{col} - standard, PGD {norm}", acc, std)
-                    for col, norm, acc, std in own_norm(t)
-                    if not acc >= std + 20
-                ],
-            ),
-        ),
-        Claim(
-            "mat_above_weakest_submodel",
-            "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
-            "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
-            ("table3",),
-            lambda t: all(mat > low for _, mat, low, _ in weakest(t)),
-            lambda t: "; ".join(f"{row}: MAT {mat:.1f} vs {who} {low:.1f}" for row, mat, low, who in weakest(t)),
-            lambda t: gaps(
-                t, [(f"{row}, MAT - {who}", mat, low) for row, mat, low, who in weakest(t) if not mat > low]
-            ),
-        ),
-        Claim(
-            "mat_low_transfer",
-            "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
-            "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
-            tuple(f"transfer_{s}_{nm}" for nm in low_transfer_norms for s in ("vanilla", "mat")),
-            lambda t: all(m < v for _, m, v, _, _ in transfer_ratios(t)) if low_transfer_norms else None,
-            lambda t: "; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%" for nm, m, v, _, _ in transfer_ratios(t)),
-            lambda t: (
-                (
-                    "; ".join(
-                        f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%, ratios over N_ii = {nm_own} (MAT) and {v_own} "
-                        f"(vanilla) source images of {n}"
-                        for nm, m, v, nm_own, v_own in transfer_ratios(t)
-                        if not m < v
-                    )
-                    + f"; {budget}"
-                )
-                if low_transfer_norms
-                else "the profile has no Linf or L2 transfer attack"
-            ),
-        ),
-        Claim(
-            "mat_ensemble_resists_transfer",
-            "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
-            "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
-            tuple(f"transfer_{s}_{nm}" for nm in norms for s in ("vanilla", "mat")),
-            lambda t: all(m < v for _, m, v in ensemble_counts(t)),
-            lambda t: "; ".join(f"{nm}: MAT {m} vs vanilla {v} of {n}" for nm, m, v in ensemble_counts(t)),
-            lambda t: gaps(
-                t,
-                [
-                    (f"{nm} accuracy, MAT - vanilla", 100 * (1 - m / n), 100 * (1 - v / n))
-                    for nm, m, v in ensemble_counts(t)
-                    if not m < v
-                ],
-            ),
-        ),
-        Claim(
-            "table8_mat_mostly_higher",
-            "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
-            "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
-            ("table8",),
-            lambda t: table8_score(t)[0] > table8_score(t)[2] / 2,
-            lambda t: "{} higher, {} tied of {} rows".format(*table8_score(t)),
-            lambda t: (
-                f"{table8_score(t)[0]} of {table8_score(t)[2]} rows higher, more than half needed; the largest losses: "
-                + gaps(
-                    t,
-                    [
-                        (f"{row}, {variant} - {base}", v, b)
-                        for base, variant, row, b, v in sorted(table8_rows(t), key=lambda r: r[4] - r[3])[:3]
-                    ],
-                )
-            ),
-        ),
-        Claim(
-            "table8_mat_msd_linf_l1",
-            "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
-            "of L1 attacks (Table 8: +20.2 and +29.2 points).",
-            ("table8",),
-            lambda t: all(a > b for _, a, b in mat_msd(t)),
-            lambda t: "; ".join(f"{u}: MAT+MSD {a:.1f} vs MSD {b:.1f}" for u, a, b in mat_msd(t)),
-            lambda t: gaps(t, [(f"{u}, MAT+MSD - MSD", a, b) for u, a, b in mat_msd(t) if not a > b]),
-        ),
-        Claim(
-            "cross_gradients_shrink",
-            "The cross-gradient ratio of every MAT member falls during training but stays above zero (Figure 1).",
-            ("figures1_4",),
-            shrink_check,
-            lambda t: "; ".join(
-                f"member {m}: {first:.3f} -> {last:.3f}" for m, (first, last, _) in first_last(t).items()
-            ),
-            shrink_reason,
-        ),
-    ]
