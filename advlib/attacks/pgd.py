@@ -143,6 +143,64 @@ class PGDOutput:
     correct: Tensor | None  # [steps + 1, N]: row t = iterate after t steps classified correctly (or not on target)
 
 
+def _check_pgd_options(eps: float, steps: int, update: str, loss: str, start_sigma: float | None) -> None:
+    """A ValueError naming the bad PGD option and the allowed values."""
+    if start_sigma is not None and start_sigma <= 0:
+        raise ValueError(f"start_sigma must be > 0 (or None for a uniform start); got start_sigma={start_sigma}")
+    if update not in UPDATES:
+        raise ValueError(f"update {update!r} is not allowed; choose one of {', '.join(UPDATES)}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not allowed; choose one of {', '.join(LOSSES)}")
+    if eps <= 0 or steps < 1:
+        raise ValueError(f"PGD needs eps > 0 and steps >= 1, got eps={eps}, steps={steps}")
+
+
+def _first_iterate(
+    x: Tensor,
+    norm: str,
+    eps: float,
+    start: bool,
+    start_sigma: float | None,
+    generator: torch.Generator | None,
+    keys: Tensor | None,
+    seed: int,
+) -> Tensor:
+    """PGD's start: x itself, or a random point of the ball drawn per sample from (seed, keys[i]) or from `generator`."""
+    if not start:
+        return x.clone()
+    if keys is not None:
+        return torch.cat(
+            [
+                start_point(x[i : i + 1], norm, eps, start_sigma, g)
+                for i, g in enumerate(keyed_generators(seed, keys, x.device))
+            ]
+        )
+    return start_point(x, norm, eps, start_sigma, generator)
+
+
+def _adam_direction(
+    grad: Tensor,
+    m: Tensor | None,
+    v: Tensor | None,
+    t: int,
+    x_adv: Tensor,
+    norm: str,
+    generator: torch.Generator | None,
+    l1_k: int | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Step t's direction of Adam (beta 0.9/0.999, eps 1e-8) on the raw gradient, and the updated moments; in L2 the
+    norm's steepest step along Adam's direction, in L1 along the first moment (Adam's direction is ~ +-1 everywhere,
+    so the sparse top-k step picks by momentum)."""
+    m = 0.9 * m + 0.1 * grad if m is not None else 0.1 * grad
+    v = 0.999 * v + 0.001 * grad**2 if v is not None else 0.001 * grad**2
+    direction = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+    if norm == "l2":
+        direction = steepest_direction(direction, x_adv, norm, generator, l1_k)
+    elif norm == "l1":
+        direction = steepest_direction(m, x_adv, norm, generator, l1_k)
+    return direction, m, v
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -181,14 +239,7 @@ def pgd(
     The iterate lives in channels_last memory when `channels_last` (None: `prefers_channels_last`); only the layout
     changes, and with it the convolutions' float rounding in the last bits. The result is returned contiguous.
     """
-    if start_sigma is not None and start_sigma <= 0:
-        raise ValueError(f"start_sigma must be > 0 (or None for a uniform start); got start_sigma={start_sigma}")
-    if update not in UPDATES:
-        raise ValueError(f"update {update!r} is not allowed; choose one of {', '.join(UPDATES)}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss {loss!r} is not allowed; choose one of {', '.join(LOSSES)}")
-    if eps <= 0 or steps < 1:
-        raise ValueError(f"PGD needs eps > 0 and steps >= 1, got eps={eps}, steps={steps}")
+    _check_pgd_options(eps, steps, update, loss, start_sigma)
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
     layout = (
@@ -197,17 +248,7 @@ def pgd(
         else torch.contiguous_format
     )
     x = x.detach() if layout == torch.contiguous_format else in_layout(x.detach(), layout)
-    if not start:
-        x_adv = x.clone()
-    elif keys is not None:
-        x_adv = torch.cat(
-            [
-                start_point(x[i : i + 1], norm, eps, start_sigma, g)
-                for i, g in enumerate(keyed_generators(seed, keys, x.device))
-            ]
-        )
-    else:
-        x_adv = start_point(x, norm, eps, start_sigma, generator)
+    x_adv = _first_iterate(x, norm, eps, start, start_sigma, generator, keys, seed)
     if keys is not None:
         generator = torch.Generator().manual_seed(seed)
     # Linf: the projection and the [0, 1] clip are one clamp to [max(x - eps, 0), min(x + eps, 1)]; a step is then three
@@ -229,13 +270,7 @@ def pgd(
         )
         (grad,) = torch.autograd.grad(summed, x_adv)
         if update == "adam":  # Adam on the raw gradient (the paper's PGD), not on the steepest direction
-            m = 0.9 * m + 0.1 * grad if m is not None else 0.1 * grad
-            v = 0.999 * v + 0.001 * grad**2 if v is not None else 0.001 * grad**2
-            direction = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
-            if norm == "l2":  # the norm's steepest step along Adam's preconditioned direction
-                direction = steepest_direction(direction, x_adv.detach(), norm, generator, l1_k)
-            elif norm == "l1":  # Adam's direction is ~ +-1 everywhere, so the sparse top-k step picks by momentum
-                direction = steepest_direction(m, x_adv.detach(), norm, generator, l1_k)
+            direction, m, v = _adam_direction(grad, m, v, t, x_adv.detach(), norm, generator, l1_k)
         else:
             direction = steepest_direction(grad, x_adv.detach(), norm, generator, l1_k)
         x_adv = x_adv.detach().add(direction, alpha=sign * alpha)

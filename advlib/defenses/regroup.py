@@ -299,6 +299,62 @@ class RegroupStatistics:
         )
 
 
+def _check_fit_options(on_empty_class: str, voter_point: str, weights: str, per_class: int) -> None:
+    """A ValueError naming the bad `fit_regroup` option and the allowed values."""
+    if on_empty_class not in ("error", "uniform"):
+        raise ValueError(f"unknown on_empty_class={on_empty_class!r}; choose one of error, uniform")
+    check_voter_point(voter_point)
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"unknown weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
+    if per_class < 1:
+        raise ValueError(f"per_class must be a positive number of samples; got per_class={per_class}")
+
+
+def _sample_batches(
+    x: Tensor | Iterable[tuple[Tensor, Tensor]], y: Tensor | None, batch_size: int
+) -> Iterable[tuple[Tensor, Tensor]]:
+    """(images, labels) batches of tensors `x, y` or of an iterable of batches, with a progress bar."""
+    if not isinstance(x, Tensor):
+        return tqdm(x, desc="REGroup statistics", leave=False)
+    if y is None or len(x) != len(y):
+        raise ValueError(
+            f"x and y must hold the same number of samples; got {len(x)} and {None if y is None else len(y)}"
+        )
+    return ((x[b], y[b]) for b in _batches(len(x), batch_size, "REGroup statistics"))
+
+
+def _kept_samples(
+    logits: Tensor, labels: Tensor, counts: Tensor, per_class: int, weights: str
+) -> tuple[Tensor, Tensor]:
+    """One-hot (B, M) of the batch's samples that enter the statistics (correctly classified, at most `per_class` per
+    class counting the `counts` already kept, first ones in order) and each kept sample's mixture weight in its class."""
+    keep = logits.argmax(dim=-1) == labels
+    onehot = nn.functional.one_hot(labels, counts.numel()) * keep.unsqueeze(1)
+    position = counts.unsqueeze(0) + onehot.cumsum(dim=0)
+    keep &= (position * onehot).sum(dim=1) <= per_class
+    onehot = onehot * keep.unsqueeze(1)
+    if weights == "softmax":
+        w = logits.softmax(dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    else:
+        w = torch.ones(len(labels), device=logits.device)
+    return onehot, onehot.float() * w.unsqueeze(1)
+
+
+def _fill_empty_classes(counts: Tensor, weight_sums: Tensor, sums: list[Tensor], on_empty_class: str) -> None:
+    """Classes without a kept sample: an error, or uniform PMFs with a warning (on_empty_class='uniform')."""
+    empty = torch.nonzero(counts == 0).flatten().tolist()
+    if empty and on_empty_class == "error":
+        raise ValueError(
+            f"classes {empty} have no correctly classified sample; pass more samples of them "
+            "(or on_empty_class='uniform' to give them uniform PMFs)"
+        )
+    if empty:
+        log.warning("REGroup: classes %s have no correctly classified sample; their PMFs are uniform", empty)
+        weight_sums[counts == 0] = 1.0
+        for layer_sums in sums:
+            layer_sums[counts == 0] = 1.0 / layer_sums.shape[1]
+
+
 def fit_regroup(
     model: nn.Module,
     x: Tensor | Iterable[tuple[Tensor, Tensor]],
@@ -319,23 +375,8 @@ def fit_regroup(
     `PreactivationRecorder`. A class without any correctly classified sample is an error, or
     gets a uniform PMF with a warning when on_empty_class="uniform" (dry runs of untrained models).
     """
-    if on_empty_class not in ("error", "uniform"):
-        raise ValueError(f"unknown on_empty_class={on_empty_class!r}; choose one of error, uniform")
-    check_voter_point(voter_point)
-    if weights not in WEIGHT_MODES:
-        raise ValueError(f"unknown weights={weights!r}; choose one of {', '.join(WEIGHT_MODES)}")
-    if per_class < 1:
-        raise ValueError(f"per_class must be a positive number of samples; got per_class={per_class}")
-    if isinstance(x, Tensor):
-        if y is None or len(x) != len(y):
-            raise ValueError(
-                f"x and y must hold the same number of samples; got {len(x)} and {None if y is None else len(y)}"
-            )
-        batches: Iterable[tuple[Tensor, Tensor]] = (
-            (x[b], y[b]) for b in _batches(len(x), batch_size, "REGroup statistics")
-        )
-    else:
-        batches = tqdm(x, desc="REGroup statistics", leave=False)
+    _check_fit_options(on_empty_class, voter_point, weights, per_class)
+    batches = _sample_batches(x, y, batch_size)
     device = model_device(model)
     pos_sums: list[Tensor] = []
     neg_sums: list[Tensor] = []
@@ -352,17 +393,7 @@ def fit_regroup(
                 num_classes = logits.shape[-1]
                 counts = torch.zeros(num_classes, dtype=torch.int64, device=device)
                 weight_sums = torch.zeros(num_classes, device=device)
-            # keep correctly classified samples, at most per_class per class, first ones in order
-            keep = logits.argmax(dim=-1) == labels
-            onehot = nn.functional.one_hot(labels, counts.numel()) * keep.unsqueeze(1)
-            position = counts.unsqueeze(0) + onehot.cumsum(dim=0)
-            keep &= (position * onehot).sum(dim=1) <= per_class
-            onehot = onehot * keep.unsqueeze(1)
-            if weights == "softmax":
-                w = logits.softmax(dim=-1).gather(1, labels.unsqueeze(1)).squeeze(1)
-            else:
-                w = torch.ones(len(labels), device=device)
-            weighted = onehot.float() * w.unsqueeze(1)  # (B, M): weight of each kept sample in its class
+            onehot, weighted = _kept_samples(logits, labels, counts, per_class, weights)
             counts += onehot.sum(dim=0)
             weight_sums += weighted.sum(dim=0)
             for i, (pos_acc, neg_acc) in enumerate(preacts):
@@ -377,17 +408,7 @@ def fit_regroup(
         layer_names = recorder.layer_names
     if counts is None or weight_sums is None:
         raise ValueError("x must hold at least one sample; got none")
-    empty = torch.nonzero(counts == 0).flatten().tolist()
-    if empty and on_empty_class == "error":
-        raise ValueError(
-            f"classes {empty} have no correctly classified sample; pass more samples of them "
-            "(or on_empty_class='uniform' to give them uniform PMFs)"
-        )
-    if empty:
-        log.warning("REGroup: classes %s have no correctly classified sample; their PMFs are uniform", empty)
-        weight_sums[counts == 0] = 1.0
-        for sums in (*pos_sums, *neg_sums):
-            sums[counts == 0] = 1.0 / sums.shape[1]
+    _fill_empty_classes(counts, weight_sums, [*pos_sums, *neg_sums], on_empty_class)
     log.info(
         "REGroup statistics from %d correctly classified samples (%d to %d per class) over %d layers",
         int(counts.sum()),
