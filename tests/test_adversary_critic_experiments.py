@@ -14,7 +14,7 @@ import torch
 
 from advlib import params
 from advlib.cache import Cache
-from advlib.experiments.adversary_critic import CriticStudy, cw_confidence_margin
+from advlib.experiments.adversary_critic import DEFENSE_LABELS, CriticStudy, cw_confidence_margin
 from advlib.experiments.base import MissingResult
 
 
@@ -167,9 +167,12 @@ def test_published_artifacts_paper_vs_run_and_claims(ci_study, tmp_path, monkeyp
     paper_vs_run = study.publish("paper_vs_run", out)
     # the paper's order, Table 2's rows of the profile's (only) network paired with Table 2a
     assert list(paper_vs_run.index.get_level_values(0).unique()) == ["table1a", "table2a", "figure4"]
-    assert list(paper_vs_run.loc["table2a"].index) == [
-        f"{d} / {c}" for d in ("Reference", "Margin [19]", "Our") for c in ("target_percent", "original_percent")
-    ] + [f"{d} / {c}" for d in ("AT [7]", "VAT [16]") for c in ("target_percent", "original_percent")]
+    table2a = paper_vs_run.loc["table2a"]
+    columns = ("target_percent", "original_percent")
+    assert list(table2a.index) == [f"{d} / {c}" for d in DEFENSE_LABELS.values() for c in columns]
+    assert table2a["run"].isna().tolist() == [
+        d in ("AT [7]", "VAT [16]") for d in DEFENSE_LABELS.values() for c in columns
+    ]
     assert paper_vs_run.loc[("table1a", "Our / error"), "run"] == pytest.approx(
         study.runs.query("defense == 'critic'")["error"].mean()
     )
