@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -13,7 +14,8 @@ import torch
 
 from advlib import params
 from advlib.cache import Cache
-from advlib.experiments.adversary_critic import CriticStudy, cw_confidence_margin
+from advlib.experiments.adversary_critic import DEFENSE_LABELS, CriticStudy, cw_confidence_margin
+from advlib.experiments.base import MissingResult
 
 
 def test_cw_margin_gives_exactly_the_confidence_at_the_worst_case():
@@ -55,41 +57,59 @@ def test_targeted_cw_with_the_margin_reaches_95_percent(mnist_model, mnist_test)
 
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory):
-    """The ci profile with one network and three defenses, in its own cache."""
+    """The ci profile with one network and three defenses, in its own cache and kit folder."""
     p = params.load(
         "adversary_critic",
         "ci",
         {"networks": ["lenet5"], "defenses": ["reference", "margin", "critic"], "figure4.network": "lenet5"},
     )
-    return CriticStudy(p, "cpu", cache=Cache(tmp_path_factory.mktemp("cache")))
+    folder = tmp_path_factory.mktemp("study")
+    return CriticStudy(p, "cpu", cache=Cache(folder / "cache"), kit=folder / "kit")
+
+
+def test_models_are_trained_once_under_derived_keys(ci_study):
+    trained = ci_study.model("lenet5", "critic", 0)
+    assert ci_study.model("lenet5", "critic", 0) is trained
+    assert len(trained.meta["confidence"]) == 10 and [h["epoch"] for h in trained.history] == [0, 1]
+    keys = {ci_study.model(n, d, s).key for n, d, s in ci_study.models()}
+    assert len(keys) == len(ci_study.models())  # every network x defense x seed is its own model
+    other = copy.copy(ci_study)  # the same study with another lambda for a network it does not train
+    other.p = ci_study.p.model_copy(
+        update={"critic": ci_study.p.critic.model_copy(update={"weight": {"lenet5": 0.1, "mlp1200": 9.0}})}
+    )
+    other._models = {}
+    assert other.model("lenet5", "critic", 0).key == trained.key  # only lenet5's lambda names lenet5's models
 
 
 def test_table1_has_every_run_and_mean_std(ci_study):
-    runs = ci_study.table1_runs()
+    runs = ci_study.runs
     assert len(runs) == 3 * 2 and set(runs.defense) == {"reference", "margin", "critic"}
     assert runs["error"].between(0, 100).all()
     for name in ci_study.p.eval_attacks:
         assert runs[f"success {name}"].between(0, 100).all()
         assert (runs[f"rho {name}"].dropna() > 0).all()
-    table = ci_study.table1(runs, "lenet5")
+    table = ci_study.table1a()
     assert list(table.index) == ["Reference", "Margin [19]", "Our"]
     ref = runs[(runs.defense == "reference")]["rho CW"]
     assert table.loc["Reference", ("rho CW", "mean")] == pytest.approx(ref.mean())
     assert table.loc["Reference", ("rho CW", "std")] == pytest.approx(ref.std())
-    again = CriticStudy(ci_study.p, "cpu", cache=ci_study.cache).table1_runs()  # from the cache: the same table
+    with pytest.raises(MissingResult, match="table1b needs network 2"):
+        ci_study.table1b()  # one network in this fixture
+    again = CriticStudy(ci_study.p, "cpu", cache=ci_study.cache).runs  # from the cache: the same table
     pd.testing.assert_frame_equal(runs, again)
 
 
 def test_figure2_grid_has_the_originals_on_the_diagonal(ci_study):
-    grid, confidence = ci_study.figure2()
+    grid, confidence = ci_study.figure2
+    x, y = ci_study.evaluation_set
     assert grid.shape == (100, 1, 28, 28) and confidence.shape == (10, 10)
     for i in range(10):
-        assert int(ci_study.y[(ci_study.x == grid[11 * i]).flatten(1).all(1)][0]) == i
+        assert int(y[(x == grid[11 * i]).flatten(1).all(1)][0]) == i
     assert ((confidence >= 0) & (confidence <= 1)).all().all()
 
 
 def test_figure4_panels_and_confidences(ci_study):
-    panels, table = ci_study.figure4()
+    panels, table = ci_study.figure4
     assert list(panels) == list(table.index) and all(len(v) == ci_study.p.figure4.n_images for v in panels.values())
     assert table["average confidence"].between(10, 100).all()
 
@@ -97,22 +117,23 @@ def test_figure4_panels_and_confidences(ci_study):
 def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path, monkeypatch):
     from advlib.human import SECRET_FILE, study_secret
 
-    secret = study_secret(tmp_path / "kit")
-    items, images = ci_study.study_images(secret)
+    folder = ci_study.kit
+    items, images = ci_study.human_study
     assert len(items) == len(images) and len({i.image_id for i in items}) == len(items)
+    secret = study_secret(folder)  # the secret the kit folder keeps
     assert [i.image_id for i in ci_study.study_images(secret)[0]] == [i.image_id for i in items]  # stable for reruns
     assert {i.image_id for i in ci_study.study_images(bytes(16))[0]}.isdisjoint(i.image_id for i in items)
     names = (
         {w.lower() for i in items for w in (i.defense, i.network)} | set(ci_study.p.defenses) | set(ci_study.p.networks)
     )
     assert not [(i.image_id, n) for i in items for n in names if n in i.image_id.lower()]  # ids name no model
-    kit = ci_study.export_kit(items, images, tmp_path / "kit")
-    assert len(list((tmp_path / "kit" / "images").glob("*.png"))) == len(items)
-    uploaded = kit["batch"].read_text().lower() + " ".join(p.name for p in (tmp_path / "kit" / "images").iterdir())
+    kit = ci_study.export_kit()
+    assert len(list((folder / "images").glob("*.png"))) == len(items)
+    uploaded = kit["batch"].read_text().lower() + " ".join(p.name for p in (folder / "images").iterdir())
     assert not [n for n in names if n in uploaded] and SECRET_FILE not in uploaded  # what annotators see names no model
     assert len(kit["sheets"]) == len(kit["assignments"]) == math.ceil(len(items) / 25)
-    table, who = ci_study.table2(items, images)
-    assert "proxy" in who and table["images"].sum() == len(items)
+    table = ci_study.table2_of(items, images)
+    assert "proxy" in ci_study.annotator and table["images"].sum() == len(items)
     assert table[["target_percent", "original_percent"]].stack().between(0, 100).all()
     # the same table from an MTurk-style results file in which every worker answers the adversarial target
     batch = pd.read_csv(kit["batch"], dtype=str).fillna("")
@@ -128,24 +149,43 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     answered.p = ci_study.p.model_copy(
         update={"study": ci_study.p.study.model_copy(update={"results": str(tmp_path / "results.csv")})}
     )
-    human, who = answered.table2(items, images)
-    assert "human" in who and (human["target_percent"] == 100).all()
+    human = answered.table2_of(items, images)
+    assert "human" in answered.annotator and (human["target_percent"] == 100).all()
+    with pytest.raises(ValueError, match="kit folder"):
+        CriticStudy(ci_study.p, "cpu", cache=ci_study.cache).export_kit()
 
 
-def test_claims_are_evaluated_on_the_run(ci_study):
-    from advlib.human import study_secret
-    from advlib.report import evaluate_claims
-
-    items, images = ci_study.study_images(study_secret(ci_study.cache.root / "kit"))
-    table2, who = ci_study.table2(items, images)
-    tables = ci_study.tables(ci_study.table1_runs(), table2)
-    assert set(tables) == {"table1_runs", "table1a", "table2"}  # one network in this fixture: no Table 1b
-    claims = evaluate_claims(ci_study.claims(who), tables).set_index("id")
+def test_published_artifacts_paper_vs_run_and_claims(ci_study, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path))
+    out = SimpleNamespace(stem="adversary_critic", profile="ci")
+    study = CriticStudy(ci_study.p, "cpu", cache=ci_study.cache, kit=ci_study.kit)  # nothing published yet
+    with pytest.raises(MissingResult, match="table1_runs, table1a, table2"):
+        study.publish("claims", out)
+    for name in ("table1_runs", "table1a", "figure4", "table2"):
+        study.publish(name, out)
+    assert (tmp_path / "adversary_critic" / "ci" / "table2.csv").is_file()
+    paper_vs_run = study.publish("paper_vs_run", out)
+    # the paper's order, Table 2's rows of the profile's (only) network paired with Table 2a
+    assert list(paper_vs_run.index.get_level_values(0).unique()) == ["table1a", "table2a", "figure4"]
+    table2a = paper_vs_run.loc["table2a"]
+    columns = ("target_percent", "original_percent")
+    assert list(table2a.index) == [f"{d} / {c}" for d in DEFENSE_LABELS.values() for c in columns]
+    assert table2a["run"].isna().tolist() == [
+        d in ("AT [7]", "VAT [16]") for d in DEFENSE_LABELS.values() for c in columns
+    ]
+    assert paper_vs_run.loc[("table1a", "Our / error"), "run"] == pytest.approx(
+        study.runs.query("defense == 'critic'")["error"].mean()
+    )
+    assert paper_vs_run.loc[("table1a", "Reference / error"), "note"].startswith("doubtful")
+    claims = study.publish("claims", out).set_index("id")
     table1_claims = ["critic_largest_rho", "critic_beats_at", "small_error_cost"]
+    assert (claims.loc[table1_claims, "cites"] == "table1a, table1_runs").all()  # one network: no Table 1b to cite
     assert (claims.loc[table1_claims, "verdict"] == "not measured at this profile").all()
     assert claims.loc["critic_largest_rho", "reason"].startswith("this profile has no table1b")
     assert claims.loc["critic_beats_at", "reason"].startswith("this profile has no table1b")
     assert claims.loc["critic_changes_label", "verdict"] in {"holds", "does not hold"}
+    missed = claims[(claims.verdict == "does not hold") & claims.cites.eq("table2")]
+    assert missed.reason.str.endswith("a robust classifier stands in for the paper's MTurk workers").all()
     assert ((claims.verdict == "holds") | (claims.reason.str.len() > 0)).all()
 
 
@@ -198,8 +238,8 @@ def test_paper_profile_dry_run_on_mnist_shaped_fake_data(tmp_path, monkeypatch):
     p = params.load("adversary_critic", "paper", overrides)
     assert p.data.name == "mnist" and len(p.defenses) == 5 and p.critic.weight == {"mlp1200": 0.5, "lenet5": 0.1}
     study = CriticStudy(p, "cpu", cache=Cache(tmp_path))
-    runs = study.table1_runs()
+    runs = study.runs
     assert len(runs) == 2 * 5 * 2
-    assert list(study.table1(runs, "lenet5").index) == ["Reference", "AT [7]", "VAT [16]", "Margin [19]", "Our"]
-    assert study.figure2()[0].shape == (100, 1, 28, 28)
-    assert len(study.figure4()[1]) == 3
+    assert list(study.table1b().index) == ["Reference", "AT [7]", "VAT [16]", "Margin [19]", "Our"]
+    assert study.figure2[0].shape == (100, 1, 28, 28)
+    assert len(study.figure4[1]) == 3

@@ -46,7 +46,7 @@ def test_margin_training_lowers_the_sensitivity():
     from advlib.data import load_dataset
     from advlib.models import create_model
     from advlib.params import TrainSpec
-    from advlib.train import fit
+    from advlib.train import ClassifierStep, fit
 
     train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(400))
     spec = TrainSpec(model="mlp1200", model_options={"width": 128}, epochs=2, batch_size=50)
@@ -58,6 +58,6 @@ def test_margin_training_lowers_the_sensitivity():
     ):
         torch.manual_seed(0)
         model = create_model("mlp1200", width=128)
-        fit(model, train, spec, seed=0, **kwargs)
+        fit(ClassifierStep(model, train, spec, **kwargs), seed=0)
         sensitivity[name] = float(margin_sensitivity(model, x[:200], y[:200]).mean())
     assert sensitivity["margin"] < 0.5 * sensitivity["plain"]

@@ -95,39 +95,34 @@ def test_virtual_adversarial_loss_is_zero_for_a_constant_model_and_positive_othe
 
 
 def test_critic_defense_trains_both_networks(mnist_test):
-    from advlib.defenses.critic import train_critic_defense
+    from advlib.defenses.critic import CriticStep
+    from advlib.train import fit
 
     torch.manual_seed(0)
     classifier, critic = create_model("lenet5"), create_model("critic_mlp")
     data = torch.utils.data.TensorDataset(mnist_test[0][:64], mnist_test[1][:64])
     before = [p.detach().clone() for p in critic.parameters()]
-    out = train_critic_defense(classifier, critic, data, epochs=2, weight=0.1, batch_size=32)
-    history = out["history"]
+    step = CriticStep(classifier, critic, data, epochs=2, weight=0.1, batch_size=32)
+    history = fit(step)
     assert [h["epoch"] for h in history] == [0, 1, 2]  # the pre-training epoch, then two regularised ones
     assert "gan" not in history[0] and all({"nll", "reached", "critic"} <= set(h) for h in history[1:])
     assert any(not torch.equal(a, b) for a, b in zip(before, critic.parameters()))
-    assert not classifier.training and len(out["confidence"]) == 10
+    assert not classifier.training and len(step.confidence.values) == 10
+    assert step.scheduler.last_epoch == 2  # the learning-rate schedule counts the regularised epochs only
 
 
 def test_critic_defense_resumes_to_the_same_weights(mnist_test, tmp_path):
-    from advlib.defenses.critic import train_critic_defense
+    from advlib.defenses.critic import CriticStep
+    from advlib.train import fit
 
     data = torch.utils.data.TensorDataset(mnist_test[0][:48], mnist_test[1][:48])
 
     def run(epochs, checkpoint_dir=None):
         torch.manual_seed(0)
         classifier, critic = create_model("mlp1200", width=64), create_model("critic_mlp", width=64)
-        out = train_critic_defense(
-            classifier,
-            critic,
-            data,
-            epochs=epochs,
-            weight=0.5,
-            batch_size=16,
-            halve_every=1,
-            checkpoint_dir=checkpoint_dir,
-        )
-        return classifier, critic, out
+        step = CriticStep(classifier, critic, data, epochs=epochs, weight=0.5, batch_size=16, halve_every=1)
+        history = fit(step, checkpoint_dir=checkpoint_dir)
+        return classifier, critic, step, history
 
     whole = run(2)
     run(1, tmp_path)  # stopped after one regularised epoch ...
@@ -137,16 +132,18 @@ def test_critic_defense_resumes_to_the_same_weights(mnist_test, tmp_path):
         list(resumed[0].parameters()) + list(resumed[1].parameters()),
     ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert whole[2]["confidence"] == resumed[2]["confidence"]
-    with pytest.raises(ValueError, match="epochs"):
-        train_critic_defense(whole[0], whole[1], data, epochs=0, weight=0.5)
+    assert whole[2].confidence.values.tolist() == resumed[2].confidence.values.tolist()
+    assert whole[3] == resumed[3]  # the history, the checkpointed epochs' records included
+    assert whole[2].optimizer.param_groups[0]["lr"] == resumed[2].optimizer.param_groups[0]["lr"] == 5e-4 / 4
+    with pytest.raises(ValueError, match="epochs=0"):
+        CriticStep(whole[0], whole[1], data, epochs=0, weight=0.5)
 
 
 def test_vat_training_makes_the_model_smoother(mnist_test):
     from advlib.data import load_dataset
     from advlib.defenses.baselines import vat_regularizer, virtual_adversarial_loss
     from advlib.params import TrainSpec
-    from advlib.train import fit
+    from advlib.train import ClassifierStep, fit
 
     train = torch.utils.data.Subset(load_dataset("mnist5k", "train"), range(600))
     spec = TrainSpec(model="lenet5", epochs=2, batch_size=50)
@@ -154,7 +151,7 @@ def test_vat_training_makes_the_model_smoother(mnist_test):
     for name, regularizer in (("plain", None), ("vat", vat_regularizer(eps=2.0))):
         torch.manual_seed(0)
         models[name] = create_model("lenet5")
-        fit(models[name], train, spec, seed=0, regularizer=regularizer)
+        fit(ClassifierStep(models[name], train, spec, regularizer=regularizer), seed=0)
     x = mnist_test[0][:100]
     smoothness = {}
     for name, model in models.items():

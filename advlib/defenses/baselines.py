@@ -1,10 +1,11 @@
-"""The Adversary Critic paper's baselines besides the reference and FGSM adversarial training (`train.fit` with an
-`fgsm` adversary): virtual adversarial training (Miyato et al.) and L2 margin maximisation (Matyasko & Chau 2017).
+"""The Adversary Critic paper's baselines besides the reference and FGSM adversarial training (a
+`train.ClassifierStep` with an `fgsm` adversary): virtual adversarial training (Miyato et al.) and L2 margin
+maximisation (Matyasko & Chau 2017).
 
-Native: both are a few lines of loss on top of `train.fit` (a regularizer, and for margin maximisation the multiclass
-hinge loss as the criterion); the libraries in use have neither. Margin maximisation follows the authors' code:
-hinge loss + lambda * ||grad_x (z_y - z_l)||_2^2 with l the class whose logit gradient differs most from the true
-class's (chosen without gradient).
+Native: both are a few lines of loss on top of `train.ClassifierStep` (a regularizer, and for margin maximisation the
+multiclass hinge loss as the criterion); the libraries in use have neither. Margin maximisation follows the authors'
+code: hinge loss + lambda * ||grad_x (z_y - z_l)||_2^2 with l the class whose logit gradient differs most from the
+true class's (chosen without gradient).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def virtual_adversarial_loss(
 
 
 def vat_regularizer(eps: float = 2.0, weight: float = 1.0) -> Regularizer:
-    """The VAT baseline as a `train.fit` regularizer: weight * KL(p(x) || p(x + r_vadv)) at L2 radius eps."""
+    """The VAT baseline as a `train.ClassifierStep` regularizer: weight * KL(p(x) || p(x + r_vadv)) at L2 radius eps."""
     if eps <= 0 or weight < 0:
         raise ValueError(f"VAT needs eps > 0 and weight >= 0; got eps={eps}, weight={weight}")
     return lambda model, x, y: weight * virtual_adversarial_loss(model, x, eps=eps)
@@ -70,7 +71,7 @@ def margin_sensitivity(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 def margin_regularizer(weight: float = 0.1) -> Regularizer:
-    """Margin maximisation's regularizer for `train.fit` (pair it with criterion=multiclass_hinge):
+    """Margin maximisation's regularizer for `train.ClassifierStep` (pair it with criterion=multiclass_hinge):
     weight * batch mean of the margin sensitivity."""
     if weight < 0:
         raise ValueError(f"margin maximisation needs weight >= 0; got weight={weight}")

@@ -1,4 +1,5 @@
-"""Adversary Critic (Matyasko & Chau 2018): losses of the class-conditional critic and of the classifier.
+"""Adversary Critic (Matyasko & Chau 2018): losses of the class-conditional critic and of the classifier, and the
+training step that alternates them (`CriticStep`, run by `train.fit`).
 
 Native: the paper's objective (eqs. 4-6) has no library implementation. The critic gives one logit per class; the
 logit at an input's (true or adversarial-target) class scores natural vs adversarial. The paper's baselines
@@ -7,16 +8,16 @@ logit at an input's (true or adversarial-target) class scores natural vs adversa
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from ..data import dataset_size
+from ..train import Step, seeded_loader
 
 GRADIENT_PENALTY = 10.0  # lambda_grad of the paper
 CYCLE_WEIGHT = 1e-2  # lambda_rec of the paper
@@ -141,84 +142,87 @@ def _step(optimizer: torch.optim.Optimizer, loss: Tensor, frozen: nn.Module) -> 
     optimizer.step()
 
 
-def train_critic_defense(
-    classifier: nn.Module,
-    critic: nn.Module,
-    train_set: Dataset,
-    *,
-    epochs: int,
-    weight: float,
-    seed: int = 0,
-    batch_size: int = 100,
-    lr_classifier: float = 5e-4,
-    lr_critic: float = 1e-3,
-    halve_every: int = 40,
-    steps: int = 5,
-    overshoot: float = 0.05,
-    pretrain_epochs: int = 1,
-    num_classes: int = 10,
-    device: torch.device | str = "cpu",
-    checkpoint_dir: Path | None = None,
-    desc: str = "critic defense",
-) -> dict[str, Any]:
-    """Alternate the classifier's and the critic's updates on every batch (Adam, beta1 0.5; learning rates halved
-    every `halve_every` epochs); the critic learns from the adversarials of the classifier's step. `pretrain_epochs`
-    epochs of plain NLL first initialise the running class confidence. Epochs are seeded from (seed, epoch) and
-    checkpointed like `train.fit`, so an interrupted run resumes to the same weights. Returns {'history': per-epoch
-    means of nll, reached, gan, cycle and critic}."""
-    from ..train import end_epoch, epoch_seed, resume
+class CriticStep(Step):
+    """The critic defense as a `train.fit` step: on every batch the classifier's update, then the critic's on the
+    adversarials of that step (Adam, beta1 0.5; learning rates halved every `halve_every` regularised epochs).
+    `pretrain_epochs` epochs of plain NLL initialise the running class confidence before the `epochs` regularised ones
+    (`self.epochs` counts both); history records number the regularised epochs from 1 (the pre-training ones from
+    1 - pretrain_epochs) and hold the per-epoch means of nll, reached, gan, cycle and critic. `confidence` holds the
+    running class confidence the training ends with."""
 
-    if epochs < 1 or pretrain_epochs < 0:
-        raise ValueError(
-            f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}"
+    def __init__(
+        self,
+        classifier: nn.Module,
+        critic: nn.Module,
+        train_set: Dataset,
+        *,
+        epochs: int,
+        weight: float,
+        batch_size: int = 100,
+        lr_classifier: float = 5e-4,
+        lr_critic: float = 1e-3,
+        halve_every: int = 40,
+        steps: int = 5,
+        overshoot: float = 0.05,
+        pretrain_epochs: int = 1,
+        num_classes: int = 10,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if epochs < 1 or pretrain_epochs < 0:
+            raise ValueError(
+                f"need epochs >= 1 and pretrain_epochs >= 0; got epochs={epochs}, pretrain_epochs={pretrain_epochs}"
+            )
+        if dataset_size(train_set) == 0:
+            raise ValueError("training set is empty")
+        self.confidence = ClassConfidence(num_classes)
+        self.networks = nn.ModuleDict({"classifier": classifier, "critic": critic, "confidence": self.confidence})
+        self.networks.to(device)
+        self.model, self.critic, self.train_set, self.device = classifier, critic, train_set, device
+        self.epochs, self.pretrain_epochs, self.batch_size = pretrain_epochs + epochs, pretrain_epochs, batch_size
+        self.weight, self.steps, self.overshoot = weight, steps, overshoot
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": classifier.parameters(), "lr": lr_classifier},
+                {"params": critic.parameters(), "lr": lr_critic},
+            ],
+            betas=(0.5, 0.999),
         )
-    if dataset_size(train_set) == 0:
-        raise ValueError("training set is empty")
-    confidence = ClassConfidence(num_classes)
-    state = nn.ModuleDict({"classifier": classifier, "critic": critic, "confidence": confidence}).to(device)
-    optimizer = torch.optim.Adam(
-        [{"params": classifier.parameters(), "lr": lr_classifier}, {"params": critic.parameters(), "lr": lr_critic}],
-        betas=(0.5, 0.999),
-    )
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, halve_every, 0.5)
-    total = pretrain_epochs + epochs
-    ckpt, start, history = resume(checkpoint_dir, state, optimizer, scheduler)
-    batches = -(-dataset_size(train_set) // batch_size)
-    bar = tqdm(total=(total - start) * batches, desc=desc, leave=False)
-    for epoch in range(start, total):
-        torch.manual_seed(epoch_seed(seed, epoch))
-        loader = DataLoader(
-            train_set,
-            batch_size=batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, halve_every, 0.5)
+        self.state = {"networks": self.networks, "optimizer": self.optimizer, "scheduler": self.scheduler}
+
+    def num_batches(self) -> int:
+        return -(-dataset_size(self.train_set) // self.batch_size)
+
+    def begin_epoch(self, epoch: int, seed: int) -> None:
+        """Seed the epoch from (seed, epoch) and put the classifier, the critic and the confidence in train mode."""
+        super().begin_epoch(epoch, seed)
+        self.networks.train()
+
+    def batches(self, epoch: int, seed: int) -> Iterable[Any]:
+        return seeded_loader(self.train_set, self.batch_size, seed, epoch)
+
+    def update(self, batch: Any, epoch: int) -> dict[str, float]:
+        x, y = (t.to(self.device) for t in batch)
+        classifier, critic, confidence = self.model, self.critic, self.confidence
+        if epoch < self.pretrain_epochs:
+            logits = classifier(x)
+            _step(self.optimizer, F.cross_entropy(logits, y), critic)
+            confidence.update(logits.softmax(1), y)
+            return {"nll": float(F.cross_entropy(logits.detach(), y))}
+        loss, stats, (x_adv, target) = classifier_step_loss(
+            classifier, critic, x, y, confidence, weight=self.weight, steps=self.steps, overshoot=self.overshoot
         )
-        state.train()
-        sums: dict[str, float] = {}
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if epoch < pretrain_epochs:
-                logits = classifier(x)
-                _step(optimizer, F.cross_entropy(logits, y), critic)
-                confidence.update(logits.softmax(1), y)
-                stats = {"nll": float(F.cross_entropy(logits.detach(), y))}
-            else:
-                loss, stats, (x_adv, target) = classifier_step_loss(
-                    classifier, critic, x, y, confidence, weight=weight, steps=steps, overshoot=overshoot
-                )
-                _step(optimizer, loss, critic)
-                if len(x_adv):
-                    d_loss = critic_loss(critic, x, y, x_adv, target)
-                    _step(optimizer, d_loss, classifier)
-                    stats["critic"] = float(d_loss.detach())
-            for key, value in stats.items():
-                sums[key] = sums.get(key, 0.0) + value
-            bar.update(1)
-        if epoch >= pretrain_epochs:
-            scheduler.step()
-        history.append({"epoch": epoch + 1 - pretrain_epochs, **{k: v / batches for k, v in sums.items()}})
-        bar.set_postfix(nll=f"{history[-1]['nll']:.3f}")
-        end_epoch(ckpt, state, optimizer, scheduler, epoch + 1, history)
-    bar.close()
-    state.eval()
-    return {"history": history, "confidence": confidence.values.tolist()}
+        _step(self.optimizer, loss, critic)
+        if len(x_adv):
+            d_loss = critic_loss(critic, x, y, x_adv, target)
+            _step(self.optimizer, d_loss, classifier)
+            stats["critic"] = float(d_loss.detach())
+        return stats
+
+    def record(self, epoch: int, sums: dict[str, float], batches: int) -> dict[str, Any]:
+        if epoch >= self.pretrain_epochs:  # the schedule counts regularised epochs only
+            self.scheduler.step()
+        return {"epoch": epoch + 1 - self.pretrain_epochs, **{k: v / batches for k, v in sums.items()}}
+
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"nll": f"{record['nll']:.3f}"}

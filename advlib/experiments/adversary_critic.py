@@ -1,28 +1,31 @@
-"""The experiments of "Improved Network Robustness with Adversary Critic" (Matyasko & Chau 2018) as cached runs.
+"""The experiments of "Improved Network Robustness with Adversary Critic" (Matyasko & Chau 2018) as a `Study`.
 
-Every (network, defense, seed) is trained once and cached: the reference and the baselines with `train.fit` (FGSM
-adversarial training, VAT as a regularizer, margin maximisation with the hinge criterion), the critic defense with
-`defenses.critic.train_critic_defense`. Table 1's attacks are cached per model. Table 2's human study is exported as
-an MTurk kit; without collected answers its numbers come from a proxy annotator (an ensemble of independently trained,
-adversarially trained classifiers), and every table says which.
+Every (network, defense, seed) is trained once and cached: the reference and the baselines by `train.fit` with a
+`ClassifierStep` (FGSM adversarial training, VAT as a regularizer, margin maximisation with the hinge criterion), the
+critic defense by `train.fit` with a `defenses.critic.CriticStep`. Table 1's attacks are cached per model. Table 2's
+human study is exported as an MTurk kit; without collected answers its numbers come from a proxy annotator (an
+ensemble of independently trained, adversarially trained classifiers), and the claims say which.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ..cache import Cache, cached_model, make_key
+from .. import report
+from ..cache import Cache, Trained, cached_model
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.baselines import margin_regularizer, multiclass_hinge, vat_regularizer
-from ..defenses.critic import train_critic_defense
+from ..defenses.critic import CriticStep
 from ..evaluate import accuracy, attack, rho_adv
 from ..human import (
     StudyItem,
@@ -32,19 +35,24 @@ from ..human import (
     label_table,
     make_assignments,
     proxy_answers,
+    study_secret,
     write_annotation_page,
     write_images,
     write_sheet,
 )
 from ..inference import probabilities
 from ..models import Ensemble, create_model, create_model_for
-from ..params import AdversaryCriticParams, AttackSpec
+from ..params import AdversaryCriticParams, AttackSpec, CriticSpec, FigureSpec
 from ..report import Claim, load_references, proportion_gap
 from ..runtime import contained_path, project_root
-from ..train import fit, train_classifier
+from ..train import ClassifierStep, fit, train_classifier
+from .base import MissingResult, Study, artifact
 
 STEM = "adversary_critic"
 DEFENSE_LABELS = {"reference": "Reference", "at": "AT [7]", "vat": "VAT [16]", "margin": "Margin [19]", "critic": "Our"}
+PAPER_VS_RUN_ORDER = ("table1a", "table1b", "table2a", "table2b", "figure4")
+PROXY_ANNOTATOR = "proxy annotator (robust classifier ensemble; no human answers in this run)"
+HUMAN_ANNOTATORS = "human annotators (MTurk results file)"
 
 
 def cw_confidence_margin(confidence: float, num_classes: int) -> float:
@@ -57,98 +65,126 @@ def cw_confidence_margin(confidence: float, num_classes: int) -> float:
     return math.log((num_classes - 1) * confidence / (1 - confidence))
 
 
-class CriticStudy:
-    """One notebook run: every trained model, Table 1, Figures 2 and 4, and the human study (kit and Table 2)."""
+def _run_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1's run means (test error, each rho_adv) per defense: what the paper's Table 1 reports."""
+    return table.xs("mean", axis=1, level=1)
+
+
+class CriticStudy(Study):
+    """One notebook run: every trained model, Table 1, Figures 2 and 4, and the human study (kit and Table 2), whose
+    kit and id secret live in `kit` (`kit_folder(profile)` in the notebook)."""
+
+    stem = STEM
+    p: AdversaryCriticParams
 
     def __init__(
-        self, p: AdversaryCriticParams, device: torch.device | str = "cpu", cache: Cache | None = None
+        self,
+        p: AdversaryCriticParams,
+        device: torch.device | str = "cpu",
+        cache: Cache | None = None,
+        *,
+        kit: Path | None = None,
     ) -> None:
-        self.p, self.device, self.cache = p, torch.device(device), cache or Cache()
+        super().__init__(p, device, cache)
+        self.kit = kit
         self.info = dataset_info(p.data.name)
-        self.train_set = load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
+        self._models: dict[tuple[str, str, int], Trained] = {}
+
+    @cached_property
+    def train_set(self) -> Dataset:
+        """The first `data.n_train` training images (the subset drawn with the profile's seed)."""
+        p = self.p
+        return load_dataset(p.data.name, "train", n=p.data.n_train, seed=p.seed, download=p.data.download)
+
+    @cached_property
+    def evaluation_set(self) -> tuple[Tensor, Tensor]:
+        """The `data.n_test` test images (the subset drawn with the profile's seed), on the study's device."""
+        p = self.p
         x, y = to_tensors(load_dataset(p.data.name, "test", n=p.data.n_test, seed=p.seed, download=p.data.download))
-        self.x, self.y = x.to(self.device), y.to(self.device)
-        self._models: dict[tuple[str, str, int], tuple[nn.Module, dict[str, Any], str]] = {}
+        return x.to(self.device), y.to(self.device)
 
     # -- models ----------------------------------------------------------------------------
-    def _key(self, network: str, defense: str, seed: int) -> dict[str, Any]:
-        p = self.p
-        settings_of: dict[str, dict[str, Any]] = {
-            "reference": {},
-            "at": {"attack": p.baselines.at_attack.model_dump(mode="json"), "weight": p.baselines.at_weight},
-            "vat": {"eps": p.baselines.vat_eps, "weight": p.baselines.vat_weight},
-            "margin": {"weight": p.baselines.margin_weight},
-            "critic": {**p.critic.model_dump(mode="json", exclude={"weight"}), "weight": p.critic.weight.get(network)},
-        }
-        settings = settings_of[defense]
-        train = p.train.model_dump(mode="json", exclude={"model"})
-        if defense == "critic":  # the critic's own schedule replaces the baselines' optimizer settings
-            train = {"batch_size": p.train.batch_size}
-        return {
-            "network": network,
-            "defense": defense,
-            "settings": settings,
-            "train": train,
-            "seed": seed,
-            "data": p.data.model_dump(mode="json", exclude={"download"}),
-        }
+    def _critic_settings(self, network: str) -> CriticSpec:
+        """The critic block as it determines `network`'s models: its lambda for that network only."""
+        c = self.p.critic
+        return c.model_copy(update={"weight": {network: c.weight[network]}})
 
-    def model(self, network: str, defense: str, seed: int) -> tuple[nn.Module, dict[str, Any], str]:
-        """A trained classifier (cached), its training metadata and its cache key."""
+    def _baseline_settings(self, defense: str) -> dict[str, Any]:
+        """The baselines block's fields of `defense` (at_*, vat_*, margin_*; none for the reference)."""
+        return {name: value for name, value in self.p.baselines if name.startswith(f"{defense}_")}
+
+    def model(self, network: str, defense: str, seed: int) -> Trained:
+        """A trained classifier (cached) with its history; the critic defense's running class confidence is in
+        `meta['confidence']`."""
         if (network, defense, seed) in self._models:
             return self._models[(network, defense, seed)]
-        p, key = self.p, self._key(network, defense, seed)
+        p, train_set = self.p, self.train_set
         torch.manual_seed(seed)
         classifier = create_model_for(network, self.info).to(self.device)
         label = f"{network} / {defense} (seed {seed})"
-        spec = p.train.model_copy(update={"model": network})
-        if defense == "at":
-            spec = spec.model_copy(update={"adversary": p.baselines.at_attack, "adv_weight": p.baselines.at_weight})
-        extras: dict[str, dict[str, Any]] = {
-            "vat": {"regularizer": vat_regularizer(p.baselines.vat_eps, p.baselines.vat_weight)},
-            "margin": {"regularizer": margin_regularizer(p.baselines.margin_weight), "criterion": multiclass_hinge},
-        }
-        extra = extras.get(defense, {})
-
-        def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
-            if defense != "critic":
-                return fit(
-                    module,
-                    self.train_set,
-                    spec,
-                    seed=seed,
-                    device=self.device,
-                    checkpoint_dir=checkpoint_dir,
-                    desc=f"train {label}",
-                    **extra,
-                )
-            torch.manual_seed(seed + 1)
-            critic = create_model(
-                "critic_mlp", in_features=math.prod(self.info.shape), num_classes=self.info.num_classes
-            ).to(self.device)
-            c = p.critic
-            return train_critic_defense(
-                module,
-                critic,
-                self.train_set,
-                epochs=c.epochs,
-                weight=c.weight[network],
+        if defense == "critic":
+            key = self.key(
+                STEM,
+                network=network,
+                defense=defense,
+                critic=self._critic_settings(network),
+                batch_size=p.train.batch_size,  # the critic's own schedule replaces the baselines' optimizer settings
+                data=p.data,
+                data_seed=p.seed,
                 seed=seed,
-                batch_size=p.train.batch_size,
-                lr_classifier=c.lr_classifier,
-                lr_critic=c.lr_critic,
-                halve_every=c.halve_every,
-                steps=c.steps,
-                overshoot=c.overshoot,
-                pretrain_epochs=c.pretrain_epochs,
-                num_classes=self.info.num_classes,
-                device=self.device,
-                checkpoint_dir=checkpoint_dir,
-                desc=f"train {label}",
             )
 
-        classifier, meta = cached_model("adversary_critic", key, classifier, build, cache=self.cache, label=label)
-        self._models[(network, defense, seed)] = (classifier.eval(), meta, make_key("adversary_critic", key))
+            def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
+                torch.manual_seed(seed + 1)
+                critic = create_model(
+                    "critic_mlp", in_features=math.prod(self.info.shape), num_classes=self.info.num_classes
+                ).to(self.device)
+                c = p.critic
+                step = CriticStep(
+                    module,
+                    critic,
+                    train_set,
+                    epochs=c.epochs,
+                    weight=c.weight[network],
+                    batch_size=p.train.batch_size,
+                    lr_classifier=c.lr_classifier,
+                    lr_critic=c.lr_critic,
+                    halve_every=c.halve_every,
+                    steps=c.steps,
+                    overshoot=c.overshoot,
+                    pretrain_epochs=c.pretrain_epochs,
+                    num_classes=self.info.num_classes,
+                    device=self.device,
+                )
+                history = fit(step, seed=seed, checkpoint_dir=checkpoint_dir, desc=f"train {label}")
+                return {"history": history, "confidence": step.confidence.values.tolist()}
+
+        else:
+            spec = p.train.model_copy(update={"model": network})
+            b = p.baselines
+            if defense == "at":
+                spec = spec.model_copy(update={"adversary": b.at_attack, "adv_weight": b.at_weight})
+            extras: dict[str, dict[str, Any]] = {
+                "vat": {"regularizer": vat_regularizer(b.vat_eps, b.vat_weight)},
+                "margin": {"regularizer": margin_regularizer(b.margin_weight), "criterion": multiclass_hinge},
+            }
+            extra = extras.get(defense, {})
+            key = self.key(
+                STEM,
+                network=network,
+                defense=defense,
+                train=spec,
+                baselines=self._baseline_settings(defense),
+                data=p.data,
+                data_seed=p.seed,
+                seed=seed,
+            )
+
+            def build(module: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
+                step = ClassifierStep(module, train_set, spec, device=self.device, **extra)
+                return {"history": fit(step, seed=seed, checkpoint_dir=checkpoint_dir, desc=f"train {label}")}
+
+        self._models[(network, defense, seed)] = cached_model(key, classifier, build, cache=self.cache, label=label)
         return self._models[(network, defense, seed)]
 
     def models(self) -> list[tuple[str, str, int]]:
@@ -156,60 +192,95 @@ class CriticStudy:
         return [(n, d, s) for n in self.p.networks for d in self.p.defenses for s in self.p.seeds]
 
     # -- Table 1 ---------------------------------------------------------------------------
-    def table1_runs(self) -> pd.DataFrame:
+    @cached_property
+    def runs(self) -> pd.DataFrame:
         """Per run: the epochs trained (the critic's include its pre-training), the test error (%) on the whole test
-        split (and its size) and, per attack, rho_adv over the first n_eval test
-        images the model classifies correctly and the attack breaks, with that success rate (%)."""
-        x, y = self.x[: self.p.n_eval], self.y[: self.p.n_eval]
+        split (and its size) and, per attack, rho_adv over the first n_eval test images the model classifies
+        correctly and the attack breaks, with that success rate (%)."""
+        x_test, y_test = self.evaluation_set
+        x, y = x_test[: self.p.n_eval], y_test[: self.p.n_eval]
         rows = []
         for network, defense, seed in tqdm(self.models(), desc="Table 1 runs", leave=False):
-            model, meta, key = self.model(network, defense, seed)
+            trained = self.model(network, defense, seed)
+            model = trained.model
             row: dict[str, Any] = {
                 "network": network,
                 "defense": defense,
                 "seed": seed,
-                "epochs": len(meta.get("history", [])),
-                "test images": len(self.x),
-                "error": 100 - 100 * accuracy(model, self.x, self.y),
+                "epochs": len(trained.history),
+                "test images": len(x_test),
+                "error": 100 - 100 * accuracy(model, x_test, y_test),
             }
             correct = probabilities(model, x, batch_size=None).argmax(1) == y
             for name, spec in self.p.eval_attacks.items():
-                result = attack(spec, model, x, y, model_key=key, cache=self.cache)
+                result = attack(spec, model, x, y, model_key=trained.key, cache=self.cache)
                 broken = correct & result.success
                 row[f"rho {name}"] = rho_adv(x, result.x_adv, broken)
                 row[f"success {name}"] = 100 * float(broken.sum()) / max(int(correct.sum()), 1)
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def table1(self, runs: pd.DataFrame, network: str) -> pd.DataFrame:
+    @artifact(
+        "table1_runs",
+        "Per run: epochs trained, test error (%), and per attack rho_adv and success rate (%) on the evaluation "
+        "images.",
+        floatfmt=3,
+    )
+    def table1_runs(self) -> pd.DataFrame:
+        return self.runs
+
+    def table1(self, network: str) -> pd.DataFrame:
         """Table 1a/1b for one network: mean and std over runs of the test error and each attack's rho_adv."""
-        return table1(runs, network, list(self.p.eval_attacks))
+        return table1(self.runs, network, list(self.p.eval_attacks))
+
+    def _table1_of(self, position: int, name: str) -> pd.DataFrame:
+        if len(self.p.networks) <= position:
+            raise MissingResult(f"{name} needs network {position + 1}; this profile has only {self.p.networks}")
+        return self.table1(self.p.networks[position])
+
+    @artifact(
+        "table1a",
+        "Table 1a (the profile's first network): test error (%) and rho_adv per defense, mean and std over runs.",
+        pair=_run_means,
+        floatfmt=3,
+    )
+    def table1a(self) -> pd.DataFrame:
+        return self._table1_of(0, "table1a")
+
+    @artifact(
+        "table1b",
+        "Table 1b (the profile's second network): test error (%) and rho_adv per defense, mean and std over runs.",
+        pair=_run_means,
+        floatfmt=3,
+    )
+    def table1b(self) -> pd.DataFrame:
+        return self._table1_of(1, "table1b")
 
     # -- Figures 2 and 4 -------------------------------------------------------------------
-    def _figure_model(self, figure) -> tuple[nn.Module, str]:
-        model, _, key = self.model(figure.network, figure.defense, self.p.seeds[0])
-        return model, key
+    def _figure_model(self, figure: FigureSpec) -> Trained:
+        return self.model(figure.network, figure.defense, self.p.seeds[0])
 
     def _confident_attack(self, spec: AttackSpec, confidence: float, targeted: bool) -> AttackSpec:
         options = {**spec.options, "confidence": cw_confidence_margin(confidence, self.info.num_classes)}
         return spec.model_copy(update={"options": options, "targeted": targeted})
 
+    @cached_property
     def figure2(self) -> tuple[Tensor, pd.DataFrame]:
         """The 10x10 grid: row i holds the test image of class i the model is most confident about (diagonal) and
         its C&W adversarials targeted at every class j with the confidence margin for >= `confidence` (the original
-        where C&W failed). Returns the images (row-major) and the matrix of the model's confidence in each cell's
-        class."""
+        where C&W failed). The images (row-major) and the matrix of the model's confidence in each cell's class."""
         f = self.p.figure2
-        model, key = self._figure_model(f)
+        trained = self._figure_model(f)
+        model, (x_test, y_test) = trained.model, self.evaluation_set
         k = self.info.num_classes
-        probs = probabilities(model, self.x, batch_size=None)
+        probs = probabilities(model, x_test, batch_size=None)
         picks = []
         for c in range(k):
-            of_class = (self.y == c).nonzero().flatten()
+            of_class = (y_test == c).nonzero().flatten()
             if len(of_class) == 0:
                 raise ValueError(f"the test set has no image of class {c} for figure 2")
             picks.append(int(of_class[probs[of_class, c].argmax()]))
-        originals = self.x[picks]
+        originals = x_test[picks]
         pairs = [(i, j) for i in range(k) for j in range(k) if i != j]
         source = originals[[i for i, _ in pairs]]
         target = torch.tensor([j for _, j in pairs], device=self.device)
@@ -217,8 +288,8 @@ class CriticStudy:
             self._confident_attack(f.attack, f.confidence, targeted=True),
             model,
             source,
-            self.y[picks][[i for i, _ in pairs]],
-            model_key=key,
+            y_test[picks][[i for i, _ in pairs]],
+            model_key=trained.key,
             cache=self.cache,
             target=target,
         )
@@ -234,13 +305,20 @@ class CriticStudy:
         )
         return grid, confidence
 
+    @artifact("figure2_confidence", "Figure 2: the model's confidence in each cell's class (row: original digit).")
+    def figure2_confidence(self) -> pd.DataFrame:
+        return self.figure2[1]
+
+    @cached_property
     def figure4(self) -> tuple[dict[str, Tensor], pd.DataFrame]:
         """(a) random test images, (b) C&W adversarials at the decision boundary, (c) high-confidence C&W
-        adversarials, each with the model's average confidence in its prediction."""
+        adversarials: the panels' images and the model's average confidence (%) in its prediction per panel, with
+        how often the label changed (%)."""
         f = self.p.figure4
-        model, key = self._figure_model(f)
-        order = torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.p.seed))[: f.n_images]
-        x, y = self.x[order.to(self.device)], self.y[order.to(self.device)]
+        trained = self._figure_model(f)
+        model, key, (x_test, y_test) = trained.model, trained.key, self.evaluation_set
+        order = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(self.p.seed))[: f.n_images]
+        x, y = x_test[order.to(self.device)], y_test[order.to(self.device)]
         boundary = attack(f.attack, model, x, y, model_key=key, cache=self.cache)
         confident = attack(
             self._confident_attack(f.attack, f.confidence, targeted=False), model, x, y, model_key=key, cache=self.cache
@@ -263,6 +341,15 @@ class CriticStudy:
             )
         return panels, pd.DataFrame(rows).set_index("panel")
 
+    @artifact(
+        "figure4",
+        "Figure 4: the model's average confidence in its prediction and how often the label changed (%), per panel.",
+        pair=lambda table: table[["average confidence"]],
+        floatfmt=1,
+    )
+    def figure4_table(self) -> pd.DataFrame:
+        return self.figure4[1]
+
     # -- Table 2: the human study ----------------------------------------------------------
     def proxy_annotator(self) -> nn.Module:
         """The stand-in for human annotators: the probability-averaged ensemble of the `study.proxy` classifiers,
@@ -273,17 +360,24 @@ class CriticStudy:
         ]
         return Ensemble(members).eval()
 
+    @property
+    def annotator(self) -> str:
+        """Who labels Table 2: the annotators of `study.results` when given, else the proxy annotator."""
+        return HUMAN_ANNOTATORS if self.p.study.results else PROXY_ANNOTATOR
+
     def study_images(self, secret: bytes) -> tuple[list[StudyItem], Tensor]:
         """For every network and defense (first seed): the paper's attack on the first `study.n_images` test images
         (target = the closest class, confidence = the model's own on the original); the adversarials that reach
         their target are the study's items, with ids keyed by the kit's `secret` (human.study_secret)."""
         s, seed = self.p.study, self.p.seeds[0]
-        x, y = self.x[: s.n_images], self.y[: s.n_images]
+        x_test, y_test = self.evaluation_set
+        x, y = x_test[: s.n_images], y_test[: s.n_images]
         items, images = [], []
         for network in self.p.networks:
             for defense in self.p.defenses:
-                model, _, key = self.model(network, defense, seed)
-                result = attack(s.attack, model, x, y, model_key=key, cache=self.cache)
+                trained = self.model(network, defense, seed)
+                model = trained.model
+                result = attack(s.attack, model, x, y, model_key=trained.key, cache=self.cache)
                 probs = probabilities(model, result.x_adv, batch_size=None)
                 predicted = probs.argmax(1)
                 keep = (probabilities(model, x, batch_size=None).argmax(1) == y) & result.success
@@ -303,10 +397,22 @@ class CriticStudy:
             raise ValueError("the study's attack reached no target; raise study.n_images or the attack's steps")
         return items, torch.stack(images)
 
-    def export_kit(self, items: list[StudyItem], images: Tensor, folder: Path) -> dict[str, Any]:
-        """The MTurk kit in `folder`: images/, one numbered sheet per assignment in sheets/, batch.csv, hit.html,
-        items.csv (the key) and annotate.html (the offline annotation page). Returns the paths, the assignments and each assignment's images."""
-        s = self.p.study
+    def _kit(self) -> Path:
+        if self.kit is None:
+            raise ValueError("the human study needs the kit folder: CriticStudy(..., kit=kit_folder(profile))")
+        return self.kit
+
+    @cached_property
+    def human_study(self) -> tuple[list[StudyItem], Tensor]:
+        """The study's items and images, their ids keyed by the secret kept in the kit folder."""
+        return self.study_images(study_secret(self._kit()))
+
+    def export_kit(self) -> dict[str, Any]:
+        """The MTurk kit in the kit folder: images/, one numbered sheet per assignment in sheets/, batch.csv,
+        hit.html, items.csv (the key) and annotate.html (the offline annotation page). Returns the paths, the
+        assignments and each assignment's images."""
+        s, folder = self.p.study, self._kit()
+        items, images = self.human_study
         write_images(images, [item.image_id for item in items], folder / "images")
         assignments = make_assignments(items, s.per_assignment, seed=self.p.seed)
         position = {item.image_id: n for n, item in enumerate(items)}
@@ -323,38 +429,62 @@ class CriticStudy:
             "sheet_images": sheet_images,
         }
 
-    def table2(self, items: list[StudyItem], images: Tensor) -> tuple[pd.DataFrame, str]:
-        """Table 2 from the collected answers (`study.results`) when given, else from the proxy annotator; returns
-        the table (per network and defense: % labelled with the target, % with the original) and who answered."""
+    def table2_of(self, items: list[StudyItem], images: Tensor) -> pd.DataFrame:
+        """Table 2 of `items` from the collected answers (`study.results`) when given, else from the proxy annotator:
+        per network and defense, % labelled with the target, % with the original, and the number of images."""
         key = pd.DataFrame([vars(item) for item in items])
         if self.p.study.results:
-            answers, who = (
-                import_results(contained_path(self.p.study.results, "study.results")),
-                "human annotators (MTurk results file)",
-            )
+            answers = import_results(contained_path(self.p.study.results, "study.results"))
         else:
             answers = proxy_answers(self.proxy_annotator(), images, [item.image_id for item in items])
-            who = "proxy annotator (robust classifier ensemble; no human answers in this run)"
         table = label_table(answers, key).reset_index()
         counts = key.groupby(["defense", "network"], sort=False).size().rename("images").reset_index()
         table = table.merge(counts, on=["defense", "network"])
         order = [(n, DEFENSE_LABELS[d]) for n in self.p.networks for d in self.p.defenses]
         table = table.set_index(["network", "defense"])
-        return table.reindex([o for o in order if o in table.index]), who
+        return table.reindex([o for o in order if o in table.index])
 
-    # -- claims ----------------------------------------------------------------------------
-    def tables(self, runs: pd.DataFrame, table2: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-        """The run's tables under the names the notebook saves them: table1_runs, table1a / table1b (the profile's
-        first and second network) and table2."""
-        out = {
-            "table1_runs": runs,
-            **{f"table1{letter}": self.table1(runs, network) for letter, network in zip("ab", self.p.networks)},
+    @artifact(
+        "table2",
+        "Table 2 (percent): the study's adversarials labelled with the adversarial target and with the original label, "
+        "per network and defense; labels from study.results (human annotators) when given, else from the proxy "
+        "annotator (a robust classifier ensemble).",
+        floatfmt=1,
+    )
+    def table2(self) -> pd.DataFrame:
+        return self.table2_of(*self.human_study)
+
+    # -- paper vs run and claims -----------------------------------------------------------
+    def _table2_vs_paper(self) -> dict[str, pd.DataFrame]:
+        """Table 2's rows of each network (the profile's first two: table2a, table2b) beside the paper's."""
+        if "table2" not in self.results:
+            return {}
+        table = self.results["table2"]
+        return {
+            f"table2{letter}": report.paper_vs_run(
+                STEM, f"table2{letter}", table.loc[network, ["target_percent", "original_percent"]]
+            )
+            for letter, network in zip("ab", self.p.networks)
+            if network in table.index.get_level_values(0)
         }
-        return out if table2 is None else {**out, "table2": table2}
 
-    def claims(self, annotator: str) -> list[Claim]:
-        """The paper's claims for this profile's networks; `annotator` says who labelled Table 2."""
-        return claims(self.p.networks, annotator)
+    @artifact(
+        "paper_vs_run",
+        "Every published number beside this run's (test error, Table 2 and Figure 4 in percent, rho_adv as a ratio); "
+        "note marks the published numbers the references flag as doubtful.",
+        floatfmt=3,
+    )
+    def paper_vs_run(self) -> pd.DataFrame:
+        """The pairings of Tables 1a, 1b, 2a, 2b and Figure 4 that this run produced, in the paper's order, with the
+        doubtful published numbers marked."""
+        parts = {**self.references, **self._table2_vs_paper()}
+        if not parts:
+            raise MissingResult("no artifact paired with the paper has been produced in this run")
+        return paper_vs_run_table({name: parts[name] for name in PAPER_VS_RUN_ORDER if name in parts})
+
+    def claims(self) -> list[Claim]:
+        """The paper's claims for this profile's networks, Table 2 labelled by `annotator`."""
+        return claims(self.p.networks, self.annotator)
 
 
 def table1(runs: pd.DataFrame, network: str, attacks: Sequence[str]) -> pd.DataFrame:
@@ -377,34 +507,25 @@ def kit_folder(profile: str) -> Path:
     return project_root() / "runs" / "adversary_critic" / Path(profile).stem / "human_study"
 
 
-def rho_by_defense(runs: pd.DataFrame, network: str, attacks: list[str]) -> pd.DataFrame:
-    """Run means of error and rho per defense for one network, in the paper's row labels (for paper-vs-run)."""
-    part = (
-        runs[runs.network == network].groupby("defense", sort=False)[["error"] + [f"rho {a}" for a in attacks]].mean()
-    )
-    part.index = [DEFENSE_LABELS[d] for d in part.index]
-    return part
-
-
 # -- paper vs run -----------------------------------------------------------------------------
 def paper_vs_run_table(parts: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The paper-vs-run tables of `parts` ({artifact: report.paper_vs_run(...)}) stacked, with a `note` column that
     marks the published numbers the references file flags as doubtful (`doubtful: {key: why}` under an artifact)."""
     refs = load_references(STEM)
     notes: dict[tuple[str, str], str] = {}
-    for artifact in parts:
-        doubtful = refs.get(artifact, {}).get("doubtful", {}) or {}
+    for name in parts:
+        doubtful = refs.get(name, {}).get("doubtful", {}) or {}
         if not isinstance(doubtful, Mapping):
             raise ValueError(
-                f"references {artifact!r}: 'doubtful' must map a key (e.g. 'Reference / error') to why; got {doubtful!r}"
+                f"references {name!r}: 'doubtful' must map a key (e.g. 'Reference / error') to why; got {doubtful!r}"
             )
-        unknown = sorted(set(doubtful) - set(parts[artifact].index))
+        unknown = sorted(set(doubtful) - set(parts[name].index))
         if unknown:
             raise ValueError(
-                f"references {artifact!r}: doubtful keys {unknown} are not among its values "
-                f"({', '.join(map(str, parts[artifact].index))})"
+                f"references {name!r}: doubtful keys {unknown} are not among its values "
+                f"({', '.join(map(str, parts[name].index))})"
             )
-        notes.update({(artifact, key): f"doubtful: {why}" for key, why in doubtful.items()})
+        notes.update({(name, key): f"doubtful: {why}" for key, why in doubtful.items()})
     table = pd.concat(dict(parts), names=["artifact", "row"])
     table["note"] = [notes.get(key, "") for key in table.index]
     return table
@@ -488,6 +609,8 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
     """The paper's claims on Table 1 (table1a/table1b for `networks[0]`/`networks[1]`, table1_runs) and Table 2
     (labelled by `annotator`); each can fail, and each miss says by how much and whether the run can resolve it."""
     networks = list(networks)
+    measured = TABLE1[: len(networks)]  # the Table 1 parts this profile's networks produce
+    table1_cites = (*measured, "table1_runs")
     proxy = "proxy" in annotator.lower()
     who = (
         f"labels by {annotator}: a robust classifier stands in for the paper's MTurk workers"
@@ -498,7 +621,7 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
     def table1_gap(t: Mapping[str, Any], rows: Sequence[str]) -> str:
         """Why Table 1 cannot be judged here ('' when it can): a missing table or row, or a single run per model."""
         runs = t["table1_runs"]
-        missing = [name for name in TABLE1 if name not in t]
+        missing = [name for name in TABLE1 if name not in measured or name not in t]
         if missing:
             return f"this profile has no {', '.join(missing)} (its networks: {', '.join(networks)})"
         absent = [f"{name} has no {row} row" for name in TABLE1 for row in rows if row not in t[name].index]
@@ -616,7 +739,7 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
             "critic_largest_rho",
             "Our defense significantly increases the robustness: the critic defense has the largest mean rho_adv "
             "under DeepFool, C&W and the paper's attack, on both networks (Tables 1a, 1b).",
-            ("table1a", "table1b", "table1_runs"),
+            table1_cites,
             largest_rho,
             lambda t: _rho_evidence(t, networks, None),
             lambda t: table1_reason(t, (OUR,), lambda: _rho_misses(t, networks, None)),
@@ -625,7 +748,7 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
             "critic_beats_at",
             "Our method surpasses in terms of robustness networks trained with adversarial training: a larger mean "
             "rho_adv than FGSM adversarial training under every attack, on both networks (Tables 1a, 1b).",
-            ("table1a", "table1b", "table1_runs"),
+            table1_cites,
             beats_at,
             lambda t: _rho_evidence(t, networks, AT),
             lambda t: table1_reason(t, (OUR, AT), lambda: _rho_misses(t, networks, AT)),
@@ -634,7 +757,7 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
             "small_error_cost",
             "The critic defense costs under 1 point of clean test error over the reference (Tables 1a, 1b: "
             "LeNet-5 0.64% -> 0.93%; MLP 0.46% -> 1.18%, the 0.46% doubtful).",
-            ("table1a", "table1b", "table1_runs"),
+            table1_cites,
             error_cost,
             error_evidence,
             lambda t: table1_reason(t, (OUR, REFERENCE), lambda: error_misses(t)),
