@@ -24,7 +24,7 @@ from advlib.defenses.regroup import (
 )
 from advlib.models import create_model
 from advlib.params import TrainSpec
-from advlib.train import fit
+from advlib.train import ClassifierStep, fit
 
 
 def _loop_pmfs(preacts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +149,8 @@ def vgg_model():
     """vgg_small (8 voters), 3 epochs on the 4,000 mnist5k training images: about 97% test accuracy."""
     torch.manual_seed(0)
     model = create_model("vgg_small", in_channels=1, input_size=28)
-    fit(model, load_dataset("mnist5k", "train"), TrainSpec(model="vgg_small", epochs=3, batch_size=64), seed=0)
+    spec = TrainSpec(model="vgg_small", epochs=3, batch_size=64)
+    fit(ClassifierStep(model, load_dataset("mnist5k", "train"), spec), seed=0)
     return model.eval()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import torch
 from advlib import params, report
 from advlib.cache import Cache
 from advlib.defenses.regroup import choose_k
+from advlib.experiments.base import MissingResult
 from advlib.experiments.regroup import RegroupStudy, claims, network_summary, smallest_eps
 
 SMALL = {
@@ -119,6 +121,54 @@ def test_adaptive_surrogate_attack_is_at_least_as_strong_as_transfer(study):
             for name, s in (("transfer", transfer), ("adaptive", adaptive))
         }
         assert fooled["adaptive"] >= fooled["transfer"] - 1 / len(y), (net.name, fooled)
+
+
+def test_adversarials_of_the_surrogate_are_cached_under_their_own_derived_key(study):
+    net = study.network("VGG")
+    surrogate = study.key("regroup_surrogate", model=net.trained, stats=net.stats_key, k=net.k)
+    assert surrogate.params == {"k": net.k, "model": net.trained.key, "stats": net.stats_key.key}
+    assert surrogate.key not in (net.trained.key, net.stats_key.key)
+    assert net.stats_key.params["model"] == net.trained.key  # the statistics name the model they were read from
+    with pytest.raises(ValueError, match="model and model_key together"):
+        study.attacked("VGG", "adaptive", "no key", study.p.adaptive, model=net.model)
+
+
+def test_statistics_of_another_stats_block_are_built_not_loaded(study, caplog):
+    p = study.p.model_copy(update={"stats": study.p.stats.model_copy(update={"per_class": 5})})
+    with caplog.at_level(logging.INFO, logger="advlib"):
+        net = RegroupStudy(p, "cpu", cache=study.cache).network("VGG")
+    assert "building REGroup statistics" in caplog.text and "loaded vgg_small" in caplog.text
+    assert net.trained.key == study.network("VGG").trained.key
+    assert net.stats_key.key != study.network("VGG").stats_key.key
+    assert int(net.stats.counts.sum()) == 50  # 5 per class
+
+
+def test_published_artifacts_pair_with_the_paper_and_feed_the_claims(study, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path))
+    out = SimpleNamespace(stem="regroup", profile="ci")
+    fresh = RegroupStudy(study.p, "cpu", cache=study.cache)
+    with pytest.raises(MissingResult, match="claims cite"):
+        fresh.publish("claims", out)
+    produced = ["networks", "table1", "figure2", "table2", "table3", "table4", "table5", "figure3"]
+    produced += [f"figure4_{name}" for name in study.p.architectures] + ["table6"]
+    for name in produced:
+        fresh.publish(name, out)
+        assert (tmp_path / "regroup" / "ci" / f"{name}.csv").is_file()
+    assert fresh.result("table2").equals(study.table2())
+    assert list(fresh.references) == ["table1", "table2", "table3", "table4", "table5", "table6"]
+    assert set(fresh.references["table6"].index) >= {"VGG / cpu", "ResNet / cpu"}
+    paired = fresh.publish("paper_vs_run", out)
+    # Table 6's wall-clock ratios stay out of the reproducible paper-vs-run table
+    assert list(paired.index.get_level_values("artifact").unique()) == [
+        "table1",
+        "table2",
+        "table3",
+        "table4",
+        "table5",
+    ]
+    assert paired.loc[("table2", "VGG / PGD / regroup"), "paper"] == 46
+    verdicts = fresh.publish("claims", out).set_index("id")
+    assert len(verdicts) == 11 and verdicts.loc["flat_in_k", "cites"] == "table2, figure4_VGG, figure4_ResNet"
 
 
 def test_tables_3_4_pgd_use_the_smallest_eps_found(study):

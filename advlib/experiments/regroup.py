@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
 import numpy as np
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..attacks import predict
-from ..cache import Artifact, Cache, make_key
+from ..cache import Artifact, Cache, CacheKey, Trained
 from ..data import dataset_info, load_dataset, to_tensors
 from ..defenses.regroup import (
     VOTER_MODES,
@@ -40,23 +41,24 @@ from ..models import create_model_for
 from ..params import ArchitectureSpec, AttackSpec, PretrainedSpec, RegroupParams
 from ..report import Claim, proportion_gap
 from ..train import train_classifier
+from .base import MissingResult, Study, artifact
 
 log = logging.getLogger("advlib")
 
 
 @dataclass
 class Network:
-    """One dissected network: the model, its cache key, REGroup statistics, the chosen k and its sample sets.
+    """One dissected network: the trained classifier (model and cache key), REGroup statistics under their derived
+    key, the chosen k and its sample sets.
 
     Index tensors point into the study's test images: `select` (the k rule), `untargeted` (Table 2),
     `targeted` (Tables 3-4), `spsa` (Table 5), all correctly classified by this network; `clean` (Table 1, every image).
     """
 
     name: str
-    model: nn.Module
-    key: str
+    trained: Trained
     stats: RegroupStatistics
-    stats_key: str
+    stats_key: CacheKey
     k: int
     selection: RegroupOutcome
     select: Tensor
@@ -65,6 +67,10 @@ class Network:
     spsa: Tensor
     clean: Tensor
     test_accuracy: float
+
+    @property
+    def model(self) -> nn.Module:
+        return self.trained.model
 
     @property
     def classifier(self) -> RegroupClassifier:
@@ -138,18 +144,27 @@ def _first(indices: Tensor, n: int, what: str, network: str) -> Tensor:
     return indices[:n]
 
 
-class RegroupStudy:
-    """One notebook run: networks, statistics, adversarial sets and REGroup outcomes, each cached or memoised."""
+class RegroupStudy(Study):
+    """One notebook run: networks, statistics, adversarial sets and REGroup outcomes, each cached or memoised, and
+    the paper's tables and figures declared as artifacts."""
+
+    stem = "regroup"
+    p: RegroupParams
+    TIMINGS = ("table6",)  # paired with the paper on their own: wall-clock times differ from run to run
 
     def __init__(self, p: RegroupParams, device: torch.device | str = "cpu", cache: Cache | None = None) -> None:
-        self.p, self.device, self.cache = p, torch.device(device), cache or Cache()
+        super().__init__(p, device, cache)
         self.info = dataset_info(p.data.name)
-        self.x, self.y = to_tensors(
-            load_dataset(p.data.name, "test", n=p.n_test, seed=p.seed, download=p.data.download)
-        )
+        self.x, self.y = self.evaluation_set
         self._networks: dict[str, Network] = {}
         self.sets: dict[tuple[str, str, str], AttackedSet] = {}
         self._check_k()
+
+    @cached_property
+    def evaluation_set(self) -> tuple[Tensor, Tensor]:
+        """The first `p.n_test` test images (drawn with `p.seed`), on the CPU: every sample set indexes into them."""
+        p = self.p
+        return to_tensors(load_dataset(p.data.name, "test", n=p.n_test, seed=p.seed, download=p.data.download))
 
     def _check_k(self) -> None:
         """Refuse a fixed k above an architecture's number of voting layers before anything is trained (the layers
@@ -179,36 +194,29 @@ class RegroupStudy:
     def networks(self) -> list[Network]:
         return [self.network(name) for name in self.p.architectures]
 
-    def _model(self, spec: ArchitectureSpec) -> tuple[nn.Module, str]:
-        """The classifier (trained here, or created with its published weights) and its cache key."""
+    def _model(self, spec: ArchitectureSpec) -> Trained:
+        """The classifier: trained here (cached), or created with its published weights."""
         if spec.train is not None:
-            trained = train_classifier(spec.train, self.p.data, seed=self.p.seed, device=self.device, cache=self.cache)
-            return trained.model, trained.key
+            return train_classifier(spec.train, self.p.data, seed=self.p.seed, device=self.device, cache=self.cache)
         torch.manual_seed(self.p.seed)  # only matters for weights=None (dry runs)
         pretrained = cast(PretrainedSpec, spec.pretrained)  # ArchitectureSpec holds train or pretrained
         model = create_model_for(pretrained.model, self.info, **pretrained.model_options).to(self.device).eval()
-        key = make_key(
-            "pretrained", {"model": pretrained.model_dump(mode="json"), "data": self.p.data.name, "seed": self.p.seed}
-        )
-        return model, key
+        key = self.key("pretrained", model=pretrained, data=self.p.data, seed=self.p.seed)
+        return Trained(model=model, history=[], key=key.key)
 
-    def _statistics(self, model: nn.Module, model_key: str, spec: ArchitectureSpec) -> tuple[RegroupStatistics, str]:
+    def _statistics(self, trained: Trained, spec: ArchitectureSpec) -> tuple[RegroupStatistics, CacheKey]:
         """The class-conditional PMFs from S (cached) and their cache key."""
         stats_spec = self.p.stats
-        key = {
-            "model": model_key,
-            "stats": stats_spec.model_dump(mode="json"),
-            "layers": spec.layers,
-            "data": self.p.data.name,
-            "seed": self.p.seed,
-        }
+        key = self.key(
+            "regroup_stats", model=trained, stats=stats_spec, layers=spec.layers, data=self.p.data, seed=self.p.seed
+        )
 
         def build() -> Artifact:
             pool = load_dataset(
                 self.p.data.name, "train", n=stats_spec.n_pool, seed=self.p.seed, download=self.p.data.download
             )
             stats = fit_regroup(
-                model,
+                trained.model,
                 DataLoader(pool, batch_size=256),
                 layers=spec.layers,
                 per_class=stats_spec.per_class,
@@ -218,13 +226,14 @@ class RegroupStudy:
             )
             return Artifact(stats.to_tensors(), {"layer_names": stats.layer_names})
 
-        artifact = self.cache.get_or_build("regroup_stats", key, build, label="REGroup statistics")
+        artifact = self.cache.get_or_build(key, build, label="REGroup statistics")
         stats = RegroupStatistics.from_tensors(artifact.tensors, artifact.meta["layer_names"], stats_spec.voter_point)
-        return stats, make_key("regroup_stats", key)
+        return stats, key
 
     def _build_network(self, name: str, spec: ArchitectureSpec) -> Network:
-        model, key = self._model(spec)
-        stats, stats_key = self._statistics(model, key, spec)
+        trained = self._model(spec)
+        model = trained.model
+        stats, stats_key = self._statistics(trained, spec)
         correct = predict(model, self.x.to(self.device)).cpu() == self.y
         correct_index = correct.nonzero().flatten()
         select = _first(correct_index, self.p.n_select, "the k rule", name)
@@ -234,8 +243,7 @@ class RegroupStudy:
         log.info("%s: %d voting layers, k = %d", name, len(stats.layer_names), k)
         return Network(
             name=name,
-            model=model,
-            key=key,
+            trained=trained,
             stats=stats,
             stats_key=stats_key,
             k=k,
@@ -264,13 +272,14 @@ class RegroupStudy:
         which: str = "untargeted",
         *,
         model: nn.Module | None = None,
-        key_suffix: str = "",
+        model_key: CacheKey | None = None,
         min_confidence: float | None = None,
         only_hits: bool = True,
         search: bool = False,
     ) -> AttackedSet:
-        """Attack the `which` sample set of network `name` with `spec` (on its softmax, or on `model`), then
-        REGroup on the samples it broke (all samples when only_hits=False); memoised under (name, table, row).
+        """Attack the `which` sample set of network `name` with `spec` (on its softmax, or on `model`, whose cache key
+        is `model_key`), then REGroup on the samples it broke (all samples when only_hits=False); memoised under
+        (name, table, row).
         With `search` (and p.eps_search_steps > 0) each image gets the smallest eps <= spec.eps that succeeds."""
         memo = (name, table, row)
         if memo in self.sets:
@@ -285,15 +294,15 @@ class RegroupStudy:
             return self.sets[memo]
         x, y = self.x[index].to(self.device), self.y[index].to(self.device)
         target = self.targets(self.y[index]).to(self.device) if spec.targeted else None
-        victim = net.model if model is None else model
+        if (model is None) != (model_key is None):
+            raise ValueError("attacked: pass model and model_key together (a victim other than the network's softmax)")
+        victim, victim_key = (net.model, net.trained.key) if model is None else (model, cast(CacheKey, model_key).key)
 
         def run(eps: float | None, part: Tensor) -> tuple[Tensor, Tensor]:
             """The attack at budget eps on the images `part` of the set: adversarials and which succeeded."""
             part_spec = spec if eps is None else spec.model_copy(update={"eps": float(eps)})
             tgt = None if target is None else target[part]
-            result = attack(
-                part_spec, victim, x[part], y[part], model_key=net.key + key_suffix, cache=self.cache, target=tgt
-            )
+            result = attack(part_spec, victim, x[part], y[part], model_key=victim_key, cache=self.cache, target=tgt)
             hit = result.broken(tol=TOLERANCE)
             if min_confidence is not None:
                 with torch.no_grad():
@@ -333,6 +342,15 @@ class RegroupStudy:
         return self.sets[memo]
 
     # -- the paper's artifacts -------------------------------------------------------------
+    @artifact("networks", "Per network: test accuracy (%), voting layers, the chosen k and the sizes of its sets.")
+    def network_table(self) -> pd.DataFrame:
+        return network_summary(self.networks())
+
+    @artifact(
+        "table1",
+        "Top-1/top-5 (%) of SoftMax and REGroup on the clean images and on PGD adversarials (every image counts).",
+        pair=lambda t: t,
+    )
     def table1(self) -> pd.DataFrame:
         """Clean and PGD-attacked top-1/top-5 of SoftMax and REGroup on the clean set (every image counts)."""
         rows = []
@@ -359,6 +377,7 @@ class RegroupStudy:
             )
         return pd.DataFrame(rows).set_index("row")
 
+    @artifact("figure2", "Top-1/top-5 (%) of SoftMax and REGroup against PGD at each eps (every image counts).")
     def figure2(self) -> pd.DataFrame:
         """Top-1/top-5 of SoftMax and REGroup against PGD at every eps of the curve (every image counts)."""
         rows = []
@@ -423,14 +442,29 @@ class RegroupStudy:
                 )
         return pd.DataFrame(rows)
 
+    @artifact(
+        "table2",
+        "Untargeted attacks: #S broken of n correctly classified images, top-1 (%) of SoftMax and REGroup over #S.",
+        pair=lambda t: _rows_by_attack(t)[["attacked_percent", "softmax", "regroup"]],
+    )
     def table2(self) -> pd.DataFrame:
         """Untargeted attacks: #S and the top-1 of SoftMax and REGroup over the #S broken samples."""
         return self._attack_table("table2", self.p.untargeted, "untargeted")
 
+    @artifact(
+        "table3",
+        "Targeted attacks: #S and top-1 (%) over #S; PGD at each image's smallest eps found (mean_eps).",
+        pair=lambda t: _rows_by_attack(t)[["softmax", "regroup"]],
+    )
     def table3(self) -> pd.DataFrame:
         """Targeted attacks (random target class) on the Tables 3-4 set; PGD per image at the smallest eps found."""
         return self._attack_table("table3", self.p.targeted, "targeted", search=True)
 
+    @artifact(
+        "table4",
+        "PGD adversarials the softmax holds with high confidence: #S and top-1 (%) over #S.",
+        pair=lambda t: _rows_by_attack(t)[["attacked_percent", "softmax", "regroup"]],
+    )
     def table4(self) -> pd.DataFrame:
         """PGD adversarials the softmax holds with at least min_confidence (untargeted and targeted)."""
         return self._attack_table(
@@ -442,10 +476,16 @@ class RegroupStudy:
             search=True,
         )
 
+    @artifact(
+        "table5",
+        "SPSA (gradient-free) at two eps: #S and top-1 (%) over #S.",
+        pair=lambda t: _rows_by_attack(t)[["attacked_percent", "softmax", "regroup"]],
+    )
     def table5(self) -> pd.DataFrame:
         """SPSA, gradient-free, at two eps: does REGroup mask gradients?"""
         return self._attack_table("table5", self.p.spsa, "spsa", clean_row=False)
 
+    @artifact("figure3", "REGroup top-1 (%) with Pos, Neg and Pos+Neg voters on every experiment, at each network's k.")
     def figure3(self) -> pd.DataFrame:
         """Top-1 of REGroup with Pos, Neg and Pos+Neg voters for every set evaluated so far (at each network's k)."""
         rows: list[dict[str, Any]] = []
@@ -475,6 +515,20 @@ class RegroupStudy:
         frame["layer"] = net.stats.layer_names[::-1]
         return frame
 
+    @artifact("figure4_VGG", "VGG: top-1 (%) vs k on the Table 2 sets, and each layer alone on the selection set.")
+    def figure4_vgg(self) -> pd.DataFrame:
+        return self.figure4("VGG")
+
+    @artifact(
+        "figure4_ResNet", "ResNet: top-1 (%) vs k on the Table 2 sets, and each layer alone on the selection set."
+    )
+    def figure4_resnet(self) -> pd.DataFrame:
+        return self.figure4("ResNet")
+
+    @artifact(
+        "adaptive",
+        "REGroup top-1 (%) on the Table 2 images against PGD crafted on the softmax (transfer) and on its surrogate.",
+    )
     def adaptive(self) -> pd.DataFrame:
         """An adaptive check the paper does not make: REGroup's accuracy on the Table 2 set when PGD is
         crafted on the softmax (the paper's transfer protocol) vs on REGroup's differentiable KL surrogate."""
@@ -489,7 +543,7 @@ class RegroupStudy:
                 "surrogate",
                 self.p.adaptive,
                 model=surrogate,
-                key_suffix=f"/regroup-surrogate-k{net.k}-{net.stats_key}",
+                model_key=self.key("regroup_surrogate", model=net.trained, stats=net.stats_key, k=net.k),
                 only_hits=False,
             )
             worst = _per_sample(net, transfer) & _per_sample(net, adaptive)
@@ -507,6 +561,12 @@ class RegroupStudy:
             )
         return pd.DataFrame(rows)
 
+    @artifact(
+        "table6",
+        "Seconds per batch of SoftMax and REGroup (median after a warm-up) and their ratio, per device.",
+        pair=lambda t: t.pivot(index="network", columns="device", values="ratio"),
+        floatfmt=4,
+    )
     def table6(self) -> pd.DataFrame:
         """Inference time of SoftMax and REGroup per batch (median of repeats after a warm-up), CPU and GPU."""
         devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
@@ -529,6 +589,31 @@ class RegroupStudy:
                     }
                 )
         return pd.DataFrame(rows)
+
+    @artifact("paper_vs_run", "Every published number beside this run's, per artifact (Table 6's timings aside).")
+    def paper_vs_run(self) -> pd.DataFrame:
+        """The pairings with the paper in the order the run produced them, without the timings of `TIMINGS`: they
+        differ from run to run, so they stay in their own section (`references`) and out of this reproducible table."""
+        reproducible = {name: table for name, table in self.references.items() if name not in self.TIMINGS}
+        if not reproducible:
+            raise MissingResult("no artifact paired with the paper (other than timings) has been produced in this run")
+        return pd.concat(reproducible, names=["artifact", "row"])
+
+    def claims(self) -> list[Claim]:
+        """The paper's claims for this run's networks, Table 2 attacks, chosen k and Table 1 images."""
+        nets = self.networks()
+        return claims(
+            [n.name for n in nets],
+            list(self.p.untargeted),
+            {n.name: n.k for n in nets},
+            len(nets[0].clean),
+            self.info.num_classes,
+        )
+
+
+def _rows_by_attack(t: pd.DataFrame) -> pd.DataFrame:
+    """A Tables 2-5 table indexed by 'network / attack', the row names of the paper's numbers."""
+    return t.assign(row=t.network + " / " + t.attack).set_index("row")
 
 
 def _per_sample(net: Network, s: AttackedSet) -> Tensor:

@@ -15,7 +15,7 @@ from advlib.models import create_model
 from advlib.models.mimo import create_mimo
 from advlib.params import ParamsError, TrainSpec
 from advlib.runtime import resolve_device
-from advlib.train import fit
+from advlib.train import ClassifierStep, fit
 
 
 class SampleCounter(nn.Module):
@@ -252,9 +252,11 @@ def _regroup_k_too_large(tmp_path):
 
 def _empty_training_set(_):
     fit(
-        create_model("mlp1200", width=8, depth=1),
-        torch.utils.data.TensorDataset(torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)),
-        TrainSpec(model="mlp1200", epochs=1),
+        ClassifierStep(
+            create_model("mlp1200", width=8, depth=1),
+            torch.utils.data.TensorDataset(torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)),
+            TrainSpec(model="mlp1200", epochs=1),
+        )
     )
 
 
