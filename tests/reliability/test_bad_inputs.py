@@ -10,7 +10,7 @@ from advlib import params
 from advlib.attacks import create_attack
 from advlib.cache import Cache
 from advlib.data import dataset_info, load_dataset
-from advlib.defenses.mat import NormStep, fit_mimo, mat_attack
+from advlib.defenses.mat import MIMOStep, NormStep, mat_attack
 from advlib.models import create_model
 from advlib.models.mimo import create_mimo
 from advlib.params import ParamsError, TrainSpec
@@ -261,7 +261,7 @@ def _empty_training_set(_):
 
 
 def _empty_mimo_training_set(_):
-    fit_mimo(
+    MIMOStep(
         create_mimo("mlp1200", dataset_info("mnist5k"), 3, width=8, depth=1),
         torch.utils.data.TensorDataset(torch.rand(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)),
         TrainSpec(model="mlp1200", epochs=1),
