@@ -605,7 +605,7 @@ def _proportion_interval(percent: float, n: int) -> tuple[float, float]:
     return max(0.0, 100 * (p - half)), min(100.0, 100 * (p + half))
 
 
-def claims(networks: Sequence[str], annotator: str) -> list[Claim]:
+def claims(networks: Sequence[str], annotator: str) -> list[Claim]:  # noqa: C901 -- a table of claim declarations: mccabe adds up its small per-claim closures
     """The paper's claims on Table 1 (table1a/table1b for `networks[0]`/`networks[1]`, table1_runs) and Table 2
     (labelled by `annotator`); each can fail, and each miss says by how much and whether the run can resolve it."""
     networks = list(networks)

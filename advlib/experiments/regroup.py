@@ -679,7 +679,7 @@ def _rows(t: Tables, name: str) -> pd.DataFrame:
     return t[name].set_index(["network", "attack"])
 
 
-def claims(
+def claims(  # noqa: C901, PLR0915 -- a table of claim declarations: mccabe adds up its small per-claim closures
     networks: Sequence[str], attacks: Sequence[str], k: Mapping[str, int], n_clean: int, num_classes: int
 ) -> list[Claim]:
     """The paper's qualitative claims, each checked on the tables it cites (table1..table5, figure2, figure3,

@@ -338,7 +338,7 @@ class EnsembleStudy(Study):
         return super().paper_vs_run()
 
     # -- the paper's claims, each checked on the tables it cites ------------------------------------------------
-    def claims(self) -> list[Claim]:
+    def claims(self) -> list[Claim]:  # noqa: C901 -- a table of claim declarations: mccabe adds up its small per-claim closures
         """The claims of Sections 5 and A of the paper. A miss's reason gives the gap and whether it is inside the
         sampling noise of the `n_eval` evaluation images (Agresti-Caffo 95%), plus what the cited table shows about the
         cause."""
