@@ -8,7 +8,7 @@ import torch
 from advlib.data import load_dataset, to_tensors
 from advlib.models import create_model
 from advlib.params import TrainSpec
-from advlib.train import fit
+from advlib.train import ClassifierStep, fit
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,8 @@ def mnist_model() -> torch.nn.Module:
     """lenet5_classic, 2 epochs on the 4,000 mnist5k training images: about 95% test accuracy."""
     torch.manual_seed(0)
     model = create_model("lenet5_classic")
-    fit(model, load_dataset("mnist5k", "train"), TrainSpec(model="lenet5_classic", epochs=2, batch_size=64), seed=0)
+    spec = TrainSpec(model="lenet5_classic", epochs=2, batch_size=64)
+    fit(ClassifierStep(model, load_dataset("mnist5k", "train"), spec), seed=0)
     return model.eval()
 
 
