@@ -4,6 +4,8 @@ Native PyTorch code: no maintained library offers this method. Competing generat
 or attack ids, to map adversarial images back to the canonical image distribution judged by a
 discriminator (Algorithm 1, eqs. 1-2, after Parascandolo et al. 2018); at test time each image is replaced
 by the output of the generator the discriminator scores highest, and a pretrained classifier reads it.
+Both training phases are `train.Step`s (`IdentityInitStep`, `CompetitiveStep`) run by `train.fit`, so a killed
+training resumes from its last epoch to the weights an uninterrupted one reaches.
 """
 
 from __future__ import annotations
