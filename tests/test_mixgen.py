@@ -114,7 +114,7 @@ def test_only_winners_change_in_a_competitive_step(mnist_images: torch.Tensor) -
     x = mnist_images[:16]
     assert torch.equal(mixture.scores(x).argmax(dim=0), torch.zeros(16, dtype=torch.long))
     before = [_state(g) for g in (g0, g1, g2)] + [_state(discriminator)]
-    history = train_competitive(mixture, mnist_images[16:32], x, epochs=1, batch_size=16)["history"]
+    history = train_competitive(mixture, mnist_images[16:32], x, epochs=1, batch_size=16)
     assert history[0]["wins"] == [16, 0, 0]
     assert np.isnan(history[0]["generator_losses"][1]) and np.isnan(history[0]["generator_losses"][2])
     after = [_state(g) for g in (g0, g1, g2)] + [_state(discriminator)]
@@ -125,7 +125,7 @@ def test_only_winners_change_in_a_competitive_step(mnist_images: torch.Tensor) -
 
 
 def test_competitive_training_is_deterministic_and_updates_the_discriminator(mnist_images: torch.Tensor) -> None:
-    def run(seed: int) -> tuple[MixtureOfGenerators, dict]:
+    def run(seed: int) -> tuple[MixtureOfGenerators, list[dict]]:
         torch.manual_seed(0)
         mixture = MixtureOfGenerators(
             [create_model("mixgen_generator") for _ in range(2)], create_model("mixgen_discriminator")
@@ -139,12 +139,69 @@ def test_competitive_training_is_deterministic_and_updates_the_discriminator(mni
     assert _same(_state(first), _state(second))
     np.testing.assert_equal(h1, h2)  # NaN-aware: a generator that wins nothing has NaN loss
     assert not _same(_state(first), _state(third))
-    record = h1["history"][0]
+    record = h1[0]
     assert sum(record["wins"]) == 32 and record["discriminator_loss"] > 0
     with pytest.raises(ValueError, match="epochs"):
         train_competitive(first, mnist_images[:4], mnist_images[:4], epochs=0, batch_size=2)
     with pytest.raises(ValueError, match="differ in shape"):
         train_competitive(first, torch.rand(4, 1, 14, 14), mnist_images[:4], epochs=1, batch_size=2)
+
+
+class Killed(RuntimeError):
+    """The stand-in for a kill: raised from an epoch callback."""
+
+
+def _two_phase_training(images: torch.Tensor, checkpoints, kill: str | None = None) -> tuple[dict, list, list]:
+    """Identity initialisation then competitive training of a 2-generator mixture (2 epochs each), checkpointing
+    into `checkpoints`; `kill` ('identity' or 'competitive') raises after that phase's first epoch."""
+
+    def callback(phase: str):
+        def on_epoch(epoch: int, model: nn.Module, record: dict) -> None:
+            if phase == kill and epoch == 1:
+                raise Killed(phase)
+
+        return on_epoch
+
+    torch.manual_seed(0)
+    mixture = MixtureOfGenerators(
+        [create_model("mixgen_generator") for _ in range(2)], create_model("mixgen_discriminator")
+    )
+    mse = identity_init(
+        mixture.generators,
+        images[:24],
+        epochs=2,
+        batch_size=8,
+        seed=3,
+        checkpoint_dir=checkpoints / "identity",
+        on_epoch=callback("identity"),
+    )
+    history = train_competitive(
+        mixture,
+        images[24:40],
+        images[:24],
+        epochs=2,
+        batch_size=8,
+        seed=3,
+        checkpoint_dir=checkpoints / "competitive",
+        on_epoch=callback("competitive"),
+    )
+    return _state(mixture), mse, history
+
+
+def test_mixgen_training_resumes_after_a_kill_to_the_same_weights(mnist_images: torch.Tensor, tmp_path) -> None:
+    """Killed after the first epoch of each phase in turn and rerun on the same checkpoints, the training reaches the
+    weights (BatchNorm buffers included) and history of an uninterrupted run, bit for bit: the batch-order generator,
+    the optimizers and the modules are all restored."""
+    weights, mse, history = _two_phase_training(mnist_images, tmp_path / "uninterrupted")
+    assert len(mse) == 2 and len(history) == 2
+    for kill in ("identity", "competitive"):
+        with pytest.raises(Killed, match=kill):
+            _two_phase_training(mnist_images, tmp_path / "killed", kill=kill)
+    assert (tmp_path / "killed" / "competitive" / "checkpoint.safetensors").is_file()
+    resumed_weights, resumed_mse, resumed_history = _two_phase_training(mnist_images, tmp_path / "killed")
+    assert _same(weights, resumed_weights)
+    assert resumed_mse == mse
+    np.testing.assert_equal(resumed_history, history)  # NaN-aware
 
 
 def _roles_example() -> DefenseEvaluation:
@@ -290,8 +347,8 @@ def test_mixture_defends_lenet_against_fgsm(
         epochs=2,
         batch_size=64,
         seed=0,
-        on_epoch=lambda epoch, record: epochs_seen.append(epoch),
-    )["history"]
+        on_epoch=lambda epoch, model, record: epochs_seen.append(epoch),
+    )
     assert epochs_seen == [1, 2] and all(sum(r["wins"]) == 384 for r in history)
 
     x_test, y_test = mnist_test

@@ -43,14 +43,16 @@ def test_pool_holds_one_attack_per_image(study):
 
 
 def test_systems_are_cached_and_composed(study, caplog):
-    joint, meta = study.system("joint", ["FGSM", "AUN"], seed=0)
-    assert joint.num_generators == 2 and len(meta["history"]) == study.p.mixture.train_epochs
+    trained = study.system("joint", ["FGSM", "AUN"], seed=0)
+    joint = trained.model
+    assert joint.num_generators == 2 and len(trained.history) == study.p.mixture.train_epochs
+    assert len(trained.meta["identity_mse"]) == study.p.mixture.identity_epochs
     with caplog.at_level(logging.INFO, logger="advlib"):
-        again, _ = study.system("joint", ["FGSM", "AUN"], seed=0)
+        again = study.system("joint", ["FGSM", "AUN"], seed=0).model
     assert "loaded joint mixture" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(joint.state_dict().values(), again.state_dict().values()))
     separately = study.separately_trained(["FGSM", "AUN"], seed=0)
-    single_aun = study.system("single", ["AUN"], seed=0)[0].generators[0]
+    single_aun = study.system("single", ["AUN"], seed=0).model.generators[0]
     assert all(
         torch.equal(a, b)
         for a, b in zip(separately.generators[1].state_dict().values(), single_aun.state_dict().values())
@@ -70,6 +72,47 @@ def test_systems_are_cached_and_composed(study, caplog):
         assert result.num_classes == evaluation.num_classes
         for field in ("y", "attack", "winner", "correct", "correct_undefended"):
             assert (getattr(result, field) == getattr(evaluation, field)).all(), field
+
+
+def test_keys_are_derived_from_what_determines_a_system(study):
+    """A system's key follows its kind, pool order, seed and training parameters; an evaluation's follows the keys of
+    the systems it uses (for 'separately': the single-attack ones and the joint one)."""
+    key = study.system_key("joint", ["FGSM", "AUN"], 0)
+    assert key.kind == "mixgen" and key.params["classifier"] == study.trained.key
+    others = {
+        study.system_key("faster", ["FGSM", "AUN"], 0).key,
+        study.system_key("joint", ["AUN", "FGSM"], 0).key,  # the pool assigns attacks by position
+        study.system_key("joint", ["FGSM", "AUN"], 1).key,
+    }
+    longer = params.load("mixture_of_generators", "ci", {**OVERRIDES, "mixture": {"train_epochs": 2}})
+    others.add(MixtureStudy(longer, "cpu", cache=study.cache).system_key("joint", ["FGSM", "AUN"], 0).key)
+    assert key.key not in others and len(others) == 4
+
+
+def test_study_declares_the_papers_artifacts():
+    declared = MixtureStudy.artifacts
+    for name in ("table1", "table2", "figures5-6", "table3", "section45", "generator_roles", "table6", "budget"):
+        assert declared[name].caption, name
+    paired = {name for name, spec in declared.items() if spec.pair is not None}
+    assert paired == {"table1", "table2", "table3", "section45", "table6", "budget"}
+    assert declared["budget"].floatfmt == 0
+
+
+def test_published_tables_feed_paper_vs_run_and_the_claims(study, tmp_path, monkeypatch):
+    """The budget is paired with the paper's budget (so paper_vs_run repeats it, as the paper-vs-run summary always
+    did); the claims name the tables this run has not produced instead of evaluating without them."""
+    from types import SimpleNamespace
+
+    from advlib.experiments.base import MissingResult
+
+    monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path))
+    out = SimpleNamespace(stem="mixture_of_generators", profile="ci")
+    budget = study.publish("budget", out)
+    assert (tmp_path / "mixture_of_generators" / "ci" / "budget.csv").is_file()
+    summary = study.publish("paper_vs_run", out)
+    pd.testing.assert_frame_equal(summary.loc["budget"], budget, check_names=False)
+    with pytest.raises(MissingResult, match="table2"):
+        study.publish("claims", out)
 
 
 def test_bad_system_requests(study):
@@ -97,7 +140,7 @@ def test_mean_and_errors():
 def test_table6_reference_rows():
     import pandas as pd
 
-    from advlib.experiments.mixture_of_generators import MixtureTables
+    from advlib.experiments.mixture_of_generators import table6_reference_rows
 
     table6 = pd.DataFrame(
         [
@@ -106,7 +149,7 @@ def test_table6_reference_rows():
             {"kind": "faster", "experiment": "std", "3": 5.0},
         ]
     )
-    rows = MixtureTables.table6_reference_rows(table6)
+    rows = table6_reference_rows(table6)
     assert rows.loc["jointly_experiment1", "3"] == 70.0 and rows.loc["faster_pm", "3"] == 5.0
     assert rows.loc["jointly_experiment2"].isna().all()  # a run with one joint repeat
 
@@ -308,9 +351,7 @@ def test_interval_matches_proportion_gap():
 
 
 def test_budget_reads_the_epochs_actually_run(study):
-    from advlib.experiments.mixture_of_generators import MixtureTables
-
-    budget = MixtureTables(study).budget()
+    budget = study.budget()
     assert budget.loc["n_test", "run"] == 32 and budget.loc["n_transformed", "run"] == 48
     assert budget.loc["train_epochs", "run"] == study.p.mixture.train_epochs == 1
     assert budget.loc["classifier_epochs", "run"] == study.p.classifier.epochs

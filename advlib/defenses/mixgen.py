@@ -4,6 +4,8 @@ Native PyTorch code: no maintained library offers this method. Competing generat
 or attack ids, to map adversarial images back to the canonical image distribution judged by a
 discriminator (Algorithm 1, eqs. 1-2, after Parascandolo et al. 2018); at test time each image is replaced
 by the output of the generator the discriminator scores highest, and a pretrained classifier reads it.
+Both training phases are `train.Step`s (`IdentityInitStep`, `CompetitiveStep`) run by `train.fit`, so a killed
+training resumes from its last epoch to the weights an uninterrupted one reaches.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +24,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from ..data import check_images
 from ..inference import evaluating, logits, model_device
+from ..train import EpochCallback, GeneratorState, Step, fit
 
 log = logging.getLogger("advlib")
 
@@ -34,8 +37,6 @@ MARGINALIST_ACCURACY = 50.0  # ... and below this accuracy (percent) on the samp
 COVERAGE_MIN_SHARE = 0.10  # a generator covers an attack when it wins at least this share of its samples
 GENERALIST_MIN_COVERAGE = 0.5  # generalist: covers at least this fraction of the attacks; else specialist
 ROLES = ("generalist", "specialist", "marginalist")
-
-EpochCallback = Callable[[int, dict[str, Any]], None]
 
 
 @contextmanager
@@ -103,6 +104,72 @@ class MixtureOfGenerators(nn.Module):
         return torch.cat(defended).to(x.device), torch.cat(winners).to(x.device)
 
 
+class IdentityInitStep(Step):
+    """Identity initialisation (Parascandolo et al. 2018; paper Sec. 4.1) as a `train.Step`: each generator takes one
+    step of its own Adam per batch on MSE(G(x'), x') over the transformed images, so all start near the identity.
+
+    One torch.Generator, seeded once with `seed`, draws every epoch's batch order; it is checkpointed with the
+    generators and optimizers, and the global RNG is not reseeded per epoch, so a resumed run is bit-identical."""
+
+    model: nn.ModuleList
+
+    def __init__(
+        self,
+        generators: Sequence[nn.Module] | nn.ModuleList,
+        transformed: Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        _check_schedule(epochs, batch_size, lr)
+        check_images(transformed, "transformed", allow_empty=False)
+        if len(generators) == 0:
+            raise ValueError("identity_init needs at least one generator; got 0")
+        self.model = generators if isinstance(generators, nn.ModuleList) else nn.ModuleList(generators)
+        self.transformed, self.epochs, self.batch_size = transformed, epochs, batch_size
+        self.optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in self.model]
+        self.order = torch.Generator().manual_seed(seed)
+        self.state = {
+            "generators": self.model,
+            "order": GeneratorState(self.order),
+            **{f"optimizer{j}": optimizer for j, optimizer in enumerate(self.optimizers)},
+        }
+        self.squared_error = 0.0
+
+    def num_batches(self) -> int:
+        return math.ceil(len(self.transformed) / self.batch_size)
+
+    def begin_epoch(self, epoch: int, seed: int) -> None:
+        """Train mode and a fresh sum; no global reseed (the batch order comes from `order`)."""
+        self.model.train()
+        self.squared_error = 0.0
+
+    def batches(self, epoch: int, seed: int) -> Iterable[Tensor]:
+        return torch.randperm(len(self.transformed), generator=self.order).split(self.batch_size)
+
+    def update(self, batch: Tensor, epoch: int) -> dict[str, float]:
+        """One Adam step per generator; the squared error is summed here, generator after generator (the order of
+        the float additions fixes the history's last bits)."""
+        for generator, optimizer in zip(self.model, self.optimizers):
+            x = self.transformed[batch].to(model_device(generator))
+            loss = F.mse_loss(generator(x), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.squared_error += float(loss.detach()) * len(batch)
+        return {}
+
+    def record(self, epoch: int, sums: dict[str, float], batches: int) -> dict[str, Any]:
+        mse = self.squared_error / (len(self.transformed) * len(self.model))
+        log.info("mixgen identity init: epoch %d/%d, mse %.5f", epoch + 1, self.epochs, mse)
+        return {"epoch": epoch + 1, "mse": mse}
+
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"mse": f"{record['mse']:.5f}"}
+
+
 def identity_init(
     generators: Sequence[nn.Module] | nn.ModuleList,
     transformed: Tensor,
@@ -111,37 +178,14 @@ def identity_init(
     batch_size: int,
     lr: float = 1e-3,
     seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> list[float]:
-    """Train each generator with Adam so that G(x') ~ x' (MSE) on the transformed images (Parascandolo et al.
-    2018; paper Sec. 4.1): all generators start near the identity. Returns the per-epoch mean MSE."""
-    _check_schedule(epochs, batch_size, lr)
-    check_images(transformed, "transformed", allow_empty=False)
-    if len(generators) == 0:
-        raise ValueError("identity_init needs at least one generator; got 0")
-    optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in generators]
-    order = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(transformed) / batch_size)
-    history = []
-    for generator in generators:
-        generator.train()
-    with tqdm(total=epochs * steps, desc="identity init", leave=False) as bar:
-        for epoch in range(epochs):
-            total = 0.0
-            for index in torch.randperm(len(transformed), generator=order).split(batch_size):
-                for generator, optimizer in zip(generators, optimizers):
-                    x = transformed[index].to(model_device(generator))
-                    loss = F.mse_loss(generator(x), x)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * len(index)
-                bar.update(1)
-            history.append(total / (len(transformed) * len(generators)))
-            bar.set_postfix(mse=f"{history[-1]:.5f}")
-            log.info("mixgen identity init: epoch %d/%d, mse %.5f", epoch + 1, epochs, history[-1])
-    for generator in generators:
-        generator.eval()
-    return history
+    """Train each generator so that G(x') ~ x' (`IdentityInitStep`), resuming from `checkpoint_dir` when it holds a
+    checkpoint. Returns the per-epoch mean MSE; the generators come back in eval mode."""
+    step = IdentityInitStep(generators, transformed, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    history = fit(step, seed=seed, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, desc="identity init")
+    return [record["mse"] for record in history]
 
 
 def faster_init(generator: nn.Module, n: int, *, zero_fraction: float = 0.05, seed: int = 0) -> list[nn.Module]:
@@ -210,17 +254,7 @@ def _discriminator_step(
     return float(loss.detach())
 
 
-def train_competitive(
-    mixture: MixtureOfGenerators,
-    canonical: Tensor,
-    transformed: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float = 1e-3,
-    seed: int = 0,
-    on_epoch: EpochCallback | None = None,
-) -> dict[str, Any]:
+class CompetitiveStep(Step):
     """Algorithm 1 (eqs. 1-2), unsupervised: no labels or attack ids are used. Per step, a batch of
     transformed images x' and an independent batch of canonical images x:
 
@@ -231,62 +265,118 @@ def train_competitive(
        generators that won nothing are not touched (weights, BatchNorm buffers and Adam state);
     3. D takes one Adam step on BCE(D(x), 1) + mean_j BCE(D(G_j(x')), 0), on the step-1 outputs.
 
-    Batch order comes from a torch.Generator seeded with `seed`, so a run is deterministic. Returns
-    {'history': [per epoch: generator_loss (mean over x'), generator_losses (per generator, mean over its
-    won samples, NaN if none), discriminator_loss (mean over steps), wins (per generator)]}.
+    One torch.Generator, seeded once with `seed`, draws both batch orders of every epoch; it is checkpointed with the
+    mixture and the optimizers, and the global RNG is not reseeded per epoch, so a run (and a resumed run) is
+    deterministic. An epoch's record: generator_loss (mean over x'), generator_losses (per generator, mean over its
+    won samples, NaN if none), discriminator_loss (mean over steps), wins (per generator).
     """
-    _check_schedule(epochs, batch_size, lr)
-    check_images(canonical, "canonical", allow_empty=False)
-    check_images(transformed, "transformed", allow_empty=False)
-    if canonical.shape[1:] != transformed.shape[1:]:
-        raise ValueError(
-            f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
-            f"{tuple(transformed.shape[1:])}"
-        )
-    device = model_device(mixture)
-    gen_optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in mixture.generators]
-    disc_optimizer = torch.optim.Adam(mixture.discriminator.parameters(), lr=lr)
-    order = torch.Generator().manual_seed(seed)
-    steps = math.ceil(len(transformed) / batch_size)
-    history: list[dict[str, Any]] = []
-    mixture.eval()
-    with tqdm(total=epochs * steps, desc="mixgen training", leave=False) as bar:
-        for epoch in range(epochs):
-            batches = torch.randperm(len(transformed), generator=order).split(batch_size)
-            canonical_order = torch.randperm(len(canonical), generator=order)
-            wins = torch.zeros(mixture.num_generators, dtype=torch.long)
-            gen_sums = torch.zeros(mixture.num_generators)
-            disc_total = 0.0
-            for step, index in enumerate(batches):
-                picks = canonical_order[(step * batch_size + torch.arange(len(index))) % len(canonical)]
-                x_t, x_c = transformed[index].to(device), canonical[picks].to(device)
-                outputs, logits = mixture._score_batch(x_t)
-                winner = logits.argmax(dim=0)
-                gen_sums += _generator_step(mixture, gen_optimizers, x_t, winner)
-                disc_total += _discriminator_step(mixture.discriminator, disc_optimizer, x_c, outputs)
-                wins += torch.bincount(winner.cpu(), minlength=mixture.num_generators)
-                bar.update(1)
-            record = {
-                "epoch": epoch + 1,
-                "generator_loss": float(gen_sums.sum()) / len(transformed),
-                "generator_losses": [float(s / w) if w > 0 else math.nan for s, w in zip(gen_sums, wins)],
-                "discriminator_loss": disc_total / len(batches),
-                "wins": wins.tolist(),
-            }
-            history.append(record)
-            bar.set_postfix(g=f"{record['generator_loss']:.3f}", d=f"{record['discriminator_loss']:.3f}")
-            log.info(
-                "mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
-                epoch + 1,
-                epochs,
-                record["generator_loss"],
-                record["discriminator_loss"],
-                record["wins"],
+
+    model: MixtureOfGenerators
+
+    def __init__(
+        self,
+        mixture: MixtureOfGenerators,
+        canonical: Tensor,
+        transformed: Tensor,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
+        _check_schedule(epochs, batch_size, lr)
+        check_images(canonical, "canonical", allow_empty=False)
+        check_images(transformed, "transformed", allow_empty=False)
+        if canonical.shape[1:] != transformed.shape[1:]:
+            raise ValueError(
+                f"canonical and transformed images differ in shape: {tuple(canonical.shape[1:])} vs "
+                f"{tuple(transformed.shape[1:])}"
             )
-            if on_epoch is not None:
-                on_epoch(epoch + 1, record)
-    mixture.eval()
-    return {"history": history}
+        self.model, self.canonical, self.transformed = mixture, canonical, transformed
+        self.epochs, self.batch_size = epochs, batch_size
+        self.device = model_device(mixture)
+        self.generator_optimizers = [torch.optim.Adam(g.parameters(), lr=lr) for g in mixture.generators]
+        self.discriminator_optimizer = torch.optim.Adam(mixture.discriminator.parameters(), lr=lr)
+        self.order = torch.Generator().manual_seed(seed)
+        self.state = {
+            "mixture": mixture,
+            "order": GeneratorState(self.order),
+            "discriminator_optimizer": self.discriminator_optimizer,
+            **{f"generator_optimizer{j}": optimizer for j, optimizer in enumerate(self.generator_optimizers)},
+        }
+        self.wins = torch.zeros(mixture.num_generators, dtype=torch.long)
+        self.generator_sums = torch.zeros(mixture.num_generators)
+
+    def num_batches(self) -> int:
+        return math.ceil(len(self.transformed) / self.batch_size)
+
+    def begin_epoch(self, epoch: int, seed: int) -> None:
+        """Eval mode (each step switches a module to train mode only for its own update) and fresh per-generator
+        sums; no global reseed (the batch orders come from `order`)."""
+        self.model.eval()
+        self.wins = torch.zeros(self.model.num_generators, dtype=torch.long)
+        self.generator_sums = torch.zeros(self.model.num_generators)
+
+    def batches(self, epoch: int, seed: int) -> Iterable[tuple[Tensor, Tensor]]:
+        """(transformed indices, canonical indices) per step: the transformed order, then the canonical order, both
+        drawn at the start of the epoch; the canonical images are taken in their order, wrapping around."""
+        transformed = torch.randperm(len(self.transformed), generator=self.order).split(self.batch_size)
+        canonical = torch.randperm(len(self.canonical), generator=self.order)
+        return [
+            (index, canonical[(step * self.batch_size + torch.arange(len(index))) % len(self.canonical)])
+            for step, index in enumerate(transformed)
+        ]
+
+    def update(self, batch: tuple[Tensor, Tensor], epoch: int) -> dict[str, float]:
+        index, picks = batch
+        mixture = self.model
+        x_t, x_c = self.transformed[index].to(self.device), self.canonical[picks].to(self.device)
+        outputs, logits = mixture._score_batch(x_t)
+        winner = logits.argmax(dim=0)
+        self.generator_sums += _generator_step(mixture, self.generator_optimizers, x_t, winner)
+        discriminator_loss = _discriminator_step(mixture.discriminator, self.discriminator_optimizer, x_c, outputs)
+        self.wins += torch.bincount(winner.cpu(), minlength=mixture.num_generators)
+        return {"discriminator_loss": discriminator_loss}
+
+    def record(self, epoch: int, sums: dict[str, float], batches: int) -> dict[str, Any]:
+        record = {
+            "epoch": epoch + 1,
+            "generator_loss": float(self.generator_sums.sum()) / len(self.transformed),
+            "generator_losses": [float(s / w) if w > 0 else math.nan for s, w in zip(self.generator_sums, self.wins)],
+            "discriminator_loss": sums["discriminator_loss"] / batches,
+            "wins": self.wins.tolist(),
+        }
+        log.info(
+            "mixgen training: epoch %d/%d, generator loss %.4f, discriminator loss %.4f, wins %s",
+            epoch + 1,
+            self.epochs,
+            record["generator_loss"],
+            record["discriminator_loss"],
+            record["wins"],
+        )
+        return record
+
+    def progress(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"g": f"{record['generator_loss']:.3f}", "d": f"{record['discriminator_loss']:.3f}"}
+
+
+def train_competitive(
+    mixture: MixtureOfGenerators,
+    canonical: Tensor,
+    transformed: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    checkpoint_dir: Path | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, Any]]:
+    """Train the mixture by Algorithm 1 (`CompetitiveStep`), resuming from `checkpoint_dir` when it holds a
+    checkpoint; `on_epoch(epoch, mixture, record)` runs after each epoch. Returns the per-epoch history; the mixture
+    comes back in eval mode."""
+    step = CompetitiveStep(mixture, canonical, transformed, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    return fit(step, seed=seed, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, desc="mixgen training")
 
 
 def _array(name: str, values: Any) -> np.ndarray:
