@@ -286,9 +286,10 @@ def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> li
     single-model Linf AT of the same backbone at equal PGD steps and batch size, on random MNIST-shaped data; and the
     M-model vanilla ensemble (three AT runs) against MAT."""
     from advlib.data import dataset_info
-    from advlib.defenses.mat import NormStep, fit_mimo, mat_attack
+    from advlib.defenses.mat import MIMOStep, NormStep, mat_attack
     from advlib.models.mimo import SingleAsMIMO, create_mimo
     from advlib.params import TrainSpec
+    from advlib.train import fit
 
     info = dataset_info("mnist5k")
     data = torch.utils.data.TensorDataset(torch.rand(images, 1, 28, 28), torch.randint(0, 10, (images,)))
@@ -296,34 +297,37 @@ def bench_mat(reps: int, device: torch.device, images: int, backbone: str) -> li
     steps = [NormStep("linf", 0.3, 0.1), NormStep("l2", 2.0, 0.7), NormStep("l1", 10.0, 3.5)]
 
     def mat():
-        fit_mimo(
+        with MIMOStep(
             create_mimo(backbone, info, 3),
             data,
             spec,
             members=3,
             device=device,
             inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps, MAT_STEPS, generator=g),
-        )
+        ) as step:
+            fit(step)
 
     def single_at():
-        fit_mimo(
+        with MIMOStep(
             SingleAsMIMO(create_model(backbone)),
             data,
             spec,
             members=1,
             device=device,
             inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1], MAT_STEPS, generator=g),
-        )
+        ) as step:
+            fit(step)
 
     def mat_all_linf():  # the same MIMO network and epoch, every member attacked in Linf: the network's own cost
-        fit_mimo(
+        with MIMOStep(
             create_mimo(backbone, info, 3),
             data,
             spec,
             members=3,
             device=device,
             inner=lambda m, x, y, g, scale: mat_attack(m, x, y, steps[:1] * 3, MAT_STEPS, generator=g),
-        )
+        ) as step:
+            fit(step)
 
     o, p, r, rs = compare(mat, single_at, reps, device, f"MAT vs AT epoch ({backbone})")
     _, _, network, _ = compare(mat_all_linf, single_at, reps, device, f"MAT (all Linf) vs AT epoch ({backbone})")
