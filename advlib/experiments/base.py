@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from ..cache import Cache, CacheKey, Trained, derive_key
-from ..data import load_dataset, to_tensors
 from ..report import Claim, evaluate_claims, paper_vs_run, save_table
 
 __all__ = ["ArtifactSpec", "MissingResult", "Study", "Trained", "artifact"]
@@ -95,10 +94,8 @@ class Study:
     # -- parameters and training ---------------------------------------------------------------
     @cached_property
     def evaluation_set(self) -> tuple[Tensor, Tensor]:
-        """The test images and labels the study evaluates on: the first `p.data.n_test` of the dataset's test split
-        (a study whose evaluation set is another split overrides this)."""
-        data = self.p.data
-        return to_tensors(load_dataset(data.name, "test", n=data.n_test, download=data.download))
+        """The images and labels the study evaluates on; each paper names its own (a split, a subset, a seed)."""
+        raise NotImplementedError(f"{type(self).__name__} does not name its evaluation set")
 
     def key(self, kind: str, **parts: Any) -> CacheKey:
         """The cache key of a `kind` artifact from what determines it (parameter blocks, upstream `Trained`s, seeds)."""
