@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from advlib import report
 from advlib.cache import Trained, derive_key
 from advlib.experiments.base import MissingResult, Study, artifact
 from advlib.params import AttackSpec, DataSpec, TrainSpec
@@ -186,3 +187,15 @@ def test_bad_artifact_requests_are_errors(run):
         run.artifact(study, "paper_vs_run")
     with pytest.raises(MissingResult, match="'plain' has not been produced"):
         study.result("plain")
+
+
+def test_a_cited_table_the_profile_cannot_produce_leaves_its_claim_not_measured(run):
+    class WithoutPlain(ToyStudy):
+        def producible(self) -> set[str]:
+            return {"table1"}
+
+    study = WithoutPlain({}, "cpu")
+    with pytest.raises(MissingResult, match="table1"):
+        run.artifact(study, "claims")
+    run.artifact(study, "table1")
+    assert list(run.artifact(study, "claims")["verdict"]) == [report.NOT_MEASURED]

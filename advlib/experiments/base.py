@@ -4,7 +4,7 @@ paper's claims. A notebook cell is then `run.artifact(study, "table2")`: compute
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, ClassVar, Protocol
@@ -147,12 +147,20 @@ class Study:
         """The tables the claims may cite: every published result."""
         return self.results
 
+    def producible(self) -> Container[str] | None:
+        """The cited tables this profile can produce (None: all of them); a claim citing one it cannot (a system the
+        profile leaves out) is not measured, while one it can but this run has not produced is a MissingResult."""
+        return None
+
     @artifact("claims", "The paper's claims, each with the run's evidence, verdict and, for a miss, its reason.")
     def claims_table(self) -> pd.DataFrame:
-        """Every claim evaluated on the tables it cites; a cited table this run has not produced is a MissingResult."""
+        """Every claim evaluated on the tables it cites; a cited table this run should have produced and has not is a
+        MissingResult."""
         claims = self.claims()
         tables = self.claim_tables()
-        missing = sorted({name for claim in claims for name in claim.cites if name not in tables})
+        can = self.producible()
+        cited = {name for claim in claims for name in claim.cites}
+        missing = sorted(name for name in cited if name not in tables and (can is None or name in can))
         if missing:
             raise MissingResult(
                 f"the claims cite {', '.join(missing)}, which this run has not produced "

@@ -35,7 +35,7 @@ from ..inference import predict
 from ..models import Ensemble, create_model_for
 from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
 from ..params import MATNorm, MATParams
-from ..report import Claim, evaluate_claims, load_references, proportion_gap
+from ..report import Claim, load_references, proportion_gap
 from ..train import fit
 from .base import MissingResult, Study, artifact
 
@@ -385,8 +385,8 @@ class MATStudy(Study):
         """(system, norm) of every transferability table the profile produces."""
         return [(s, n) for s in ("vanilla", "mat") if self.has(s) for n in self.p.transfer_attacks]
 
-    def produced_tables(self) -> set[str]:
-        """The names of the tables the claims may cite that this profile produces."""
+    def producible(self) -> set[str]:
+        """The tables the claims may cite that this profile produces (no Table 3 without MAT; Table 4 or 5 by dataset)."""
         transfers = {f"transfer_{s}_{n}" for s, n in self.transfer_pairs}
         return {self.table4_name, "table8", "figures1_4", *(["table3"] if self.has("mat") else []), *transfers}
 
@@ -499,20 +499,6 @@ class MATStudy(Study):
         )
 
     # -- claims ----------------------------------------------------------------------------
-    @artifact("claims", "The paper's claims, each with the run's evidence, verdict and, for a miss, its reason.")
-    def claims_table(self) -> pd.DataFrame:
-        """Every claim on the tables it cites. A cited table this profile produces but the run has not is a
-        MissingResult; one the profile cannot produce (a system it lacks; Table 4 on CIFAR-10) leaves its claim not
-        measured."""
-        claims = self.claims()
-        missing = sorted({n for c in claims for n in c.cites if n in self.produced_tables() and n not in self.results})
-        if missing:
-            raise MissingResult(
-                f"the claims cite {', '.join(missing)}, which this run has not produced "
-                f"(produced: {', '.join(self.results) or 'none'})"
-            )
-        return evaluate_claims(claims, self.results)
-
     def claims(self) -> list[Claim]:  # noqa: C901 -- a table of claim declarations: mccabe adds up its small per-claim closures
         """The paper's qualitative claims, each checked on the run tables it cites (table3, table4, table8, the
         transfer_<system>_<norm> tables and figures1_4); reasons measure a miss against sampling noise and the budget."""
