@@ -52,7 +52,7 @@ def test_a_bad_spec_dict_is_an_error_naming_the_value(spec, bad, mnist_test):
 
 def test_train_classifier_accepts_dicts_and_rejects_misspelled_keys(project):
     trained = train_classifier({"model": "lenet5", "epochs": 1, "batch_size": 64}, {"name": "mnist5k", "n_train": 128})
-    assert trained.meta["history"] and not trained.model.training
+    assert trained.history and not trained.model.training
     with pytest.raises(ValidationError, match="epoch"):
         train_classifier({"model": "lenet5", "epoch": 1})
 
