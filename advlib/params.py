@@ -32,11 +32,13 @@ def _require_known(kind: str, names: Sequence[str], allowed: Sequence[str]) -> N
 
 
 class Params(Strict):
-    """Keys every notebook shares: seed, device and CPU threads."""
+    """Keys every notebook shares: seed, device, CPU threads and the float dtype of models and images (the `ci`
+    profiles use float64, so that their printed numbers are the same on every CPU)."""
 
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
     threads: int | None = Field(default=2, ge=1)
+    dtype: Literal["float32", "float64"] = "float32"  # advlib.runtime.DTYPES
 
     @field_validator("device")
     @classmethod

@@ -19,6 +19,7 @@ import torch
 from .files import atomic_write_text
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _MANIFEST_PACKAGES = ("advlib", "torch", "torchvision", "foolbox", "numpy", "pandas")
 
 
@@ -151,6 +152,18 @@ def use_portable_kernels() -> bool:
     return on
 
 
+def set_dtype(name: str) -> torch.dtype:
+    """Make `name` ('float32' or 'float64') torch's default dtype, in which advlib builds models and loads images.
+
+    The `ci` profiles run in float64: a different CPU, kernel or thread count changes sums in their last bits, and
+    training amplifies that; from float64's 1e-16 it stays far below the printed digits, from float32's 1e-7 it
+    does not (a checked output once moved from 33.5 to 33.0 on another CPU)."""
+    if name not in DTYPES:
+        raise ValueError(f"dtype {name!r} is not allowed; choose one of {', '.join(DTYPES)}")
+    torch.set_default_dtype(DTYPES[name])
+    return DTYPES[name]
+
+
 def set_threads(threads: int | None) -> int:
     """Fix torch's intra-op thread count (None keeps torch's choice); returns the count in force."""
     if threads is not None:
@@ -158,6 +171,18 @@ def set_threads(threads: int | None) -> int:
             raise ValueError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def kernels_in_force() -> dict[str, str | int]:
+    """The CPU kernel choices a run's floating-point results can depend on: ATen's vector capability, MKL's
+    reproducibility mode, oneDNN, and the intra-op thread count (recorded in the manifest; `make portability` varies
+    them)."""
+    return {
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "unset"),
+        "onednn": "on" if torch.backends.mkldnn.enabled else "off",
+        "threads": torch.get_num_threads(),
+    }
 
 
 def git_commit() -> str:
@@ -186,14 +211,23 @@ def package_versions() -> dict[str, str]:
 
 
 class Run:
-    """One notebook or CLI run: seeds, device and threads set up front, a manifest written at the end."""
+    """One notebook or CLI run: seeds, device, dtype and threads set up front, a manifest written at the end."""
 
     def __init__(
-        self, stem: str, profile: str, params: Any, *, seed: int = 0, device: str = "auto", threads: int | None = None
+        self,
+        stem: str,
+        profile: str,
+        params: Any,
+        *,
+        seed: int = 0,
+        device: str = "auto",
+        threads: int | None = None,
+        dtype: str = "float32",
     ):
         self.stem, self.profile, self.params, self.seed = stem, profile, params, seed
         self.device = resolve_device(device)
         self.threads = set_threads(threads)
+        self.dtype = set_dtype(dtype)
         self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
@@ -216,7 +250,9 @@ class Run:
             if self.device.type == "cuda"
             else platform.processor() or platform.machine(),
             "threads": self.threads,
+            "dtype": str(self.dtype).removeprefix("torch."),
             "portable_kernels": self.portable_kernels,
+            "kernels": kernels_in_force(),
             "git_commit": git_commit(),
             "versions": package_versions(),
             "params": params,

@@ -37,4 +37,5 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "pyproject.toml").write_text("")
     monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
     monkeypatch.setenv("ADVLIB_CACHE", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("ADVLIB_FIGURES", raising=False)  # set by `make nbval` / `make reliability` for the notebooks
     return tmp_path

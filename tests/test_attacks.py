@@ -64,6 +64,32 @@ def test_every_attack_bounded_and_effective(name, mnist_model, batch):
     assert float(result.success.float().mean()) >= MIN_SUCCESS.get(name, 0.6), f"{name} fooled too few"
 
 
+@pytest.mark.parametrize(
+    "name", ["pgd_linf", "deepfool_l2", "spatial", "spsa", "trust_region_linf", "trust_region_l2", "autoattack_linf"]
+)
+def test_attacks_run_on_a_float64_model_as_the_ci_profiles_do(name, mnist_model, batch):
+    """The ci profiles run in float64 (torch's default dtype set by the Run); libraries that assume float32 (adv-lib,
+    pyautoattack, foolbox's spatial grid) attack through a float32 view, and the adversarials come back in float64."""
+    import copy
+
+    x, y = (batch[0].double(), batch[1])
+    model = copy.deepcopy(mnist_model).double()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        result = run_attack(spec_for(name), model, x, y)
+        assert torch.get_default_dtype() == torch.float64  # restored after a float32 library call
+    finally:
+        torch.set_default_dtype(torch.float32)
+    info = attack_info(name)
+    assert result.x_adv.dtype == torch.float64 and result.x_adv.shape == x.shape
+    assert float(result.x_adv.min()) >= 0 and float(result.x_adv.max()) <= 1
+    if info.kind == "fixed":
+        assert float(lp_norms(result.x_adv - x, info.norm).max()) <= EPS[info.norm] * (1 + 1e-9) + 1e-9
+    assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
+    assert float(result.success.float().mean()) >= MIN_SUCCESS.get(name, 0.6), f"{name} fooled too few"
+
+
 def test_noise_attacks_succeed_at_large_budget(mnist_model, batch):
     x, y = batch
     torch.manual_seed(0)
@@ -212,7 +238,7 @@ def test_channels_last_is_picked_for_float32_image_batches_under_onednn_only():
     assert prefers_channels_last(colour) == prefers_channels_last(grey) == torch.backends.mkldnn.is_available()
     assert not prefers_channels_last(colour.double())
     assert not prefers_channels_last(torch.rand(2, 64))
-    with torch.backends.mkldnn.flags(enabled=False):  # portable kernels: NCHW, as the goldens were made
+    with torch.backends.mkldnn.flags(enabled=False):  # oneDNN off (ADVLIB_PORTABLE_KERNELS=1): NCHW
         assert not prefers_channels_last(colour) and not prefers_channels_last(grey)
 
 

@@ -26,6 +26,20 @@ def test_key_is_canonical_and_parameter_sensitive():
     assert derive_key("model", a=1).key != derive_key("adversarial", a=1).key
 
 
+def test_key_names_a_float64_run_apart_and_keeps_float32_keys_as_they_were():
+    import hashlib
+
+    from advlib.cache import CACHE_FORMAT
+
+    plain = derive_key("model", a=1).key
+    assert plain == hashlib.sha256(f'{CACHE_FORMAT}|model|{{"a":1}}'.encode()).hexdigest()[:20]
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert derive_key("model", a=1).key != plain
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_build_once_then_load(tmp_path, caplog):
     cache = Cache(tmp_path)
     build, calls = _build()

@@ -95,6 +95,26 @@ def test_run_manifest(project):
     assert manifest["wall_time_s"] >= 0
 
 
+def test_run_sets_the_dtype_that_models_and_images_are_made_in(project):
+    from advlib.data import load_dataset, to_tensors
+    from advlib.models import create_model
+
+    try:
+        run = runtime.Run("quickstart", "ci", params.Params(dtype="float64"), device="cpu", dtype="float64")
+        assert run.dtype == torch.float64 and run.manifest()["dtype"] == "float64"
+        assert set(run.manifest()["kernels"]) == {"aten_capability", "mkl_cbwr", "onednn", "threads"}
+        model = create_model("lenet5_classic")
+        x, _ = to_tensors(load_dataset("mnist5k", "test"), n=4)
+        assert x.dtype == torch.float64 and {t.dtype for t in model.state_dict().values()} == {torch.float64}
+        assert model(x).dtype == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    with pytest.raises(ValueError, match="'float16' is not allowed; choose one of float32, float64"):
+        runtime.set_dtype("float16")
+    with pytest.raises(params.ParamsError, match="dtype"):
+        params.load("quickstart", "ci", {"dtype": "half"})
+
+
 def _conv_kernels(conv: torch.nn.Conv2d, x: torch.Tensor) -> set[str]:
     """The ATen convolution kernels a forward and backward pass of `conv` ran."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -131,7 +151,8 @@ def test_portable_kernels_turn_onednn_and_nnpack_off_only_when_asked(monkeypatch
 
 
 def test_portable_kernel_runs_cache_apart_from_plain_runs(monkeypatch, tmp_path):
-    """nbval (portable kernels) must not load what a plain run cached: the default roots differ by kernel mode."""
+    """A run with oneDNN and NNPACK off (a `make portability` perturbation) must not load what a plain run cached:
+    the default roots differ by kernel mode."""
     monkeypatch.delenv("ADVLIB_CACHE", raising=False)
     monkeypatch.delenv(runtime.PORTABLE_KERNELS_ENV, raising=False)
     plain = runtime.cache_root()

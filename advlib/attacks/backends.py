@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -129,10 +130,18 @@ class FoolboxAttack(_OnCorrectOnly):
                     0
                 ]
             return out
-        with warnings.catch_warnings():  # foolbox's SpatialAttack calls torch.meshgrid without `indexing`
+        if isinstance(self.fb_attack, fb.attacks.SpatialAttack):  # its rotation grids are float32 whatever the inputs
+            return in_float32(lambda net, images: self._spatial(net, images, y), model, x)
+        return self.fb_attack(fmodel, x, criterion, epsilons=epsilons)[0]
+
+    def _spatial(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """foolbox's untargeted, unbounded SpatialAttack."""
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        with warnings.catch_warnings():  # it calls torch.meshgrid without `indexing`
             warnings.filterwarnings("ignore", message="torch.meshgrid: in an upcoming release", category=UserWarning)
-            raw, _clipped, _success = self.fb_attack(fmodel, x, criterion, epsilons=epsilons)
-        return raw
+            return self.fb_attack(fmodel, x, fb.criteria.Misclassification(y), epsilons=None)[0]
 
 
 def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,7 +212,33 @@ class TrustRegionAttack(_OnCorrectOnly):
         _require(self.backend, f"trust_region_{self.norm}")
         from adv_lib.attacks import tr
 
-        return tr(model, x, y, p=float("inf") if self.norm == "linf" else 2.0, **self.kwargs)
+        norm = float("inf") if self.norm == "linf" else 2.0
+        # adv-lib keeps its trust radii in float32 whatever the inputs (torch.full_like(..., dtype=torch.float))
+        return in_float32(lambda m, xs: tr(m, xs, y, p=norm, **self.kwargs), model, x)
+
+
+def in_float32(attack: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, x: Tensor) -> Tensor:
+    """`attack(model, x)` for a library that assumes float32: a float64 model (the ci profiles) is attacked through
+    a float32 view of it, and the adversarials come back in x's dtype."""
+    if x.dtype == torch.float32:
+        return attack(model, x)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the library's own buffers (torch.ones, torch.zeros, ...) too
+    try:
+        return attack(_Float32View(model, x.dtype), x.float()).to(x.dtype)
+    finally:
+        torch.set_default_dtype(default)
+
+
+class _Float32View(nn.Module):
+    """`model` taking and returning float32 while computing in `dtype`."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.to(self.dtype)).float()
 
 
 class AutoAttackAttack(Attack):
@@ -230,15 +265,18 @@ class AutoAttackAttack(Attack):
         from pyautoattack import AutoAttack
 
         logging.getLogger("auto-attack").setLevel(logging.WARNING)
-        runner = AutoAttack(
-            model,
-            norm=self._NORM_NAMES[self.norm],
-            eps=self.eps,
-            version=self.version,
-            attacks=self.attacks,
-            seed=self.seed,
-            device=x.device,
-        )
-        runner.verbose = False
-        x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=len(x))
-        return x_adv
+
+        def run(net: nn.Module, images: Tensor) -> Tensor:
+            runner = AutoAttack(
+                net,
+                norm=self._NORM_NAMES[self.norm],
+                eps=self.eps,
+                version=self.version,
+                attacks=self.attacks,
+                seed=self.seed,
+                device=x.device,
+            )
+            runner.verbose = False
+            return runner.run_standard_evaluation(images, y, batch_size=len(images))[0]
+
+        return in_float32(run, model, x)  # pyautoattack fills float32 buffers with the adversarials

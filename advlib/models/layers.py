@@ -19,8 +19,8 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).flatten()
-        std_t = torch.as_tensor(std, dtype=torch.float32).flatten()
+        mean_t = torch.as_tensor(mean, dtype=torch.get_default_dtype()).flatten()
+        std_t = torch.as_tensor(std, dtype=torch.get_default_dtype()).flatten()
         if mean_t.numel() != std_t.numel() or mean_t.numel() == 0:
             raise ValueError(f"mean and std need the same, non-zero length; got {len(mean)} and {len(std)}")
         if bool((std_t <= 0).any()):
