@@ -31,8 +31,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check advlib tests benchmarks
 	$(BIN)/mypy
 
+# two pytest-xdist workers of one thread each: the tests are many small independent jobs
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest tests -q -n 2
 
 # Every ci notebook executed once from an empty cache (a warm one would check the cache, not the code): nbval compares
 # the checked cells with the committed notebooks, then tests/reliability/test_determinism.py the tables with

@@ -19,7 +19,7 @@ RANKS = [
     {"evaluate", "report", "human"},
     {"plots"},
     {"experiments"},
-    {"golden", "preflight", "sweep"},
+    {"golden", "portability", "preflight", "sweep"},
     {"cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(RANKS) for name in names}
