@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -116,8 +117,6 @@ def _cpu_model() -> str:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        import platform
-
         return platform.processor() or platform.machine()
     fields = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.+)$", info, re.M))
     return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
@@ -156,9 +155,9 @@ def write_readme(block: str, root: Path) -> None:
 
 def main(argv: list[str]) -> int:
     names = [p.name for p in PERTURBATIONS]
-    chosen = [PERTURBATIONS[int(i)] for i in argv] if argv else list(PERTURBATIONS)
     if any(not a.isdigit() or int(a) >= len(PERTURBATIONS) for a in argv):
         raise SystemExit(f"perturbations are numbered 0..{len(names) - 1}: {names}; got {argv}")
+    chosen = [PERTURBATIONS[int(i)] for i in argv] if argv else list(PERTURBATIONS)
     root = project_root()
     digest = goldens_digest(root)
     outcomes = []

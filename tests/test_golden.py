@@ -157,3 +157,11 @@ def test_clean_drops_cache_notices_and_progress_bars_but_keeps_other_output(tmp_
         ("stream", "stderr", "[advlib] VGG: 8 voting layers, k = 1\n"),
         ("stream", "stdout", "accuracy 97.0%\n"),
     ]
+
+
+@pytest.mark.parametrize("bad", ["9", "avx2", "-1"])
+def test_portability_refuses_an_unknown_perturbation_before_running_anything(bad):
+    from advlib.portability import main
+
+    with pytest.raises(SystemExit, match=rf"perturbations are numbered 0\.\.3: .*; got \['{re.escape(bad)}'\]"):
+        main([bad])
