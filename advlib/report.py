@@ -335,3 +335,22 @@ def proportion_gap(a: float, b: float, n_a: int, n_b: int | None = None) -> str:
     sizes = f"{n_a}" if n_b == n_a else f"{n_a}/{n_b}"
     verdict = "inside the noise: this sample size does not resolve it" if abs(a - b) <= half else "outside the noise"
     return f"gap {a - b:+.1f} points, 95% interval half-width {half:.1f} points on {sizes} images: {verdict}"
+
+
+def correct_count(percent: float, n: int) -> int:
+    """The whole number of correct images that an accuracy of `percent` on `n` scored images stands for.
+
+    Verdicts compare these counts, not float percentages, so last-bit float32 noise cannot break a tie. For an
+    accuracy averaged over evaluations or seeds, `n` counts every scored image (images x evaluations x seeds)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1 scored images, got n={n}")
+    if not -1e-6 <= percent <= 100 + 1e-6:
+        raise ValueError(f"percent must be an accuracy in [0, 100], got {percent}")
+    return round(percent * n / 100)
+
+
+def compare_accuracies(a: float, b: float, n: int) -> int:
+    """-1, 0 or 1 as accuracy `a` is below, tied with or above `b` (percent of `n` scored images), compared as counts
+    of correct images: equal counts are a tie whatever the last bits of their percentages."""
+    difference = correct_count(a, n) - correct_count(b, n)
+    return (difference > 0) - (difference < 0)

@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from advlib import params
+from advlib.attacks.pgd import attack_loss
 from advlib.cache import Cache
 from advlib.defenses.ensemble_at import (
     SYSTEMS,
+    MeanMemberMargin,
     average_seeds,
     build_ensemble,
     member_gradients_reached,
-    member_mean_loss,
+    member_margin_attack,
     remove_outliers,
     strongest_attack,
     system_spec,
@@ -26,8 +28,13 @@ from advlib.defenses.ensemble_at import (
 )
 from advlib.evaluate import accuracy_vs_steps
 from advlib.experiments.base import MissingResult
-from advlib.experiments.strength_in_numbers import EnsembleStudy
-from advlib.models import count_parameters, create_model
+from advlib.experiments.strength_in_numbers import (
+    EnsembleStudy,
+    best_ifgsm_evaluation,
+    final_window,
+    last_evaluations,
+)
+from advlib.models import Ensemble, count_parameters, create_model
 
 
 def _builder():
@@ -43,10 +50,95 @@ def test_ensemble_output_is_the_mean_of_member_probabilities():
         torch.testing.assert_close(
             with_mode(ensemble, "logit")(x), torch.stack([m(x) for m in ensemble.members]).mean(0)
         )
-        mean_loss = member_mean_loss(list(ensemble.members))(x)
-        y = torch.tensor([0, 1, 2, 3, 4])
-        want_loss = torch.stack([torch.nn.functional.cross_entropy(m(x), y) for m in ensemble.members]).mean()
-        torch.testing.assert_close(torch.nn.functional.nll_loss(mean_loss, y), want_loss)
+
+
+def _fixed_member(logits: list[list[float]]) -> torch.nn.Module:
+    """A member whose logits are `logits` (one row per image) plus a linear term in the image, for gradients."""
+    member = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    with torch.no_grad():
+        member[1].weight.copy_(torch.arange(12.0).view(3, 4).sin())
+        member[1].bias.zero_()
+    rows = torch.tensor(logits)
+
+    class Member(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = member
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return rows[: len(x)] + self.net(x)
+
+    return Member()
+
+
+def test_mean_member_margin_is_the_mean_of_the_members_margins_not_the_logit_average():
+    """Figure 3's transfer target: z1 = [3, 1, 0], z2 = [0, 2, 2.5]. True class 0: margins -2 and 2.5, mean 0.25;
+    the logit average [1.5, 1.5, 1.25] has margin 0, and so has the mean of log-softmaxes (the old target).
+    True class 2: margins 3 and -0.5, mean 1.25; the logit average's margin is 0.25."""
+    members = [_fixed_member([[3.0, 1.0, 0.0]] * 2), _fixed_member([[0.0, 2.0, 2.5]] * 2)]
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([0, 2])
+    ones = torch.ones_like(y)
+    with torch.no_grad():
+        mean_margin = attack_loss(MeanMemberMargin(members, y)(x), ones, "margin")
+        logit_average = attack_loss(Ensemble(members, mode="logit")(x), y, "margin")
+        log_softmax_mean = torch.stack([m(x).log_softmax(1) for m in members]).mean(0)
+        old = attack_loss(log_softmax_mean, y, "margin")
+    torch.testing.assert_close(mean_margin, torch.tensor([0.25, 1.25]))
+    torch.testing.assert_close(logit_average, torch.tensor([0.0, 0.25]))
+    torch.testing.assert_close(old, logit_average)  # why the old "transfer" series equalled "remove softmax"
+    with pytest.raises(ValueError, match="bound to 2 labels"):
+        MeanMemberMargin(members, y)(torch.zeros(3, 1, 2, 2))
+
+
+def test_member_margin_attack_ascends_the_mean_member_margin():
+    """One sign step without a random start moves every pixel along the gradient of the mean of member margins."""
+    members = [_fixed_member([[3.0, 1.0, 0.0]] * 2), _fixed_member([[0.0, 2.0, 2.5]] * 2)]
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 2])
+    spec = {
+        "name": "pgd_linf",
+        "eps": 0.1,
+        "steps": 1,
+        "stepsize": 0.1,
+        "options": {"loss": "margin", "random_start": False},
+    }
+    x_adv = member_margin_attack(members, spec, x, y, batch_size=1)
+    probe = x.clone().requires_grad_(True)
+    margins = torch.stack([attack_loss(m(probe), y, "margin") for m in members]).mean(0).sum()
+    (grad,) = torch.autograd.grad(margins, probe)
+    torch.testing.assert_close(x_adv, x + 0.1 * grad.sign())
+    with pytest.raises(ValueError, match="needs loss 'margin'"):
+        member_margin_attack(members, {**spec, "options": {"loss": "ce"}}, x, y)
+
+
+def _synthetic_curves(epochs: int = 6) -> pd.DataFrame:
+    """Seed-averaged curves (long format) of a plain model: IFGSM5 is 0-4 of 150 images, highest at epoch 1 when its
+    clean accuracy is still 60%; an adversarial model whose IFGSM5 peaks one evaluation before the last."""
+    plain = {"clean": [60, 80, 85, 88, 90, 91], "IFGSM5": [2.7, 1.3, 0, 0, 0.7, 0]}
+    adv = {"clean": [50, 70, 80, 85, 90, 91.5], "IFGSM5": [10, 30, 40, 50, 62, 61]}
+    rows = []
+    for name, curves in (("Baseline", plain), ("SingleAdv", adv)):
+        for score in ("clean", "IFGSM5", "PGD5", "PGD20", "blackbox"):
+            values = curves.get(score, [0.0] * epochs)
+            rows += [
+                {"system": name, "score": score, "epoch": float(e + 1), "accuracy": v} for e, v in enumerate(values)
+            ]
+    return pd.DataFrame(rows)
+
+
+def test_table1_reads_the_final_evaluations_not_the_noise_of_the_first():
+    assert [final_window(n) for n in (1, 6, 100, 149, 150, 500, 1000, 1280, 100000)] == [1, 1, 1, 1, 2, 5, 10, 10, 10]
+    with pytest.raises(ValueError, match="evaluations must be >= 1"):
+        final_window(0)
+    curves = _synthetic_curves()
+    wide = curves[curves.system == "Baseline"].pivot(index="epoch", columns="score", values="accuracy")
+    assert wide["IFGSM5"].idxmax() == 1.0  # the old rule: the argmax over all six evaluations picks epoch 1's noise
+    table1b = best_ifgsm_evaluation(curves)
+    assert table1b.loc["Baseline", "epoch"] == 6.0 and table1b.loc["Baseline", "clean"] == 91
+    assert table1b.loc["SingleAdv", "epoch"] == 6.0  # a window of one evaluation: the last, whatever its IFGSM5
+    wider = best_ifgsm_evaluation(curves, last=3)
+    assert wider.loc["SingleAdv", "epoch"] == 5.0 and wider.loc["Baseline", "epoch"] == 5.0  # best of epochs 4-6
+    table1a = last_evaluations(curves, ["Baseline", "SingleAdv"])
+    assert table1a.loc["Baseline", "clean"] == 91 and table1a.loc["SingleAdv", "IFGSM5"] == 61  # not epoch 1's
 
 
 def test_members_are_initialised_differently_and_reproducibly():
@@ -164,7 +256,8 @@ def test_study_histories_tables_and_cache(study):
     table1a = study.table1a()
     assert list(table1a.columns) == ["clean", "IFGSM5", "PGD5", "PGD20", "blackbox"]
     final = history[-1]
-    assert table1a.loc["Ensemble2Adv", "clean"] == pytest.approx(np.mean([h["clean"] for h in history[-10:]]))
+    window = final_window(len(history))
+    assert table1a.loc["Ensemble2Adv", "clean"] == pytest.approx(np.mean([h["clean"] for h in history[-window:]]))
     assert final["PGD20"] <= final["clean"]
     counts = study.parameter_counts()
     assert counts.loc["Ensemble2Adv", "parameters"] == 2 * counts.loc["SingleAdv", "parameters"]

@@ -214,3 +214,20 @@ def test_proportion_gap_against_the_agresti_caffo_interval():
     assert "on 100/400 images" in report.proportion_gap(0.0, 0.0, 100, 400)
     with pytest.raises(ValueError, match="n_a=0"):
         report.proportion_gap(1.0, 2.0, 0)
+
+
+def test_accuracies_compare_as_counts_so_a_tie_of_correct_images_is_a_tie():
+    # 198 of 900 scored images, once through float32 noise each way: the percentages differ in the last bits
+    assert 22.000000005 != 22.000000129
+    assert report.correct_count(22.000000005, 900) == report.correct_count(22.000000129, 900) == 198
+    assert report.compare_accuracies(22.000000129, 22.000000005, 900) == 0
+    # float32 accuracies of 34 and 31 of 150 are 2.000001 points apart as floats, exactly 3 images (2.0 points) as counts
+    a, b = (100 * float(np.float32(k) / np.float32(150)) for k in (34, 31))
+    assert a - b > 2.0  # the float difference the old rule compared
+    assert report.correct_count(a, 150) - report.correct_count(b, 150) == 3
+    assert report.compare_accuracies(a, b, 150) == 1 and report.compare_accuracies(b, a, 150) == -1
+    assert report.compare_accuracies(100.0, 0.0, 1) == 1
+    with pytest.raises(ValueError, match="n=0"):
+        report.correct_count(50.0, 0)
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        report.correct_count(101.0, 10)

@@ -4,6 +4,7 @@ reads exactly the tables it cites."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -140,3 +141,37 @@ def test_a_missing_system_is_not_measured_with_a_reason():
     tables["table1c"] = tables["table1c"].drop(index="Separate2Adv")  # e.g. a profile without Separate2Adv
     row = _verdicts(tables).loc["separate_near_single"]
     assert row.verdict == report.NOT_MEASURED and "Separate2Adv" in row.reason
+
+
+def test_verdicts_count_images_so_float32_ties_are_ties():
+    """The review's two misses on float noise: PGD5 and IFGSM5 both 33 of 150 images (22%) with different last bits,
+    and the ensemble 34 vs its logit average 31 of 150 (exactly 2 points, 2.000001 as float32 percentages)."""
+    t = _tables()
+    t["table1a"] = t["table1a"].astype(float)
+    t["table1a"].loc[["SingleAdv", "DoubleAdv", "Ensemble2Adv", "Ensemble4Adv"], ["IFGSM5", "PGD5"]] = [
+        22.000000005,
+        22.000000129,
+    ]
+    ensemble, logit = (100 * float(np.float32(k) / np.float32(150)) for k in (34, 31))
+    t["table2"].loc[["Ensemble", "Ensemble (remove softmax)"], "adversarial accuracy"] = [ensemble, logit]
+    t["table2"].loc[[f"Model {i}" for i in range(1, 5)], "adversarial accuracy"] = 10.0
+    verdicts = report.evaluate_claims(claims(n_eval=150), t).set_index("id").verdict
+    assert verdicts["pgd_beats_ifgsm"] == report.HOLDS and verdicts["remove_softmax_close"] == report.HOLDS
+    t["table1a"].loc["SingleAdv", "PGD5"] = 100 * 34 / 150  # one image more than IFGSM5
+    t["table2"].loc["Ensemble", "adversarial accuracy"] = 100 * 35 / 150  # 4 images = 2.7 points
+    verdicts = report.evaluate_claims(claims(n_eval=150), t).set_index("id").verdict
+    assert (
+        verdicts["pgd_beats_ifgsm"] == report.DOES_NOT_HOLD and verdicts["remove_softmax_close"] == report.DOES_NOT_HOLD
+    )
+
+
+def test_clean_cost_miss_says_it_does_not_transfer_from_cifar10():
+    t = _broken()
+    reason = report.evaluate_claims(claims(n_eval=150), t).set_index("id").loc["clean_cost", "reason"]
+    assert "among the final 1 of 2" in reason and "does not transfer to MNIST" in reason
+    table1b = t["table1b"].copy()
+    table1b["clean"] = 90.0  # equal mean clean accuracy: no cost, a tie of counts
+    t["table1b"] = table1b
+    assert report.evaluate_claims(claims(n_eval=150), t).set_index("id").loc["clean_cost", "verdict"] == (
+        report.DOES_NOT_HOLD
+    )

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..attacks import create_attack
+from ..attacks.base import seeded
 from ..inference import accuracy
 from ..models import Ensemble
 from ..params import SIN_SYSTEMS
@@ -82,19 +83,46 @@ def with_mode(ensemble: Ensemble, mode: str) -> Ensemble:
     return Ensemble(list(ensemble.members), mode=mode)
 
 
-def member_mean_loss(members: Sequence[nn.Module]) -> nn.Module:
-    """A module whose CE loss is the mean of the members' CE losses (Appendix A.2's transfer attack on the mean
-    loss): log-softmax of each member, averaged, so CE(output, y) = mean_m CE(member_m(x), y)."""
+class MeanMemberMargin(nn.Module):
+    """Appendix A.2's transfer target for the margin-loss PGD, bound to the labels `y` of one batch: two scores per
+    image, [mean_m max_{i!=y} z_mi, mean_m z_my], whose margin at label 1 is the mean of the members' own CW margins.
 
-    class MeanLoss(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.members = nn.ModuleList(members)
+    A mean of member log-softmaxes is no such target: each member's logsumexp is the same for every class, so its
+    margin is exactly the margin of the logit average (the "remove softmax" attack)."""
 
-        def forward(self, x: Tensor) -> Tensor:
-            return torch.stack([torch.log_softmax(m(x), dim=-1) for m in self.members]).mean(dim=0)
+    def __init__(self, members: Sequence[nn.Module], y: Tensor) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.y = y
 
-    return MeanLoss()
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.y[: len(x)]  # a prefix too: `Attack` checks the model on the batch's first image
+        if len(y) != len(x):
+            raise ValueError(f"MeanMemberMargin is bound to {len(self.y)} labels; got a batch of {len(x)} images")
+        z = torch.stack([m(x) for m in self.members])  # (members, N, classes)
+        true = z.gather(2, y.view(1, -1, 1).expand(len(z), -1, 1)).squeeze(2)
+        others = z.masked_fill(nn.functional.one_hot(y, z.shape[2]).bool(), float("-inf")).amax(dim=2)
+        return torch.stack([others.mean(dim=0), true.mean(dim=0)], dim=1)
+
+
+def member_margin_attack(
+    members: Sequence[nn.Module], spec: Mapping[str, Any], x: Tensor, y: Tensor, batch_size: int = 256
+) -> Tensor:
+    """Adversarials of PGD (`spec`, margin loss) on the mean of the members' margins (Appendix A.2's transfer attack),
+    batch by batch with the random stream `Attack.__call__` would draw, so its starts match the other targets'."""
+    options = dict(spec.get("options", {}))
+    if options.get("loss", "margin") != "margin":
+        raise ValueError(f"the mean-member-margin attack needs loss 'margin'; got loss={options['loss']!r}")
+    adversary = create_attack({**spec, "options": {**options, "loss": "margin"}})
+    if adversary.targeted:
+        raise ValueError("the mean-member-margin attack is untargeted; drop targeted from the spec")
+    chunks = []
+    with seeded(adversary.seed, x.device):
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            target = MeanMemberMargin(members, yb).eval()
+            chunks.append(adversary.perturb(target, xb, torch.ones_like(yb)))  # label 1 = the true class's score
+    return torch.cat(chunks)
 
 
 def robust_accuracy(model: nn.Module, spec: Any, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
