@@ -18,6 +18,7 @@ from advlib.defenses.mat import (
     backbone_layout,
     cross_gradient_ratio,
     mat_attack,
+    mean_norm_ratio,
     member_batches,
     msd_attack,
     ramp_scale,
@@ -163,6 +164,35 @@ def test_cross_gradients_vanish_for_separable_members_only(batch):
     assert (cross_gradient_ratio(shared, x, y) > 0).all()
     e = sign_disagreement(shared, x, y, STEPS)
     assert torch.isnan(e[1]) and 0 < float(e[2]) < 1
+
+
+def test_cross_gradient_statistic_is_the_ratio_of_mean_norms(batch):
+    """Figure 1's statistic is mean ||cross|| / mean ||true||, not the mean of per-sample ratios, which one sample with
+    a near-zero own gradient dominates."""
+    cross = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1
+    own = torch.tensor([[0.0, 0.1], [6.0, 8.0]])  # norms 0.1 and 10
+    assert float(mean_norm_ratio(cross, own)) == pytest.approx(3 / 5.05)  # mean of ratios: (50 + 0.1) / 2 = 25.05
+    with pytest.raises(ValueError, match="same shape"):
+        mean_norm_ratio(cross, own[:1])
+    torch.manual_seed(0)
+    x, y = batch
+    model = create_mimo("lenet5", INFO, 3).eval()
+    with torch.no_grad():  # sharp logits; every member wrong except member 1 on sample 1, confidently right there
+        [m for m in model.modules() if isinstance(m, nn.Linear)][-1].weight.mul_(1000)
+        y = (model(x).argmax(2) + 1) % 10
+        y[0, 0] = model(x)[0, 0].argmax()
+    x_in = x.clone().requires_grad_(True)
+    losses = member_losses(model, x_in, y)
+    own_norms, cross_norms = [], []
+    for m in range(3):  # per-sample reference: every sample's own and cross gradient by its own backward
+        own = [torch.autograd.grad(losses[n, m], x_in, retain_graph=True)[0][n, m] for n in range(len(x))]
+        total = [torch.autograd.grad(losses[n].sum(), x_in, retain_graph=True)[0][n, m] for n in range(len(x))]
+        own_norms.append(torch.stack([o.norm() for o in own]))
+        cross_norms.append(torch.stack([(t - o).norm() for t, o in zip(total, own)]))
+    own_n, cross_n = torch.stack(own_norms), torch.stack(cross_norms)  # (M, N)
+    ratio = cross_gradient_ratio(model, x, y)
+    torch.testing.assert_close(ratio, cross_n.mean(1) / own_n.mean(1))
+    assert float((cross_n / own_n).mean(1)[0]) > 2 * float(ratio[0])  # the old statistic: sample 1 dominates it
 
 
 def test_trained_member_answers_for_its_own_slot():

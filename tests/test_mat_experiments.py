@@ -10,8 +10,11 @@ import torch
 
 from advlib import params
 from advlib.cache import Cache
+from advlib.defenses.mat import cross_gradient_ratio, ramp_scale, sign_disagreement
 from advlib.evaluate import attack_suite
-from advlib.experiments.mimo_adversarial_training import LABELS, MATStudy, transfer_for_paper
+from advlib.experiments.mimo_adversarial_training import DIAGNOSTICS_STREAM, LABELS, MATStudy, transfer_for_paper
+from advlib.models import Normalize
+from advlib.train import epoch_seed
 
 SYSTEMS = ["standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat"]
 
@@ -100,6 +103,30 @@ def test_diagnostics_and_times(study):
     assert diagnostics[diagnostics.member.str.contains("l2")]["sign_disagreement"].isna().all()
     times = study.time_table(SYSTEMS)
     assert times.loc["Linf AT", "x Linf AT"] == 1 and (times["seconds"] > 0).all()
+
+
+def test_figure1_is_measured_on_the_training_attacks_inputs(study):
+    """The last epoch's Figure 1/4 values are those of the trained MAT network on the training attack's adversarials
+    of the diagnostic batch (same seed and radii), not on the clean images."""
+    p, trained = study.p, study.trained("mat")
+    last = trained.history[-1]
+    _, inner, members, norms = study._recipe("mat")
+    x_d, y_d = study._diagnostic_batch(members)
+    epoch = p.train.epochs - 1
+    generator = torch.Generator().manual_seed(epoch_seed(p.seed, epoch) + DIAGNOSTICS_STREAM)
+    x_adv = inner(trained.model, x_d, y_d, generator, ramp_scale(epoch, p.ramp_epochs))
+    assert last["cross_gradient_ratio"] == pytest.approx(cross_gradient_ratio(trained.model, x_adv, y_d).tolist())
+    steps = study.norm_steps(norms)
+    expected = sign_disagreement(trained.model, x_adv, y_d, steps).tolist()
+    assert last["sign_disagreement"] == pytest.approx(expected, nan_ok=True)
+    clean = cross_gradient_ratio(trained.model, x_d, y_d).tolist()
+    assert last["cross_gradient_ratio"] != pytest.approx(clean)
+
+
+def test_single_models_and_mimo_networks_read_raw_pixels_alike(study):
+    """No input normalisation in any trained system (the authors' code feeds raw [0, 1] pixels to every model)."""
+    for name in ("standard", "linf_at", "msd", "mat"):
+        assert not any(isinstance(m, Normalize) for m in study.trained(name).model.modules()), name
 
 
 def test_bad_parameters_are_refused():

@@ -182,8 +182,9 @@ def outer_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def cross_gradient_ratio(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """Figure 1: per member m, ||grad_{x_m} sum_{j != m} L_j|| / ||grad_{x_m} L_m|| (batch means of per-sample L2
-    norms), with the cross gradient as the approximate minus the true gradient (eq. 7)."""
+    """Figure 1: per member m, the ratio of the L2 norms of the cross gradient grad_{x_m} sum_{j != m} L_j (eq. 7:
+    approximate minus true gradient) and the true gradient grad_{x_m} L_m, as the ratio of their batch-mean norms
+    (a mean of per-sample ratios is dominated by confident samples whose own gradient is near zero)."""
     x = x.detach().requires_grad_(True)
     losses = member_losses(model, x, y).sum(0)
     (total,) = torch.autograd.grad(losses.sum(), x, retain_graph=True)
@@ -191,8 +192,17 @@ def cross_gradient_ratio(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     for m in range(x.shape[1]):
         (own,) = torch.autograd.grad(losses[m], x, retain_graph=m < x.shape[1] - 1)
         cross = (total - own)[:, m]
-        ratios.append((lp_norms(cross, "l2") / lp_norms(own[:, m], "l2").clamp_min(1e-12)).mean())
+        ratios.append(mean_norm_ratio(cross, own[:, m]))
     return torch.stack(ratios)
+
+
+def mean_norm_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """mean_n ||numerator_n||_2 / mean_n ||denominator_n||_2 over the batch (dim 0): Figure 1's statistic."""
+    if numerator.shape != denominator.shape or numerator.dim() < 2:
+        raise ValueError(
+            f"need two batches of the same shape (N, ...); got {tuple(numerator.shape)} and {tuple(denominator.shape)}"
+        )
+    return lp_norms(numerator, "l2").mean() / lp_norms(denominator, "l2").mean().clamp_min(1e-12)
 
 
 def sign_disagreement(model: nn.Module, x: Tensor, y: Tensor, steps: Sequence[NormStep], k: int = 20) -> Tensor:
