@@ -135,6 +135,7 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     table = ci_study.table2_of(items, images)
     assert "proxy" in ci_study.annotator and table["images"].sum() == len(items)
     assert table[["target_percent", "original_percent"]].stack().between(0, 100).all()
+    assert table[["nn_target_percent", "nn_original_percent"]].stack().between(0, 100).all()  # beside the proxy
     # the same table from an MTurk-style results file in which every worker answers the adversarial target
     batch = pd.read_csv(kit["batch"], dtype=str).fillna("")
     key = {i.image_id: i.target for i in items}
@@ -153,6 +154,45 @@ def test_study_kit_and_table2_from_the_proxy_and_from_answers(ci_study, tmp_path
     assert "human" in answered.annotator and (human["target_percent"] == 100).all()
     with pytest.raises(ValueError, match="kit folder"):
         CriticStudy(ci_study.p, "cpu", cache=ci_study.cache).export_kit()
+
+
+def test_proxy_learns_from_held_out_images_with_other_architectures(ci_study):
+    from advlib.data import load_dataset, stratified_order, to_tensors
+    from advlib.experiments.adversary_critic import architecture, held_out_indices
+
+    studied = to_tensors(ci_study.train_set)[0].flatten(1)
+    held_out = to_tensors(ci_study.held_out_set)[0].flatten(1)
+    assert len(held_out) == ci_study.p.study.proxy_n_train == 300
+    assert not {bytes(row.numpy()) for row in studied} & {bytes(row.numpy()) for row in held_out}  # no shared image
+    labels = to_tensors(load_dataset("mnist5k", "train"))[1].numpy()
+    order = stratified_order(labels, 0)
+    assert held_out_indices(labels, 300, 0).tolist() == order[300:].tolist()  # the complement of load_dataset(n=300)
+    members = ci_study.proxy_annotator().members
+    assert {architecture(m) for m in members}.isdisjoint(
+        architecture(ci_study.model(n, "reference", 0).model) for n in ci_study.p.networks
+    )
+    clone = ci_study.p.study.model_copy(
+        update={
+            "proxy": [
+                ci_study.p.study.proxy[0].model_copy(update={"model": "lenet5", "model_options": {"num_classes": 10}})
+            ]
+        }
+    )
+    same = CriticStudy(ci_study.p.model_copy(update={"study": clone}), "cpu", cache=ci_study.cache)
+    with pytest.raises(ValueError, match="studied network's architecture"):
+        same.proxy_annotator()
+    with pytest.raises(params.ParamsError, match="study.proxy repeats"):
+        params.load("adversary_critic", "ci", {"study.proxy": [{"model": "lenet5", "epochs": 1}]})
+
+
+def test_nearest_neighbour_labels_a_training_image_with_its_own_label(ci_study):
+    from advlib.data import to_tensors
+
+    x, y = to_tensors(ci_study.held_out_set)
+    annotator = ci_study.nearest_neighbour_annotator()
+    assert torch.equal(annotator(x[:64]).argmax(1), y[:64])
+    shifted = x[:64] + 0.01  # a small move keeps the nearest reference
+    assert torch.equal(annotator(shifted).argmax(1), y[:64])
 
 
 def test_published_artifacts_paper_vs_run_and_claims(ci_study, tmp_path, monkeypatch):
@@ -185,7 +225,7 @@ def test_published_artifacts_paper_vs_run_and_claims(ci_study, tmp_path, monkeyp
     assert claims.loc["critic_beats_at", "reason"].startswith("this profile has no table1b")
     assert claims.loc["critic_changes_label", "verdict"] in {"holds", "does not hold"}
     missed = claims[(claims.verdict == "does not hold") & claims.cites.eq("table2")]
-    assert missed.reason.str.endswith("a robust classifier stands in for the paper's MTurk workers").all()
+    assert missed.reason.str.endswith("cannot establish a claim about human perception").all()
     assert ((claims.verdict == "holds") | (claims.reason.str.len() > 0)).all()
 
 

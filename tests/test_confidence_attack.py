@@ -58,3 +58,35 @@ def test_samples_already_confident_do_not_move(mnist_model, mnist_test):
     torch.testing.assert_close(x_adv, x)
     with pytest.raises(ValueError, match="confidence must lie in"):
         confidence_attack(mnist_model, x, pred, 1.5)
+
+
+def _reference_unrolled(model, x, target, confidence, steps, overshoot):
+    """The authors' unrolled attack written out with explicit detaches: each step starts from a constant point."""
+    r = torch.zeros_like(x)
+    mask = torch.ones(len(x), dtype=x.dtype)
+    for _ in range(steps):
+        point = (x + (1 + overshoot) * r).detach().requires_grad_(True)
+        log_p = F.log_softmax(model(point), dim=1)[torch.arange(len(x)), target]
+        (w,) = torch.autograd.grad(log_p.sum(), point, create_graph=True)
+        w_norm = (1e-8 + w.pow(2).sum(1, keepdim=True)).sqrt()
+        f = (log_p - torch.log(torch.as_tensor(confidence, dtype=x.dtype))).abs()[:, None]
+        soft = torch.sigmoid(confidence - log_p.exp())
+        mask = mask * (torch.round(soft).detach() + soft - soft.detach())
+        r = r + mask[:, None] * (1e-4 + f / w_norm) * w / w_norm
+    return x + (1 + overshoot) * r
+
+
+def test_training_gradient_reaches_the_parameters_through_w_and_f_only():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3)).double()
+    x = torch.rand(5, 4, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 1, 0])
+    got = confidence_attack(model, x, target, 0.9, steps=2, overshoot=0.05, differentiable=True)
+    want = _reference_unrolled(model, x, target, 0.9, steps=2, overshoot=0.05)
+    torch.testing.assert_close(got, want)
+    g_got = torch.autograd.grad((got - x).pow(2).sum(), list(model.parameters()))
+    g_want = torch.autograd.grad((want - x).pow(2).sum(), list(model.parameters()))
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
+    # the point a step starts from carries no gradient: x_adv - x is linear in the steps' (w, f) graphs only
+    assert all(float(g.abs().sum()) > 0 for g in g_got)

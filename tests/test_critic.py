@@ -52,15 +52,6 @@ def test_critic_loss_and_cycle_loss_by_hand():
     torch.testing.assert_close(F.mse_loss(back, x_data, reduction="sum") / 3, cycle_loss(x_data, back))
 
 
-def test_class_confidence_is_an_ema_per_class():
-    from advlib.defenses.critic import ClassConfidence
-
-    running = ClassConfidence(3, decay=0.5, initial=0.5)
-    probs = torch.tensor([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
-    running.update(probs, torch.tensor([0, 0, 1]))
-    torch.testing.assert_close(running.values, torch.tensor([0.5 * 0.5 + 0.5 * 0.8, 0.5 * 0.5 + 0.5 * 0.8, 0.5]))
-
-
 def test_classifier_step_loss_reaches_the_classifier_through_the_attack(mnist_model, mnist_test):
     import copy
 
@@ -160,3 +151,47 @@ def test_vat_training_makes_the_model_smoother(mnist_test):
     assert smoothness["vat"] < smoothness["plain"]
     with pytest.raises(ValueError, match="eps=0"):
         vat_regularizer(eps=0)
+
+
+def test_class_confidence_is_keyed_by_the_predicted_class():
+    from advlib.defenses.critic import ClassConfidence
+
+    running = ClassConfidence(3, decay=0.5, initial=0.5)
+    # true labels would be (0, 0, 1); the predictions are (0, 1, 1): the EMA follows the predictions and their top
+    # probability, and class 2, predicted by nobody, keeps its value
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.1, 0.8, 0.1]])
+    running.update(probs)
+    torch.testing.assert_close(running.values, torch.tensor([0.25 + 0.45, 0.25 + 0.5 * 0.7, 0.5]))
+
+
+def test_classifier_step_follows_the_authors_attack_protocol(mnist_model, mnist_test, monkeypatch):
+    import copy
+
+    from advlib.attacks import confidence as confidence_module
+    from advlib.defenses.critic import ClassConfidence, classifier_step_loss
+
+    real, calls = confidence_module.confidence_attack, []
+
+    def recording(model, x, target, confidence, **kw):
+        out = real(model, x, target, confidence, **kw)
+        calls.append((x, target, torch.as_tensor(confidence), out))
+        return out
+
+    monkeypatch.setattr(confidence_module, "confidence_attack", recording)
+    classifier = copy.deepcopy(mnist_model).train()
+    x, y = mnist_test[0][:16], mnist_test[1][:16]
+    running = ClassConfidence(10)
+    critic = create_model("critic_mlp")
+    _, stats, (x_adv, adv_class) = classifier_step_loss(classifier, critic, x, y, running, weight=0.1)
+    (_, target, c, first), (start, back_to, back_c, _) = calls
+    with torch.no_grad():
+        own, predicted = classifier(x).softmax(1).max(1)
+        fooled = classifier(first).argmax(1) != predicted
+    assert bool((target != predicted).all())  # the closest class other than the prediction
+    torch.testing.assert_close(c, running.of(target))  # the running confidence of each target class
+    assert 0 < int(fooled.sum()) == len(x_adv) == round(stats["reached"] * 16)  # adversarials that changed the label
+    assert torch.equal(adv_class, classifier(x_adv).argmax(1))  # the critic sees them at their predicted class
+    assert start.grad_fn is None and not start.requires_grad  # the cycle attack starts from detached adversarials
+    torch.testing.assert_close(start, first.detach()[fooled])
+    assert torch.equal(back_to, predicted[fooled])  # back to the original prediction ...
+    torch.testing.assert_close(back_c.detach(), own[fooled].clamp(1e-4, 1 - 1e-4))  # ... with the original confidence

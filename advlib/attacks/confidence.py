@@ -1,9 +1,9 @@
 """The Adversary Critic paper's targeted high-confidence L2 attack (Matyasko & Chau 2018, eq. 7, Algorithm 1).
 
-Native: no library has it, and training needs it differentiable end to end (second-order gradients reach the
-classifier through the step directions and sizes). Each step moves towards the target class by the L2-minimal
-step of the linearised log-likelihood: r_i = (sqrt(1e-8) + |log p_t - log C| / ||w||) * w / ||w||, w = grad_x log p_t;
-a sample stops once p_t >= C (a straight-through sigmoid mask during training).
+Native: no library has it, and training needs it differentiable (second-order gradients reach the classifier through
+the step directions and sizes, never through the point a step starts from). Each step moves towards the target class
+by the L2-minimal step of the linearised log-likelihood: r_i = (sqrt(1e-8) + |log p_t - log C| / ||w||) * w / ||w||,
+w = grad_x log p_t; a sample stops once p_t >= C (a straight-through sigmoid mask during training).
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def confidence_attack(
 ) -> Tensor:
     """Adversarials of `x` classified as `target` with softmax confidence >= `confidence` (per sample or one value).
 
-    differentiable=True keeps the graph (training: gradients reach the model's parameters through every step, the
-    stopping mask uses a sigmoid straight-through estimator, no clipping). Otherwise (evaluation) each step's L2 norm
+    differentiable=True keeps the graph of the step sizes and directions (training: gradients reach the model's
+    parameters through w and f of every step, not through the point each step starts from, which is detached as in
+    the authors' code; the stopping mask uses a sigmoid straight-through estimator, no clipping). Otherwise (evaluation) each step's L2 norm
     is clipped to `step_clip` and, with `box`, x + r is projected into [0, 1] after every step. The final
     perturbation is scaled by 1 + overshoot.
     """
@@ -65,11 +66,9 @@ def confidence_attack(
     mask = torch.ones(len(x), dtype=x.dtype, device=x.device)
     view = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(steps):
-        x_adv = x + r
-        if not differentiable:
-            x_adv = x_adv.detach().requires_grad_(True)
-        elif not x_adv.requires_grad:  # the first step: x + 0 does not depend on the parameters yet
-            x_adv.requires_grad_(True)
+        # Each step's point is a constant (the authors' stop_gradient): training gradients reach the parameters
+        # through w and f only. Training evaluates at the overshot point x + (1 + overshoot) r, as their unrolled code.
+        x_adv = (x + ((1 + overshoot) * r if differentiable else r)).detach().requires_grad_(True)
         log_p = F.log_softmax(model(x_adv), dim=1).gather(1, target[:, None]).squeeze(1)
         (w,) = torch.autograd.grad(log_p.sum(), x_adv, create_graph=differentiable)
         w_norm = (TINY + w.flatten(1).pow(2).sum(1)).sqrt()

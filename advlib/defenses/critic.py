@@ -63,8 +63,9 @@ def cycle_loss(x: Tensor, x_back: Tensor) -> Tensor:
 
 
 class ClassConfidence(nn.Module):
-    """Per-class running mean (EMA, decay 0.5) of the classifier's softmax confidence on natural images: the
-    target confidence C of the training attack. A module so its values travel with checkpoints."""
+    """Per-class running mean (EMA, decay 0.5) of the classifier's confidence in its prediction on natural images,
+    keyed by the predicted class (the authors' code): the target confidence C of the training attack. A module so its
+    values travel with checkpoints."""
 
     values: Tensor  # a buffer, registered in __init__
 
@@ -75,14 +76,16 @@ class ClassConfidence(nn.Module):
         self.decay = decay
         self.register_buffer("values", torch.full((num_classes,), initial))
 
-    def update(self, probs: Tensor, labels: Tensor) -> None:
-        """Blend in the batch mean confidence of every class present in the batch."""
-        probs, labels = probs.detach(), labels.to(probs.device)
-        for c in labels.unique().tolist():
-            batch_mean = probs[labels == c, c].mean().to(self.values)
+    def update(self, probs: Tensor) -> None:
+        """Blend in, for every class the batch predicts, the mean top softmax probability of the inputs predicted as
+        that class; classes nobody predicts keep their value."""
+        confidence, predicted = probs.detach().max(1)
+        for c in predicted.unique().tolist():
+            batch_mean = confidence[predicted == c].mean().to(self.values)
             self.values[c] = self.decay * self.values[c] + (1 - self.decay) * batch_mean
 
     def of(self, classes: Tensor) -> Tensor:
+        """The running confidence of each class in `classes`, kept inside (0, 1) for the attack's log."""
         return self.values.to(classes.device)[classes].clamp(1e-4, 1 - 1e-4)
 
 
@@ -99,36 +102,41 @@ def classifier_step_loss(
 ) -> tuple[Tensor, dict[str, float], tuple[Tensor, Tensor]]:
     """The classifier's loss on one batch (eq. 5 + eq. 6): NLL + weight * critic term + 0.01 * cycle term.
 
-    The attack targets each input's DeepFool-closest class with the running class confidence and is unrolled
-    differentiably, so the critic and cycle terms reach the classifier through the attack (second order). Only
-    adversarials that reach their target enter those terms. Also returns those adversarials (detached) and their
-    targets, which the critic's step of the same batch uses.
+    As in the authors' code: the attack targets each input's DeepFool-closest class other than its prediction with
+    that class's running confidence and is unrolled differentiably, so the critic and cycle terms reach the
+    classifier through the attack's step directions and sizes (second order). Only adversarials that change the
+    prediction enter those terms, the critic's logit taken at the adversarial's predicted class. The cycle attack
+    starts from the detached adversarials and goes back to the original prediction with the original confidence.
+    Also returns those adversarials (detached) and their predicted classes, which the critic's step uses.
     """
     from ..attacks.confidence import closest_target, confidence_attack
 
     logits = classifier(x)
     nll = F.cross_entropy(logits, y)
-    confidence.update(logits.softmax(1), y)
-    target = closest_target(classifier, x, exclude=y)
+    probs = logits.softmax(1)
+    confidence.update(probs)
+    own, predicted = probs.max(1)
+    target = closest_target(classifier, x)  # excludes the prediction
     x_adv = confidence_attack(
         classifier, x, target, confidence.of(target), steps=steps, overshoot=overshoot, differentiable=True
     )
-    reached = classifier(x_adv).argmax(1) == target
-    stats = {"nll": float(nll.detach()), "reached": float(reached.float().mean())}
-    adversarials = (x_adv.detach()[reached], target[reached])
-    if not reached.any():
+    adversarial_class = classifier(x_adv).argmax(1)
+    fooled = adversarial_class != predicted
+    stats = {"nll": float(nll.detach()), "reached": float(fooled.float().mean())}
+    adversarials = (x_adv.detach()[fooled], adversarial_class[fooled])
+    if not fooled.any():
         return nll, stats, adversarials
     x_back = confidence_attack(
         classifier,
-        x_adv[reached],
-        y[reached],
-        confidence.of(y[reached]),
+        x_adv.detach()[fooled],
+        predicted[fooled],
+        own[fooled].clamp(1e-4, 1 - 1e-4),
         steps=steps,
         overshoot=overshoot,
         differentiable=True,
     )
-    gan = classifier_critic_loss(critic, x_adv[reached], target[reached])
-    cycle = cycle_loss(x[reached], x_back)
+    gan = classifier_critic_loss(critic, x_adv[fooled], adversarial_class[fooled])
+    cycle = cycle_loss(x[fooled], x_back)
     stats.update(gan=float(gan.detach()), cycle=float(cycle.detach()))
     return nll + weight * gan + CYCLE_WEIGHT * cycle, stats, adversarials
 
@@ -147,8 +155,8 @@ class CriticStep(Step):
     adversarials of that step (Adam, beta1 0.5; learning rates halved every `halve_every` regularised epochs).
     `pretrain_epochs` epochs of plain NLL initialise the running class confidence before the `epochs` regularised ones
     (`self.epochs` counts both); history records number the regularised epochs from 1 (the pre-training ones from
-    1 - pretrain_epochs) and hold the per-epoch means of nll, reached, gan, cycle and critic. `confidence` holds the
-    running class confidence the training ends with."""
+    1 - pretrain_epochs) and hold the per-epoch means of nll, reached (the share of training adversarials that change
+    the prediction), gan, cycle and critic. `confidence` holds the running class confidence the training ends with."""
 
     def __init__(
         self,
@@ -207,7 +215,7 @@ class CriticStep(Step):
         if epoch < self.pretrain_epochs:
             logits = classifier(x)
             _step(self.optimizer, F.cross_entropy(logits, y), critic)
-            confidence.update(logits.softmax(1), y)
+            confidence.update(logits.softmax(1))
             return {"nll": float(F.cross_entropy(logits.detach(), y))}
         loss, stats, (x_adv, target) = classifier_step_loss(
             classifier, critic, x, y, confidence, weight=self.weight, steps=self.steps, overshoot=self.overshoot

@@ -4,7 +4,9 @@ Every (network, defense, seed) is trained once and cached: the reference and the
 `ClassifierStep` (FGSM adversarial training, VAT as a regularizer, margin maximisation with the hinge criterion), the
 critic defense by `train.fit` with a `defenses.critic.CriticStep`. Table 1's attacks are cached per model. Table 2's
 human study is exported as an MTurk kit; without collected answers its numbers come from a proxy annotator (an
-ensemble of independently trained, adversarially trained classifiers), and the claims say which.
+ensemble of adversarially trained classifiers that share neither architecture nor training images with the studied
+models), shown beside a pixel-space nearest-neighbour annotator; a proxy cannot establish the paper's human claims, and
+the claims say who labelled.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from .. import report
 from ..cache import Cache, Trained, cached_model
-from ..data import dataset_info, load_dataset, to_tensors
+from ..data import dataset_info, load_dataset, stratified_order, to_tensors
 from ..defenses.baselines import margin_regularizer, multiclass_hinge, vat_regularizer
 from ..defenses.critic import CriticStep
 from ..evaluate import accuracy, attack, rho_adv
@@ -42,16 +46,17 @@ from ..human import (
 )
 from ..inference import probabilities
 from ..models import Ensemble, create_model, create_model_for
-from ..params import AdversaryCriticParams, AttackSpec, CriticSpec, FigureSpec
+from ..params import AdversaryCriticParams, AttackSpec, CriticSpec, FigureSpec, TrainSpec
 from ..report import Claim, load_references, proportion_gap
 from ..runtime import contained_path, project_root
-from ..train import ClassifierStep, fit, train_classifier
+from ..train import ClassifierStep, fit
 from .base import MissingResult, Study, artifact
 
 STEM = "adversary_critic"
 DEFENSE_LABELS = {"reference": "Reference", "at": "AT [7]", "vat": "VAT [16]", "margin": "Margin [19]", "critic": "Our"}
 PAPER_VS_RUN_ORDER = ("table1a", "table1b", "table2a", "table2b", "figure4")
 PROXY_ANNOTATOR = "proxy annotator (robust classifier ensemble; no human answers in this run)"
+PROXY_SEED = 10_000  # the proxy's members are seeded 10000 + i, apart from every studied model's seed
 HUMAN_ANNOTATORS = "human annotators (MTurk results file)"
 
 
@@ -63,6 +68,38 @@ def cw_confidence_margin(confidence: float, num_classes: int) -> float:
             f"need 0 < confidence < 1 and num_classes >= 2; got confidence={confidence}, num_classes={num_classes}"
         )
     return math.log((num_classes - 1) * confidence / (1 - confidence))
+
+
+def held_out_indices(labels: np.ndarray, n_train: int, seed: int) -> np.ndarray:
+    """Positions in a training split that its seeded stratified subset of `n_train` (what `load_dataset(..., n=n_train,
+    seed=seed)` keeps) leaves out, in that same order."""
+    if not 0 < n_train < len(labels):
+        raise ValueError(f"n_train must lie in 1..{len(labels) - 1} to leave images out; got n_train={n_train}")
+    return stratified_order(labels, seed)[n_train:]
+
+
+def architecture(model: nn.Module) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """A model's layout as its parameters' names and shapes: equal for two instances of one architecture."""
+    return tuple((name, tuple(parameter.shape)) for name, parameter in model.named_parameters())
+
+
+class NearestNeighbour(nn.Module):
+    """A pixel-space 1-nearest-neighbour classifier (L2): one-hot scores of the closest reference image's label.
+    The references are frozen parameters so device moves and `next(parameters())` work as for any model."""
+
+    labels: Tensor  # a buffer, registered in __init__
+
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+        super().__init__()
+        if len(images) == 0 or len(images) != len(labels):
+            raise ValueError(f"need as many labels as reference images (>= 1); got {len(images)} and {len(labels)}")
+        self.references = nn.Parameter(images.flatten(1).clone(), requires_grad=False)
+        self.register_buffer("labels", labels.clone())
+        self.num_classes = num_classes
+
+    def forward(self, x: Tensor) -> Tensor:
+        nearest = torch.cdist(x.flatten(1).to(self.references), self.references).argmin(1)
+        return F.one_hot(self.labels[nearest], self.num_classes).to(x.dtype)
 
 
 def _run_means(table: pd.DataFrame) -> pd.DataFrame:
@@ -351,14 +388,56 @@ class CriticStudy(Study):
         return self.figure4[1]
 
     # -- Table 2: the human study ----------------------------------------------------------
+    @cached_property
+    def held_out_set(self) -> Dataset:
+        """Training-split images no studied model sees (those after the first `data.n_train` of the seeded
+        stratified order that `train_set` takes), the first `study.proxy_n_train` of them: the annotators' data."""
+        p = self.p
+        full = load_dataset(p.data.name, "train", seed=p.seed, download=p.data.download)
+        indices = held_out_indices(to_tensors(full)[1].numpy(), p.data.n_train or 0, p.seed)
+        n = p.study.proxy_n_train
+        if n is not None and n > len(indices):
+            raise ValueError(
+                f"study.proxy_n_train={n} exceeds the {len(indices)} training images the studied models do not see; "
+                f"lower it or data.n_train"
+            )
+        return Subset(full, indices[:n].tolist())
+
+    def _proxy_member(self, index: int, spec: TrainSpec) -> nn.Module:
+        """Member `index` of the proxy: `spec` trained (cached) on `held_out_set` with seed 10000 + index; an
+        architecture equal to a studied network's is an error."""
+        torch.manual_seed(PROXY_SEED + index)
+        module = create_model_for(spec.model, self.info, **spec.model_options).to(self.device)
+        studied = {architecture(create_model_for(n, self.info)) for n in self.p.networks}
+        if architecture(module) in studied:
+            raise ValueError(f"study.proxy[{index}] ({spec.model}) has a studied network's architecture")
+        key = self.key(
+            STEM,
+            proxy=spec,
+            data=self.p.data,
+            data_seed=self.p.seed,
+            proxy_n_train=self.p.study.proxy_n_train,
+            seed=PROXY_SEED + index,
+        )
+
+        def build(member: nn.Module, checkpoint_dir: Path) -> dict[str, Any]:
+            step = ClassifierStep(member, self.held_out_set, spec, device=self.device)
+            history = fit(
+                step, seed=PROXY_SEED + index, checkpoint_dir=checkpoint_dir, desc=f"train proxy {spec.model}"
+            )
+            return {"history": history}
+
+        return cached_model(key, module, build, cache=self.cache, label=f"proxy {spec.model}").model
+
     def proxy_annotator(self) -> nn.Module:
         """The stand-in for human annotators: the probability-averaged ensemble of the `study.proxy` classifiers,
-        trained independently of every studied model (seeds 10000 + i)."""
-        members = [
-            train_classifier(spec, self.p.data, seed=10_000 + i, device=self.device, cache=self.cache).model
-            for i, spec in enumerate(self.p.study.proxy)
-        ]
-        return Ensemble(members).eval()
+        trained on `held_out_set` (no studied model's images) with architectures no studied network has."""
+        return Ensemble([self._proxy_member(i, spec) for i, spec in enumerate(self.p.study.proxy)]).eval()
+
+    def nearest_neighbour_annotator(self) -> NearestNeighbour:
+        """A pixel-space 1-nearest-neighbour annotator on `held_out_set`: a second, model-free reference."""
+        x, y = to_tensors(self.held_out_set)
+        return NearestNeighbour(x, y, self.info.num_classes).to(self.device)
 
     @property
     def annotator(self) -> str:
@@ -431,13 +510,17 @@ class CriticStudy(Study):
 
     def table2_of(self, items: list[StudyItem], images: Tensor) -> pd.DataFrame:
         """Table 2 of `items` from the collected answers (`study.results`) when given, else from the proxy annotator:
-        per network and defense, % labelled with the target, % with the original, and the number of images."""
+        per network and defense, % labelled with the target, % with the original, the same two from the
+        nearest-neighbour annotator (nn_*) and the number of images."""
         key = pd.DataFrame([vars(item) for item in items])
+        ids = [item.image_id for item in items]
         if self.p.study.results:
             answers = import_results(contained_path(self.p.study.results, "study.results"))
         else:
-            answers = proxy_answers(self.proxy_annotator(), images, [item.image_id for item in items])
-        table = label_table(answers, key).reset_index()
+            answers = proxy_answers(self.proxy_annotator(), images, ids)
+        table = label_table(answers, key)
+        nearest = label_table(proxy_answers(self.nearest_neighbour_annotator(), images, ids), key)
+        table = table.join(nearest.rename(columns=lambda c: f"nn_{c}")).reset_index()
         counts = key.groupby(["defense", "network"], sort=False).size().rename("images").reset_index()
         table = table.merge(counts, on=["defense", "network"])
         order = [(n, DEFENSE_LABELS[d]) for n in self.p.networks for d in self.p.defenses]
@@ -448,7 +531,9 @@ class CriticStudy(Study):
         "table2",
         "Table 2 (percent): the study's adversarials labelled with the adversarial target and with the original label, "
         "per network and defense; labels from study.results (human annotators) when given, else from the proxy "
-        "annotator (a robust classifier ensemble).",
+        "annotator (a robust classifier ensemble of other architectures trained on training images no studied model "
+        "saw); nn_* columns: a pixel-space nearest-neighbour annotator on the same images. A proxy cannot establish "
+        "the paper's claims about human perception.",
         floatfmt=1,
     )
     def table2(self) -> pd.DataFrame:
@@ -613,7 +698,8 @@ def claims(networks: Sequence[str], annotator: str) -> list[Claim]:  # noqa: C90
     table1_cites = (*measured, "table1_runs")
     proxy = "proxy" in annotator.lower()
     who = (
-        f"labels by {annotator}: a robust classifier stands in for the paper's MTurk workers"
+        f"labels by {annotator}: a robust classifier stands in for the paper's MTurk workers and cannot establish "
+        "a claim about human perception"
         if proxy
         else f"labels by {annotator}"
     )
