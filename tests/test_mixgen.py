@@ -274,14 +274,14 @@ def test_roles_as_the_paper_defines_them() -> None:
         + [(3, 3, 20, 4)]  # G3: 5% (low share), 20% (low accuracy): marginalist
         + [(a, 4, 20, 5) for a in range(3)]
     )  # G4: 15%, 3 attacks, 25%: generalist by coverage
-    roles = evaluation.generator_roles()  # G5 wins nothing: marginalist
+    roles = evaluation.generator_roles()  # G5 wins nothing: idle, not a marginalist
     assert roles["role"].tolist() == [
         "generalist",
         "specialist",
         "specialist",
         "marginalist",
         "generalist",
-        "marginalist",
+        "idle",
     ]
     assert roles["wins"].tolist() == [240, 60, 20, 20, 60, 0]
     np.testing.assert_allclose(roles["accuracy"].iloc[:5], [90.0, 30.0, 100.0, 20.0, 25.0])
@@ -363,7 +363,7 @@ def test_mixture_defends_lenet_against_fgsm(
 def test_expertise_tables_and_role_examples():
     from advlib.defenses.mixgen import DefenseEvaluation
 
-    # generator 0 wins everything on both attacks and is right: a generalist; generator 1 never wins: a marginalist
+    # generator 0 wins everything on both attacks and is right: a generalist; generator 1 never wins: idle
     n = 40
     evaluation = DefenseEvaluation(
         y=np.arange(n) % 10,
@@ -375,8 +375,83 @@ def test_expertise_tables_and_role_examples():
         num_generators=2,
     )
     tables = evaluation.expertise()
-    assert list(tables) == ["G1 (generalist)", "G2 (marginalist)"]
+    assert list(tables) == ["G1 (generalist)", "G2 (idle)"]
     accuracy, wins = tables["G1 (generalist)"]
     assert (accuracy.to_numpy() == 100).all() and int(wins.to_numpy().sum()) == n
-    assert evaluation.role_examples() == [0, 1]
-    assert list(evaluation.expertise([1])) == ["G2 (marginalist)"]
+    assert evaluation.role_examples() == [0]  # an idle generator is no example of any role
+    assert list(evaluation.expertise([1])) == ["G2 (idle)"]
+
+
+def test_idle_generators_are_reported_apart_not_as_marginalists() -> None:
+    """A synthetic win matrix (3 attacks x 100 samples, 5 generators): G2 and G4 win nothing. They are 'idle' with no
+    accuracy and no coverage, and the three roles are counted among the generators that won samples only (the old
+    rule made every idle generator a marginalist)."""
+    evaluation = _wins(
+        [(0, 0, 90, 81), (1, 0, 90, 81), (2, 0, 70, 63)]  # G0: 250 wins, every attack, 90% right: generalist
+        + [(2, 1, 25, 20)]  # G1: 8.3% of the samples (under half the fair share, 10%), one attack, 80%: specialist
+        + [(0, 3, 10, 1), (1, 3, 10, 1), (2, 3, 5, 0)],  # G3: 8.3%, 2 of 25 right (8%): marginalist
+        attacks=3,
+        generators=5,
+    )
+    roles = evaluation.generator_roles()
+    assert roles["role"].tolist() == ["generalist", "specialist", "idle", "marginalist", "idle"]
+    assert roles["wins"].tolist() == [250, 25, 0, 25, 0]
+    assert roles.loc[[2, 4], "accuracy"].isna().all() and roles.loc[[2, 4], "attacks_covered"].tolist() == [0, 0]
+    active = roles[roles["wins"] > 0]["role"].astype(str).value_counts().to_dict()
+    assert active == {"generalist": 1, "specialist": 1, "marginalist": 1}
+    assert (roles["role"] == "idle").sum() == 2 and "idle" in roles["role"].cat.categories
+    assert evaluation.role_examples() == [0, 1, 3]
+
+
+def test_minimal_fgsm_returns_the_smallest_fooling_eps_of_its_grid_analytically() -> None:
+    """foolbox 2's FGSM search (Table 1 if the paper's eps were its max_epsilon) on a linear two-class model whose
+    class-1 margin at step eps is mean(x) + eps - 0.9: image i fools first above eps* = 0.9 - a_i (a_i its grey level).
+    Grid 0.0005 .. 0.5 (1000 steps): eps* = 0.12345 -> 0.1235; eps* = 0.0031 (below the 20th value, 0.01) is searched
+    again on 20 steps up to 0.0035 -> 0.00315; eps* = 0.7 never fools (NaN, the image at 0.5); an image already
+    misclassified is left alone (eps 0)."""
+    from advlib.attacks.minimal_fgsm import minimal_fgsm
+
+    model = nn.Linear(784, 2).double()
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[1] = 1 / 784
+        model.bias.copy_(torch.tensor([0.0, -0.9]))
+    levels = torch.tensor([0.9 - 0.12345, 0.9 - 0.0031, 0.2, 0.95], dtype=torch.float64)
+    x = levels.view(-1, 1, 1).expand(-1, 784, 1).reshape(4, 784).clone()
+    y = torch.zeros(4, dtype=torch.long)
+    x_adv, eps = minimal_fgsm(nn.Sequential(nn.Flatten(), model), x.view(4, 1, 28, 28), y, 0.5, steps=1000)
+    np.testing.assert_allclose(eps[[0, 1, 3]].numpy(), [0.1235, 0.00315, 0.0], rtol=0, atol=1e-12)
+    assert eps[2].isnan()
+    step = torch.tensor([0.1235, 0.00315, 0.5, 0.0], dtype=torch.float64).view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_adv, (x.view(4, 1, 28, 28) + step).clamp(0, 1), rtol=0, atol=1e-12)
+
+
+def test_minimal_fgsm_matches_a_brute_force_search_and_stays_within_eps(mnist_model: nn.Module) -> None:
+    """On LeNet and real digits: per image the first of 50 grid values up to the paper's eps 0.5 that fools (tried one
+    by one), refined on 20 steps when it is among the first 20; never above 0.5; `fgsm_minimal` in the registry gives
+    the same images and success exactly where a grid value fooled."""
+    from advlib.attacks.minimal_fgsm import minimal_fgsm
+
+    x, y = to_tensors(load_dataset("mnist5k", "test", n=40, seed=3))
+    model = mnist_model.eval()
+    x_adv, eps = minimal_fgsm(model, x, y, 0.5, steps=50)
+    x_grad = x.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(F.cross_entropy(model(x_grad), y, reduction="sum"), x_grad)
+    fools = lambda i, e: int(model((x[i] + e * gradient[i].sign()).clamp(0, 1)[None]).argmax()) != int(y[i])
+    grid = torch.linspace(0, 0.5, 51, dtype=torch.float64)[1:].tolist()
+    with torch.no_grad():
+        for i in range(len(x)):
+            if int(model(x[i : i + 1]).argmax()) != int(y[i]):
+                expected = 0.0
+            else:
+                first = next((k for k, e in enumerate(grid) if fools(i, e)), None)
+                expected = float("nan") if first is None else grid[first]
+                if first is not None and first < 20:
+                    expected = next(grid[first] * j / 20 for j in range(1, 21) if fools(i, grid[first] * j / 20))
+            np.testing.assert_allclose(float(eps[i]), expected, rtol=0, atol=1e-12, err_msg=f"image {i}")
+    found = ~eps.isnan()
+    assert found.sum() >= 30 and float(eps[found].max()) <= 0.5
+    assert float((x_adv - x).abs().amax()) <= 0.5 + 1e-6
+    result = run_attack({"name": "fgsm_minimal", "eps": 0.5, "steps": 50}, model, x, y)
+    torch.testing.assert_close(result.x_adv, x_adv, rtol=0, atol=1e-6)
+    assert torch.equal(result.success, found & (eps > 0) | (eps == 0))

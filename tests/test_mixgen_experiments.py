@@ -191,14 +191,14 @@ def _budget(**run) -> pd.DataFrame:
 def _roles(per_size: dict[int, list[str]]) -> pd.DataFrame:
     frames = {}
     for size, roles in per_size.items():
-        wins = [100 if r != "marginalist" else 0 for r in roles]
+        wins = [0 if r == "idle" else 100 for r in roles]
         frames[f"expertise_joint_{size}attacks_seed0"] = pd.DataFrame(
             {
                 "wins": wins,
                 "win_share": [w / max(sum(wins), 1) for w in wins],
                 "accuracy": 50.0,
                 "attacks_covered": 1,
-                "role": pd.Categorical(roles, categories=["generalist", "specialist", "marginalist"]),
+                "role": pd.Categorical(roles, categories=["generalist", "specialist", "marginalist", "idle"]),
             },
             index=pd.RangeIndex(len(roles), name="generator"),
         )
@@ -307,11 +307,7 @@ def _bad_table3(**rows) -> pd.DataFrame:
         ),
         (
             "specialisation_grows",
-            {
-                "generator_roles": _roles(
-                    {3: ["generalist", "marginalist", "marginalist"], 9: ["generalist"] + ["marginalist"] * 8}
-                )
-            },
+            {"generator_roles": _roles({3: ["generalist", "idle", "idle"], 9: ["generalist"] + ["idle"] * 8})},
         ),  # idle ones only
         ("spread_shrinks", {"table6": _table6({"3": 2.0, "5": 8.0, "9": 2.1})}),
     ],
@@ -356,3 +352,13 @@ def test_budget_reads_the_epochs_actually_run(study):
     assert budget.loc["train_epochs", "run"] == study.p.mixture.train_epochs == 1
     assert budget.loc["classifier_epochs", "run"] == study.p.classifier.epochs
     assert budget.loc["train_epochs", "paper"] == 100 and budget.loc["n_test", "paper"] == 10000
+
+
+def test_idle_generators_do_not_count_against_generalists():
+    """Idle generators (no win) are no role: 3 generalists beat 2 marginalists though 4 generators sat idle (the old
+    rule counted those 4 as marginalists, 6 > 3, and the claim failed); the evidence reports them apart."""
+    roles = _roles({3: ["generalist"] * 3, 9: ["generalist"] * 3 + ["marginalist"] * 2 + ["idle"] * 4})
+    table = report.evaluate_claims(mog.claims(), _paper_tables(generator_roles=roles)).set_index("id")
+    assert table.loc["generalists_most_common", "verdict"] == report.HOLDS
+    evidence = table.loc["generalists_most_common", "evidence"]
+    assert "3 generalists, 0 specialists, 2 marginalists (4 idle)" in evidence

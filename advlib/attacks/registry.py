@@ -120,6 +120,7 @@ def _register_builtin() -> None:
 
     from .backends import AutoAttackAttack, FoolboxAttack, SPSAAttack, TrustRegionAttack
     from .confidence import ConfidenceAttack
+    from .minimal_fgsm import MinimalFGSM
     from .pgd import PGD
 
     def fb(
@@ -158,6 +159,15 @@ def _register_builtin() -> None:
             summary=f"PGD in {norm}, random start; options update=steepest|adam, loss=ce|margin",
         )
     fb("fgsm", fa.FGSM, "linf", "fixed", "fast gradient sign method (Goodfellow et al. 2015)", targeted=False)
+    register_attack(
+        "fgsm_minimal",
+        MinimalFGSM,
+        norm="linf",
+        kind="fixed",  # takes an eps (the top of its grid), like a fixed-eps attack; its results lie inside it
+        targeted=False,
+        backend="native",
+        summary="foolbox 2's FGSM: smallest eps of a grid up to eps that fools (options: steps = grid size, 1000)",
+    )
     fb("fgm_l2", fa.L2FastGradientAttack, "l2", "fixed", "fast gradient method in L2", targeted=False)
     fb("bim", fa.LinfBasicIterativeAttack, "linf", "fixed", "basic iterative method / IFGSM (Kurakin et al. 2017)")
     fb("ifgsm", fa.LinfBasicIterativeAttack, "linf", "fixed", "alias of bim")

@@ -36,7 +36,8 @@ MARGINALIST_FAIR_SHARE = 0.5  # marginalist: below this fraction of the fair win
 MARGINALIST_ACCURACY = 50.0  # ... and below this accuracy (percent) on the samples it won (both, as in the paper)
 COVERAGE_MIN_SHARE = 0.10  # a generator covers an attack when it wins at least this share of its samples
 GENERALIST_MIN_COVERAGE = 0.5  # generalist: covers at least this fraction of the attacks; else specialist
-ROLES = ("generalist", "specialist", "marginalist")
+ROLES = ("generalist", "specialist", "marginalist")  # the paper's three roles, given to generators that won samples
+IDLE = "idle"  # a generator that won no sample has no role (no accuracy, no coverage): reported apart
 
 
 @contextmanager
@@ -488,14 +489,15 @@ class DefenseEvaluation:
     def generator_roles(self) -> pd.DataFrame:
         """One row per generator: wins, win_share, accuracy (percent on won samples), attacks_covered and role.
 
-        Rule (Sec. 4.6, made explicit): an attack is covered when the generator wins >= COVERAGE_MIN_SHARE
-        (10%) of its samples. marginalist ("fails to win on a significant number of samples and has
-        questionable accuracy levels"): win share < MARGINALIST_FAIR_SHARE / G (under half its fair share) AND
-        accuracy on won samples < MARGINALIST_ACCURACY (50%; a generator that won nothing has no accuracy and
-        counts as low). Otherwise generalist ("wins on a large number of samples ... on the majority of the
-        attacks") when it covers at least GENERALIST_MIN_COVERAGE (half) of the attacks, else specialist
-        ("focuses on specific kinds of attacks"), whatever its accuracy: a generator that wins few samples of
-        a hard attack but classifies them well is a specialist, and so is one that wins many at low accuracy.
+        Rule (Sec. 4.6, made explicit), for generators that won at least one sample: an attack is covered when the
+        generator wins >= COVERAGE_MIN_SHARE (10%) of its samples. marginalist ("fails to win on a significant
+        number of samples and has questionable accuracy levels"): win share < MARGINALIST_FAIR_SHARE / G (under
+        half its fair share) AND accuracy on won samples < MARGINALIST_ACCURACY (50%). Otherwise generalist ("wins
+        on a large number of samples ... on the majority of the attacks") when it covers at least
+        GENERALIST_MIN_COVERAGE (half) of the attacks, else specialist ("focuses on specific kinds of attacks"),
+        whatever its accuracy: a generator that wins few samples of a hard attack but classifies them well is a
+        specialist, and so is one that wins many at low accuracy. A generator that won nothing is IDLE ('idle'),
+        not a marginalist: the paper's marginalists win some samples, and an idle one has no accuracy to judge.
         """
         g, a = self.num_generators, len(self.attack_names)
         wins = np.bincount(self.winner, minlength=g)
@@ -508,7 +510,9 @@ class DefenseEvaluation:
             accuracy = np.where(wins > 0, 100.0 * hits / wins, np.nan)
         roles = []
         for j in range(g):
-            if share[j] < MARGINALIST_FAIR_SHARE / g and not accuracy[j] >= MARGINALIST_ACCURACY:
+            if wins[j] == 0:
+                roles.append(IDLE)
+            elif share[j] < MARGINALIST_FAIR_SHARE / g and accuracy[j] < MARGINALIST_ACCURACY:
                 roles.append("marginalist")
             elif covered[j] >= GENERALIST_MIN_COVERAGE * a:
                 roles.append("generalist")
@@ -520,7 +524,7 @@ class DefenseEvaluation:
                 "win_share": share,
                 "accuracy": accuracy,
                 "attacks_covered": covered,
-                "role": pd.Categorical(roles, categories=ROLES),
+                "role": pd.Categorical(roles, categories=(*ROLES, IDLE)),
             },
             index=pd.RangeIndex(g, name="generator"),
         )
@@ -532,7 +536,8 @@ class DefenseEvaluation:
         return {f"G{g + 1} ({roles[g]})": (self.class_attack_accuracy(g), self.class_attack_wins(g)) for g in chosen}
 
     def role_examples(self) -> list[int]:
-        """The first generator of each role present, in the order generalist, specialist, marginalist (Fig. 4)."""
+        """The first generator of each role present, in the order generalist, specialist, marginalist (Fig. 4; idle
+        generators are never examples)."""
         roles = self.generator_roles()["role"]
         return [int(roles.index[roles == role][0]) for role in ROLES if (roles == role).any()]
 
