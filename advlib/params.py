@@ -258,7 +258,10 @@ class RegroupParams(Params):
     targeted: dict[str, AttackSpec] = Field(min_length=1)
     high_confidence: dict[str, AttackSpec] = Field(min_length=1)
     min_confidence: float = Field(default=0.9, gt=0, lt=1)
-    eps_search_steps: int = Field(default=0, ge=0)  # Tables 3-4 PGD: bisections for each image's smallest eps (0: none)
+    eps_search_steps: int = Field(default=0, ge=0)  # PGD: bisections for each image's smallest eps (0: none)
+    # Table 1, Figure 2 and Table 2's PGD: "minimal" = foolbox 2's protocol (each image's smallest eps, first fooling
+    # iterate), "fixed" = the last iterate of a run at the table's eps
+    pgd_protocol: Literal["minimal", "fixed"] = "minimal"
     spsa: dict[str, AttackSpec] = Field(min_length=1)
     adaptive: AttackSpec
     timing: TimingSpec = TimingSpec()
@@ -368,12 +371,15 @@ class FigureSpec(Strict):
 
 
 class HumanStudySpec(Strict):
-    """Table 2's study: images per model, assignment size, the proxy annotator and, once collected, the answers."""
+    """Table 2's study: images per model, assignment size, the proxy annotator and, once collected, the answers.
+    The proxy's members and the nearest-neighbour annotator learn from the first `proxy_n_train` training images that
+    no studied model sees (None: all of them)."""
 
     n_images: int = Field(ge=1)
     per_assignment: int = Field(default=25, ge=1)
     attack: AttackSpec
     proxy: list[TrainSpec] = Field(min_length=1)
+    proxy_n_train: int | None = Field(default=None, ge=1)
     results: str | None = None
     url_prefix: str = "https://example.org/advlib-study"
     sheets_shown: int = Field(default=2, ge=0)
@@ -413,6 +419,17 @@ class AdversaryCriticParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self) -> AdversaryCriticParams:
+        if self.data.n_train is None:
+            raise ValueError(
+                "data.n_train must be set: the proxy annotator learns from the training images the studied models do "
+                "not see"
+            )
+        shared = [s.model for s in self.study.proxy if s.model in self.networks and not s.model_options]
+        if shared:
+            raise ValueError(
+                f"study.proxy repeats the studied architectures {shared}; use other models than {self.networks} "
+                "(or other model_options)"
+            )
         missing = [n for n in self.networks if n not in self.critic.weight]
         if "critic" in self.defenses and missing:
             raise ValueError(
@@ -462,7 +479,7 @@ class MATParams(Params):
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
     groups: dict[str, list[str]] = Field(min_length=1)
     transfer_attacks: dict[MATNorm, AttackSpec] = Field(min_length=1)
-    diagnostics_images: int = Field(default=64, ge=1)
+    diagnostics_images: int = Field(default=64, ge=1)  # Figures 1/4: training images, attacked as in training
     curve_steps: int = Field(ge=1)
     curve_eps: dict[MATNorm, list[float]] = Field(min_length=1)
 

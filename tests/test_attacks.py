@@ -455,3 +455,50 @@ def test_missing_optional_backend_is_named_with_its_install_command(name, module
         run_attack(name, mnist_model, x[:2], y[:2], eps=0.1, steps=1)
     problems = preflight.problems("regroup", params.load("regroup", "ci"))
     assert [p for p in problems if f"attack '{name}' needs" in p], problems
+
+
+class _SumModel(torch.nn.Module):
+    """Two logits (0, sum(x) - 0.9): class 1 once the coordinates sum above 0.9, so sign steps of a known size flip
+    the prediction at a step known in advance."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1).sum(1) - 0.9
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+def test_pgd_early_stop_returns_the_first_fooling_iterate():
+    # sums 0.4 + 0.2 t (flips at t = 3, each coordinate 0.25), 1.2 (already class 1: x itself), at most 0.8 (never)
+    x = torch.tensor([[0.1] * 4, [0.3] * 4, [0.0] * 4], dtype=torch.float64)
+    y = torch.zeros(3, dtype=torch.long)
+    out = pgd(_SumModel(), x, y, eps=0.2, steps=10, stepsize=0.05, start=False, early_stop=True).x_adv
+    assert torch.allclose(out[0], torch.full((4,), 0.25, dtype=torch.float64))
+    assert torch.equal(out[1], x[1])
+    assert torch.allclose(out[2], torch.full((4,), 0.2, dtype=torch.float64))  # never fooled: the last iterate
+    last = pgd(_SumModel(), x, y, eps=0.2, steps=10, stepsize=0.05, start=False).x_adv
+    assert torch.allclose(last[0], torch.full((4,), 0.3, dtype=torch.float64))  # the old behaviour: the last iterate
+
+
+@pytest.mark.parametrize("update", ["steepest", "adam"])
+def test_pgd_early_stop_equals_a_run_stopped_at_each_samples_first_fooling_step(mnist_model, batch, update):
+    x, y = batch
+    torch.manual_seed(5)
+    record = pgd(mnist_model, x, y, eps=0.1, steps=8, stepsize=0.02, update=update, record=True).correct
+    torch.manual_seed(5)
+    early = pgd(mnist_model, x, y, eps=0.1, steps=8, stepsize=0.02, update=update, early_stop=True).x_adv
+    first = torch.where((~record).any(0), (~record).int().argmax(0), torch.full_like(y, 8))
+    assert (first < 8).any() and (first > 0).any()
+    for steps in sorted(set(first.tolist()) - {0}):
+        torch.manual_seed(5)
+        short = pgd(mnist_model, x, y, eps=0.1, steps=steps, stepsize=0.02, update=update).x_adv
+        assert torch.allclose(early[first == steps], short[first == steps], atol=1e-6)
+    with pytest.raises(ValueError, match="early_stop and record"):
+        pgd(mnist_model, x, y, eps=0.1, steps=2, record=True, early_stop=True)
+
+
+def test_pgd_early_stop_option_through_the_registry(mnist_model, batch):
+    x, y = batch
+    result = run_attack(
+        {"name": "pgd_linf", "eps": 0.3, "steps": 20, "options": {"early_stop": True}}, mnist_model, x, y
+    )
+    fixed = run_attack({"name": "pgd_linf", "eps": 0.3, "steps": 20}, mnist_model, x, y)
+    assert bool(result.success.all()) and float(result.norms.mean()) < float(fixed.norms.mean())

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from advlib import params, report
+from advlib.attacks import run_attack
 from advlib.cache import Cache
 from advlib.defenses.regroup import choose_k
 from advlib.experiments.base import MissingResult
-from advlib.experiments.regroup import RegroupStudy, claims, network_summary, smallest_eps
+from advlib.experiments.regroup import RegroupStudy, claims, network_summary, sign_test, smallest_eps, smallest_eps_grid
 
 SMALL = {
     "n_test": 200,
@@ -212,6 +213,69 @@ def test_smallest_eps_matches_the_analytic_minimum_of_a_linear_model():
         smallest_eps(run, len(x), eps_max, -1)
 
 
+def test_smallest_eps_grid_brackets_each_image_between_grid_points():
+    # the linear model of the test above: the attack at eps flips a sample iff eps > its exact minimal eps
+    torch.manual_seed(1)
+    w, b = torch.randn(6, dtype=torch.float64), 0.1
+    x = torch.randn(60, 6, dtype=torch.float64)
+    x = torch.where((x @ w + b)[:, None] > 0, x, -x)
+    exact = (x @ w + b) / w.abs().sum()
+    attacked: list[tuple[float, list[int]]] = []
+
+    def run(eps: float, index: torch.Tensor):
+        attacked.append((eps, index.tolist()))
+        adv = x[index] - eps * w.sign()
+        return adv, (adv @ w + b) < 0
+
+    grid, steps = [0.1, 0.3, 1.0], 3
+    found, curve = smallest_eps_grid(run, len(x), grid, steps)
+    edges = [0.0, *grid]
+    for i, (x_adv, hit) in enumerate(curve):
+        assert torch.equal(hit, exact < grid[i])  # nested: fooled within grid eps i
+        assert bool(((x_adv[hit] @ w + b) < 0).all())
+        assert bool(((x_adv[~hit] - x[~hit]).abs().amax(1) <= grid[i] + 1e-12).all())  # that grid run's own
+        bracket = hit & (exact >= edges[i])  # first fooled at grid eps i: bisected in (edges[i], grid[i]]
+        assert bool((found[bracket] > exact[bracket]).all())
+        assert bool((found[bracket] <= exact[bracket] + (grid[i] - edges[i]) / 2**steps + 1e-12).all())
+        if i:
+            assert torch.equal(x_adv[curve[i - 1][1]], curve[i - 1][0][curve[i - 1][1]])  # shared once fooled
+    # a larger grid eps attacks only the images no smaller one fooled
+    assert [set(index) for eps, index in attacked[:3]] == [
+        set(range(60)),
+        set((exact >= 0.1).nonzero().flatten().tolist()),
+        set((exact >= 0.3).nonzero().flatten().tolist()),
+    ]
+    assert bool(found[exact >= 1.0].isnan().all())
+    with pytest.raises(ValueError, match="strictly ascending"):
+        smallest_eps_grid(run, len(x), [0.3, 0.1], steps)
+
+
+def test_minimal_protocol_pgd_is_each_images_smallest_fooling_adversarial(study):
+    table = study.table2().set_index(["network", "attack"])
+    for net in study.networks():
+        s = study.sets[(net.name, "table2", "PGD")]
+        assert study.p.pgd_protocol == "minimal" and s.eps_found is not None and bool(s.hit.any())
+        linf = (s.x_adv - study.x[net.untargeted]).flatten(1).abs().amax(1)
+        assert bool((linf[s.hit] <= s.eps_found[s.hit] + 1e-6).all())
+        assert bool((s.eps_found[s.hit] <= study.p.untargeted["PGD"].eps + 1e-12).all())
+        with torch.no_grad():
+            pred = net.model(s.x_adv[s.hit]).argmax(1)
+        assert bool((pred != study.y[net.untargeted][s.hit]).all())
+        assert table.loc[(net.name, "PGD"), "mean_eps"] == pytest.approx(float(s.eps_found[s.hit].mean()))
+
+
+def test_fixed_protocol_keeps_the_last_iterate_at_the_tables_eps(study):
+    fixed = RegroupStudy(params.load("regroup", "ci", {**SMALL, "pgd_protocol": "fixed"}), "cpu", cache=study.cache)
+    net = fixed.network("VGG")
+    x, y = fixed.x[net.clean], fixed.y[net.clean]
+    last = run_attack(fixed.p.table1_attack, net.model, x, y).x_adv
+    s = fixed.table1_set("VGG")
+    assert s.eps_found is None and torch.allclose(s.x_adv, last)
+    assert all(f.eps_found is None for f in fixed.curve_sets("VGG"))
+    minimal = study.table1_set("VGG")  # the paper's protocol: each image stops at its first fooling iterate
+    assert minimal.eps_found is not None and not torch.allclose(minimal.x_adv, last)
+
+
 def test_k_larger_than_the_layers_is_refused(tmp_path):
     p = params.load("regroup", "ci", {**SMALL, "k": 12})
     with pytest.raises(ValueError, match=r"k=12 is larger than the number of layers \d+ of '\w+' \(allowed 1\.\.\d+"):
@@ -228,6 +292,8 @@ def test_bad_regroup_parameters_are_named():
         params.load("regroup", "ci", {"architectures.VGG.pretrained": {"model": "vgg19_imagenet"}})
     with pytest.raises(params.ParamsError, match="k"):
         params.load("regroup", "ci", {"k": 0})
+    with pytest.raises(params.ParamsError, match="pgd_protocol.*'minimal' or 'fixed'"):
+        params.load("regroup", "ci", {"pgd_protocol": "last"})
 
 
 def test_paper_profile_dry_run_on_fake_data(tmp_path):
@@ -285,6 +351,18 @@ def test_paper_profile_dry_run_on_fake_data(tmp_path):
 NETS, ATTACKS = ["VGG", "ResNet"], ["PGD", "DFool"]
 
 
+def _figure2(curve: list[tuple[float, float, float, int, int]]) -> pd.DataFrame:
+    """Figure 2 rows on 100 images per eps from (paper eps, REGroup %, softmax %, REGroup-only, softmax-only)."""
+    return pd.DataFrame(
+        [
+            {"network": n, "eps": e * 0.3 / 16, "paper_eps": e, "method": m, "top1": v, "top5": v, "n": 100, "wins": w}
+            for n in NETS
+            for e, r, s, rw, sw in curve
+            for m, v, w in (("SoftMax", s, sw), ("REGroup", r, rw))
+        ]
+    )
+
+
 def _tables(good: bool) -> dict[str, pd.DataFrame]:
     """Tables shaped like the run's, in which every claim holds (good) or none does (bad)."""
     g = good
@@ -323,15 +401,13 @@ def _tables(good: bool) -> dict[str, pd.DataFrame]:
     table3 = attack_table(["PGD", "C&W"], 40.0 if g else 20.0, mean_eps=True)
     table4 = attack_table(["PGD (un-targeted)"], 25.0 if g else 5.0, mean_eps=True)
     table5 = attack_table(["SPSA (eps=4)"], 50.0 if g else 10.0)
-    curve = [(4, 80, 60), (16, 50, 10), (40, 30, 0)] if g else [(4, 50, 60), (16, 55, 10), (40, 30, 0)]
-    figure2 = pd.DataFrame(
-        [
-            {"network": n, "eps": e * 0.3 / 16, "paper_eps": e, "method": m, "top1": v, "top5": v}
-            for n in NETS
-            for e, r, s in curve
-            for m, v in (("SoftMax", s), ("REGroup", r))
-        ]
+    # (paper eps, REGroup top-1, softmax top-1, images only REGroup gets right, images only the softmax gets right)
+    curve = (
+        [(4, 80, 60, 22, 2), (16, 50, 10, 42, 2), (40, 30, 0, 30, 0)]
+        if g
+        else [(4, 50, 60, 2, 12), (16, 55, 45, 12, 2), (40, 30, 28, 5, 3)]
     )
+    figure2 = _figure2(curve)
     figure3 = pd.DataFrame(
         [
             {"network": n, "experiment": "table2 PGD", "pos": 30.0, "neg": 30.0, "pos+neg": 35.0 if g else 29.0}
@@ -404,3 +480,29 @@ def test_claims_without_adversarials_are_not_measured():
     tables["table4"] = tables["table4"].assign(attacked=0)
     row = report.evaluate_claims(_claims(), tables).set_index("id").loc["recovers_high_confidence"]
     assert row["verdict"] == report.NOT_MEASURED and "#S = 0" in row["reason"]
+
+
+def test_sign_test_is_the_exact_one_sided_binomial_tail():
+    assert sign_test(5, 3) == pytest.approx((56 + 28 + 8 + 1) / 256)
+    assert sign_test(3, 0) == pytest.approx(1 / 8) and sign_test(0, 0) == 1.0 and sign_test(0, 4) == 1.0
+    with pytest.raises(ValueError, match="losses=-1"):
+        sign_test(2, -1)
+
+
+def _beats(curve: list[tuple[float, float, float, int, int]]) -> pd.Series:
+    tables = {**_tables(good=True), "figure2": _figure2(curve)}
+    return report.evaluate_claims(_claims(), tables).set_index("id").loc["beats_softmax_eps"]
+
+
+def test_beats_softmax_eps_needs_a_significant_paired_win():
+    # REGroup above the softmax at every eps (the old rule held): 12 vs 10 at eps 16 is 4 vs 2 discordant images
+    row = _beats([(4, 80, 60, 22, 2), (16, 12, 10, 4, 2), (40, 30, 0, 30, 0)])
+    assert row["verdict"] == report.DOES_NOT_HOLD
+    assert "4 images and the softmax alone on 2" in row["reason"] and "p = 0.34" in row["reason"]
+
+
+def test_beats_softmax_eps_judges_only_eps_where_the_softmax_is_broken():
+    # REGroup below the softmax at eps 4 (the old rule failed), but the softmax is not broken there (60% >= 50%)
+    assert _beats([(4, 50, 60, 2, 12), (16, 50, 10, 42, 2), (40, 30, 0, 30, 0)])["verdict"] == report.HOLDS
+    row = _beats([(4, 90, 95, 2, 7), (16, 80, 70, 12, 2)])  # the softmax never broken: nothing to judge
+    assert row["verdict"] == report.NOT_MEASURED and "no eps to judge" in row["reason"]

@@ -201,6 +201,75 @@ def _adam_direction(
     return direction, m, v
 
 
+def _fooled(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    """Per sample: does the prediction leave the label y (untargeted) or reach the target?"""
+    pred = logits.argmax(dim=1)
+    return pred == target if target is not None else pred != y
+
+
+def _pgd_early_stop(
+    model: nn.Module,
+    x: Tensor,
+    x_adv: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    eps: float,
+    steps: int,
+    alpha: float,
+    sign: float,
+    norm: str,
+    update: str,
+    loss: str,
+    box: tuple[Tensor, Tensor] | None,
+    layout: torch.memory_format,
+    generator: torch.Generator | None,
+    l1_k: int | None,
+) -> PGDOutput:
+    """`pgd`'s steps on the samples not yet fooled only: a sample is frozen at its first fooling point (x itself, or
+    the iterate whose forward pass, made anyway for the next gradient, shows it fooled). The last iterate is not
+    checked: a sample it fools returns it all the same."""
+    labels = target if target is not None else y
+    with torch.no_grad():
+        done = _fooled(model(x), y, target)
+    x_adv = torch.where(_view(done, x), x, x_adv)
+    m = torch.zeros_like(x_adv) if update == "adam" else None
+    v = torch.zeros_like(x_adv) if update == "adam" else None
+    for t in range(1, steps + 1):
+        rows = (~done).nonzero().squeeze(1)
+        if len(rows) == 0:
+            break
+        x_now = x_adv[rows]
+        if layout != torch.contiguous_format:
+            x_now = in_layout(x_now, layout)
+        x_now.requires_grad_(True)
+        logits = model(x_now)
+        fooled = _fooled(logits.detach(), y[rows], None if target is None else target[rows])
+        done[rows] = fooled
+        summed = (
+            F.cross_entropy(logits, labels[rows], reduction="sum")
+            if loss == "ce"
+            else attack_loss(logits, labels[rows], loss).sum()
+        )
+        (grad,) = torch.autograd.grad(summed, x_now)
+        if update == "adam":  # Adam moments of the running samples (a frozen sample's are never used again)
+            assert m is not None and v is not None
+            direction, m_rows, v_rows = _adam_direction(
+                grad, m[rows] if t > 1 else None, v[rows] if t > 1 else None, t, x_now.detach(), norm, generator, l1_k
+            )
+            m[rows], v[rows] = m_rows, v_rows
+        else:
+            direction = steepest_direction(grad, x_now.detach(), norm, generator, l1_k)
+        moved = x_now.detach().add(direction, alpha=sign * alpha)
+        moved = (
+            moved.clamp_(box[0][rows], box[1][rows])
+            if box is not None
+            else (x[rows] + project(moved - x[rows], norm, eps)).clamp(0, 1)
+        )
+        keep = rows[~fooled]
+        x_adv[keep] = moved[~fooled].to(x_adv.dtype)
+    return PGDOutput(x_adv=x_adv.detach().contiguous(), correct=None)
+
+
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -222,6 +291,7 @@ def pgd(
     keys: Tensor | None = None,
     seed: int = 0,
     channels_last: bool | None = None,
+    early_stop: bool = False,
 ) -> PGDOutput:
     """Projected gradient ascent of `loss` within the eps-ball of `norm` (descent towards `target` if given).
 
@@ -238,8 +308,12 @@ def pgd(
     stream seeded by `seed`, so every sample's result is the same in any batch; else all draws come from `generator`.
     The iterate lives in channels_last memory when `channels_last` (None: `prefers_channels_last`); only the layout
     changes, and with it the convolutions' float rounding in the last bits. The result is returned contiguous.
+    With `early_stop` (foolbox 2's return_early) each sample stops at its first fooling point: x itself when the
+    model already errs on it, else the first iterate (the start included) that fools; the others run every step.
     """
     _check_pgd_options(eps, steps, update, loss, start_sigma)
+    if early_stop and record:
+        raise ValueError("early_stop and record cannot be combined (a stopped sample has no later iterates)")
     alpha = stepsize if stepsize is not None else rel_stepsize * eps
     labels, sign = (target, -1.0) if target is not None else (y, 1.0)
     layout = (
@@ -254,6 +328,10 @@ def pgd(
     # Linf: the projection and the [0, 1] clip are one clamp to [max(x - eps, 0), min(x + eps, 1)]; a step is then three
     # kernels (sign, add, clamp) instead of seven, which matters on a GPU, where small models' steps are launch-bound
     box = ((x - eps).clamp_(min=0), (x + eps).clamp_(max=1)) if norm == "linf" else None
+    if early_stop:
+        return _pgd_early_stop(
+            model, x, x_adv, y, target, eps, steps, alpha, sign, norm, update, loss, box, layout, generator, l1_k
+        )
     m = v = None
     history = []
     for t in range(1, steps + 1):
@@ -285,7 +363,8 @@ def pgd(
 
 
 class PGD(Attack):
-    """Registry face of `pgd`: options update ('steepest'|'adam'), loss ('ce'|'margin'), start_sigma (Gaussian start)."""
+    """Registry face of `pgd`: options update ('steepest'|'adam'), loss ('ce'|'margin'), start_sigma (Gaussian start),
+    early_stop (each sample's first fooling iterate, foolbox 2's return_early)."""
 
     kind = "fixed"
     targeted_ok = True
@@ -305,6 +384,7 @@ class PGD(Attack):
         l1_k: int | None = None,
         targeted: bool = False,
         seed: int = 0,
+        early_stop: bool = False,
     ):
         super().__init__(eps, targeted=targeted, seed=seed)
         if norm not in ("linf", "l2", "l1"):
@@ -317,6 +397,7 @@ class PGD(Attack):
         if l1_k is not None and l1_k < 1:
             raise ValueError(f"l1_k must be >= 1 (or None for a k drawn in 5..20); got l1_k={l1_k}")
         self.start, self.start_sigma, self.l1_k = random_start, start_sigma, l1_k
+        self.early_stop = bool(early_stop)
 
     def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
         return self.run(model, x, y, target, keys=keys).x_adv
@@ -349,4 +430,5 @@ class PGD(Attack):
             l1_k=self.l1_k,
             keys=keys,
             seed=self.seed,
+            early_stop=self.early_stop,
         )
