@@ -62,6 +62,11 @@ def cycle_loss(x: Tensor, x_back: Tensor) -> Tensor:
     return (x_back - x).flatten(1).pow(2).sum(1).mean()
 
 
+def attack_confidence(confidence: Tensor) -> Tensor:
+    """A target confidence kept inside (0, 1), so the confidence attack's log |log p_t - log C| stays finite."""
+    return confidence.clamp(1e-4, 1 - 1e-4)
+
+
 class ClassConfidence(nn.Module):
     """Per-class running mean (EMA, decay 0.5) of the classifier's confidence in its prediction on natural images,
     keyed by the predicted class (the authors' code): the target confidence C of the training attack. A module so its
@@ -86,7 +91,7 @@ class ClassConfidence(nn.Module):
 
     def of(self, classes: Tensor) -> Tensor:
         """The running confidence of each class in `classes`, kept inside (0, 1) for the attack's log."""
-        return self.values.to(classes.device)[classes].clamp(1e-4, 1 - 1e-4)
+        return attack_confidence(self.values.to(classes.device)[classes])
 
 
 def classifier_step_loss(
@@ -130,7 +135,7 @@ def classifier_step_loss(
         classifier,
         x_adv.detach()[fooled],
         predicted[fooled],
-        own[fooled].clamp(1e-4, 1 - 1e-4),
+        attack_confidence(own[fooled]),
         steps=steps,
         overshoot=overshoot,
         differentiable=True,
