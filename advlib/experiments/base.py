@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 
 from ..cache import Cache, CacheKey, Trained, derive_key
-from ..report import Claim, evaluate_claims, paper_vs_run, save_table
+from ..claims import Claim, evaluate_claims
+from ..report import paper_vs_run, save_table
 
 __all__ = ["ArtifactSpec", "MissingResult", "Study", "Trained", "artifact"]
 
@@ -73,6 +74,9 @@ class Study:
 
     stem: ClassVar[str]
     artifacts: ClassVar[dict[str, ArtifactSpec]] = {}
+    #: the parameters that set the run's budget (dotted keys of whole numbers: epochs, training images, attack
+    #: steps), which `advlib ladder` scales to 1/4, 1/2 and 1 of the profile's values
+    budget: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

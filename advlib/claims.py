@@ -1,0 +1,463 @@
+"""The papers' claims as data: each claim measures one or more `Comparison`s on the run's tables, and the verdict,
+evidence, interval and reason follow from them.
+
+A comparison is a difference (left minus right, or left minus a constant) with a 95% interval from the test that fits
+how it was measured: Agresti-Caffo for two accuracies on separate samples, Agresti-Min for two accuracies on the same
+images (paired: only the images the two disagree on count), Wilson for one accuracy against a constant, Welch's t for
+means of repeated runs. Written here (not scipy.stats alone) because no library turns an interval into the three
+verdicts below; scipy gives the t quantile.
+
+Verdicts (one per comparison; a claim combines its comparisons with its quantifier):
+- strict claims (left above / below right by more than the threshold): `holds` when the interval lies on the claim's
+  side, `fails` when it lies on the other side (a tie included), `undecided` when it straddles;
+- non-strict claims (not below / not above): refuted only by evidence: `holds` when the measured difference is on the
+  claim's side (a tie of counts included), `fails` when the interval excludes the claim, `undecided` otherwise;
+- equivalence claims (within a threshold): `holds` when the interval lies inside +-threshold, `fails` when it lies
+  entirely outside, `undecided` otherwise;
+- `not measured at this profile` when a cited result is absent, `does not transfer` when the measure states that the
+  claim's premise does not hold at this scale (`DoesNotTransfer`).
+An undecided comparison reports how many images would decide it at the observed effect (the interval's half-width
+shrinks as 1/sqrt(n)).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+HOLDS = "holds"
+FAILS = "fails"
+UNDECIDED = "undecided"
+NOT_MEASURED = "not measured at this profile"
+DOES_NOT_TRANSFER = "does not transfer"
+VERDICTS = (HOLDS, FAILS, UNDECIDED, DOES_NOT_TRANSFER, NOT_MEASURED)
+
+Relation = Literal[">", ">=", "<", "<=", "within"]
+RELATIONS: tuple[str, ...] = (">", ">=", "<", "<=", "within")
+Quantifier = Literal["all", "majority"]
+_Z = 1.959963984540054  # the two-sided 95% normal quantile
+
+
+class DoesNotTransfer(Exception):
+    """Raised by a claim's measure when the claim's premise does not hold at this scale; the message says why."""
+
+
+# -- estimates and their intervals ---------------------------------------------------------------------------------
+def correct_count(percent: float, n: int) -> int:
+    """The whole number of correct images that an accuracy of `percent` on `n` scored images stands for.
+
+    Comparisons count images, not float percentages, so last-bit float32 noise cannot break a tie. For an accuracy
+    averaged over evaluations or seeds, `n` counts every scored image (images x evaluations x seeds)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1 scored images, got n={n}")
+    if not -1e-6 <= percent <= 100 + 1e-6:
+        raise ValueError(f"percent must be an accuracy in [0, 100], got {percent}")
+    return round(percent * n / 100)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One measured comparison of a claim: `left` against `right` (another measurement or a constant).
+
+    `difference` is left minus right in the comparison's unit and [`low`, `high`] its 95% interval; `relation` and
+    `threshold` state the claim about the difference (`>`: difference > threshold; `within`: |difference| <=
+    threshold); `n` is the sample size the interval rests on and `test` names the test. Build one with
+    `accuracies`, `paired`, `against` or `means`."""
+
+    left: str
+    right: str
+    left_value: float
+    right_value: float
+    relation: Relation
+    threshold: float
+    difference: float
+    low: float
+    high: float
+    n: int
+    test: str
+    unit: str = "%"
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"relation {self.relation!r} is not one of {', '.join(RELATIONS)}")
+        if self.relation == "within" and self.threshold < 0:
+            raise ValueError(f"a 'within' threshold must be >= 0, got {self.threshold}")
+        if not self.low <= self.difference <= self.high:
+            raise ValueError(f"interval [{self.low}, {self.high}] does not contain the difference {self.difference}")
+
+    # -- constructors, one per test --
+    @classmethod
+    def accuracies(
+        cls,
+        left: tuple[str, float],
+        right: tuple[str, float],
+        relation: Relation,
+        n: int,
+        n_right: int | None = None,
+        threshold: float = 0.0,
+    ) -> Comparison:
+        """Two accuracies (percent) on separate samples of `n` and `n_right` images: Agresti-Caffo interval on the
+        difference of the counts of correct images (one success and one failure added to each side). Also the
+        conservative choice for two accuracies on the same images when per-image outcomes were not kept: positively
+        correlated outcomes make the true paired interval narrower."""
+        n_right = n if n_right is None else n_right
+        k_left, k_right = correct_count(left[1], n), correct_count(right[1], n_right)
+        p_left, p_right = (k_left + 1) / (n + 2), (k_right + 1) / (n_right + 2)
+        half = _Z * math.sqrt(p_left * (1 - p_left) / (n + 2) + p_right * (1 - p_right) / (n_right + 2)) * 100
+        difference = 100 * (k_left / n - k_right / n_right)
+        return cls(
+            left[0],
+            right[0],
+            100 * k_left / n,
+            100 * k_right / n_right,
+            relation,
+            threshold,
+            difference,
+            difference - half,
+            difference + half,
+            min(n, n_right),
+            "Agresti-Caffo",
+        )
+
+    @classmethod
+    def paired(
+        cls,
+        left: str,
+        right: str,
+        left_only: int,
+        right_only: int,
+        n: int,
+        relation: Relation,
+        threshold: float = 0.0,
+        both: int = 0,
+    ) -> Comparison:
+        """Two methods scored on the same `n` images: `left_only` images succeed under left alone, `right_only` under
+        right alone (`both` under both, for the reported accuracies). Agresti-Min interval on the paired difference
+        (0.5 added to each cell of the 2x2 table)."""
+        if min(left_only, right_only, both) < 0 or left_only + right_only + both > n:
+            raise ValueError(
+                f"paired counts must be >= 0 and sum to at most n={n}: left_only={left_only}, "
+                f"right_only={right_only}, both={both}"
+            )
+        b, c, m = left_only + 0.5, right_only + 0.5, n + 2
+        centre = (b - c) / m
+        half = _Z * math.sqrt(max((b + c) - (b - c) ** 2 / m, 0.0)) / m * 100
+        difference = 100 * (left_only - right_only) / n
+        low, high = min(difference, 100 * centre - half), max(difference, 100 * centre + half)
+        return cls(
+            left,
+            right,
+            100 * (left_only + both) / n,
+            100 * (right_only + both) / n,
+            relation,
+            threshold,
+            difference,
+            low,
+            high,
+            n,
+            "paired Agresti-Min",
+        )
+
+    @classmethod
+    def against(cls, left: tuple[str, float], constant: float, relation: Relation, n: int) -> Comparison:
+        """One accuracy (percent of `n` images) against a constant (percent): Wilson score interval."""
+        k = correct_count(left[1], n)
+        p = k / n
+        centre = (p + _Z**2 / (2 * n)) / (1 + _Z**2 / n)
+        half = _Z * math.sqrt(p * (1 - p) / n + _Z**2 / (4 * n**2)) / (1 + _Z**2 / n)
+        difference = 100 * p - constant
+        low = min(difference, 100 * (centre - half) - constant)
+        high = max(difference, 100 * (centre + half) - constant)
+        return cls(left[0], f"{constant:g}", 100 * p, constant, relation, 0.0, difference, low, high, n, "Wilson")
+
+    @classmethod
+    def means(
+        cls,
+        left: tuple[str, Sequence[float]],
+        right: tuple[str, Sequence[float]] | tuple[str, float],
+        relation: Relation,
+        threshold: float = 0.0,
+        unit: str = "",
+    ) -> Comparison:
+        """The mean of repeated measurements (runs, seeds) against another sample's mean (Welch's t interval) or a
+        constant (one-sample t interval)."""
+        a = np.asarray(left[1], dtype=float)
+        if isinstance(right[1], (int, float)):
+            b, constant = None, float(right[1])
+        else:
+            b, constant = np.asarray(right[1], dtype=float), None
+        if len(a) < 2 or (b is not None and len(b) < 2):
+            raise ValueError(f"means need at least two values per side, got {len(a)} and {0 if b is None else len(b)}")
+        va = a.var(ddof=1) / len(a)
+        if b is None:
+            right_value, vb, dof = float(constant), 0.0, len(a) - 1.0
+        else:
+            right_value, vb = float(b.mean()), b.var(ddof=1) / len(b)
+            dof = (
+                (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2.0
+            )
+        difference = float(a.mean()) - right_value
+        half = float(stats.t.ppf(0.975, dof)) * math.sqrt(va + vb)
+        n = len(a) if b is None else min(len(a), len(b))
+        return cls(
+            left[0],
+            right[0],
+            float(a.mean()),
+            right_value,
+            relation,
+            threshold,
+            difference,
+            difference - half,
+            difference + half,
+            n,
+            "Welch t" if b is not None else "t",
+            unit,
+        )
+
+    # -- what the comparison says --
+    @property
+    def margin(self) -> tuple[float, float, float]:
+        """How far the measurement is on the claim's side of its threshold (positive: the claim's side), with the
+        interval of that margin: the quantity a budget ladder plots."""
+        d, lo, hi, t = self.difference, self.low, self.high, self.threshold
+        if self.relation in (">", ">="):
+            return d - t, lo - t, hi - t
+        if self.relation in ("<", "<="):
+            return t - d, t - hi, t - lo
+        nearest = 0.0 if lo <= 0 <= hi else min(abs(lo), abs(hi))
+        return t - abs(d), t - max(abs(lo), abs(hi)), t - nearest
+
+    @property
+    def verdict(self) -> str:
+        """holds / fails / undecided, by the rules in the module docstring."""
+        point, low, high = self.margin
+        if self.relation in (">", "<"):
+            return HOLDS if low > 0 else FAILS if high <= 0 else UNDECIDED
+        if self.relation in (">=", "<="):
+            return HOLDS if point >= 0 else FAILS if high < 0 else UNDECIDED
+        return HOLDS if low >= 0 else FAILS if high < 0 else UNDECIDED
+
+    @property
+    def sample(self) -> str:
+        """What `n` counts: images, or runs for means of repeated runs."""
+        return "runs" if self.test in ("Welch t", "t") else "images"
+
+    def images_to_decide(self) -> int | None:
+        """For an undecided comparison, about how many images (or runs) would decide it at the observed effect: the
+        interval's half-width shrinks as 1/sqrt(n) until it no longer reaches the boundary. None for a zero effect."""
+        point, low, high = self.margin
+        distance = abs(point)
+        if distance == 0:
+            return None
+        half = (high - low) / 2
+        return max(self.n + 1, math.ceil(self.n * (half / distance) ** 2))
+
+    def describe(self) -> str:
+        """`left 52.0% vs right 44.0%: +8.0 [+2.1, +13.9] points on 500 images (Agresti-Caffo)`."""
+        unit = self.unit
+        points = " points" if unit == "%" else ""
+        right = f"{self.right} {self.right_value:.3g}{unit}" if unit != "%" else f"{self.right} {self.right_value:.1f}%"
+        left = f"{self.left} {self.left_value:.3g}{unit}" if unit != "%" else f"{self.left} {self.left_value:.1f}%"
+        if self.test in ("Wilson", "t"):
+            right = f"{self.right_value:g}{unit}" if unit == "%" else f"{self.right_value:.3g}{unit}"
+        digits = 1 if unit == "%" else 3
+        claim = {"within": f"|difference| <= {self.threshold:g}"}.get(
+            self.relation, f"difference {self.relation} {self.threshold:g}"
+        )
+        return (
+            f"{left} vs {right}: {self.difference:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
+            f"{points} on {self.n} {self.sample} ({self.test}; claim: {claim})"
+        )
+
+
+# -- claims ----------------------------------------------------------------------------------------------------------
+class UncitedTable(LookupError):
+    """A claim's measure read a table it does not cite (a programming error, never 'not measured')."""
+
+
+class CitedTables(Mapping[str, Any]):
+    """The run's tables as one claim sees them: only the ones it cites; records which it read.
+
+    A cited table this run did not produce raises KeyError (the claim is then not measured); an uncited one raises
+    `UncitedTable`, so a measure cannot quietly read a table other than the one its text cites.
+    """
+
+    def __init__(self, claim_id: str, cites: Sequence[str], tables: Mapping[str, Any]):
+        self._id, self._cites, self._tables = claim_id, tuple(cites), tables
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._cites:
+            raise UncitedTable(
+                f"claim {self._id!r} read table {name!r}, which it does not cite (cites: {', '.join(self._cites)})"
+            )
+        self.read.add(name)
+        return self._tables[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in self._cites if name in self._tables)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_CITATION = re.compile(r"^(table|figure)(\d+[a-z]?)$")
+
+
+def _text_cites(text: str, name: str) -> bool:
+    """Whether the claim's sentence names the paper artifact `name` (table1b -> 'Table 1b', 'Tables 1a, 1b', ...).
+
+    Names that are not paper artifacts (e.g. 'diagnostics') need not appear in the text."""
+    match = _CITATION.match(name)
+    if match is None:
+        return True
+    kind, number = match.groups()
+    return (
+        re.search(rf"\b{kind}s?\b[^()]*?(?<![\w.-]){re.escape(number)}(?![\w])", text, flags=re.IGNORECASE) is not None
+    )
+
+
+Measure = Callable[[Mapping[str, Any]], "Comparison | Sequence[Comparison]"]
+Note = Callable[[Mapping[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper: its sentence, the tables it cites and the comparison(s) that test it.
+
+    `measure` gets only the cited tables and returns one `Comparison` or several; `quantifier` says how several
+    combine (`all`: each must hold; `majority`: more than half). `note`, if given, adds measured context to the
+    reason of a claim that does not hold (the cause the cited tables show)."""
+
+    id: str
+    text: str
+    cites: tuple[str, ...]
+    measure: Measure
+    quantifier: Quantifier = "all"
+    note: Note | None = None
+
+    def __post_init__(self) -> None:
+        if not self.cites:
+            raise ValueError(f"claim {self.id!r} cites no table: name the tables its measure reads")
+        missing = [name for name in self.cites if not _text_cites(self.text, name)]
+        if missing:
+            raise ValueError(
+                f"claim {self.id!r} cites {', '.join(missing)} but its text does not name them: {self.text!r}"
+            )
+        if self.quantifier not in ("all", "majority"):
+            raise ValueError(f"claim {self.id!r}: quantifier {self.quantifier!r} is not one of all, majority")
+
+
+CLAIM_COLUMNS = ["id", "claim", "cites", "evidence", "n", "margin", "margin_low", "margin_high", "verdict", "reason"]
+
+
+def combine(comparisons: Sequence[Comparison], quantifier: Quantifier = "all") -> tuple[str, Comparison]:
+    """The claim's verdict from its comparisons, and the comparison that decides it (for the margin and reason).
+
+    all: fails if any fails, holds if all hold, else undecided; the binding comparison is the smallest margin.
+    majority: holds if more than half hold, fails if at least half fail, else undecided; the binding comparison is
+    the median margin."""
+    if not comparisons:
+        raise ValueError("a claim measured no comparison")
+    verdicts = [c.verdict for c in comparisons]
+    by_margin = sorted(comparisons, key=lambda c: c.margin[0])
+    if quantifier == "all":
+        failed = [c for c in by_margin if c.verdict == FAILS]
+        verdict = FAILS if failed else HOLDS if all(v == HOLDS for v in verdicts) else UNDECIDED
+        binding = failed[0] if failed else next((c for c in by_margin if c.verdict == UNDECIDED), by_margin[0])
+        return verdict, binding
+    count = Counter(verdicts)
+    half = len(comparisons) / 2
+    verdict = HOLDS if count[HOLDS] > half else FAILS if count[FAILS] >= half else UNDECIDED
+    return verdict, by_margin[(len(by_margin) - 1) // 2]
+
+
+def _reason(verdict: str, comparisons: Sequence[Comparison], binding: Comparison) -> str:
+    if verdict == HOLDS:
+        return ""
+    if verdict == FAILS:
+        failing = sum(c.verdict == FAILS for c in comparisons)
+        count = f" ({failing} of {len(comparisons)} comparisons fail)" if len(comparisons) > 1 else ""
+        return f"the 95% interval excludes the claim{count}: {binding.describe()}"
+    needed = binding.images_to_decide()
+    size = (
+        f"about {needed} {binding.sample} would decide it at the observed effect"
+        if needed is not None
+        else "the observed effect is zero: no sample size decides it"
+    )
+    undecided = sum(c.verdict == UNDECIDED for c in comparisons)
+    count = f" ({undecided} of {len(comparisons)} comparisons straddle)" if len(comparisons) > 1 else ""
+    return f"the 95% interval straddles the claim's boundary{count}; {size}: {binding.describe()}"
+
+
+def _evidence(comparisons: Sequence[Comparison], binding: Comparison) -> str:
+    if len(comparisons) == 1:
+        return binding.describe()
+    held = sum(c.verdict == HOLDS for c in comparisons)
+    return f"{held} of {len(comparisons)} comparisons hold; closest: {binding.describe()}"
+
+
+def evaluate_claims(claims: Sequence[Claim], tables: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per claim: its evidence, sample size, margin with interval, verdict and reason (empty when it holds).
+
+    Each claim sees only the tables it cites and must read every one of them (else ValueError: the measure would not
+    test what its text says). A cited table that is missing, or a KeyError inside the measure, means not measured."""
+    duplicates = sorted(cid for cid, count in Counter(c.id for c in claims).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"duplicate claim ids: {', '.join(duplicates)}")
+    rows = []
+    for claim in claims:
+        view = CitedTables(claim.id, claim.cites, tables)
+        row: dict[str, Any] = {"id": claim.id, "claim": claim.text, "cites": ", ".join(claim.cites)}
+        try:
+            measured = claim.measure(view)
+        except DoesNotTransfer as why:
+            rows.append({**row, "evidence": "", "verdict": DOES_NOT_TRANSFER, "reason": str(why)})
+            continue
+        except KeyError as missing:
+            rows.append({**row, "evidence": "", "verdict": NOT_MEASURED, "reason": f"missing result {missing}"})
+            continue
+        comparisons = [measured] if isinstance(measured, Comparison) else list(measured)
+        if view.read != set(claim.cites):
+            unread = sorted(set(claim.cites) - view.read)
+            raise ValueError(f"claim {claim.id!r} cites {', '.join(unread)} but its measure does not read it")
+        verdict, binding = combine(comparisons, claim.quantifier)
+        reason = _reason(verdict, comparisons, binding)
+        if reason and claim.note is not None:
+            reason += "; " + claim.note(view)
+        margin, low, high = binding.margin
+        rows.append(
+            {
+                **row,
+                "evidence": _evidence(comparisons, binding),
+                "n": binding.n,
+                "margin": margin,
+                "margin_low": low,
+                "margin_high": high,
+                "verdict": verdict,
+                "reason": reason,
+            }
+        )
+    table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    table["n"] = table["n"].astype("Int64")
+    return table
+
+
+def verdict_counts(table: pd.DataFrame) -> str:
+    """`12 claims: 5 hold, 3 fail, 2 undecided, 1 does not transfer, 1 not measured at this profile`: the line that
+    opens every notebook's claims section."""
+    count = Counter(table["verdict"])
+    unknown = sorted(set(count) - set(VERDICTS))
+    if unknown:
+        raise ValueError(f"unknown verdicts {unknown}; allowed: {', '.join(VERDICTS)}")
+    words = {HOLDS: "hold", FAILS: "fail"}
+    parts = [f"{count[v]} {words.get(v, v)}" for v in VERDICTS if count[v]]
+    return f"{len(table)} claims: " + (", ".join(parts) if parts else "none")
