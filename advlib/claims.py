@@ -222,6 +222,35 @@ class Comparison:
             unit,
         )
 
+    @classmethod
+    def variances(
+        cls, left: tuple[str, Sequence[float]], right: tuple[str, Sequence[float]], relation: Relation
+    ) -> Comparison:
+        """The spread of two samples of repeated runs: the log of the ratio of their variances (left over right)
+        against 0, with the F distribution's 95% interval; values are reported as standard deviations."""
+        a, b = np.asarray(left[1], dtype=float), np.asarray(right[1], dtype=float)
+        if len(a) < 2 or len(b) < 2:
+            raise ValueError(f"variances need at least two values per side, got {len(a)} and {len(b)}")
+        va, vb = a.var(ddof=1), b.var(ddof=1)
+        if va <= 0 or vb <= 0:
+            raise ValueError(f"variances must be > 0 to compare their ratio, got {va:g} and {vb:g}")
+        ratio, (d1, d2) = va / vb, (len(a) - 1, len(b) - 1)
+        low, high = ratio / stats.f.ppf(0.975, d1, d2), ratio / stats.f.ppf(0.025, d1, d2)
+        return cls(
+            left[0],
+            right[0],
+            math.sqrt(va),
+            math.sqrt(vb),
+            relation,
+            0.0,
+            math.log(ratio),
+            math.log(low),
+            math.log(high),
+            min(len(a), len(b)),
+            "F (log variance ratio)",
+            "",
+        )
+
     # -- what the comparison says --
     @property
     def margin(self) -> tuple[float, float, float]:
@@ -248,7 +277,7 @@ class Comparison:
     @property
     def sample(self) -> str:
         """What `n` counts: images, or runs for means of repeated runs."""
-        return "runs" if self.test in ("Welch t", "t") else "images"
+        return "runs" if self.test in ("Welch t", "t", "F (log variance ratio)") else "images"
 
     def images_to_decide(self) -> int | None:
         """For an undecided comparison, about how many images (or runs) would decide it at the observed effect: the
@@ -261,7 +290,13 @@ class Comparison:
         return max(self.n + 1, math.ceil(self.n * (half / distance) ** 2))
 
     def describe(self) -> str:
-        """`left 52.0% vs right 44.0%: +8.0 [+2.1, +13.9] points on 500 images (Agresti-Caffo)`."""
+        """`left 52.0% vs right 44.0%: +8.0 [+2.1, +13.9] points on 500 images (Agresti-Caffo; claim: ...)`."""
+        if self.test.startswith("F "):
+            return (
+                f"std {self.left} {self.left_value:.3g} vs {self.right} {self.right_value:.3g}: variance ratio "
+                f"{math.exp(self.difference):.3g} [{math.exp(self.low):.3g}, {math.exp(self.high):.3g}] on "
+                f"{self.n} runs (F test; claim: ratio {self.relation} 1)"
+            )
         unit = self.unit
         points = " points" if unit == "%" else ""
         right = f"{self.right} {self.right_value:.3g}{unit}" if unit != "%" else f"{self.right} {self.right_value:.1f}%"

@@ -72,6 +72,17 @@ def test_means_use_welch_t():
         Comparison.means(("a", [1.0]), ("b", [1.0, 2.0]), ">")
 
 
+def test_variances_use_the_f_interval_on_the_log_ratio():
+    a, b = [1.0, 2.0, 3.0, 4.0], [1.0, 5.0, 9.0, 13.0]  # variances 5/3 and 80/3: ratio 1/16
+    c = Comparison.variances(("9 attacks", a), ("3 attacks", b), "<")
+    assert math.exp(c.difference) == pytest.approx(1 / 16)
+    assert math.exp(c.high) == pytest.approx((1 / 16) / stats.f.ppf(0.025, 3, 3))
+    assert c.verdict == C.HOLDS and c.left_value == pytest.approx(math.sqrt(5 / 3)) and c.sample == "runs"
+    assert Comparison.variances(("a", [1.0, 2.0, 3.0]), ("b", [1.0, 2.5, 4.0]), "<").verdict == C.UNDECIDED
+    with pytest.raises(ValueError, match="must be > 0"):
+        Comparison.variances(("a", [1.0, 1.0]), ("b", [1.0, 2.0]), "<")
+
+
 @pytest.mark.parametrize(
     ("relation", "threshold", "interval", "verdict"),
     [
@@ -153,8 +164,7 @@ def test_evaluate_claims_verdicts_margins_and_reasons():
             "PGD is far below clean (Table 1).",
             ("table1",),
             lambda t: [
-                Comparison.accuracies((r, _acc(t, r)), ("clean", _acc(t, "clean")), "<", 1000)
-                for r in ("pgd", "fgsm")
+                Comparison.accuracies((r, _acc(t, r)), ("clean", _acc(t, "clean")), "<", 1000) for r in ("pgd", "fgsm")
             ],
         ),
     ]
