@@ -7,14 +7,13 @@ import logging
 import os
 import runpy
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import params as params_mod
 from . import preflight
 from .cache import Cache
-from .runtime import PUBLISH_ENV, project_root, run_dir
+from .runtime import project_root, publishing_outputs, run_dir
 
 log = logging.getLogger("advlib")
 
@@ -56,7 +55,7 @@ def run_notebook(
     <name>.failed.ipynb beside the last good one instead of replacing it."""
     import papermill
 
-    with _publishing(publish):
+    with publishing_outputs(publish):
         p = params_mod.load(stem, profile, list(overrides))  # refuses overrides and custom profiles when publishing
         found = preflight.problems(stem, p)
         if found:
@@ -91,19 +90,6 @@ def run_notebook(
             ) from None
     os.replace(partial, target)
     return target
-
-
-@contextmanager
-def _publishing(publish: bool) -> Iterator[None]:
-    """$ADVLIB_PUBLISH set for the block exactly when `publish` (the kernel inherits it: runtime.output_dir then writes
-    figures/, and params.load refuses overrides and custom profiles), and unset afterwards."""
-    os.environ.pop(PUBLISH_ENV, None)
-    if publish:
-        os.environ[PUBLISH_ENV] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop(PUBLISH_ENV, None)
 
 
 def failed_notebook(target: Path) -> Path:
@@ -162,6 +148,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if plot and not tidy.empty:
         out.write(f"plot: {sweep_mod.plot_metric(planned, tidy, *plot)}\n")
     return 1 if failed else 0
+
+
+def _cmd_ladder(args: argparse.Namespace) -> int:
+    from . import ladder
+
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+        ladder.plan(args.stem, args.profile, fractions)  # checks the stem, fractions and every rung's parameters
+    except (ValueError, TypeError, LookupError) as error:
+        raise UsageError(f"ladder: {error}") from None
+    paths = ladder.run_ladder(args.stem, args.profile, fractions, publish=args.publish)
+    sys.stdout.write(f"ladder {args.stem}: {_shown(paths['table'])}, {_shown(paths['figure'])}\n")
+    return 0
 
 
 def _checked_plot(plot: str, stem: str, swept: Sequence[str]) -> tuple[str, str]:
@@ -309,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--resume", action="store_true", help="rerun only the points that failed or are missing")
     sweep.add_argument("--plot", metavar="TABLE.COLUMN:KEY", help="plot a gathered metric against a swept key")
     sweep.set_defaults(func=_cmd_sweep)
+    ladder = sub.add_parser("ladder", help="rerun a profile at fractions of its budget; each claim's margin vs budget")
+    ladder.add_argument("stem", help="notebook stem (e.g. regroup)")
+    ladder.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
+    ladder.add_argument("--fractions", default="0.25,0.5,1", help="budget fractions in (0, 1] (default 0.25,0.5,1)")
+    ladder.add_argument("--publish", action="store_true", help="write into the committed figures/<stem>/ladder/")
+    ladder.set_defaults(func=_cmd_ladder)
     sub.add_parser("list", help="notebooks, models, datasets and attacks").set_defaults(func=_cmd_list)
     cache = sub.add_parser("cache", help="inspect or clean the artifact cache")
     cache.add_argument("action", choices=["ls", "verify", "prune"])

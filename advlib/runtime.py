@@ -9,6 +9,8 @@ import platform
 import random
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,19 @@ def params_digest(params: Any) -> str:
 def publishing() -> bool:
     """True in `make golden` and `make reproduce` (`advlib run --publish`): the only runs that write figures/."""
     return os.environ.get(PUBLISH_ENV) == "1"
+
+
+@contextmanager
+def publishing_outputs(publish: bool) -> Iterator[None]:
+    """$ADVLIB_PUBLISH set for the block exactly when `publish` (a kernel started inside inherits it: `output_dir` then
+    writes figures/, and params.load refuses overrides and custom profiles), and unset afterwards."""
+    os.environ.pop(PUBLISH_ENV, None)
+    if publish:
+        os.environ[PUBLISH_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(PUBLISH_ENV, None)
 
 
 def run_dir(stem: str, profile: str, params: Any) -> Path:
