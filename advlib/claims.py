@@ -69,8 +69,8 @@ class Comparison:
 
     `difference` is left minus right in the comparison's unit and [`low`, `high`] its 95% interval; `relation` and
     `threshold` state the claim about the difference (`>`: difference > threshold; `within`: |difference| <=
-    threshold); `n` is the sample size the interval rests on and `test` names the test. Build one with
-    `accuracies`, `paired`, `against` or `means`."""
+    threshold); `n` is the sample size the interval rests on (`sample_name` says what it counts when not images or
+    runs) and `test` names the test. Build one with `accuracies`, `paired`, `against`, `means` or `variances`."""
 
     left: str
     right: str
@@ -84,6 +84,7 @@ class Comparison:
     n: int
     test: str
     unit: str = "%"
+    sample_name: str = ""
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
@@ -179,6 +180,13 @@ class Comparison:
         return cls(left[0], f"{constant:g}", 100 * p, constant, relation, 0.0, difference, low, high, n, "Wilson")
 
     @classmethod
+    def exact(cls, left: tuple[str, float], right: tuple[str, float], relation: Relation, n: int) -> Comparison:
+        """Two numbers that an identity ties on the same `n` images (e.g. a union of attacks can never be more
+        accurate than one of its attacks): no sampling error, so the interval is the point and the verdict is exact."""
+        difference = left[1] - right[1]
+        return cls(left[0], right[0], left[1], right[1], relation, 0.0, difference, difference, difference, n, "exact")
+
+    @classmethod
     def means(
         cls,
         left: tuple[str, Sequence[float]],
@@ -190,15 +198,12 @@ class Comparison:
         """The mean of repeated measurements (runs, seeds) against another sample's mean (Welch's t interval) or a
         constant (one-sample t interval)."""
         a = np.asarray(left[1], dtype=float)
-        if isinstance(right[1], (int, float)):
-            b, constant = None, float(right[1])
-        else:
-            b, constant = np.asarray(right[1], dtype=float), None
+        b = None if isinstance(right[1], (int, float)) else np.asarray(right[1], dtype=float)
         if len(a) < 2 or (b is not None and len(b) < 2):
             raise ValueError(f"means need at least two values per side, got {len(a)} and {0 if b is None else len(b)}")
         va = a.var(ddof=1) / len(a)
         if b is None:
-            right_value, vb, dof = float(constant), 0.0, len(a) - 1.0
+            right_value, vb, dof = float(right[1]), 0.0, len(a) - 1.0  # type: ignore[arg-type]
         else:
             right_value, vb = float(b.mean()), b.var(ddof=1) / len(b)
             dof = (
@@ -276,7 +281,9 @@ class Comparison:
 
     @property
     def sample(self) -> str:
-        """What `n` counts: images, or runs for means of repeated runs."""
+        """What `n` counts: `sample_name` if given (e.g. generators), else images, or runs for repeated runs."""
+        if self.sample_name:
+            return self.sample_name
         return "runs" if self.test in ("Welch t", "t", "F (log variance ratio)") else "images"
 
     def images_to_decide(self) -> int | None:

@@ -1,13 +1,19 @@
-"""The Adversary Critic claims on hand-made tables: each holds on paper-like numbers, each fails when its table says
-otherwise, and every miss or unmeasured claim carries a measured reason; the doubtful-reference marking."""
+"""The Adversary Critic claims on hand-made tables: each holds on paper-like numbers, fails when its table says
+otherwise beyond the sampling noise, is undecided inside it, and every miss or unmeasured claim carries a measured
+reason; the budget keys; the doubtful-reference marking."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
+import yaml
 
-from advlib import report
-from advlib.experiments.adversary_critic import DEFENSE_LABELS, claims, paper_vs_run_table, table1
+from advlib import claims as C
+from advlib import params, report
+from advlib.experiments.adversary_critic import DEFENSE_LABELS, CriticStudy, claims, paper_vs_run_table, table1
+from advlib.runtime import project_root
 
 NETWORKS = ["mlp1200", "lenet5"]
 ATTACKS = ["DeepFool", "CW", "Our"]
@@ -15,15 +21,18 @@ RHO = {"reference": 0.13, "at": 0.22, "vat": 0.24, "margin": 0.26, "critic": 0.2
 ERROR = {"reference": 1.5, "at": 0.9, "vat": 0.85, "margin": 0.85, "critic": 1.2}
 TARGET = {"reference": 0.6, "at": 19.0, "vat": 35.0, "margin": 60.0, "critic": 88.0}  # Table 2a
 PROXY = "proxy annotator (robust classifier ensemble; no human answers in this run)"
+IDS = ["critic_largest_rho", "critic_beats_at", "small_error_cost", "critic_changes_label", "reference_keeps_label"]
+BUDGET = "epochs trained: critic 6 (with pre-training), baselines 5 (paper: 100); runs per model: 2 (paper: 10)"
 
 
-def _runs(rho=None, error=None, seeds=(0, 1), spread=0.005, epochs=5):
-    """table1_runs as CriticStudy.table1_runs writes it; rho/error: {(network, defense): value} overrides."""
+def _runs(rho=None, error=None, seeds=(0, 1), spread=0.002, epochs=5):
+    """table1_runs as CriticStudy.table1_runs writes it, each value +-spread over the runs (so its mean is exact);
+    rho/error: {(network, defense): value} overrides."""
     rows = []
     for network in NETWORKS:
         for defense in RHO:
             for seed in seeds:
-                jitter = spread * (1 if seed % 2 else -1)
+                jitter = spread * (1 if seed % 2 else -1) if len(seeds) > 1 else 0.0
                 r = (rho or {}).get((network, defense), RHO[defense])
                 e = (error or {}).get((network, defense), ERROR[defense])
                 rows.append(
@@ -41,19 +50,17 @@ def _runs(rho=None, error=None, seeds=(0, 1), spread=0.005, epochs=5):
     return pd.DataFrame(rows)
 
 
-def _table2(target=None, images=200):
-    """Table 2 as CriticStudy.table2 returns it, indexed by (network, defense label)."""
-    rows = [
-        {
-            "network": n,
-            "defense": DEFENSE_LABELS[d],
-            "target_percent": (target or {}).get((n, d), TARGET[d]),
-            "original_percent": 100 - (target or {}).get((n, d), TARGET[d]),
-            "images": images,
-        }
-        for n in NETWORKS
-        for d in TARGET
-    ]
+def _table2(target=None, images=200, nearest=False):
+    """Table 2 as CriticStudy.table2 returns it, indexed by (network, defense label); `nearest` adds the
+    nearest-neighbour annotator's columns (half the proxy's target share)."""
+    rows = []
+    for n in NETWORKS:
+        for d in TARGET:
+            value = (target or {}).get((n, d), TARGET[d])
+            row = {"network": n, "defense": DEFENSE_LABELS[d], "target_percent": value, "original_percent": 100 - value}
+            if nearest:
+                row |= {"nn_target_percent": value / 2, "nn_original_percent": 100 - value / 2}
+            rows.append(row | {"images": images})
     return pd.DataFrame(rows).set_index(["network", "defense"])
 
 
@@ -64,90 +71,167 @@ def _evaluate(runs=None, table2=None, networks=NETWORKS, annotator=PROXY):
         "table2": _table2() if table2 is None else table2,
         **{f"table1{letter}": table1(runs, n, ATTACKS) for letter, n in zip("ab", networks)},
     }
-    out = report.evaluate_claims(claims(networks, annotator), tables).set_index("id")
-    assert ((out.verdict == report.HOLDS) | (out.reason.str.strip().str.len() > 0)).all()  # every miss has a reason
+    out = C.evaluate_claims(claims(networks, annotator), tables).set_index("id")
+    assert ((out.verdict == C.HOLDS) | (out.reason.str.strip().str.len() > 0)).all()  # every miss has a reason
     return out
 
 
 def test_every_claim_holds_on_paper_like_tables():
     out = _evaluate()
-    assert list(out.index) == [
-        "critic_largest_rho",
-        "critic_beats_at",
-        "small_error_cost",
-        "critic_changes_label",
-        "reference_keeps_label",
-    ]
-    assert (out.verdict == report.HOLDS).all(), out[["verdict", "reason"]]
+    assert list(out.index) == IDS
+    assert (out.verdict == C.HOLDS).all(), out[["verdict", "reason"]]
+    assert (out.reason == "").all()
+    assert out.loc["critic_largest_rho", "evidence"].startswith("24 of 24 comparisons hold; closest: ")
+    # the closest rival of the critic is Margin (0.26 vs 0.29), on 2 runs a side
+    assert "rho DeepFool: Our 0.29 vs Margin [19] 0.26: +0.030" in out.loc["critic_largest_rho", "evidence"]
+    assert out.loc["critic_largest_rho", "n"] == 2
+    assert out.loc["critic_beats_at", "evidence"].startswith("6 of 6 comparisons hold")
+    # the mean error over 2 runs counts every scored image: 2 x 1000
     assert (
-        "lenet5 rho CW: Reference 0.130, AT [7] 0.220, VAT [16] 0.240, Margin [19] 0.260, Our 0.290"
-        in out.loc["critic_largest_rho", "evidence"]
+        "mlp1200 Our error 1.2% vs Reference error 1.5%: -0.3 [-1.0, +0.4] points on 2000 images (Agresti-Caffo; "
+        "claim: difference < 1)" in out.loc["small_error_cost", "evidence"]
     )
-    assert "mlp1200: Reference 1.50% -> Our 1.20% (on 1000 images)" in out.loc["small_error_cost", "evidence"]
+    assert "Our 88.0% vs Margin [19] 60.0%: +28.0" in out.loc["critic_changes_label", "evidence"]
+    assert (
+        "Reference 0.5% vs 10%: -9.5 [-9.9, -7.2] points on 200 images (Wilson"
+        in (out.loc["reference_keeps_label", "evidence"])
+    )
+    assert out.loc["critic_largest_rho", "cites"] == "table1a, table1b, table1_runs"
 
 
-def test_largest_rho_fails_when_a_baseline_leads_and_says_by_how_much():
+def test_largest_rho_fails_when_a_baseline_leads_beyond_the_run_to_run_spread():
     out = _evaluate(_runs(rho={("lenet5", "margin"): 0.31}))
-    assert out.loc["critic_largest_rho", "verdict"] == report.DOES_NOT_HOLD
-    assert out.loc["critic_beats_at", "verdict"] == report.HOLDS  # the critic still beats adversarial training
-    reason = out.loc["critic_largest_rho", "reason"]
+    row = out.loc["critic_largest_rho"]
+    assert row["verdict"] == C.FAILS
+    # Welch on 0.288/0.292 vs 0.308/0.312: -0.020 +- t(0.975, 2 dof) x sqrt(2 x 0.002^2) = 4.303 x 0.00283 = 0.012
+    assert row["reason"].startswith("the 95% interval excludes the claim (3 of 24 comparisons fail): lenet5 rho ")
     assert (
-        "lenet5 rho CW: Margin [19] 0.310 vs Our 0.290 (gap 0.020, beyond the run-to-run std 0.007 / 0.007)" in reason
+        "Our 0.29 vs Margin [19] 0.31: -0.020 [-0.032, -0.008] on 2 runs (Welch t; claim: difference > 0)"
+        in (row["reason"])
     )
-    assert "mlp1200" not in reason.split(";")[0]  # only the misses are listed
-    assert (
-        "epochs trained: critic 6 (with pre-training), baselines 5 (paper: 100); runs per model: 2 (paper: 10)"
-        in reason
-    )
-    within = _evaluate(_runs(rho={("lenet5", "margin"): 0.291}, spread=0.05)).loc["critic_largest_rho", "reason"]
-    assert "gap 0.001, within the run-to-run std" in within
+    assert row["reason"].endswith(BUDGET)  # the note: this run's budget against the paper's
+    assert row["margin"] == pytest.approx(-0.02) and row["margin_high"] < 0
+    assert out.loc["critic_beats_at", "verdict"] == C.HOLDS  # the critic still beats adversarial training
+
+
+def test_largest_rho_is_undecided_when_the_runs_spread_wider_than_the_gap():
+    row = _evaluate(_runs(rho={("lenet5", "margin"): 0.291}, spread=0.05)).loc["critic_largest_rho"]
+    assert row["verdict"] == C.UNDECIDED
+    assert "Our 0.29 vs Margin [19] 0.291: -0.001 [-0.305, +0.303] on 2 runs" in row["reason"]
+    assert "runs would decide it at the observed effect" in row["reason"]
 
 
 def test_beats_at_fails_when_adversarial_training_is_more_robust():
     out = _evaluate(_runs(rho={("mlp1200", "at"): 0.40}))
-    assert out.loc["critic_beats_at", "verdict"] == report.DOES_NOT_HOLD
-    assert "mlp1200 rho DeepFool: AT [7] 0.400 vs Our 0.290" in out.loc["critic_beats_at", "reason"]
+    row = out.loc["critic_beats_at"]
+    assert row["verdict"] == C.FAILS
+    assert "(3 of 6 comparisons fail): mlp1200 rho " in row["reason"]
+    assert "Our 0.29 vs AT [7] 0.4: -0.110" in row["reason"]
+    assert out.loc["critic_largest_rho", "verdict"] == C.FAILS  # AT now leads as well
 
 
-def test_error_cost_fails_beyond_one_point_with_the_sampling_noise():
+def test_error_cost_holds_fails_and_is_undecided_against_the_one_point_margin():
     out = _evaluate(_runs(error={("lenet5", "critic"): 3.0, ("lenet5", "reference"): 0.8}))
-    assert out.loc["small_error_cost", "verdict"] == report.DOES_NOT_HOLD
-    reason = out.loc["small_error_cost", "reason"]
-    assert reason.startswith("lenet5: Our 3.00% vs Reference 0.80%, " + report.proportion_gap(3.0, 0.8, 1000))
-    assert "outside the noise" in reason and "epochs trained" in reason
-
-
-def test_table2_claims_fail_when_the_table_says_otherwise():
-    out = _evaluate(table2=_table2({("mlp1200", "margin"): 90.0, ("lenet5", "reference"): 30.0}, images=50))
-    assert out.loc["critic_changes_label", "verdict"] == report.DOES_NOT_HOLD
-    reason = out.loc["critic_changes_label", "reason"]
-    assert reason.startswith("mlp1200: Margin [19] 90.0% vs Our 88.0%, " + report.proportion_gap(90.0, 88.0, 50))
-    assert "inside the noise" in reason and "proxy annotator" in reason
-    assert out.loc["reference_keeps_label", "verdict"] == report.DOES_NOT_HOLD
-    reason = out.loc["reference_keeps_label", "reason"]
-    # Agresti-Coull on 15 of 50: (15 + 1.92) / 53.84 = 31.4% +- 1.96 sqrt(.314 x .686 / 53.84) = 12.4 points
-    assert reason.startswith(
-        "lenet5: 30.0% of 50 images labelled as the target, 95% interval 19.0-43.8% (entirely above 10%)"
+    row = out.loc["small_error_cost"]
+    assert row["verdict"] == C.FAILS
+    # 60 vs 16 errors of 2000: Agresti-Caffo +2.2 [+1.3, +3.1], entirely above the claimed 1 point
+    assert (
+        "lenet5 Our error 3.0% vs Reference error 0.8%: +2.2 [+1.3, +3.1] points on 2000 images (Agresti-Caffo; "
+        "claim: difference < 1)" in row["reason"]
     )
-    edge = _evaluate(table2=_table2({("mlp1200", "reference"): 12.0}, images=50)).loc["reference_keeps_label", "reason"]
-    assert "reaching below 10%: this sample size does not resolve it" in edge
+    assert "the paper's costs: LeNet-5 0.29 points" in row["reason"] and row["reason"].endswith(BUDGET)
+    assert row["n"] == 2000 and row["margin"] == pytest.approx(1 - 2.2)
+    close = _evaluate(_runs(error={("lenet5", "critic"): 2.0, ("lenet5", "reference"): 1.2})).loc["small_error_cost"]
+    assert close["verdict"] == C.UNDECIDED  # +0.8 [+0.0, +1.6]: reaches past 1 point
+    assert "+0.8 [+0.0, +1.6] points on 2000 images" in close["reason"] and "images would decide it" in close["reason"]
+    one_run = _evaluate(_runs(seeds=(0,))).loc["small_error_cost"]
+    assert one_run["verdict"] == C.HOLDS and one_run["n"] == 1000  # an image-level test: one run suffices
 
 
-def test_table1_claims_are_not_measured_with_one_run_or_one_network():
+def test_table2_claims_fail_beyond_the_noise_and_say_who_labelled():
+    out = _evaluate(table2=_table2({("mlp1200", "margin"): 95.0, ("lenet5", "reference"): 30.0}, nearest=True))
+    changes = out.loc["critic_changes_label"]
+    assert changes["verdict"] == C.FAILS
+    assert "mlp1200 Our 88.0% vs Margin [19] 95.0%: -7.0 [-12.5, -1.5] points on 200 images" in changes["reason"]
+    # the note: the nearest-neighbour annotator on the same images, then who labelled
+    assert (
+        "nearest-neighbour annotator on the same images: mlp1200 Our 44.0% (highest other: Margin [19] 47.5%)"
+        in (changes["reason"])
+    )
+    assert changes["reason"].endswith("cannot establish a claim about human perception")
+    keeps = out.loc["reference_keeps_label"]
+    assert keeps["verdict"] == C.FAILS
+    # Wilson on 60 of 200: 30% against 10%, the whole interval above it
+    assert "lenet5 Reference 30.0% vs 10%: +20.0 [" in keeps["reason"] and "on 200 images (Wilson" in keeps["reason"]
+    assert "mlp1200 Reference 0.3%; lenet5 Reference 15.0%" in keeps["reason"]
+
+
+def test_table2_claims_are_undecided_on_a_small_sample():
+    out = _evaluate(table2=_table2({("mlp1200", "margin"): 90.0, ("lenet5", "reference"): 12.0}, images=50))
+    changes = out.loc["critic_changes_label"]
+    assert changes["verdict"] == C.UNDECIDED
+    assert "mlp1200 Our 88.0% vs Margin [19] 90.0%: -2.0 [-14.7, +10.7] points on 50 images" in changes["reason"]
+    assert "images would decide it" in changes["reason"]
+    assert "nearest-neighbour" not in changes["reason"]  # this Table 2 carries no nn_* columns
+    keeps = out.loc["reference_keeps_label"]
+    assert keeps["verdict"] == C.UNDECIDED
+    assert "lenet5 Reference 12.0% vs 10%: +2.0 [-4.4, +13.8] points on 50 images (Wilson" in keeps["reason"]
+
+
+def test_human_labels_carry_no_proxy_caveat():
+    human = "human annotators (MTurk results file)"
+    out = _evaluate(table2=_table2({("lenet5", "reference"): 30.0}), annotator=human)
+    reason = out.loc["reference_keeps_label", "reason"]
+    assert reason.endswith(f"labels by {human}") and "cannot establish" not in reason
+
+
+def test_rho_claims_are_not_measured_with_one_run_and_table1_claims_with_one_network():
     one_run = _evaluate(_runs(seeds=(0,)))
-    for cid in ("critic_largest_rho", "critic_beats_at", "small_error_cost"):
-        assert one_run.loc[cid, "verdict"] == report.NOT_MEASURED
-        assert one_run.loc[cid, "reason"].startswith("only 1 run per model: the run-to-run spread is unknown")
+    for cid in ("critic_largest_rho", "critic_beats_at"):
+        assert one_run.loc[cid, "verdict"] == C.NOT_MEASURED
+        assert "only 1 run per model: one run gives no run-to-run spread" in one_run.loc[cid, "reason"]
+        assert "runs per model: 1 (paper: 10)" in one_run.loc[cid, "reason"]
     one_net = _evaluate(networks=NETWORKS[:1])
-    assert one_net.loc["critic_largest_rho", "verdict"] == report.NOT_MEASURED
-    assert one_net.loc["critic_largest_rho", "reason"] == "this profile has no table1b (its networks: mlp1200)"
+    for cid in ("critic_largest_rho", "critic_beats_at", "small_error_cost"):
+        assert one_net.loc[cid, "verdict"] == C.NOT_MEASURED
+        assert one_net.loc[cid, "cites"] == "table1a, table1_runs"
+        assert "this profile has no table1b (its networks: mlp1200)" in one_net.loc[cid, "reason"]
+    assert one_net.loc["critic_changes_label", "verdict"] == C.HOLDS
+
+
+def test_missing_rows_or_broken_images_leave_a_claim_not_measured():
     no_at = _runs()
     no_at = _evaluate(no_at[no_at.defense != "at"])
-    assert no_at.loc["critic_beats_at", "verdict"] == report.NOT_MEASURED
+    assert no_at.loc["critic_beats_at", "verdict"] == C.NOT_MEASURED
     assert (
-        no_at.loc["critic_beats_at", "reason"] == "table1a has no AT [7] row; table1b has no AT [7] row in this profile"
+        "table1a has no AT [7] row; table1b has no AT [7] row in this profile" in no_at.loc["critic_beats_at", "reason"]
     )
-    assert no_at.loc["critic_largest_rho", "verdict"] == report.HOLDS
+    assert no_at.loc["critic_largest_rho", "verdict"] == C.HOLDS
+    unbroken = _runs()
+    unbroken.loc[(unbroken.network == "lenet5") & (unbroken.defense == "vat") & (unbroken.seed == 1), "rho CW"] = (
+        math.nan
+    )
+    reason = _evaluate(unbroken).loc["critic_largest_rho", "reason"]
+    assert "lenet5 rho CW: 1 run(s) of VAT [16] with a broken image" in reason
+    no_critic = _table2().drop(index="Our", level="defense")
+    out = _evaluate(table2=no_critic)
+    assert out.loc["critic_changes_label", "verdict"] == C.NOT_MEASURED
+    assert "Table 2 has no Our row for mlp1200, lenet5" in out.loc["critic_changes_label", "reason"]
+    assert out.loc["reference_keeps_label", "verdict"] == C.HOLDS
+
+
+def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides():
+    tree = yaml.safe_load((project_root() / "params" / "adversary_critic" / "default.yaml").read_text())
+    halves = {}
+    for key in CriticStudy.budget:
+        value = tree
+        for part in key.split("."):
+            value = value[part]
+        assert isinstance(value, int) and not isinstance(value, bool), key
+        halves[key] = max(1, value // 2)
+    p = params.load("adversary_critic", "default", halves)
+    assert p.train.epochs == 2 and p.critic.epochs == 4 and p.data.n_train == 1000
+    assert set(CriticStudy.budget) == {"train.epochs", "critic.epochs", "data.n_train"}  # the evaluation is kept
 
 
 def test_the_doubtful_reference_error_is_marked_in_paper_vs_run():

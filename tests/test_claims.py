@@ -72,6 +72,13 @@ def test_means_use_welch_t():
         Comparison.means(("a", [1.0]), ("b", [1.0, 2.0]), ">")
 
 
+def test_an_identity_is_exact_with_no_interval():
+    c = Comparison.exact(("union", 7.8125), ("pgd", 4.6875), "<=", 64)
+    assert (c.low, c.high) == (c.difference, c.difference) and c.verdict == C.FAILS
+    assert Comparison.exact(("union", 4.6875), ("pgd", 4.6875), "<=", 64).verdict == C.HOLDS
+    assert "(exact; claim: difference <= 0)" in c.describe()
+
+
 def test_variances_use_the_f_interval_on_the_log_ratio():
     a, b = [1.0, 2.0, 3.0, 4.0], [1.0, 5.0, 9.0, 13.0]  # variances 5/3 and 80/3: ratio 1/16
     c = Comparison.variances(("9 attacks", a), ("3 attacks", b), "<")

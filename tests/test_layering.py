@@ -16,10 +16,11 @@ RANKS = [
     {"params", "cache"},
     {"train"},
     {"defenses"},
-    {"evaluate", "report", "human"},
+    {"evaluate", "report", "claims", "human"},
     {"plots"},
     {"experiments"},
     {"golden", "portability", "preflight", "sweep"},
+    {"ladder"},
     {"cli"},
 ]
 RANK = {name: rank for rank, names in enumerate(RANKS) for name in names}

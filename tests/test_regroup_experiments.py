@@ -9,13 +9,23 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from advlib import params, report
+from advlib import claims as C
+from advlib import params
 from advlib.attacks import run_attack
 from advlib.cache import Cache
 from advlib.defenses.regroup import choose_k
 from advlib.experiments.base import MissingResult
-from advlib.experiments.regroup import RegroupStudy, claims, network_summary, sign_test, smallest_eps, smallest_eps_grid
+from advlib.experiments.regroup import (
+    RegroupStudy,
+    claims,
+    k_window,
+    network_summary,
+    smallest_eps,
+    smallest_eps_grid,
+)
+from advlib.runtime import project_root
 
 SMALL = {
     "n_test": 200,
@@ -168,6 +178,10 @@ def test_published_artifacts_pair_with_the_paper_and_feed_the_claims(study, tmp_
         "table5",
     ]
     assert paired.loc[("table2", "VGG / PGD / regroup"), "paper"] == 46
+    figure3 = fresh.result("figure3")  # paired counts: Pos+Neg's correct images minus Pos's (Neg's) = gain - loss
+    for voters in ("pos", "neg"):
+        gap = ((figure3["pos+neg"] - figure3[voters]) * figure3["n"] / 100).round()
+        assert (gap == figure3[f"gain_vs_{voters}"] - figure3[f"loss_vs_{voters}"])[figure3["n"] > 0].all()
     verdicts = fresh.publish("claims", out).set_index("id")
     assert len(verdicts) == 11 and verdicts.loc["flat_in_k", "cites"] == "table2, figure4_VGG, figure4_ResNet"
 
@@ -347,11 +361,13 @@ def test_paper_profile_dry_run_on_fake_data(tmp_path):
     assert list(study.figure4("VGG").index) == list(range(1, 20))
 
 
-# -- claims on hand-made tables (issue 22, item 3) -------------------------------------------------
+# -- claims on hand-made tables (issue 31: holds, fails, undecided) ------------------------------------
 NETS, ATTACKS = ["VGG", "ResNet"], ["PGD", "DFool"]
+Curve = list[tuple[float, float, float, int, int]]
+GOOD_CURVE: Curve = [(4, 80, 60, 22, 2), (16, 50, 10, 42, 2), (40, 30, 0, 30, 0)]
 
 
-def _figure2(curve: list[tuple[float, float, float, int, int]]) -> pd.DataFrame:
+def _figure2(curve: Curve) -> pd.DataFrame:
     """Figure 2 rows on 100 images per eps from (paper eps, REGroup %, softmax %, REGroup-only, softmax-only)."""
     return pd.DataFrame(
         [
@@ -363,146 +379,247 @@ def _figure2(curve: list[tuple[float, float, float, int, int]]) -> pd.DataFrame:
     )
 
 
-def _tables(good: bool) -> dict[str, pd.DataFrame]:
-    """Tables shaped like the run's, in which every claim holds (good) or none does (bad)."""
-    g = good
+def _attack_table(attacks: list[str], regroup: float, size: int = 100, mean_eps: bool = False) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "network": n,
+                "attack": a,
+                "n": size,
+                "attacked": size,
+                "attacked_percent": 100.0,
+                "softmax": 0.0,
+                "regroup": regroup,
+                **({"mean_eps": 0.1} if mean_eps else {}),
+            }
+            for n in NETS
+            for a in attacks
+        ]
+    )
+
+
+def _figure3(pos_neg: float, gain: int, loss: int) -> pd.DataFrame:
+    """One experiment per network: Pos and Neg at 25%, Pos+Neg right alone on `gain` images, wrong alone on `loss`."""
+    row = {"experiment": "table2 PGD", "pos": 25.0, "neg": 25.0, "pos+neg": pos_neg, "n": 100}
+    counts = {"gain_vs_pos": gain, "loss_vs_pos": loss, "gain_vs_neg": gain, "loss_vs_neg": loss}
+    return pd.DataFrame([{"network": n, **row, **counts} for n in NETS])
+
+
+def _figure4(dfool: list[float], layers: int = 19) -> pd.DataFrame:
+    """Accuracy vs k = 1..layers; `dfool` are DFool's accuracies at k = 1, 2, 3 (the window k = 2 +- 1 of 19 layers)."""
+    rest = [40.0] * (layers - 3)
+    return pd.DataFrame(
+        {"PGD": [40.0, 41.0, 42.0] + rest, "DFool": dfool + rest, "per_layer": 90.0, "layer": "x"},
+        index=pd.RangeIndex(1, layers + 1, name="k"),
+    )
+
+
+def _tables() -> dict[str, pd.DataFrame]:
+    """Tables shaped like the run's (100 images per set, 400 on Table 2) on which every claim holds."""
     table1 = pd.DataFrame(
         [
             {
                 "row": f"{n} {m}",
-                "clean_top1": 90.0 if m == "SoftMax" else (85.0 if g else 60.0),
+                "clean_top1": 90.0 if m == "SoftMax" else 85.0,
                 "clean_top5": 99.0,
-                "attacked_top1": 0.0 if m == "SoftMax" else (40.0 if g else 12.0),
+                "attacked_top1": 0.0 if m == "SoftMax" else 40.0,
                 "attacked_top5": 50.0,
             }
             for n in NETS
             for m in ("SoftMax", "REGroup")
         ]
     ).set_index("row")
-
-    def attack_table(attacks: list[str], regroup: float, mean_eps: bool = False) -> pd.DataFrame:
-        rows = [
-            {
-                "network": n,
-                "attack": a,
-                "n": 100,
-                "attacked": 100,
-                "attacked_percent": 100.0,
-                "softmax": 0.0,
-                "regroup": regroup + (0 if n == "VGG" or g else 25),
-                **({"mean_eps": 0.1} if mean_eps else {}),
-            }
-            for n in NETS
-            for a in attacks
-        ]
-        return pd.DataFrame(rows)
-
-    table2 = attack_table(ATTACKS, 40.0 if g else 20.0)
-    table3 = attack_table(["PGD", "C&W"], 40.0 if g else 20.0, mean_eps=True)
-    table4 = attack_table(["PGD (un-targeted)"], 25.0 if g else 5.0, mean_eps=True)
-    table5 = attack_table(["SPSA (eps=4)"], 50.0 if g else 10.0)
-    # (paper eps, REGroup top-1, softmax top-1, images only REGroup gets right, images only the softmax gets right)
-    curve = (
-        [(4, 80, 60, 22, 2), (16, 50, 10, 42, 2), (40, 30, 0, 30, 0)]
-        if g
-        else [(4, 50, 60, 2, 12), (16, 55, 45, 12, 2), (40, 30, 28, 5, 3)]
-    )
-    figure2 = _figure2(curve)
-    figure3 = pd.DataFrame(
-        [
-            {"network": n, "experiment": "table2 PGD", "pos": 30.0, "neg": 30.0, "pos+neg": 35.0 if g else 29.0}
-            for n in NETS
-        ]
-    )
-    figure4 = {
-        f"figure4_{n}": pd.DataFrame(
-            {
-                "PGD": [40.0, 42.0, 44.0, 45.0],
-                "DFool": [50.0, 51.0, 52.0 if g else 70.0, 52.0],
-                "per_layer": [90.0, 80.0, 60.0, 20.0],
-                "layer": list("dcba"),
-            },
-            index=pd.RangeIndex(1, 5, name="k"),
-        )
-        for n in NETS
-    }
     return {
         "table1": table1,
-        "table2": table2,
-        "table3": table3,
-        "table4": table4,
-        "table5": table5,
-        "figure2": figure2,
-        "figure3": figure3,
-        **figure4,
+        "table2": _attack_table([*ATTACKS, "Clean Images"], 40.0, size=400),
+        "table3": _attack_table(["PGD", "C&W"], 40.0, mean_eps=True),
+        "table4": _attack_table(["PGD (un-targeted)"], 25.0, mean_eps=True),
+        "table5": _attack_table(["SPSA (eps=4)"], 50.0),
+        "figure2": _figure2(GOOD_CURVE),
+        "figure3": _figure3(35.0, 10, 0),
+        **{f"figure4_{n}": _figure4([50.0, 51.0, 52.0]) for n in NETS},
     }
 
 
-def _claims():
-    return claims(NETS, ATTACKS, {"VGG": 2, "ResNet": 2}, 100, 10)
+def _evaluate(tables: dict[str, pd.DataFrame], nets: list[str] = NETS) -> pd.DataFrame:
+    return C.evaluate_claims(claims(nets, ATTACKS, dict.fromkeys(nets, 2), 100, 10), tables).set_index("id")
+
+
+def _with(**changes) -> pd.DataFrame:
+    return _evaluate({**_tables(), **changes})
+
+
+def _set(table: str, column: str, value: float, network: str | None = None, **where) -> pd.DataFrame:
+    """`table` of the good tables with `column` set to `value` (on `network`'s rows, or rows matching `where`)."""
+    frame = _tables()[table].copy()
+    mask = pd.Series(True, index=frame.index)
+    if network is not None:
+        mask &= frame["network"] == network
+    for key, wanted in where.items():
+        mask &= frame[key] == wanted
+    frame.loc[mask, column] = value
+    return frame
 
 
 def test_every_claim_holds_on_tables_where_it_holds():
-    table = report.evaluate_claims(_claims(), _tables(good=True)).set_index("id")
-    assert set(table.index) >= {
-        "pgd_above_chance",
-        "beats_softmax_eps",
-        "recovers_targeted",
-        "recovers_high_confidence",
-    }
-    assert (table["verdict"] == report.HOLDS).all(), table[["verdict", "evidence"]]
-    assert "beats_softmax_pgd" not in table.index  # compared with a softmax at 0% by construction: dropped
+    table = _evaluate(_tables())
+    assert len(table) == 11
+    assert (table["verdict"] == C.HOLDS).all(), table[["verdict", "evidence"]]
+    assert (table["reason"] == "").all()
+    assert table.loc["flat_in_k", "cites"] == "table2, figure4_VGG, figure4_ResNet"
+    assert (
+        "4 of 4 comparisons hold; closest: VGG REGroup eps 40 30.0% vs softmax 0.0%: +30.0"
+        in table.loc["beats_softmax_eps", "evidence"]
+    )
+    assert "paired Agresti-Min" in table.loc["beats_softmax_eps", "evidence"]
+    assert "(Agresti-Caffo; claim: difference >= -13.5)" in table.loc["keeps_clean", "evidence"]  # 85% of 90%
+    assert "REGroup on PGD 40.0% vs 10%: +30.0" in table.loc["pgd_above_chance", "evidence"]
+    assert "on 400 images (Agresti-Caffo; claim: |difference| <= 10)" in table.loc["architectures_alike", "evidence"]
+    assert "k = 3 52.0% vs k = 1 50.0%" in table.loc["flat_in_k", "evidence"]  # the widest pair of k = 2 +- 1
 
 
-def test_every_claim_fails_on_tables_where_it_does_not_hold_with_a_measured_reason():
-    table = report.evaluate_claims(_claims(), _tables(good=False)).set_index("id")
-    assert (table["verdict"] == report.DOES_NOT_HOLD).all(), table[["verdict", "evidence"]]
-    assert table["reason"].str.strip().str.len().gt(0).all()
-    assert "95% interval half-width" in table.loc["recovers_targeted", "reason"]
-    assert "mean eps found 0.1" in table.loc["recovers_high_confidence", "reason"]
-    assert "largest spread over k = 2 +- 1: 20.0 points (VGG DFool" in table.loc["flat_in_k", "reason"]
-    assert "rises +5.0 points from eps 4 to 16;" in table.loc["monotone_eps", "reason"]
-    assert "softmax rises too" not in table.loc["monotone_eps", "reason"]  # the softmax fell: REGroup's own rise
+# (claim, the tables changed, a text of its reason) for each claim failing: its 95% interval excludes the claim
+FAILING = [
+    ("keeps_clean", {"table1": "REGroup clean 60"}, "VGG REGroup 60.0% vs VGG softmax 90.0%: -30.0"),
+    ("pgd_above_chance", {"table1": "REGroup PGD 4"}, "REGroup on PGD 4.0% vs 10%: -6.0"),
+    ("beats_softmax_eps", {"figure2": [(4, 80, 60, 22, 2), (16, 35, 45, 2, 12)]}, "eps 16 35.0% vs softmax 45.0%"),
+    ("recovers_attacks", {"table2": 20.0}, "4 of 4 rows below 30%: VGG PGD 20.0% of #S = 400"),
+    ("recovers_targeted", {"table3": 20.0}, "(mean eps found 0.1)"),
+    ("recovers_high_confidence", {"table4": 5.0}, "PGD (un-targeted) 5.0% vs 17%: -12.0"),
+    ("monotone_eps", {"figure2": [(4, 30, 60, 2, 32), (16, 50, 40, 22, 12)]}, "the rise is REGroup's own"),
+    ("pos_neg_helps", {"figure3": (15.0, 0, 10)}, "on 0 of 2 experiments by the point estimate"),
+    ("flat_in_k", {"figure4": [50.0, 51.0, 70.0]}, "VGG DFool k = 3 70.0% vs k = 1 50.0%: +20.0"),
+    ("spsa_not_lower", {"table5": 10.0}, "SPSA (eps=4) 10.0% vs VGG PGD 40.0%: -30.0"),
+    ("architectures_alike", {"resnet_dfool": 65.0}, "VGG DFool 40.0% vs ResNet DFool 65.0%: -25.0"),
+]
+# the same with a difference the sample does not resolve
+UNDECIDED = [
+    ("keeps_clean", {"table1": "REGroup clean 70"}, "claim: difference >= -13.5"),
+    ("pgd_above_chance", {"table1": "REGroup PGD 12"}, "REGroup on PGD 12.0% vs 10%: +2.0"),
+    ("beats_softmax_eps", {"figure2": [(4, 80, 60, 22, 2), (16, 12, 10, 4, 2)]}, "eps 16 12.0% vs softmax 10.0%"),
+    ("recovers_attacks", {"table2": 28.0}, "28.0% vs 30%: -2.0"),
+    ("recovers_targeted", {"table3": 25.0}, "(mean eps found 0.1)"),
+    ("recovers_high_confidence", {"table4": 12.0}, "12.0% vs 17%: -5.0"),
+    ("monotone_eps", {"figure2": [(4, 45, 60, 2, 17), (16, 50, 40, 22, 12)]}, "eps 16 50.0% vs VGG eps 4 45.0%"),
+    ("pos_neg_helps", {"figure3": (30.0, 6, 1)}, "Pos+Neg 30.0% vs Pos 25.0%: +5.0"),
+    ("flat_in_k", {"figure4": [50.0, 51.0, 58.0]}, "k = 3 58.0% vs k = 1 50.0%: +8.0"),
+    ("spsa_not_lower", {"table5": 35.0, "table5_size": 20}, "on 20 images"),
+    ("architectures_alike", {"resnet_dfool": 48.0}, "VGG DFool 40.0% vs ResNet DFool 48.0%: -8.0"),
+]
+
+
+def _changed(changes: dict) -> dict[str, pd.DataFrame]:
+    tables = _tables()
+    for what, value in changes.items():
+        if what == "table1":
+            method, column, percent = value.split()
+            column = {"clean": "clean_top1", "PGD": "attacked_top1"}[column]
+            for n in NETS:
+                tables["table1"].loc[f"{n} {method}", column] = float(percent)
+        elif what == "figure2":
+            tables["figure2"] = _figure2(value)
+        elif what == "figure3":
+            tables["figure3"] = _figure3(*value)
+        elif what == "figure4":
+            tables |= {f"figure4_{n}": _figure4(value) for n in NETS}
+        elif what == "resnet_dfool":
+            tables["table2"] = _set("table2", "regroup", value, "ResNet", attack="DFool")
+        elif what == "table5_size":
+            tables["table5"] = tables["table5"].assign(n=value, attacked=value)
+        else:
+            tables[what] = tables[what].assign(regroup=value)
+    return tables
+
+
+@pytest.mark.parametrize(("cid", "changes", "text"), FAILING, ids=[case[0] for case in FAILING])
+def test_each_claim_fails_when_the_interval_excludes_it_and_says_why(cid, changes, text):
+    table = _evaluate(_changed(changes))
+    row = table.loc[cid]
+    assert row["verdict"] == C.FAILS, row[["evidence", "reason"]].to_dict()
+    assert row["reason"].startswith("the 95% interval excludes the claim") and text in row["reason"]
+    assert row["margin_high"] < 0
+    assert (table.drop(index=cid)["verdict"] != C.FAILS).all()  # the change hits that claim only
+
+
+@pytest.mark.parametrize(("cid", "changes", "text"), UNDECIDED, ids=[case[0] for case in UNDECIDED])
+def test_each_claim_is_undecided_when_the_interval_straddles_and_says_how_many_images_decide_it(cid, changes, text):
+    row = _evaluate(_changed(changes)).loc[cid]
+    assert row["verdict"] == C.UNDECIDED, row[["evidence", "reason"]].to_dict()
+    assert text in row["reason"], row["reason"]
+    needed = int(row["reason"].split("about ")[1].split()[0])
+    assert needed > row["n"] and "would decide it at the observed effect" in row["reason"]
+    assert row["margin_low"] < 0 < row["margin_high"] or row["margin"] < 0 <= row["margin_high"]
+
+
+def test_spsa_on_a_few_images_is_undecided_and_a_tie_of_counts_holds():
+    row = _evaluate(_changed({"table5": 35.0, "table5_size": 20})).loc["spsa_not_lower"]
+    assert "SPSA (eps=4) 35.0% vs VGG PGD 40.0%: -5.0" in row["reason"] and "on 20 images" in row["reason"]
+    assert "Table 5's #S: VGG SPSA (eps=4) 20 of 20" in row["reason"]  # the note
+    tied = _evaluate(_changed({"table5": 40.0})).loc["spsa_not_lower"]  # 40 of 100 vs 160 of 400: not below
+    assert tied["verdict"] == C.HOLDS and tied["margin"] == 0
+
+
+def test_pgd_lower_bound_is_never_below_zero():
+    row = _evaluate(_changed({"table1": "REGroup PGD 0"})).loc["pgd_above_chance"]
+    low = float(row["reason"].split("[")[1].split(",")[0])
+    assert row["verdict"] == C.FAILS and low == -10.0  # 0% of 100 images: the Wilson bound is 0%, 10 below chance
 
 
 def test_a_rise_the_softmax_shares_is_put_down_to_the_attack():
-    tables = _tables(good=False)
-    figure2 = tables["figure2"]
-    figure2.loc[(figure2.method == "SoftMax") & (figure2.paper_eps == 16), "top1"] = (
-        70.0  # 60 -> 70: the attack weakened
-    )
-    reason = report.evaluate_claims(_claims(), tables).set_index("id").loc["monotone_eps", "reason"]
-    assert "the softmax rises too (60.0% -> 70.0%)" in reason and "the attack, not REGroup" in reason
+    row = _with(figure2=_figure2([(4, 30, 40, 2, 12), (16, 50, 60, 2, 12)])).loc["monotone_eps"]
+    assert row["verdict"] == C.FAILS
+    assert "the softmax rises too (40.0% -> 60.0%)" in row["reason"] and "the attack, not REGroup" in row["reason"]
 
 
-def test_claims_without_adversarials_are_not_measured():
-    tables = _tables(good=True)
-    tables["table4"] = tables["table4"].assign(attacked=0)
-    row = report.evaluate_claims(_claims(), tables).set_index("id").loc["recovers_high_confidence"]
-    assert row["verdict"] == report.NOT_MEASURED and "#S = 0" in row["reason"]
-
-
-def test_sign_test_is_the_exact_one_sided_binomial_tail():
-    assert sign_test(5, 3) == pytest.approx((56 + 28 + 8 + 1) / 256)
-    assert sign_test(3, 0) == pytest.approx(1 / 8) and sign_test(0, 0) == 1.0 and sign_test(0, 4) == 1.0
-    with pytest.raises(ValueError, match="losses=-1"):
-        sign_test(2, -1)
-
-
-def _beats(curve: list[tuple[float, float, float, int, int]]) -> pd.Series:
-    tables = {**_tables(good=True), "figure2": _figure2(curve)}
-    return report.evaluate_claims(_claims(), tables).set_index("id").loc["beats_softmax_eps"]
-
-
-def test_beats_softmax_eps_needs_a_significant_paired_win():
-    # REGroup above the softmax at every eps (the old rule held): 12 vs 10 at eps 16 is 4 vs 2 discordant images
-    row = _beats([(4, 80, 60, 22, 2), (16, 12, 10, 4, 2), (40, 30, 0, 30, 0)])
-    assert row["verdict"] == report.DOES_NOT_HOLD
-    assert "4 images and the softmax alone on 2" in row["reason"] and "p = 0.34" in row["reason"]
+def test_a_plateau_is_not_a_rise():
+    row = _with(figure2=_figure2([(4, 80, 60, 22, 2), (16, 50, 10, 42, 2), (32, 50, 0, 50, 0)])).loc["monotone_eps"]
+    assert row["verdict"] == C.HOLDS and row["margin"] == 0
 
 
 def test_beats_softmax_eps_judges_only_eps_where_the_softmax_is_broken():
-    # REGroup below the softmax at eps 4 (the old rule failed), but the softmax is not broken there (60% >= 50%)
-    assert _beats([(4, 50, 60, 2, 12), (16, 50, 10, 42, 2), (40, 30, 0, 30, 0)])["verdict"] == report.HOLDS
-    row = _beats([(4, 90, 95, 2, 7), (16, 80, 70, 12, 2)])  # the softmax never broken: nothing to judge
-    assert row["verdict"] == report.NOT_MEASURED and "no eps to judge" in row["reason"]
+    # REGroup below the softmax at eps 4 (2 vs 12 discordant), but the softmax is not broken there (60% >= 50%)
+    assert _with(figure2=_figure2([(4, 50, 60, 2, 12), *GOOD_CURVE[1:]])).loc["beats_softmax_eps", "verdict"] == C.HOLDS
+    row = _with(figure2=_figure2([(4, 90, 95, 2, 7), (16, 80, 70, 12, 2)])).loc["beats_softmax_eps"]
+    assert row["verdict"] == C.NOT_MEASURED and "no eps to judge" in row["reason"]
+
+
+def test_pos_neg_helps_on_some_experiment_holds_when_one_does():
+    figure3 = _figure3(35.0, 10, 0)
+    figure3.loc[1, ["pos+neg", "gain_vs_pos", "loss_vs_pos", "gain_vs_neg", "loss_vs_neg"]] = [15.0, 0, 10, 0, 10]
+    row = _with(figure3=figure3).loc["pos_neg_helps"]
+    assert row["verdict"] == C.HOLDS and "VGG table2 PGD Pos+Neg 35.0% vs" in row["evidence"]
+    old = _with(figure3=figure3.drop(columns=["gain_vs_pos"])).loc["pos_neg_helps"]  # a Figure 3 without counts
+    assert old["verdict"] == C.NOT_MEASURED and "gain_vs_pos" in old["reason"]
+
+
+def test_flat_in_k_does_not_transfer_to_a_few_voting_layers():
+    row = _with(**{f"figure4_{n}": _figure4([50.0, 51.0, 70.0], layers=8) for n in NETS}).loc["flat_in_k"]
+    assert row["verdict"] == C.DOES_NOT_TRANSFER
+    assert "one of VGG-19's 19 (ResNet-50's 54) voting layers, at most 5.3%" in row["reason"]
+    assert "12.5% of VGG's 8" in row["reason"] and "50% of VGG's k = 2" in row["reason"]
+    assert [k_window(n) for n in (8, 18, 19, 54)] == [0, 0, 1, 2]
+
+
+def test_claims_without_adversarials_or_a_second_network_are_not_measured():
+    row = _with(table4=_tables()["table4"].assign(attacked=0)).loc["recovers_high_confidence"]
+    assert row["verdict"] == C.NOT_MEASURED and "#S = 0" in row["reason"]
+    one = _evaluate({k: v for k, v in _tables().items() if k != "figure4_ResNet"}, nets=["VGG"])
+    assert (
+        one.loc["architectures_alike", "verdict"] == C.NOT_MEASURED
+        and "one network" in one.loc["architectures_alike", "reason"]
+    )
+    assert (one.drop(index="architectures_alike")["verdict"] == C.HOLDS).all()
+
+
+def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides():
+    tree = yaml.safe_load((project_root() / "params" / "regroup" / "default.yaml").read_text())
+    halves = {}
+    for key in RegroupStudy.budget:
+        value = tree
+        for part in key.split("."):
+            value = value[part]
+        assert isinstance(value, int) and not isinstance(value, bool), key
+        halves[key] = max(1, value // 2)
+    p = params.load("regroup", "default", [f"{key}={value}" for key, value in halves.items()])
+    assert p.architectures["VGG"].train.epochs == 1 and p.architectures["ResNet"].train.epochs == 1
+    assert p.stats.per_class == 25 and p.untargeted["PGD"].steps == 40  # the evaluation attacks stay fixed

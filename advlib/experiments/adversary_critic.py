@@ -114,16 +114,9 @@ class CriticStudy(Study):
     kit and id secret live in `kit` (`kit_folder(profile)` in the notebook)."""
 
     stem = STEM
-    # the training budget (baselines' and critic's epochs, training images) and the attack budget of Tables 1 and 2
-    budget = (
-        "train.epochs",
-        "critic.epochs",
-        "data.n_train",
-        "eval_attacks.DeepFool.steps",
-        "eval_attacks.CW.steps",
-        "eval_attacks.Our.steps",
-        "study.attack.steps",
-    )
+    # the training budget: the baselines' and the critic's epochs and the training images (Tables 1 and 2's attacks
+    # are the evaluation, which the ladder keeps)
+    budget = ("train.epochs", "critic.epochs", "data.n_train")
     p: AdversaryCriticParams
 
     def __init__(
@@ -678,15 +671,17 @@ def _run_values(runs: pd.DataFrame, network: str, label: str, column: str) -> li
     return values
 
 
-def _nearest_neighbour(rows: Mapping[str, pd.DataFrame], defenses: Callable[[pd.DataFrame], list[str]]) -> str:
-    """The nearest-neighbour annotator's % labelled as the target for `defenses(rows of a network)`, when Table 2
-    carries it ('' otherwise): a second, model-free labelling of the same images."""
-    parts = [
-        f"{network} " + ", ".join(f"{d} {r.loc[d, 'nn_target_percent']:.1f}%" for d in defenses(r))
-        for network, r in rows.items()
-        if "nn_target_percent" in r.columns
-    ]
+def _nearest_neighbour(rows: Mapping[str, pd.DataFrame], describe: Callable[[pd.Series], str]) -> str:
+    """`describe` of each network's % labelled as the target by the nearest-neighbour annotator, when Table 2 carries
+    it ('' otherwise): a second, model-free labelling of the same images."""
+    parts = [f"{network} {describe(r['nn_target_percent'])}" for network, r in rows.items() if "nn_target_percent" in r]
     return "nearest-neighbour annotator on the same images: " + "; ".join(parts) + "; " if parts else ""
+
+
+def _critic_and_leader(percent: pd.Series) -> str:
+    others = percent.drop(OUR)
+    leader = others.idxmax()
+    return f"{OUR} {percent[OUR]:.1f}% (highest other: {leader} {others[leader]:.1f}%)"
 
 
 @dataclass(frozen=True)
@@ -826,11 +821,10 @@ class CriticClaims:
         return f"labels by {self.annotator}"
 
     def changes_note(self, t: Tables) -> str:
-        rows = self.table2(t, OUR)
-        return _nearest_neighbour(rows, lambda r: [OUR, *(d for d in r.index if d != OUR)]) + self.who
+        return _nearest_neighbour(self.table2(t, OUR), _critic_and_leader) + self.who
 
     def reference_note(self, t: Tables) -> str:
-        return _nearest_neighbour(self.table2(t, REFERENCE), lambda r: [REFERENCE]) + self.who
+        return _nearest_neighbour(self.table2(t, REFERENCE), lambda p: f"{REFERENCE} {p[REFERENCE]:.1f}%") + self.who
 
 
 def claims(networks: Sequence[str], annotator: str) -> list[Claim]:

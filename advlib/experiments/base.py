@@ -74,8 +74,9 @@ class Study:
 
     stem: ClassVar[str]
     artifacts: ClassVar[dict[str, ArtifactSpec]] = {}
-    #: the parameters that set the run's budget (dotted keys of whole numbers: epochs, training images, attack
-    #: steps), which `advlib ladder` scales to 1/4, 1/2 and 1 of the profile's values
+    #: the parameters that set the run's training budget (dotted keys of whole numbers: epochs, training images, the
+    #: steps of attacks used in training), which `advlib ladder` scales to 1/4, 1/2 and 1 of the profile's values;
+    #: the evaluation (test images, evaluation attacks, repeats) stays fixed, so each rung's margins are comparable
     budget: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

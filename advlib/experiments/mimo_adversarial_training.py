@@ -9,6 +9,7 @@ eps + 1e-4).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ..cache import Cache, Trained, cached_model
+from ..claims import Claim, Comparison, Relation
 from ..data import DatasetInfo, dataset_info, load_dataset, to_tensors
 from ..defenses.mat import (
     Inner,
@@ -37,7 +39,7 @@ from ..inference import predict
 from ..models import Ensemble, create_model_for
 from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
 from ..params import MATNorm, MATParams
-from ..report import Claim, load_references, proportion_gap
+from ..report import load_references
 from ..train import epoch_seed, fit
 from .base import MissingResult, Study, artifact
 
@@ -59,6 +61,7 @@ NORM_LABELS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 # The paper's MNIST budget (Section 4, Appendix C), against which reasons for a missed claim measure this run's.
 PAPER_BUDGET = {"images": 60_000, "epochs": 25, "iterations": 100, "n_eval": 1_000}
 DIAGNOSTICS_STREAM = 7_919  # offset of the diagnostics attack's seed from the epoch's training seed
+Tables = Mapping[str, Any]
 
 
 TABLE4_SYSTEMS = ("standard", "linf_at", "l2_at", "l1_at", "vanilla", "msd", "mat")
@@ -107,6 +110,9 @@ class MATStudy(Study):
     artifacts, each paired with the paper's numbers where it has them."""
 
     stem = "mimo_adversarial_training"
+    # the training budget (epochs, with the radius ramp scaled alongside so that it stays below them; training images)
+    # and the training attack's steps
+    budget = ("train.epochs", "ramp_epochs", "data.n_train", "iterations")
     p: MATParams
 
     def __init__(self, p: MATParams, device: torch.device | str = "cpu", cache: Cache | None = None) -> None:
@@ -511,247 +517,10 @@ class MATStudy(Study):
         )
 
     # -- claims ----------------------------------------------------------------------------
-    def claims(self) -> list[Claim]:  # noqa: C901 -- a table of claim declarations: mccabe adds up its small per-claim closures
-        """The paper's qualitative claims, each checked on the run tables it cites (table3, table4, table8, the
-        transfer_<system>_<norm> tables and figures1_4); reasons measure a miss against sampling noise and the budget."""
-        p = self.p
-        n = p.n_eval
-        budget = _budget(p)
-        unions = [f"All {g}" for g in p.groups]
-        norms = list(p.transfer_attacks)
-        low_transfer_norms = [nm for nm in ("linf", "l2") if nm in norms]  # Tables 11/12 show the opposite for L1
-
-        def cell(t, row: str, column: str) -> float:
-            return float(t["table4"].loc[row, column])
-
-        def gaps(t, pairs) -> str:
-            return "; ".join(f"{label}: {proportion_gap(a, b, n)}" for label, a, b in pairs) + f"; {budget}"
-
-        def vanilla_unions(t):
-            return [(u, cell(t, u, "MAT"), cell(t, u, "Vanilla Ensemble")) for u in unions]
-
-        def own_norm(t):
-            return [
-                (col, norm, acc, float(t["table4"].loc[f"PGD {norm}", "standard"]))
-                for col, norm, acc in _own_norm_rows(t["table3"])
-            ]
-
-        def weakest(t):
-            table3 = t["table3"]
-            subs = [c for c in table3.columns if str(c).startswith("Sub-model")]
-            return [
-                (
-                    row,
-                    float(table3.loc[row, "MAT"]),
-                    float(table3.loc[row, subs].min()),
-                    str(table3.loc[row, subs].astype(float).idxmin()),
-                )
-                for row in table3.index
-            ]
-
-        def transfer_ratios(t):
-            return [
-                (
-                    nm,
-                    _off_diagonal_ratio(_transfer(t, "mat", nm)),
-                    _off_diagonal_ratio(_transfer(t, "vanilla", nm)),
-                    _own_count(_transfer(t, "mat", nm)),
-                    _own_count(_transfer(t, "vanilla", nm)),
-                )
-                for nm in low_transfer_norms
-            ]
-
-        def ensemble_counts(t):
-            return [
-                (nm, _ensemble_count(_transfer(t, "mat", nm)), _ensemble_count(_transfer(t, "vanilla", nm)))
-                for nm in norms
-            ]
-
-        def table8_rows(t):
-            return _table8_rows(t["table8"], p.groups)
-
-        def table8_score(t) -> tuple[int, int, int]:
-            rows = table8_rows(t)
-            return sum(v > b for *_, b, v in rows), sum(v == b for *_, b, v in rows), len(rows)
-
-        def mat_msd(t):
-            table8 = t["table8"]
-            return [(u, float(table8.loc[u, "MAT+MSD"]), float(table8.loc[u, "MSD"])) for u in ("All linf", "All l1")]
-
-        def diag(t):
-            return t["figures1_4"]
-
-        def first_last(t):
-            return {
-                m: (
-                    g.sort_values("epoch")["cross_gradient_ratio"].iloc[0],
-                    g.sort_values("epoch")["cross_gradient_ratio"].iloc[-1],
-                    g["cross_gradient_ratio"].min(),
-                )
-                for m, g in diag(t).groupby("member")
-            }
-
-        def shrink_check(t):
-            if diag(t)["epoch"].nunique() < 2:
-                return None
-            return all(last < first and low > 0 for first, last, low in first_last(t).values())
-
-        def shrink_reason(t):
-            if diag(t)["epoch"].nunique() < 2:
-                return f"only {diag(t)['epoch'].nunique()} epoch recorded: a trend needs two (the paper trains {PAPER_BUDGET['epochs']})"
-            missed = [
-                f"member {m}: {first:.3f} -> {last:.3f} (min {low:.3f})"
-                for m, (first, last, low) in first_last(t).items()
-                if not (last < first and low > 0)
-            ]
-            return (
-                "; ".join(missed)
-                + f"; ratio of mean norms on the training attack's adversarials of {p.diagnostics_images} fixed "
-                f"training images, once per epoch; {budget}"
-            )
-
-        return [
-            Claim(
-                "mat_beats_vanilla_unions",
-                "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
-                ("table4",),
-                lambda t: all(a > b for _, a, b in vanilla_unions(t)),
-                lambda t: "; ".join(f"{u}: MAT {a:.1f} vs vanilla {b:.1f}" for u, a, b in vanilla_unions(t)),
-                lambda t: gaps(t, [(u, a, b) for u, a, b in vanilla_unions(t) if not a > b]),
-            ),
-            Claim(
-                "mat_beats_msd_all_linf",
-                "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
-                ("table4",),
-                lambda t: cell(t, "All linf", "MAT") > cell(t, "All linf", "MSD"),
-                lambda t: f"All linf: MAT {cell(t, 'All linf', 'MAT'):.1f} vs MSD {cell(t, 'All linf', 'MSD'):.1f}",
-                lambda t: gaps(t, [("All linf, MAT - MSD", cell(t, "All linf", "MAT"), cell(t, "All linf", "MSD"))]),
-            ),
-            Claim(
-                "vanilla_fails_linf",
-                "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
-                "points below Linf AT's (0.0% vs 94.9% in Table 4).",
-                ("table4",),
-                lambda t: cell(t, "All linf", "Vanilla Ensemble") < cell(t, "All linf", "Linf AT") - 20,
-                lambda t: (
-                    f"All linf: vanilla {cell(t, 'All linf', 'Vanilla Ensemble'):.1f} vs Linf AT {cell(t, 'All linf', 'Linf AT'):.1f}"
-                ),
-                lambda t: gaps(
-                    t,
-                    [
-                        (
-                            "All linf, vanilla - Linf AT",
-                            cell(t, "All linf", "Vanilla Ensemble"),
-                            cell(t, "All linf", "Linf AT"),
-                        )
-                    ],
-                ),
-            ),
-            Claim(
-                "mat_submodels_robust",
-                "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
-                "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, 2, 3; "
-                "standard model in Table 4: 0%).",
-                ("table3", "table4"),
-                lambda t: all(acc >= std + 20 for *_, acc, std in own_norm(t)),
-                lambda t: "; ".join(
-                    f"{col} under PGD {norm}: {acc:.1f} vs standard {std:.1f}" for col, norm, acc, std in own_norm(t)
-                ),
-                lambda t: gaps(
-                    t,
-                    [
-                        (f"{col} - standard, PGD {norm}", acc, std)
-                        for col, norm, acc, std in own_norm(t)
-                        if not acc >= std + 20
-                    ],
-                ),
-            ),
-            Claim(
-                "mat_above_weakest_submodel",
-                "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
-                "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
-                ("table3",),
-                lambda t: all(mat > low for _, mat, low, _ in weakest(t)),
-                lambda t: "; ".join(f"{row}: MAT {mat:.1f} vs {who} {low:.1f}" for row, mat, low, who in weakest(t)),
-                lambda t: gaps(
-                    t, [(f"{row}, MAT - {who}", mat, low) for row, mat, low, who in weakest(t) if not mat > low]
-                ),
-            ),
-            Claim(
-                "mat_low_transfer",
-                "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
-                "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
-                tuple(f"transfer_{s}_{nm}" for nm in low_transfer_norms for s in ("vanilla", "mat")),
-                lambda t: all(m < v for _, m, v, _, _ in transfer_ratios(t)) if low_transfer_norms else None,
-                lambda t: "; ".join(f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%" for nm, m, v, _, _ in transfer_ratios(t)),
-                lambda t: (
-                    (
-                        "; ".join(
-                            f"{nm}: MAT {m:.0f}% vs vanilla {v:.0f}%, ratios over N_ii = {nm_own} (MAT) and {v_own} "
-                            f"(vanilla) source images of {n}"
-                            for nm, m, v, nm_own, v_own in transfer_ratios(t)
-                            if not m < v
-                        )
-                        + f"; {budget}"
-                    )
-                    if low_transfer_norms
-                    else "the profile has no Linf or L2 transfer attack"
-                ),
-            ),
-            Claim(
-                "mat_ensemble_resists_transfer",
-                "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
-                "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
-                tuple(f"transfer_{s}_{nm}" for nm in norms for s in ("vanilla", "mat")),
-                lambda t: all(m < v for _, m, v in ensemble_counts(t)),
-                lambda t: "; ".join(f"{nm}: MAT {m} vs vanilla {v} of {n}" for nm, m, v in ensemble_counts(t)),
-                lambda t: gaps(
-                    t,
-                    [
-                        (f"{nm} accuracy, MAT - vanilla", 100 * (1 - m / n), 100 * (1 - v / n))
-                        for nm, m, v in ensemble_counts(t)
-                        if not m < v
-                    ],
-                ),
-            ),
-            Claim(
-                "table8_mat_mostly_higher",
-                "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
-                "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
-                ("table8",),
-                lambda t: table8_score(t)[0] > table8_score(t)[2] / 2,
-                lambda t: "{} higher, {} tied of {} rows".format(*table8_score(t)),
-                lambda t: (
-                    f"{table8_score(t)[0]} of {table8_score(t)[2]} rows higher, more than half needed; the largest losses: "
-                    + gaps(
-                        t,
-                        [
-                            (f"{row}, {variant} - {base}", v, b)
-                            for base, variant, row, b, v in sorted(table8_rows(t), key=lambda r: r[4] - r[3])[:3]
-                        ],
-                    )
-                ),
-            ),
-            Claim(
-                "table8_mat_msd_linf_l1",
-                "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
-                "of L1 attacks (Table 8: +20.2 and +29.2 points).",
-                ("table8",),
-                lambda t: all(a > b for _, a, b in mat_msd(t)),
-                lambda t: "; ".join(f"{u}: MAT+MSD {a:.1f} vs MSD {b:.1f}" for u, a, b in mat_msd(t)),
-                lambda t: gaps(t, [(f"{u}, MAT+MSD - MSD", a, b) for u, a, b in mat_msd(t) if not a > b]),
-            ),
-            Claim(
-                "cross_gradients_shrink",
-                "The cross-gradient ratio of every MAT member falls during training but stays above zero (Figure 1).",
-                ("figures1_4",),
-                shrink_check,
-                lambda t: "; ".join(
-                    f"member {m}: {first:.3f} -> {last:.3f}" for m, (first, last, _) in first_last(t).items()
-                ),
-                shrink_reason,
-            ),
-        ]
+    def claims(self) -> list[Claim]:
+        """The paper's qualitative claims, each measured on the run tables it cites (table3, table4, table8, the
+        transfer_<system>_<norm> tables and figures1_4); see `mat_claims`."""
+        return mat_claims(self.p)
 
 
 def union_violations(values: dict[str, dict[str, float]]) -> dict[str, str]:
@@ -809,23 +578,18 @@ def _budget(p: MATParams) -> str:
     )
 
 
-def _transfer(t: Mapping[str, Any], system: str, norm: str) -> pd.DataFrame:
+def _transfer(t: Tables, system: str, norm: str) -> pd.DataFrame:
     """The cited transfer table of `system` under `norm` PGD."""
     return t[f"transfer_{system}_{norm}"]
 
 
-def _off_diagonal_ratio(table: pd.DataFrame) -> float:
-    """Mean r_ij (%) from the source sub-model to the other sub-models."""
-    ratios = table["ratio %"]
-    source = ratios.index[0]
-    others = [c for c in ratios.columns if str(c).startswith("Sub-model") and c != source]
-    return float(ratios.loc[source, others].mean())
-
-
-def _own_count(table: pd.DataFrame) -> int:
-    """N_ii: images the source sub-model's own PGD misclassifies on it."""
+def _source_counts(table: pd.DataFrame) -> tuple[int, float]:
+    """(N_ii, mean N_ij): the images the source sub-model's own PGD misclassifies on it, and the mean over the other
+    sub-models of the images that PGD misclassifies on them."""
     counts = table["count"]
-    return int(counts.iloc[0][counts.index[0]])
+    source = counts.index[0]
+    others = [c for c in counts.columns if str(c).startswith("Sub-model") and c != source]
+    return int(counts.loc[source, source]), float(counts.loc[source, others].astype(float).mean())
 
 
 def _ensemble_count(table: pd.DataFrame) -> int:
@@ -865,3 +629,267 @@ def _table8_rows(table8: pd.DataFrame, groups: Mapping[str, list[str]]) -> list[
     if not rows:
         raise KeyError("Table 8 has no pair of a baseline and its MAT variant")
     return rows
+
+
+class MATMeasures:
+    """The measures of MAT's claims on a run of `p`, each reading only the tables its claim cites.
+
+    Every accuracy of Tables 3, 4 and 8 and every count of the transfer tables is one evaluation of the run's
+    `n_eval` images, so two systems are always compared on the same images. The tables keep no per-image outcomes,
+    so the comparisons use the unpaired Agresti-Caffo interval: the conservative one for same-image outcomes (their
+    positive correlation makes the paired interval narrower)."""
+
+    def __init__(self, p: MATParams) -> None:
+        self.p, self.n, self.budget = p, p.n_eval, _budget(p)
+        self.norms = list(p.transfer_attacks)
+        # Tables 11/12 show the opposite for L1; a profile without Linf and L2 transfer tables leaves it unmeasured
+        self.low_transfer_norms = [nm for nm in ("linf", "l2") if nm in self.norms] or ["linf", "l2"]
+
+    def _accuracies(
+        self, left: tuple[str, float], right: tuple[str, float], relation: Relation, threshold: float = 0.0
+    ) -> Comparison:
+        return Comparison.accuracies(left, right, relation, self.n, threshold=threshold)
+
+    def budget_note(self, t: Tables) -> str:
+        return self.budget
+
+    # -- Table 4 --
+    def mat_vs_vanilla_unions(self, t: Tables) -> list[Comparison]:
+        """MAT above the vanilla ensemble (strict) on each norm's union."""
+        table4 = t["table4"]
+        return [
+            self._accuracies((f"{u}: MAT", table4.loc[u, "MAT"]), ("vanilla", table4.loc[u, "Vanilla Ensemble"]), ">")
+            for u in (f"All {g}" for g in self.p.groups)
+        ]
+
+    def mat_vs_msd_all_linf(self, t: Tables) -> Comparison:
+        """MAT above MSD (strict) on the union of Linf attacks."""
+        row = t["table4"].loc["All linf"]
+        return self._accuracies(("All linf: MAT", row["MAT"]), ("MSD", row["MSD"]), ">")
+
+    def vanilla_vs_linf_at(self, t: Tables) -> Comparison:
+        """The vanilla ensemble's All-Linf accuracy minus Linf AT's below -20 points (strict: 'more than 20 below')."""
+        row = t["table4"].loc["All linf"]
+        return self._accuracies(("All linf: vanilla", row["Vanilla Ensemble"]), ("Linf AT", row["Linf AT"]), "<", -20)
+
+    # -- Table 3 --
+    def submodels_vs_standard(self, t: Tables) -> list[Comparison]:
+        """Each sub-model under its own norm's PGD (Table 3) minus the standard model under that PGD (Table 4) above
+        20 points: strict, as the sentence asserts robustness, which the evidence must show."""
+        standard = t["table4"]["standard"]
+        return [
+            self._accuracies(
+                (f"{column} under PGD {norm}", accuracy), ("standard", standard[f"PGD {norm}"]), ">", threshold=20
+            )
+            for column, norm, accuracy in _own_norm_rows(t["table3"])
+        ]
+
+    def mat_vs_weakest_submodel(self, t: Tables) -> list[Comparison]:
+        """MAT above (strict) the sub-model with the lowest accuracy under each norm's PGD."""
+        table3 = t["table3"]
+        subs = table3[[c for c in table3.columns if str(c).startswith("Sub-model")]].astype(float)
+        return [
+            self._accuracies(
+                (f"{row}: MAT", table3.loc[row, "MAT"]), (subs.loc[row].idxmin(), subs.loc[row].min()), ">"
+            )
+            for row in table3.index
+        ]
+
+    # -- transferability --
+    def transfer_rates(self, t: Tables) -> list[Comparison]:
+        """Per norm, MAT's mean r_ij = N_ij / N_ii from the source sub-model to the others below (strict) the vanilla
+        ensemble's, each read as the share of the N_ii source images whose adversarials transfer: a proportion on
+        N_ii images, Agresti-Caffo on two separate samples (the two systems' source images differ). The mean of the
+        targets' counts is taken in whole images rounded against the claim (MAT's up, vanilla's down), and capped at
+        N_ii: a target's own clean errors count in N_ij, so a ratio can pass 100%. The label gives the measured r_ij
+        where the proportion differs from it."""
+        out = []
+        for norm in self.low_transfer_norms:
+            mat, mat_own = self._rate(t, "mat", norm, math.ceil)
+            vanilla, vanilla_own = self._rate(t, "vanilla", norm, math.floor)
+            out.append(Comparison.accuracies(mat, vanilla, "<", mat_own, n_right=vanilla_own))
+        return out
+
+    def _rate(
+        self, t: Tables, system: str, norm: str, rounding: Callable[[float], int]
+    ) -> tuple[tuple[str, float], int]:
+        """((label, transfer rate %), N_ii) of `system`'s source sub-model under `norm` PGD."""
+        own, mean = _source_counts(_transfer(t, system, norm))
+        if own == 0:
+            raise KeyError(f"r_ij of {system} under {norm} PGD: its source sub-model's PGD misclassifies no image")
+        transferred = min(rounding(mean), own)
+        label = f"{norm}: MAT mean r_ij" if system == "mat" else "vanilla mean r_ij"
+        if transferred != mean:
+            label += f" (measured {100 * mean / own:.1f}%)"
+        return (label, 100 * transferred / own), own
+
+    def transfer_note(self, t: Tables) -> str:
+        counts = "; ".join(
+            f"{norm}: N_ii = {_source_counts(_transfer(t, 'mat', norm))[0]} (MAT) and "
+            f"{_source_counts(_transfer(t, 'vanilla', norm))[0]} (vanilla) source images of {self.n}"
+            for norm in self.low_transfer_norms
+        )
+        return f"{counts}; {self.budget}"
+
+    def ensemble_transfer(self, t: Tables) -> list[Comparison]:
+        """Per norm, the share of the n_eval images that PGD crafted on the whole ensemble misclassifies: MAT below
+        (strict) the vanilla ensemble."""
+        return [
+            self._accuracies(
+                (f"{norm}: MAT misclassified", 100 * _ensemble_count(_transfer(t, "mat", norm)) / self.n),
+                ("vanilla", 100 * _ensemble_count(_transfer(t, "vanilla", norm)) / self.n),
+                "<",
+            )
+            for norm in self.norms
+        ]
+
+    # -- Table 8 --
+    def table8_rows(self, t: Tables) -> list[Comparison]:
+        """Every row of Table 8 a MAT variant shares with its single model: the variant above (strict) the model."""
+        return [
+            self._accuracies((f"{row}: {variant}", v), (base, b), ">")
+            for base, variant, row, b, v in _table8_rows(t["table8"], self.p.groups)
+        ]
+
+    def table8_note(self, t: Tables) -> str:
+        rows = _table8_rows(t["table8"], self.p.groups)
+        higher, tied = sum(v > b for *_, b, v in rows), sum(v == b for *_, b, v in rows)
+        return f"by the point estimates {higher} of {len(rows)} rows higher and {tied} tied (the paper: 13 of 19); {self.budget}"
+
+    def mat_msd_unions(self, t: Tables) -> list[Comparison]:
+        """MAT+MSD above (strict) MSD on the union of Linf attacks and on the union of L1 attacks."""
+        table8 = t["table8"]
+        return [
+            self._accuracies((f"{u}: MAT+MSD", table8.loc[u, "MAT+MSD"]), ("MSD", table8.loc[u, "MSD"]), ">")
+            for u in ("All linf", "All l1")
+        ]
+
+    # -- Figure 1 --
+    def _ratios(self, t: Tables) -> tuple[dict[str, pd.Series], list[int], list[int]]:
+        """Per member its cross-gradient ratio by epoch, with the first and last half of the recorded epochs."""
+        diagnostics = t["figures1_4"]
+        epochs = sorted(int(e) for e in diagnostics["epoch"].unique())
+        half = len(epochs) // 2
+        if half < 2:
+            raise KeyError(
+                f"only {len(epochs)} epoch(s) recorded: the fall is measured between the first and last half of "
+                f"training, which needs two epochs in each (the paper trains {PAPER_BUDGET['epochs']})"
+            )
+        series = {
+            str(member): group.set_index("epoch")["cross_gradient_ratio"].astype(float)
+            for member, group in diagnostics.groupby("member")
+        }
+        return series, epochs[:half], epochs[-half:]
+
+    def cross_gradients(self, t: Tables) -> list[Comparison]:
+        """Per member, the mean ratio of the last half of the epochs below (strict) that of the first half, and above
+        zero (strict), with Welch's / the one-sample t interval. Figure 1's table holds one ratio per epoch and member
+        (of mean gradient norms over the fixed diagnostics images, no per-image values), so the epochs are the
+        repeated measurements; a trend within a half widens its spread, which makes the interval conservative."""
+        series, early, late = self._ratios(t)
+        span = lambda epochs: f"epochs {epochs[0]}-{epochs[-1]}"
+        out = []
+        for member, ratio in series.items():
+            last = (f"member {member} {span(late)}", ratio.loc[late].tolist())
+            out.append(Comparison.means(last, (span(early), ratio.loc[early].tolist()), "<"))
+            out.append(Comparison.means(last, ("zero", 0.0), ">"))
+        return out
+
+    def cross_gradients_note(self, t: Tables) -> str:
+        series, _, _ = self._ratios(t)
+        trend = "; ".join(
+            f"member {m}: {r.sort_index().iloc[0]:.3f} -> {r.sort_index().iloc[-1]:.3f}" for m, r in series.items()
+        )
+        ramp = f"; the training radii ramp up over the first {self.p.ramp_epochs} epochs" if self.p.ramp_epochs else ""
+        return (
+            f"{trend} (first -> last epoch; ratio of mean norms on the training attack's adversarials of "
+            f"{self.p.diagnostics_images} fixed training images, once per epoch){ramp}; {self.budget}"
+        )
+
+
+def mat_claims(p: MATParams) -> list[Claim]:
+    """The paper's claims for a run of `p`, as data: the sentence, the tables it cites and its measure."""
+    m = MATMeasures(p)
+    low_transfer = tuple(f"transfer_{s}_{nm}" for nm in m.low_transfer_norms for s in ("vanilla", "mat"))
+    every_transfer = tuple(f"transfer_{s}_{nm}" for nm in m.norms for s in ("vanilla", "mat"))
+    return [
+        Claim(
+            "mat_beats_vanilla_unions",
+            "MAT beats the vanilla ensemble on the union of each norm's attacks (Table 4).",
+            ("table4",),
+            m.mat_vs_vanilla_unions,
+            note=m.budget_note,
+        ),
+        Claim(
+            "mat_beats_msd_all_linf",
+            "MAT beats MSD on the union of Linf attacks (82.3% vs 56.3% in Table 4).",
+            ("table4",),
+            m.mat_vs_msd_all_linf,
+            note=m.budget_note,
+        ),
+        Claim(
+            "vanilla_fails_linf",
+            "The vanilla ensemble fails under Linf attacks: its All-Linf accuracy is more than 20 "
+            "points below Linf AT's (0.0% vs 94.9% in Table 4).",
+            ("table4",),
+            m.vanilla_vs_linf_at,
+            note=m.budget_note,
+        ),
+        Claim(
+            "mat_submodels_robust",
+            "Every sub-model of MAT is robust against the PGD of its own norm: at least 20 points "
+            "above the standard model under that PGD, so above chance (Table 3: 72.0%, 69.0%, 87.1% for sub-models 1, "
+            "2, 3; standard model in Table 4: 0%).",
+            ("table3", "table4"),
+            m.submodels_vs_standard,
+            note=m.budget_note,
+        ),
+        Claim(
+            "mat_above_weakest_submodel",
+            "MAT, averaging its sub-models, is more robust than its weakest sub-model under "
+            "the PGD of every norm (Table 3: 89.2% vs 33.1% under Linf PGD).",
+            ("table3",),
+            m.mat_vs_weakest_submodel,
+            note=m.budget_note,
+        ),
+        Claim(
+            "mat_low_transfer",
+            "Linf and L2 PGD crafted on one sub-model transfer less between MAT's sub-models than "
+            "between the vanilla ensemble's: lower mean ratio r_ij (Tables 1, 2, 9, 10).",
+            low_transfer,
+            m.transfer_rates,
+            note=m.transfer_note,
+        ),
+        Claim(
+            "mat_ensemble_resists_transfer",
+            "PGD crafted on the whole ensemble misclassifies fewer images on MAT than on "
+            "the vanilla ensemble in every norm (Tables 1, 2, 9-12: 128 vs 960, 320 vs 437, 262 vs 383 of 1,000).",
+            every_transfer,
+            m.ensemble_transfer,
+            note=m.budget_note,
+        ),
+        Claim(
+            "table8_mat_mostly_higher",
+            "Built on the same training attack, MAT (MAT(Linf), MAT(L2), MAT+MSD) is more "
+            "robust than the single model (Linf AT, L2 AT, MSD) in most attack scenarios (Table 8: 13 of 19 rows).",
+            ("table8",),
+            m.table8_rows,
+            quantifier="majority",
+            note=m.table8_note,
+        ),
+        Claim(
+            "table8_mat_msd_linf_l1",
+            "MAT+MSD is more robust than MSD against the union of Linf attacks and the union "
+            "of L1 attacks (Table 8: +20.2 and +29.2 points).",
+            ("table8",),
+            m.mat_msd_unions,
+            note=m.budget_note,
+        ),
+        Claim(
+            "cross_gradients_shrink",
+            "The cross-gradient ratio of every MAT member falls during training but stays above zero (Figure 1).",
+            ("figures1_4",),
+            m.cross_gradients,
+            note=m.cross_gradients_note,
+        ),
+    ]
