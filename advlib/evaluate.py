@@ -175,11 +175,13 @@ def attack_suite(
     cache: Cache | None = None,
 ) -> SuiteResult:
     """Run each attack on every sample (cached per attack when `model_key` is given); results are keyed by the
-    mapping's keys, or by name@eps for a sequence (see `labelled_specs`)."""
+    mapping's keys, or by name@eps for a sequence (see `labelled_specs`). Each sample draws from the stream keyed by
+    its position, as in `union_robustness`, so that a union is never above one of its own attacks."""
     labelled = labelled_specs(specs)
     model.eval()
+    keys = torch.arange(len(x), device=x.device)
     results = {
-        label: attack(spec, model, x, y, model_key=model_key, cache=cache)
+        label: attack(spec, model, x, y, model_key=model_key, cache=cache, keys=keys)
         for label, spec in tqdm(labelled.items(), desc="attacks", leave=False)
     }
     return SuiteResult(y=y, clean=predict(model, x) == y, results=results)

@@ -68,6 +68,17 @@ def test_cascade_union_equals_naive_union_with_random_attacks(mnist_model, mnist
     assert 0 < naive.robust_accuracy < float(naive.clean_correct.float().mean())  # the attacks do break samples
 
 
+def test_suite_draws_as_the_union_does_so_the_union_is_below_each_attack(mnist_model, mnist_test):
+    """The suite keys each sample's draws by its position, as the union's cascade does: with random starts each
+    per-sample attack breaks the same samples in both, so the union is at most every single attack's accuracy."""
+    x, y = mnist_test
+    union = union_robustness(mnist_model, x, y, STOCHASTIC, cascade=False)
+    suite = attack_suite(mnist_model, x, y, STOCHASTIC)
+    for label, robust in suite.robust().items():
+        assert torch.equal(suite.clean & ~robust, union.broken[label]), label
+    assert union.robust_accuracy <= min(float(m.float().mean()) for m in suite.robust().values())
+
+
 def test_keyed_pgd_result_does_not_depend_on_the_batch(mnist_model, mnist_test):
     """With keys, a sample's random start comes from its own stream: alone, in a subset or in the full batch, and
     whatever ran before, its adversarial is the same; without keys the start depends on the batch."""
