@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= default
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: install reproduce test lint browser unit nbval portability reliability lab golden bench clean
+.PHONY: install reproduce test lint browser unit nbval portability reliability lab golden bench profile clean
 
 install: $(STAMP)
 
@@ -88,6 +88,13 @@ golden: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/advlib bench
+
+# Where a cold run of each notebook ($(PROFILE) profile) spends its time: training per system, each attack family,
+# the other cached evaluations, each table's own work, imports and start-up (from each run's stage timer), beside the
+# suite's cold / warm rows. Writes benchmarks/PROFILE-$(PROFILE).md; NOTEBOOKS_ONLY=stem,... picks notebooks.
+profile: $(STAMP)
+	$(BIN)/advlib bench --only suite --suite $(PROFILE) --output benchmarks/PROFILE-$(PROFILE).md \
+	  $(if $(NOTEBOOKS_ONLY),--notebooks $(NOTEBOOKS_ONLY))
 
 clean:
 	rm -rf runs .pytest_cache

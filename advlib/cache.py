@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from safetensors.torch import load_file, save_file
 
+from .profiling import timed
 from .runtime import cache_root
 
 log = logging.getLogger("advlib")
@@ -220,8 +221,11 @@ class Cache:
                 return f"{name} checksum mismatch"
         return None
 
-    def get_or_build(self, key: CacheKey, build: Callable[[], Artifact], *, label: str | None = None) -> Artifact:
-        """Return the cached artifact for `key`, building and storing it under a lock if absent."""
+    def get_or_build(
+        self, key: CacheKey, build: Callable[[], Artifact], *, label: str | None = None, stage: str | None = None
+    ) -> Artifact:
+        """Return the cached artifact for `key`, building and storing it under a lock if absent. The build is timed
+        as the run's stage (`stage`, default the key's kind; `label`) (see `profiling`)."""
         kind, digest = key.kind, key.key
         name = label or kind
         lock_path = self.root / kind / f"{digest}.lock"
@@ -237,7 +241,8 @@ class Cache:
                 log.info("cache: loaded %s (%s/%s)", name, kind, digest)  # relative: no machine path in notebooks
                 return found
             log.info("cache: building %s (%s/%s)", name, kind, digest)
-            artifact = build()
+            with timed(stage or kind, name):
+                artifact = build()
             self.write(kind, digest, artifact, key.params)
             return artifact
 
@@ -319,7 +324,7 @@ def cached_model(
         meta = {"history": result} if isinstance(result, list) else dict(result)
         return Artifact(tensors=state_to_tensors(model), meta=meta)
 
-    artifact = cache.get_or_build(key, build, label=label)
+    artifact = cache.get_or_build(key, build, label=label, stage="training")
     shutil.rmtree(checkpoints, ignore_errors=True)
     if artifact.from_cache:
         device = next(model.parameters()).device
@@ -397,5 +402,7 @@ def cached_frames(
     label: str | None = None,
 ) -> tuple[pd.DataFrame, ...]:
     """Tables of results (an evaluation the notebook reports), built once per key and then loaded exactly."""
-    artifact = (cache or Cache()).get_or_build(key, lambda: frames_to_artifact(tuple(build())), label=label)
+    artifact = (cache or Cache()).get_or_build(
+        key, lambda: frames_to_artifact(tuple(build())), label=label, stage="evaluation"
+    )
     return frames_from_artifact(artifact)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .files import atomic_write_text
+from .profiling import start_timer
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -246,6 +247,7 @@ class Run:
         self.portable_kernels = use_portable_kernels()
         seed_everything(seed)
         self.started = time.time()
+        self.timer = start_timer()
         _run_dirs[(project_root(), stem, profile)] = run_dir(stem, profile, params)
         self.out = output_dir(stem, profile)
 
@@ -272,6 +274,7 @@ class Run:
             "versions": package_versions(),
             "params": params,
             "wall_time_s": round(time.time() - self.started, 2),
+            "time_by_stage": self.timer.summary(),
         }
 
     def write_manifest(self) -> Path:

@@ -437,10 +437,49 @@ papermill.execute_notebook(sys.argv[2], sys.argv[2], cwd=str(notebook_path(sys.a
 """
 
 
-def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row], list[str]]:
+def stage_of(stage: dict) -> str:
+    """The profile row a timed stage falls in: training per system, an attack family (all its eps and models),
+    other cached evaluations and the tables' own computation per table."""
+    kind, label = stage["kind"], stage["label"]
+    if kind == "adversarial":
+        return f"attack {label.removeprefix('adversarials ').split('@')[0]}"
+    if kind == "training":
+        return f"training {label}"
+    if kind == "table":
+        return f"table {label} (uncached work)"
+    return f"{kind} {label}"
+
+
+def stage_profile(stem: str, cold_seconds: float, summary: dict, share: float = 0.01) -> list[str]:
+    """Markdown rows of where a cold notebook run went, from the stage timer in its manifest: every row of at least
+    `share` of the cold time, the smaller ones summed, and what no stage covers (kernel start, imports, data,
+    cache loads, figures) beside papermill's own start-up (the process time the kernel did not see)."""
+    rows: dict[str, list[float]] = {}
+    for stage in summary["stages"]:
+        entry = rows.setdefault(stage_of(stage), [0, 0.0])
+        entry[0] += stage["count"]
+        entry[1] += stage["seconds"]
+    big = sorted(((name, n, s) for name, (n, s) in rows.items() if s >= share * cold_seconds), key=lambda r: -r[2])
+    small = [(n, s) for name, (n, s) in rows.items() if s < share * cold_seconds]
+    lines = [f"| {stem} | {name} | {n:.0f} | {s:.1f} | {s / cold_seconds:.1%} |" for name, n, s in big]
+    if small:
+        n, s = sum(r[0] for r in small), sum(r[1] for r in small)
+        lines.append(f"| {stem} | {len(small)} smaller stages | {n:.0f} | {s:.1f} | {s / cold_seconds:.1%} |")
+    outside = summary["outside_stages_s"]
+    lines.append(
+        f"| {stem} | in the kernel, outside every stage (imports, data, cache loads, figures) | | {outside:.1f} | "
+        f"{outside / cold_seconds:.1%} |"
+    )
+    launch = max(0.0, cold_seconds - summary["wall_s"])
+    lines.append(f"| {stem} | process and kernel start-up, papermill | | {launch:.1f} | {launch / cold_seconds:.1%} |")
+    return lines
+
+
+def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row], list[str], list[str]]:
     """Every notebook run with `profile` in its own process against a fresh cache (cold), then again on that cache
     (warm): time per notebook and in total, and the peak resident memory of the notebook's kernel. A third run of
-    only the notebook's imports measures the floor that no cache removes (process, kernel start, imports)."""
+    only the notebook's imports measures the floor that no cache removes (process, kernel start, imports). The cold
+    run's stage timer (its manifest's `time_by_stage`) gives where its time went."""
     import json
     import subprocess
     import sys
@@ -453,7 +492,7 @@ def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row]
     if unknown:
         raise SystemExit(f"unknown notebooks {unknown}; choose from {', '.join(known)}")
     project = Path(__file__).resolve().parents[1]
-    rows, memory, totals = [], [], {"cold": 0.0, "warm": 0.0, "floor": 0.0}
+    rows, memory, stages, totals = [], [], [], {"cold": 0.0, "warm": 0.0, "floor": 0.0}
     with tempfile.TemporaryDirectory(prefix="advlib-suite-") as tmp:
         home = Path(tmp)
         for shared in ("params", "notebooks"):
@@ -473,6 +512,9 @@ def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row]
                 seconds[state] = time.perf_counter() - began
                 if done.returncode != 0:
                     raise RuntimeError(f"notebook {stem} ({profile}, {state}) failed:\n{done.stderr[-2000:]}")
+                if state == "cold":
+                    manifest = max((home / "runs" / stem).glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+                    stages += stage_profile(stem, seconds[state], json.loads(manifest.read_text())["time_by_stage"])
                 usage = json.loads(done.stdout.strip().splitlines()[-1])
                 peak = max(peak, usage["kernel_kib"])
                 totals[state] += seconds[state]
@@ -508,7 +550,7 @@ def bench_suite(profile: str, stems: list[str] | None = None) -> tuple[list[Row]
             why=_warm_why(totals),
         )
     )
-    return rows, memory
+    return rows, memory, stages
 
 
 def _warm_why(seconds: dict[str, float]) -> str:
@@ -614,8 +656,9 @@ def main() -> None:
     if "union" in parts:
         rows.append(bench_union(reps, device, 128 if args.quick else 512))
     memory: list[str] = []
+    stages: list[str] = []
     if "suite" in parts:
-        suite_rows, memory = bench_suite(suite, args.notebooks.split(",") if args.notebooks else None)
+        suite_rows, memory, stages = bench_suite(suite, args.notebooks.split(",") if args.notebooks else None)
         rows.extend(suite_rows)
 
     cpu_end, wall = _cpu_seconds(), time.perf_counter() - wall_start
@@ -680,6 +723,16 @@ def main() -> None:
             "| notebook | profile | peak RSS |",
             "|---|---|---|",
             *memory,
+        ]
+    if stages:
+        lines += [
+            "",
+            f"Where each cold run's time went (`{suite}` profile; each cache build and each table's own computation "
+            "is a stage, timed without the stages inside it; attacks summed per family over every eps and model):",
+            "",
+            "| notebook | stage | runs | seconds | share of the cold run |",
+            "|---|---|---:|---:|---:|",
+            *stages,
         ]
     lines.append("")
     args.output.parent.mkdir(parents=True, exist_ok=True)

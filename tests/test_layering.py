@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "advlib"
 # lowest first; a module may import modules of a lower rank, and anything inside its own package
 RANKS = [
-    {"schema", "files", "inference", "weights"},
+    {"schema", "files", "inference", "weights", "profiling"},
     {"runtime"},
     {"models", "data"},
     {"attacks"},

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..cache import Cache, CacheKey, Trained, derive_key
 from ..claims import Claim, evaluate_claims
+from ..profiling import timed
 from ..report import paper_vs_run, save_table
 
 __all__ = ["ArtifactSpec", "MissingResult", "Study", "Trained", "artifact"]
@@ -118,7 +119,8 @@ class Study:
         """Compute the declared artifact `name`, save it beside `out`'s outputs (CSV, Markdown, LaTeX), pair it with the
         paper's numbers when it has a reference, and return it."""
         spec = self._spec(name)
-        table = getattr(self, spec.method)()
+        with timed("table", name):
+            table = getattr(self, spec.method)()
         if not isinstance(table, pd.DataFrame):
             raise TypeError(f"artifact {name!r} ({spec.method}) returned {type(table).__name__}, not a DataFrame")
         save_table(table, out.stem, out.profile, name, floatfmt=spec.floatfmt, caption=spec.caption)
