@@ -122,8 +122,8 @@ class Comparison:
             relation,
             threshold,
             difference,
-            difference - half,
-            difference + half,
+            max(difference - half, -100.0),  # a difference of two accuracies lies in [-100, 100] points
+            min(difference + half, 100.0),
             min(n, n_right),
             "Agresti-Caffo",
         )
@@ -152,7 +152,8 @@ class Comparison:
         centre = (b - c) / m
         half = _Z * math.sqrt(max((b + c) - (b - c) ** 2 / m, 0.0)) / m * 100
         difference = 100 * (left_only - right_only) / n
-        low, high = min(difference, 100 * centre - half), max(difference, 100 * centre + half)
+        low = max(min(difference, 100 * centre - half), -100.0)  # clamped to the feasible [-100, 100] points
+        high = min(max(difference, 100 * centre + half), 100.0)
         return cls(
             left,
             right,

@@ -51,6 +51,16 @@ def test_paired_agresti_min_interval_and_verdicts():
         Comparison.paired("a", "b", 6, 6, 10, ">")
 
 
+def test_intervals_of_a_difference_of_accuracies_stay_within_plus_minus_100_points():
+    # one image each side: p = 1/3 and 2/3 of 3, half-width 1.96 sqrt(2 (2/9) / 3) = 75.44 points: 0% vs 100% would
+    # reach -175.44
+    c = Comparison.accuracies(("a", 0.0), ("b", 100.0), ">=", 1)
+    assert c.difference == -100.0 and (c.low, c.high) == pytest.approx((-100.0, -24.56), abs=0.01)
+    p = Comparison.paired("a", "b", 0, 1, 1, ">=")  # Agresti-Min: -33.3 +- 84.3 points, low -117.7 unclamped
+    assert p.low == -100.0 and p.high == pytest.approx(51.01, abs=0.01)
+    assert Comparison.accuracies(("a", 100.0), ("b", 0.0), "<=", 1).high == 100.0
+
+
 def test_against_a_constant_uses_the_wilson_interval():
     c = Comparison.against(("pgd", 12.0), 10.0, ">", 200)
     low, high = (100 * v for v in stats.binomtest(24, 200).proportion_ci(method="wilson"))
