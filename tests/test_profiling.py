@@ -108,7 +108,7 @@ def test_a_runs_manifest_carries_its_stage_timer(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path))
     p = params.load("quickstart", "ci", {})
-    run = Run("quickstart", "ci", p, seed=0, device="cpu", threads=None, dtype="float64")
+    run = Run("quickstart", "ci", p, seed=0, device="cpu", threads=None)  # float32: no default dtype left behind
     with timed("training", "a model"):
         time.sleep(0.02)
     stages = run.manifest()["time_by_stage"]
