@@ -1,4 +1,5 @@
-"""Shared fixtures: a small LeNet trained on real MNIST (mnist5k) once per test session."""
+"""Shared fixtures: a small LeNet trained on real MNIST (mnist5k) once per test session, a scratch project, and a
+study's training budget at half its default (for the ladder's budget keys)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,24 @@ def project(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVLIB_CACHE", str(tmp_path / "artifacts"))
     monkeypatch.delenv("ADVLIB_FIGURES", raising=False)  # set by `make nbval` / `make reliability` for the notebooks
     return tmp_path
+
+
+@pytest.fixture()
+def halved_budget():
+    """A function of a stem: its study's budget keys (`Study.budget`) at half their `default` values, at least 1,
+    each checked to be a whole number there."""
+    from advlib import params
+    from advlib.ladder import study_class
+
+    def halve(stem: str) -> dict[str, int]:
+        default = params.load(stem, "default").model_dump()
+        halves = {}
+        for key in study_class(stem).budget:
+            value = default
+            for part in key.split("."):
+                value = value[part]
+            assert isinstance(value, int) and not isinstance(value, bool), key
+            halves[key] = max(1, value // 2)
+        return halves
+
+    return halve

@@ -8,12 +8,10 @@ import math
 
 import pandas as pd
 import pytest
-import yaml
 
 from advlib import claims as C
 from advlib import params, report
 from advlib.experiments.adversary_critic import DEFENSE_LABELS, CriticStudy, claims, paper_vs_run_table, table1
-from advlib.runtime import project_root
 
 NETWORKS = ["mlp1200", "lenet5"]
 ATTACKS = ["DeepFool", "CW", "Our"]
@@ -220,16 +218,8 @@ def test_missing_rows_or_broken_images_leave_a_claim_not_measured():
     assert out.loc["reference_keeps_label", "verdict"] == C.HOLDS
 
 
-def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides():
-    tree = yaml.safe_load((project_root() / "params" / "adversary_critic" / "default.yaml").read_text())
-    halves = {}
-    for key in CriticStudy.budget:
-        value = tree
-        for part in key.split("."):
-            value = value[part]
-        assert isinstance(value, int) and not isinstance(value, bool), key
-        halves[key] = max(1, value // 2)
-    p = params.load("adversary_critic", "default", halves)
+def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides(halved_budget):
+    p = params.load("adversary_critic", "default", halved_budget("adversary_critic"))
     assert p.train.epochs == 2 and p.critic.epochs == 4 and p.data.n_train == 1000
     assert set(CriticStudy.budget) == {"train.epochs", "critic.epochs", "data.n_train"}  # the evaluation is kept
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from advlib import claims as C
 from advlib import params
@@ -25,7 +24,6 @@ from advlib.experiments.regroup import (
     smallest_eps,
     smallest_eps_grid,
 )
-from advlib.runtime import project_root
 
 SMALL = {
     "n_test": 200,
@@ -611,15 +609,8 @@ def test_claims_without_adversarials_or_a_second_network_are_not_measured():
     assert (one.drop(index="architectures_alike")["verdict"] == C.HOLDS).all()
 
 
-def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides():
-    tree = yaml.safe_load((project_root() / "params" / "regroup" / "default.yaml").read_text())
-    halves = {}
-    for key in RegroupStudy.budget:
-        value = tree
-        for part in key.split("."):
-            value = value[part]
-        assert isinstance(value, int) and not isinstance(value, bool), key
-        halves[key] = max(1, value // 2)
-    p = params.load("regroup", "default", [f"{key}={value}" for key, value in halves.items()])
+def test_budget_keys_are_whole_numbers_of_the_default_profile_and_accepted_as_overrides(halved_budget):
+    halves = halved_budget("regroup")
+    p = params.load("regroup", "default", [f"{key}={value}" for key, value in halves.items()])  # as --set gives them
     assert p.architectures["VGG"].train.epochs == 1 and p.architectures["ResNet"].train.epochs == 1
     assert p.stats.per_class == 25 and p.untargeted["PGD"].steps == 40  # the evaluation attacks stay fixed
