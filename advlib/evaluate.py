@@ -104,20 +104,25 @@ def union_robustness(
     specs: Mapping[str, Any] | Sequence[Any],
     *,
     cascade: bool = True,
+    batch_attacks_on_survivors: bool = False,
     model_key: str | None = None,
     cache: Cache | None = None,
 ) -> UnionResult:
     """Union of attacks. cascade=True runs each attack only on the survivors of the earlier ones, at a fraction of
     the cost; cascade=False runs every attack on every sample. Both give the same union: every sample draws its
     randomness from a stream keyed by its position in x, and attacks whose draws serve a whole batch (noise,
-    decision-based; `Attack.per_sample` false) run on every sample in both modes."""
+    decision-based; `Attack.per_sample` false) run on every sample in both modes.
+
+    batch_attacks_on_survivors=True (with cascade) runs those too on the survivors only, which is what makes a
+    union of decision-based attacks affordable: the union stays a sound one (every broken sample has a verified
+    adversarial within eps), but their draws, and so the union, then depend on which samples survive."""
     labelled = labelled_specs(specs)
     model.eval()
     result = UnionResult(clean_correct=predict(model, x) == y)
     alive = result.clean_correct.clone()
     for label, spec in tqdm(labelled.items(), desc="attacks", leave=False):
         broken = torch.zeros_like(alive)
-        survivors_only = cascade and create_attack(spec).per_sample
+        survivors_only = cascade and (batch_attacks_on_survivors or create_attack(spec).per_sample)
         index = alive.nonzero().squeeze(1) if survivors_only else torch.arange(len(x), device=x.device)
         if len(index):
             outcome = attack(spec, model, x[index], y[index], model_key=model_key, cache=cache, keys=index)

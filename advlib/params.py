@@ -476,6 +476,9 @@ class MATParams(Params):
     )  # training radii ramp linearly over these epochs (0: the paper's full radii)
     systems: list[str] = Field(min_length=1)
     n_eval: int = Field(ge=1)
+    # every attack alone on the first n_each of the n_eval images (null: all); beyond them each group's attacks run
+    # as a cascade on the survivors of its earlier ones, so clean, each group's first attack and the unions cover all
+    n_each: int | None = Field(default=None, ge=1)
     eval_attacks: dict[str, AttackSpec] = Field(min_length=1)
     groups: dict[str, list[str]] = Field(min_length=1)
     transfer_attacks: dict[MATNorm, AttackSpec] = Field(min_length=1)
@@ -503,6 +506,18 @@ class MATParams(Params):
         if unknown:
             raise ValueError(
                 f"groups name attacks {unknown} that eval_attacks does not define; defined: {', '.join(self.eval_attacks)}"
+            )
+        if self.n_each is not None and self.n_each < self.n_eval:
+            grouped = {a for names in self.groups.values() for a in names}
+            if set(self.eval_attacks) - grouped:
+                raise ValueError(
+                    f"n_each={self.n_each} < n_eval={self.n_eval} runs attacks beyond the first n_each images only "
+                    f"within their group's union, but {sorted(set(self.eval_attacks) - grouped)} are in no group; "
+                    f"groups: {', '.join(self.groups)}"
+                )
+        if self.n_each is not None and self.n_each > self.n_eval:
+            raise ValueError(
+                f"n_each={self.n_each} must be at most n_eval={self.n_eval} (the images it is the first of)"
             )
         if "vanilla" in self.systems and not {"linf_at", "l2_at", "l1_at"} <= set(self.systems):
             raise ValueError(

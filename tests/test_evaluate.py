@@ -68,6 +68,31 @@ def test_cascade_union_equals_naive_union_with_random_attacks(mnist_model, mnist
     assert 0 < naive.robust_accuracy < float(naive.clean_correct.float().mean())  # the attacks do break samples
 
 
+def test_batch_attacks_run_on_the_survivors_only_when_asked(mnist_model, mnist_test, monkeypatch):
+    """A cascade runs an attack whose draws serve the whole batch (salt & pepper) on every sample unless
+    batch_attacks_on_survivors is set; then it sees only the survivors of the earlier attacks and breaks none else."""
+    import advlib.evaluate as evaluate
+
+    x, y = mnist_test
+    specs = {"PGD": {"name": "pgd_linf", "eps": 0.1, "steps": 5}, "S&P": {"name": "salt_and_pepper", "eps": 3.0}}
+    seen: list[int] = []
+    real = evaluate.attack
+
+    def counting(spec, model, x, y, **kw):
+        seen.append(len(x))
+        return real(spec, model, x, y, **kw)
+
+    monkeypatch.setattr(evaluate, "attack", counting)
+    everyone = union_robustness(mnist_model, x, y, specs)
+    assert seen[1] == len(x)
+    seen.clear()
+    survivors = union_robustness(mnist_model, x, y, specs, batch_attacks_on_survivors=True)
+    alive = survivors.clean_correct & ~survivors.broken["PGD"]
+    assert seen == [int(survivors.clean_correct.sum()), int(alive.sum())] and 0 < seen[1] < len(x)
+    assert not (survivors.broken["S&P"] & ~alive).any()
+    assert torch.equal(survivors.broken["PGD"], everyone.broken["PGD"])
+
+
 def test_suite_draws_as_the_union_does_so_the_union_is_below_each_attack(mnist_model, mnist_test):
     """The suite keys each sample's draws by its position, as the union's cascade does: with random starts each
     per-sample attack breaks the same samples in both, so the union is at most every single attack's accuracy."""

@@ -238,7 +238,7 @@ def test_claims_without_their_tables_are_not_measured(p):
 def test_the_budget_keys_scale_to_valid_rungs_of_the_default_profile():
     assert MATStudy.budget == ("train.epochs", "ramp_epochs", "data.n_train", "iterations")
     assert ladder.rung_overrides(STEM, "default", 0.25) == {
-        "train.epochs": 2,
+        "train.epochs": 4,
         "ramp_epochs": 1,
         "data.n_train": 625,
         "iterations": 1,
@@ -302,3 +302,15 @@ def test_the_studys_paper_vs_run_leads_with_the_robustness_tables_and_marks_excl
     assert list(table.index.get_level_values("artifact").unique()) == ["table4", "table3"]
     assert table.loc[("table4", "All attacks / L2 AT"), "note"].startswith("excluded: impossible")
     assert (table.loc["table3", "note"] == "").all() and "note" not in study.references["table4"]
+
+
+def test_table8_rows_of_attacks_run_on_the_first_n_each_images_rest_on_those(p):
+    """With n_each < n_eval a group's later attacks (HSJ, C&W, ...) are measured on the first n_each images only,
+    so their Table 8 comparisons rest on n_each; each group's first attack and the unions rest on n_eval."""
+    from advlib.experiments.mimo_adversarial_training import MATMeasures
+
+    measures = MATMeasures(p.model_copy(update={"n_each": 48}))
+    by_row = {c.left.split(":")[0]: c.n for c in measures.table8_rows(_tables(p))}
+    later = {a for names in p.groups.values() for a in names[1:]}
+    assert by_row and all(n == (48 if row in later else 1000) for row, n in by_row.items())
+    assert {48, 1000} <= set(by_row.values())

@@ -11,7 +11,7 @@ import torch
 from advlib import params
 from advlib.cache import Cache
 from advlib.defenses.mat import cross_gradient_ratio, ramp_scale, sign_disagreement
-from advlib.evaluate import attack_suite
+from advlib.evaluate import attack_suite, union_robustness
 from advlib.experiments.mimo_adversarial_training import DIAGNOSTICS_STREAM, LABELS, MATStudy, transfer_for_paper
 from advlib.models import Normalize
 from advlib.train import epoch_seed
@@ -47,6 +47,45 @@ def test_unions_are_per_sample_worst_cases(study):
         assert table.loc[f"All {group}", "MAT"] <= min(table.loc[a, "MAT"] for a in names)
     assert table.loc["All attacks", "MAT"] <= table.loc[[f"All {g}" for g in study.p.groups], "MAT"].min()
     assert (table.drop(index="clean") <= table.loc["clean"] + 1e-9).all().all()
+
+
+def test_attacks_beyond_n_each_run_as_each_groups_cascade(study):
+    """With n_each < n_eval every attack runs alone on the first n_each images and each group as a cascade beyond
+    them: the rows of the groups' later attacks equal the suite on the first n_each, clean covers all n_eval, and
+    each union is the suite's union on the first n_each joined with the cascade's on the rest."""
+    p = study.p.model_copy(update={"n_each": 6})
+    table = MATStudy(p, "cpu", cache=study.cache).robustness_table(["mat"])["MAT"]
+    model, key = study.classifier("mat")
+    x, y = study.evaluation_set
+    first = attack_suite(model, x[:6], y[:6], study.p.eval_attacks, model_key=key, cache=study.cache)
+    robust = first.robust()
+    with torch.no_grad():
+        assert table["clean"] == pytest.approx(100 * float((model(x).argmax(1) == y).float().mean()))
+    unions = []
+    for group, names in study.p.groups.items():
+        for a in names[1:]:
+            assert table[a] == pytest.approx(100 * float(robust[a].float().mean()))
+        rest = union_robustness(
+            model,
+            x[6:],
+            y[6:],
+            {a: study.p.eval_attacks[a] for a in names},
+            batch_attacks_on_survivors=True,
+            model_key=key,
+            cache=study.cache,
+        )
+        union = torch.cat([torch.stack([robust[a] for a in names]).all(0), rest.robust])
+        assert table[f"All {group}"] == pytest.approx(100 * float(union.float().mean()))
+        assert table[f"All {group}"] <= table[names[0]]
+        unions.append(union)
+    assert table["All attacks"] == pytest.approx(100 * float(torch.stack(unions).all(0).float().mean()))
+
+
+def test_n_each_must_be_at_most_n_eval_and_leave_no_attack_outside_a_group():
+    with pytest.raises(ValueError, match="n_each=30 must be at most n_eval=20"):
+        params.load("mimo_adversarial_training", "ci", {"n_each": 30})
+    with pytest.raises(ValueError, match=r"'PGD linf', 'Salt & Pepper'\] are in no group; groups: l1"):
+        params.load("mimo_adversarial_training", "ci", {"n_each": 10, "groups": {"l1": ["PGD l1"]}})
 
 
 def test_transfer_tables_bookkeeping(study):

@@ -34,7 +34,7 @@ from ..defenses.mat import (
     ramp_scale,
     sign_disagreement,
 )
-from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite
+from ..evaluate import accuracy_vs_eps, accuracy_vs_steps, attack, attack_suite, union_robustness
 from ..inference import predict
 from ..models import Ensemble, create_model_for
 from ..models.mimo import MIMO, MIMOAverage, MIMOMember, SingleAsMIMO, create_mimo
@@ -269,18 +269,45 @@ class MATStudy(Study):
 
     # -- Tables 4 and 8 --------------------------------------------------------------------
     def robustness_table(self, systems: list[str]) -> pd.DataFrame:
-        """Robust accuracy (%) of each system (columns): clean, every attack, the union of each group and of all."""
+        """Robust accuracy (%) of each system (columns): clean, every attack, the union of each group and of all.
+        Every attack runs alone on the first `n_each` images; beyond them each group runs as a cascade, every attack
+        (decision-based ones too) on the survivors of the group's earlier ones: the expensive attacks then cost in
+        proportion to what the cheap ones leave, while clean, each group's first attack and the unions still cover
+        all `n_eval` images (the other attacks' rows cover the first `n_each`)."""
         x, y = self.evaluation_set
+        each = self.p.n_each or len(x)
         columns = {}
         for name in tqdm(systems, desc="systems", leave=False):
             model, key = self.classifier(name)
-            suite = attack_suite(model, x, y, self.p.eval_attacks, model_key=key, cache=self.cache)
+            suite = attack_suite(model, x[:each], y[:each], self.p.eval_attacks, model_key=key, cache=self.cache)
             robust = suite.robust()
-            column = {"clean": 100 * float(suite.clean.float().mean())}
+            clean = suite.clean
+            if each < len(x):
+                clean = torch.cat([clean, predict(model, x[each:]) == y[each:]])
+            overall = clean.clone()
+            column = {"clean": _percent(clean)}
             for group, names in self.p.groups.items():
-                column.update({a: 100 * float(robust[a].float().mean()) for a in names})
-                column[f"All {group}"] = 100 * float(torch.stack([robust[a] for a in names]).all(0).float().mean())
-            column["All attacks"] = 100 * float(torch.stack(list(robust.values())).all(0).float().mean())
+                first, union = robust[names[0]], torch.stack([robust[a] for a in names]).all(0)
+                if each < len(x):
+                    rest = union_robustness(
+                        model,
+                        x[each:],
+                        y[each:],
+                        {a: self.p.eval_attacks[a] for a in names},
+                        batch_attacks_on_survivors=True,
+                        model_key=key,
+                        cache=self.cache,
+                    )
+                    first = torch.cat([first, rest.clean_correct & ~rest.broken[names[0]]])
+                    union = torch.cat([union, rest.robust])
+                column.update({a: _percent(robust[a]) for a in names})
+                column[names[0]] = _percent(first)
+                column[f"All {group}"] = _percent(union)
+                overall &= union
+            grouped = {a for names in self.p.groups.values() for a in names}
+            for a in robust.keys() - grouped:  # in no group: run on every image (n_each = n_eval, see MATParams)
+                overall &= robust[a]
+            column["All attacks"] = _percent(overall)
             columns[LABELS[name]] = column
         return pd.DataFrame(columns)
 
@@ -567,6 +594,11 @@ def mark_excluded(artifact: str, table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _percent(mask: Tensor) -> float:
+    """The share of True in a per-image mask, in percent."""
+    return 100 * float(mask.float().mean())
+
+
 # -- claims --------------------------------------------------------------------------------
 def _budget(p: MATParams) -> str:
     """This run's training and evaluation budget beside the paper's, for the reason of a missed claim."""
@@ -575,6 +607,7 @@ def _budget(p: MATParams) -> str:
     return (
         f"this run trained {p.train.epochs} epochs on {images} images with {p.iterations}-step attacks (the paper: "
         f"{b['epochs']} epochs on {b['images']:,} with {b['iterations']}) and evaluates {p.n_eval} images (the paper: {b['n_eval']:,})"
+        + (f", each attack alone on the first {p.n_each}" if p.n_each and p.n_each < p.n_eval else "")
     )
 
 
@@ -635,20 +668,35 @@ class MATMeasures:
     """The measures of MAT's claims on a run of `p`, each reading only the tables its claim cites.
 
     Every accuracy of Tables 3, 4 and 8 and every count of the transfer tables is one evaluation of the run's
-    `n_eval` images, so two systems are always compared on the same images. The tables keep no per-image outcomes,
+    `n_eval` images (in Tables 4 and 8, an attack that is not its group's first: of the first `n_each`), so two
+    systems are always compared on the same images. The tables keep no per-image outcomes,
     so the comparisons use the unpaired Agresti-Caffo interval: the conservative one for same-image outcomes (their
     positive correlation makes the paired interval narrower)."""
 
     def __init__(self, p: MATParams) -> None:
         self.p, self.n, self.budget = p, p.n_eval, _budget(p)
+        # Tables 4/8 rows measured on the first n_each images only: the attacks after the first of each group
+        self.on_first = {a for names in p.groups.values() for a in names[1:]} if p.n_each else set()
         self.norms = list(p.transfer_attacks)
         # Tables 11/12 show the opposite for L1; a profile without Linf and L2 transfer tables leaves it unmeasured
         self.low_transfer_norms = [nm for nm in ("linf", "l2") if nm in self.norms] or ["linf", "l2"]
 
     def _accuracies(
-        self, left: tuple[str, float], right: tuple[str, float], relation: Relation, threshold: float = 0.0
+        self,
+        left: tuple[str, float],
+        right: tuple[str, float],
+        relation: Relation,
+        threshold: float = 0.0,
+        row: str | None = None,
     ) -> Comparison:
-        return Comparison.accuracies(left, right, relation, self.n, threshold=threshold)
+        """Two accuracies of one row of Tables 3, 4 or 8 (or of the transfer counts), each on the images that row
+        covers."""
+        return Comparison.accuracies(left, right, relation, self._n(row), threshold=threshold)
+
+    def _n(self, row: str | None) -> int:
+        """The images a row of Tables 4/8 covers: the first n_each for an attack its group's cascade ran only on
+        survivors beyond them, n_eval otherwise."""
+        return self.p.n_each if row in self.on_first and self.p.n_each else self.n
 
     def budget_note(self, t: Tables) -> str:
         return self.budget
@@ -747,7 +795,7 @@ class MATMeasures:
     def table8_rows(self, t: Tables) -> list[Comparison]:
         """Every row of Table 8 a MAT variant shares with its single model: the variant above (strict) the model."""
         return [
-            self._accuracies((f"{row}: {variant}", v), (base, b), ">")
+            self._accuracies((f"{row}: {variant}", v), (base, b), ">", row=row)
             for base, variant, row, b, v in _table8_rows(t["table8"], self.p.groups)
         ]
 
