@@ -79,6 +79,10 @@ def test_attacks_beyond_n_each_run_as_each_groups_cascade(study):
         assert table[f"All {group}"] <= table[names[0]]
         unions.append(union)
     assert table["All attacks"] == pytest.approx(100 * float(torch.stack(unions).all(0).float().mean()))
+    images = MATStudy(p, "cpu", cache=study.cache).robustness_table(["mat"])["images"]
+    later = {a for names in study.p.groups.values() for a in names[1:]}
+    assert all(images[row] == (6 if row in later else 12) for row in images.index)
+    assert "images" not in study.robustness_table(["mat"]).columns  # every row on all n_eval images
 
 
 def test_n_each_must_be_at_most_n_eval_and_leave_no_attack_outside_a_group():
