@@ -486,6 +486,11 @@ class MATParams(Params):
     curve_steps: int = Field(ge=1)
     curve_eps: dict[MATNorm, list[float]] = Field(min_length=1)
 
+    @property
+    def cascaded(self) -> set[str]:
+        """The attacks after the first of each group: beyond the first n_each images they run on survivors only."""
+        return {a for names in self.groups.values() for a in names[1:]}
+
     @field_validator("systems")
     @classmethod
     def _known_systems(cls, names: list[str]) -> list[str]:

@@ -317,8 +317,7 @@ class MATStudy(Study):
             columns[LABELS[name]] = column
         table = pd.DataFrame(columns)
         if each < len(x):  # rows on different image counts: say which
-            later = {a for names in self.p.groups.values() for a in names[1:]}
-            table[IMAGES] = [each if row in later else len(x) for row in table.index]
+            table[IMAGES] = [each if row in self.p.cascaded else len(x) for row in table.index]
         return table
 
     # -- Table 3 and the transferability tables --------------------------------------------
@@ -686,7 +685,7 @@ class MATMeasures:
     def __init__(self, p: MATParams) -> None:
         self.p, self.n, self.budget = p, p.n_eval, _budget(p)
         # Tables 4/8 rows measured on the first n_each images only: the attacks after the first of each group
-        self.on_first = {a for names in p.groups.values() for a in names[1:]} if p.n_each else set()
+        self.on_first = p.cascaded if p.n_each else set()
         self.norms = list(p.transfer_attacks)
         # Tables 11/12 show the opposite for L1; a profile without Linf and L2 transfer tables leaves it unmeasured
         self.low_transfer_norms = [nm for nm in ("linf", "l2") if nm in self.norms] or ["linf", "l2"]
