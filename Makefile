@@ -10,9 +10,10 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
 install: $(STAMP)
 
-# torch/torchvision pinned to the builds this project is tested with. The optional attack backends (pyproject.toml):
+# torch/torchvision pinned to the builds this project is tested with. The optional attack backend (pyproject.toml):
 # visdom (a dependency of adv-lib) ships only an sdist whose setup.py needs pkg_resources, hence setuptools<81 and
-# no build isolation for it; torchattacks without its unused requests~=2.25.1 pin, which would hold JupyterLab at 3.5.
+# no build isolation for it. torchattacks is the benchmarks' peer for PGD (benchmarks/run.py), installed without its
+# unused requests~=2.25.1 pin, which would hold JupyterLab at 3.5.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip "setuptools<81" wheel

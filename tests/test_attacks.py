@@ -442,7 +442,7 @@ def test_boundary_leaves_inputs_without_a_start_unattacked(caplog):
     assert torch.equal(result.x_adv, x) and not result.success.any()
 
 
-@pytest.mark.parametrize("name, module", [("spsa", "torchattacks"), ("trust_region_linf", "adv_lib")])
+@pytest.mark.parametrize("name, module", [("trust_region_linf", "adv_lib")])
 def test_missing_optional_backend_is_named_with_its_install_command(name, module, monkeypatch, mnist_model, batch):
     import importlib.util
 

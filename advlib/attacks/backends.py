@@ -1,7 +1,7 @@
 """Adapters that put maintained attack libraries behind the `Attack` interface.
 
-foolbox 3 provides most attacks; the gaps are filled by torchattacks (SPSA), adv-lib (the trust
-region attack) and pyautoattack (AutoAttack). Only the glue is written here.
+foolbox 3 provides most attacks; the gaps are filled by adv-lib (the trust region attack) and pyautoattack
+(AutoAttack). Only the glue is written here. SPSA is native (`spsa.py`): torchattacks' has no early stop.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ _ATTACK_FIELDS = {
 
 # backends that are optional extras of advlib: (module imported, how to install it)
 OPTIONAL_BACKENDS = {
-    "torchattacks": ("torchattacks", "pip install --no-deps torchattacks==3.5.1 (or the 'spsa' extra)"),
     "adv-lib": ("adv_lib", "pip install 'advlib[trust-region]' (adv-lib, which needs visdom)"),
 }
 
@@ -155,31 +154,6 @@ def closest_other_class(x: Tensor, pred: Tensor, y: Tensor) -> tuple[Tensor, Ten
     nearest = distance.argmin(dim=1)
     found = ~torch.isinf(distance.gather(1, nearest[:, None]).squeeze(1))
     return x[nearest], found
-
-
-class SPSAAttack(Attack):
-    """SPSA (Uesato et al. 2018), gradient-free Linf, from torchattacks."""
-
-    norm, kind, targeted_ok, backend, per_sample = "linf", "fixed", True, "torchattacks", False
-
-    def __init__(
-        self, eps: float | None = None, *, targeted: bool = False, seed: int = 0, steps: int = 100, **options: Any
-    ):
-        super().__init__(eps, targeted=targeted, seed=seed)
-        self.kwargs = {
-            "nb_iter": steps,
-            **_checked_options("spsa", {"delta", "lr", "nb_sample", "max_batch_size"}, options),
-        }
-
-    def generate(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor | None, keys: Tensor | None) -> Tensor:
-        _require(self.backend, "spsa")
-        import torchattacks
-
-        attack = torchattacks.SPSA(model, eps=self.eps, **self.kwargs)
-        if self.targeted:
-            attack.set_mode_targeted_by_label(quiet=True)
-            return attack(x, target)
-        return attack(x, y)
 
 
 class TrustRegionAttack(_OnCorrectOnly):

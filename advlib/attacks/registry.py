@@ -118,10 +118,11 @@ def _ensure_registered() -> None:
 def _register_builtin() -> None:
     import foolbox.attacks as fa
 
-    from .backends import AutoAttackAttack, FoolboxAttack, SPSAAttack, TrustRegionAttack
+    from .backends import AutoAttackAttack, FoolboxAttack, TrustRegionAttack
     from .confidence import ConfidenceAttack
     from .minimal_fgsm import MinimalFGSM
     from .pgd import PGD
+    from .spsa import SPSA
 
     def fb(
         name: str,
@@ -297,12 +298,12 @@ def _register_builtin() -> None:
     )
     register_attack(
         "spsa",
-        SPSAAttack,
+        SPSA,
         norm="linf",
         kind="fixed",
         targeted=True,
-        backend="torchattacks",
-        summary="SPSA gradient-free Linf (Uesato et al. 2018)",
+        backend="native",
+        summary="SPSA gradient-free Linf (Uesato et al. 2018); option early_stop_loss_thresh (REGroup: 0)",
     )
     for norm in ("l2", "linf"):
         register_attack(
