@@ -97,6 +97,13 @@ def failed_notebook(target: Path) -> Path:
     return target.with_name(target.stem + ".failed.ipynb")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1, or an error naming the bad value."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _shown(path: Path) -> str:
     """`path` relative to the project when inside it (messages name no machine paths they need not)."""
     return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
@@ -158,7 +165,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
         ladder.plan(args.stem, args.profile, fractions)  # checks the stem, fractions and every rung's parameters
     except (ValueError, TypeError, LookupError) as error:
         raise UsageError(f"ladder: {error}") from None
-    paths = ladder.run_ladder(args.stem, args.profile, fractions, publish=args.publish)
+    paths = ladder.run_ladder(args.stem, args.profile, fractions, publish=args.publish, jobs=args.jobs)
     sys.stdout.write(f"ladder {args.stem}: {_shown(paths['table'])}, {_shown(paths['figure'])}\n")
     return 0
 
@@ -312,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("stem", help="notebook stem (e.g. regroup)")
     ladder.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
     ladder.add_argument("--fractions", default="0.25,0.5,1", help="budget fractions in (0, 1] (default 0.25,0.5,1)")
+    ladder.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="rungs run at once, each in its own process with the cores shared evenly (default 1: all cores each)",
+    )
     ladder.add_argument("--publish", action="store_true", help="write into the committed figures/<stem>/ladder/")
     ladder.set_defaults(func=_cmd_ladder)
     sub.add_parser("list", help="notebooks, models, datasets and attacks").set_defaults(func=_cmd_list)
