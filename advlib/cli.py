@@ -111,6 +111,8 @@ def _shown(path: Path) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     stems = available_stems() if args.stem == "all" else [args.stem]
+    if args.jobs > 1 and len(stems) > 1:
+        return _run_side_by_side(stems, args)
     for stem in stems:
         run_notebook(
             stem,
@@ -120,6 +122,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             publish=args.publish,
         )
     return 0
+
+
+def _run_side_by_side(stems: Sequence[str], args: argparse.Namespace) -> int:
+    """`run all --jobs N`: every notebook's parameters and machine checked first, then N runs at a time."""
+    from .jobs import run_side_by_side
+
+    with publishing_outputs(args.publish):
+        for stem in stems:
+            found = preflight.problems(stem, params_mod.load(stem, args.profile, list(args.set or [])))
+            if found:
+                raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
+    results = run_side_by_side(stems, args.profile, args.set or [], publish=args.publish, jobs=args.jobs)
+    failed = [r for r in results if r.status != 0]
+    for r in results:
+        sys.stdout.write(f"{r.stem}: {'ok' if r.status == 0 else f'FAILED (exit {r.status})'}, log {_shown(r.log)}\n")
+    return 1 if failed else 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -297,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override a parameter (dotted keys; repeatable)"
     )
     run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>-<digest>/)")
+    run.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="with 'all': notebooks run at once, each in its own process with the cores shared evenly (default 1)",
+    )
     run.add_argument(
         "--publish",
         action="store_true",
