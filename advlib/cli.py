@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="PART",
-        help="run only this part (repeatable): engine, steps, regroup, mat, union, suite",
+        help="run only this part (repeatable): engine, steps, regroup, mat, union, family, suite",
     )
     bench.add_argument("--output", help="where to write the table (default benchmarks/RESULTS.md)")
     bench.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")
