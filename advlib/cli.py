@@ -97,6 +97,13 @@ def failed_notebook(target: Path) -> Path:
     return target.with_name(target.stem + ".failed.ipynb")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1, or an error naming the bad value."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def _shown(path: Path) -> str:
     """`path` relative to the project when inside it (messages name no machine paths they need not)."""
     return str(path.relative_to(project_root())) if path.is_relative_to(project_root()) else str(path)
@@ -104,6 +111,8 @@ def _shown(path: Path) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     stems = available_stems() if args.stem == "all" else [args.stem]
+    if args.jobs > 1 and len(stems) > 1:
+        return _run_side_by_side(stems, args)
     for stem in stems:
         run_notebook(
             stem,
@@ -113,6 +122,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
             publish=args.publish,
         )
     return 0
+
+
+def _run_side_by_side(stems: Sequence[str], args: argparse.Namespace) -> int:
+    """`run all --jobs N`: every notebook's parameters and machine checked first, then N runs at a time."""
+    from .jobs import run_side_by_side
+
+    with publishing_outputs(args.publish):
+        for stem in stems:
+            found = preflight.problems(stem, params_mod.load(stem, args.profile, list(args.set or [])))
+            if found:
+                raise UsageError(f"{stem} cannot run here: " + "; ".join(found))
+    results = run_side_by_side(stems, args.profile, args.set or [], publish=args.publish, jobs=args.jobs)
+    failed = [r for r in results if r.status != 0]
+    for r in results:
+        sys.stdout.write(f"{r.stem}: {'ok' if r.status == 0 else f'FAILED (exit {r.status})'}, log {_shown(r.log)}\n")
+    return 1 if failed else 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -158,7 +183,7 @@ def _cmd_ladder(args: argparse.Namespace) -> int:
         ladder.plan(args.stem, args.profile, fractions)  # checks the stem, fractions and every rung's parameters
     except (ValueError, TypeError, LookupError) as error:
         raise UsageError(f"ladder: {error}") from None
-    paths = ladder.run_ladder(args.stem, args.profile, fractions, publish=args.publish)
+    paths = ladder.run_ladder(args.stem, args.profile, fractions, publish=args.publish, jobs=args.jobs)
     sys.stdout.write(f"ladder {args.stem}: {_shown(paths['table'])}, {_shown(paths['figure'])}\n")
     return 0
 
@@ -291,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--output", help="where to write the executed notebook (default runs/<stem>/<profile>-<digest>/)")
     run.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="with 'all': notebooks run at once, each in its own process with the cores shared evenly (default 1)",
+    )
+    run.add_argument(
         "--publish",
         action="store_true",
         help="write tables and figures into the committed figures/<stem>/<profile>/ (make reproduce; "
@@ -312,6 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     ladder.add_argument("stem", help="notebook stem (e.g. regroup)")
     ladder.add_argument("--profile", default="default", help="ci, default, paper, or a path to a YAML profile")
     ladder.add_argument("--fractions", default="0.25,0.5,1", help="budget fractions in (0, 1] (default 0.25,0.5,1)")
+    ladder.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="rungs run at once, each in its own process with the cores shared evenly (default 1: all cores each)",
+    )
     ladder.add_argument("--publish", action="store_true", help="write into the committed figures/<stem>/ladder/")
     ladder.set_defaults(func=_cmd_ladder)
     sub.add_parser("list", help="notebooks, models, datasets and attacks").set_defaults(func=_cmd_list)
@@ -336,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="PART",
-        help="run only this part (repeatable): engine, steps, regroup, mat, union, suite",
+        help="run only this part (repeatable): engine, steps, regroup, mat, union, family, suite",
     )
     bench.add_argument("--output", help="where to write the table (default benchmarks/RESULTS.md)")
     bench.add_argument("--notebooks", metavar="STEM,...", help="the notebook suite with only these notebooks")

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -162,24 +163,41 @@ def plot(ladder: pd.DataFrame, stem: str) -> Any:
     return fig
 
 
+def rung_threads(rungs: int, jobs: int) -> int:
+    """Intra-op threads per rung when `jobs` rungs run at once: the cores shared evenly, at least one each."""
+    if jobs < 1:
+        raise ValueError(f"ladder jobs must be at least 1, got {jobs}")
+    return max(1, (os.cpu_count() or 1) // max(1, min(jobs, rungs)))
+
+
 def run_ladder(
-    stem: str, profile: str = "default", fractions: Sequence[float] = FRACTIONS, *, publish: bool = False
+    stem: str,
+    profile: str = "default",
+    fractions: Sequence[float] = FRACTIONS,
+    *,
+    publish: bool = False,
+    jobs: int = 1,
 ) -> dict[str, Path]:
-    """Run every rung (sequentially, all cores each), then write ladder.csv (margins against budget), claims.csv (the
-    full-budget claims with their trend) and ladder.png/.pdf into figures/<stem>/ladder/ (with `publish`) or
-    runs/<stem>/ladder/. A failed rung stops the ladder with its error; finished rungs are reused on a rerun."""
+    """Run every rung, `jobs` at a time in separate processes sharing the cores (and the artifact cache), then write
+    ladder.csv (margins against budget), claims.csv (the full-budget claims with their trend) and ladder.png/.pdf into
+    figures/<stem>/ladder/ (with `publish`) or runs/<stem>/ladder/. A failed rung stops the ladder with its error;
+    finished rungs are reused on a rerun."""
     from .plots import save_figure
 
     points = plan(stem, profile, fractions)
-    threads = os.cpu_count() or 1
-    claims: dict[float, pd.DataFrame] = {}
-    for fraction, point in zip(tqdm(sorted(fractions), desc=f"ladder {stem}"), points):
-        table = Path(point.figures) / stem / Path(profile).stem / "claims.csv"
-        if not (table.is_file() and Path(point.notebook).is_file()):
-            result = run_point(stem, profile, point, threads, str(project_root()), str(cache_root()))
+    tables = {f: Path(p.figures) / stem / Path(profile).stem / "claims.csv" for f, p in zip(sorted(fractions), points)}
+    todo = [p for f, p in zip(sorted(fractions), points) if not (tables[f].is_file() and Path(p.notebook).is_file())]
+    threads = rung_threads(len(todo), jobs)
+    home, cache = str(project_root()), str(cache_root())
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each rung is its own process; threads only wait on them
+        futures = [pool.submit(run_point, stem, profile, point, threads, home, cache) for point in todo]
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f"ladder {stem}"):
+            result = future.result()
             if result.status != "ok":
-                raise RuntimeError(f"ladder rung {point.name} of {stem} failed: {result.error}")
-        claims[fraction] = pd.read_csv(table, keep_default_na=False, na_values=[""])
+                for other in futures:
+                    other.cancel()
+                raise RuntimeError(f"ladder rung {result.name} of {stem} failed: {result.error}")
+    claims = {f: pd.read_csv(table, keep_default_na=False, na_values=[""]) for f, table in tables.items()}
     ladder = margins(claims, {f: p.values for f, p in zip(sorted(fractions), points)})
     full = claims[max(claims)].set_index("id")
     full["trend"] = trend(ladder)

@@ -50,7 +50,10 @@ TARGET_VANILLA = (">=", 2.5)  # M = 3 vanilla-ensemble AT time / MAT time: MAT s
 MAT_STEPS = 10
 TARGET_UNION = ("<=", 0.5)  # union of attacks: cascade over survivors / every attack on every sample
 TARGET_WARM = ("<=", 0.1)  # notebook suite: warm rerun (everything cached) / cold run
-PARTS = ("engine", "steps", "regroup", "mat", "union", "suite")  # what --only can pick, in run order
+TARGET_FAMILY = ("<", 1.0)  # a family of same-architecture models in one batched computation / one by one
+TARGET_PROCESSES = ("<", 1.0)  # two independent trainings in two 1-thread processes / one after the other, 2 threads
+FAMILY = 3  # members: MAT's vanilla ensemble and MixGen's smallest mixture have three
+PARTS = ("engine", "steps", "regroup", "mat", "union", "family", "suite")  # what --only can pick, in run order
 
 
 @dataclass
@@ -414,6 +417,146 @@ def bench_union(reps: int, device: torch.device, images: int) -> Row:
     )
 
 
+class _GroupedLeNet(torch.nn.Module):
+    """`members` lenet5 networks as one: both convolutions grouped by member, both linear layers one batched matmul.
+    Input [members, batch, 1, 28, 28], output [members, batch, 10]; a benchmark contender, not library code."""
+
+    def __init__(self, nets: list[torch.nn.Module]) -> None:
+        super().__init__()
+        m = len(nets)
+        convs = [[net.features[i] for net in nets] for i in (0, 3)]
+        self.conv1 = torch.nn.Conv2d(m, 32 * m, 5, groups=m)
+        self.conv2 = torch.nn.Conv2d(32 * m, 64 * m, 5, groups=m)
+        with torch.no_grad():
+            for grouped, parts in zip((self.conv1, self.conv2), convs):
+                grouped.weight.copy_(torch.cat([c.weight for c in parts]))
+                grouped.bias.copy_(torch.cat([c.bias for c in parts]))
+        linear = [[net.classifier[i] for net in nets] for i in (0, 2)]
+        self.w1, self.w2 = (torch.nn.Parameter(torch.stack([lin.weight.T for lin in ls]).clone()) for ls in linear)
+        self.b1, self.b2 = (torch.nn.Parameter(torch.stack([lin.bias for lin in ls])[:, None].clone()) for ls in linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m, b = x.shape[:2]
+        h = x.transpose(0, 1).reshape(b, m, *x.shape[-2:])
+        h = F.max_pool2d(F.relu(self.conv1(h)), 2)
+        h = F.max_pool2d(F.relu(self.conv2(h)), 2).reshape(b, m, -1).transpose(0, 1)
+        return torch.baddbmm(self.b2, F.relu(torch.baddbmm(self.b1, h, self.w1)), self.w2)
+
+
+def bench_family(reps: int, device: torch.device, members: int = FAMILY) -> list[Row]:
+    """Issue 32's "many small models at once": one Adam step (batch 64 each, clean cross-entropy) of `members`
+    lenet5 networks, batched by torch.func (stack_module_state + vmap) and by grouped convolutions, against the same
+    steps one network at a time. The first step's logits of every path must agree (else the row is invalid)."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    nets = [create_model("lenet5").to(device) for _ in range(members)]
+    x = torch.rand(members, 64, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (members, 64), device=device)
+    with torch.no_grad():
+        reference = torch.stack([net(xi) for net, xi in zip(nets, x)])
+
+    singles = copy.deepcopy(nets)
+    single_opts = [torch.optim.Adam(net.parameters(), 1e-3) for net in singles]
+
+    def one_by_one() -> None:
+        for net, opt, xi, yi in zip(singles, single_opts, x, y):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xi), yi).backward()
+            opt.step()
+
+    params, buffers = stack_module_state(copy.deepcopy(nets))
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    skeleton = copy.deepcopy(nets[0]).to("meta")
+    vmap_opt = torch.optim.Adam(params.values(), 1e-3)
+
+    def logits_vmap() -> torch.Tensor:
+        return vmap(lambda p, b, xi: functional_call(skeleton, (p, b), (xi,)))(params, buffers, x)
+
+    def batched(logits: Callable[[], torch.Tensor], opt: torch.optim.Optimizer) -> Callable[[], None]:
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(logits().flatten(0, 1), y.flatten(), reduction="sum").div(y.shape[1]).backward()
+            opt.step()
+
+        return step
+
+    grouped = _GroupedLeNet(nets).to(device)
+    grouped_opt = torch.optim.Adam(grouped.parameters(), 1e-3)
+    rows = []
+    for name, logits, opt in (
+        ("torch.func vmap", logits_vmap, vmap_opt),
+        ("grouped convolutions", lambda: grouped(x), grouped_opt),
+    ):
+        with torch.no_grad():
+            gap = float((logits() - reference).abs().max())
+        o, p, r, rs = compare(batched(logits, opt), one_by_one, reps, device, f"family {name}")
+        rows.append(
+            Row(
+                f"{members} lenet5 networks, one Adam step of a batch of 64 each: batched by {name} / one by one",
+                _fmt(o),
+                f"one by one: {_fmt(p)}",
+                r,
+                TARGET_FAMILY,
+                ratios=rs,
+                invalid=f"logits differ by {gap:.1e}" if gap > 1e-4 else "",
+                why="the batched step does the same convolutions as one grouped or batched kernel, which the CPU "
+                "runs no faster than the separate dense ones; the per-call overhead it saves is a small part of a "
+                "LeNet step at batch 64",
+            )
+        )
+    return rows
+
+
+def _train_lenets(count: int, threads: int, batches: int) -> float:
+    """Adversarial training (PGD-10 Linf) of `count` lenet5 networks one after the other on `threads` threads, on
+    random MNIST-shaped batches of 64; returns the seconds it took (a job of the two-process benchmark)."""
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    for seed in range(count):
+        torch.manual_seed(seed)
+        net = create_model("lenet5")
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        for _ in range(batches):
+            x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+            net.eval()
+            x_adv = pgd(net, x, y, eps=EPS, norm="linf", steps=10, stepsize=ALPHA).x_adv
+            net.train()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x_adv), y).backward()
+            opt.step()
+    return time.perf_counter() - start
+
+
+def bench_processes(reps: int, batches: int = 20) -> Row:
+    """Issue 32's "both cores busy": two independent lenet5 adversarial trainings in two processes of one thread
+    each (started before timing), against both in this process one after the other on two threads."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        list(pool.map(_train_lenets, [1, 1], [1, 1], [1, 1]))  # start both workers before any timing
+
+        def two_processes() -> None:
+            list(pool.map(_train_lenets, [1, 1], [1, 1], [batches, batches]))
+
+        threads = torch.get_num_threads()
+        o, p, r, rs = compare(
+            two_processes, lambda: _train_lenets(2, 2, batches), reps, torch.device("cpu"), "two processes"
+        )
+        torch.set_num_threads(threads)
+    return Row(
+        f"two lenet5 PGD-10 trainings ({batches} batches of 64 each): two 1-thread processes / one after the other "
+        "on 2 threads",
+        _fmt(o),
+        f"one after the other: {_fmt(p)}",
+        r,
+        TARGET_PROCESSES,
+        ratios=rs,
+    )
+
+
 _SUITE_CHILD = """
 import json, resource, sys
 from pathlib import Path
@@ -655,6 +798,10 @@ def main() -> None:
         rows.extend(bench_mat(reps, device, 512 if args.quick else 2048, backbone))  # profile's backbone
     if "union" in parts:
         rows.append(bench_union(reps, device, 128 if args.quick else 512))
+    if "family" in parts:
+        rows.extend(bench_family(reps, device))
+        if device.type == "cpu" and (os.cpu_count() or 1) >= 2:
+            rows.append(bench_processes(reps))
     memory: list[str] = []
     stages: list[str] = []
     if "suite" in parts:

@@ -66,3 +66,73 @@ def test_trend_is_measured_against_the_full_budget_interval():
 def test_margins_refuse_an_old_claims_table():
     with pytest.raises(ValueError, match="lacks columns claim, cites, evidence, n, margin"):
         ladder.margins({1.0: pd.DataFrame({"id": ["a"], "verdict": ["holds"]})}, {1.0: {}})
+
+
+def _fake_rungs(monkeypatch, tmp_path, fail=""):
+    """Rungs that write a claims table after 0.3 s instead of running a notebook; records threads and overlap."""
+    import threading
+    import time
+    from pathlib import Path
+
+    from advlib.sweep import Point, PointResult
+
+    real_plan = ladder.plan
+    seen = {"threads": [], "running": 0, "most": 0}
+    lock = threading.Lock()
+
+    def plan(stem, profile, fractions):
+        return [
+            Point(p.name, p.values, str(tmp_path / f"{p.name}.ipynb"), str(tmp_path / p.name))
+            for p in real_plan(stem, profile, fractions)
+        ]
+
+    def run_point(stem, profile, point, threads, home, cache):
+        with lock:
+            seen["threads"].append(threads)
+            seen["running"] += 1
+            seen["most"] = max(seen["most"], seen["running"])
+        time.sleep(0.3)
+        with lock:
+            seen["running"] -= 1
+        if point.name == fail:
+            return PointResult(point.name, "failed", 0.3, "boom")
+        folder = Path(point.figures) / stem / profile
+        folder.mkdir(parents=True)
+        _claims({"c": (len(point.values) and -1.0, 1.0)}).to_csv(folder / "claims.csv", index=False)
+        Path(point.notebook).write_text("{}")
+        return PointResult(point.name, "ok", 0.3)
+
+    monkeypatch.setattr(ladder, "plan", plan)
+    monkeypatch.setattr(ladder, "run_point", run_point)
+    monkeypatch.setattr(ladder.os, "cpu_count", lambda: 2)
+    monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path / "out"))
+    return seen
+
+
+def test_rungs_run_jobs_at_a_time_with_the_cores_shared_and_finished_rungs_reused(monkeypatch, tmp_path):
+    seen = _fake_rungs(monkeypatch, tmp_path)
+    paths = ladder.run_ladder("quickstart", "default", [0.5, 1.0], jobs=2)
+    assert seen["most"] == 2 and seen["threads"] == [1, 1]
+    table = pd.read_csv(paths["table"])
+    assert table["budget"].tolist() == [0.5, 1.0] and table["margin"].tolist() == [-1.0, 0.0]
+    ladder.run_ladder("quickstart", "default", [0.25, 0.5, 1.0], jobs=2)  # only the new rung runs, all cores
+    assert seen["threads"] == [1, 1, 2]
+    assert ladder.rung_threads(3, 1) == 2 and ladder.rung_threads(3, 8) == 1
+    with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
+        ladder.rung_threads(1, 0)
+
+
+def test_a_failed_rung_stops_the_ladder_with_its_error(monkeypatch, tmp_path):
+    _fake_rungs(monkeypatch, tmp_path, fail="budget-0.5")
+    with pytest.raises(RuntimeError, match="rung budget-0.5 of quickstart failed: boom"):
+        ladder.run_ladder("quickstart", "default", [0.5, 1.0], jobs=2)
+
+
+def test_ladder_command_refuses_jobs_below_one(capsys):
+    from advlib import cli
+
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["ladder", "quickstart", "--jobs", "0"])
+    assert (
+        stopped.value.code == 2 and "--jobs: expected a whole number of at least 1, got '0'" in capsys.readouterr().err
+    )

@@ -19,7 +19,7 @@ RANKS = [
     {"evaluate", "report", "claims", "human"},
     {"plots"},
     {"experiments"},
-    {"golden", "portability", "preflight", "sweep"},
+    {"golden", "portability", "preflight", "sweep", "jobs"},
     {"ladder"},
     {"cli"},
 ]
