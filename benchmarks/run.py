@@ -533,9 +533,11 @@ def _train_lenets(count: int, threads: int, batches: int) -> float:
 def bench_processes(reps: int, batches: int = 20) -> Row:
     """Issue 32's "both cores busy": two independent lenet5 adversarial trainings in two processes of one thread
     each (started before timing), against both in this process one after the other on two threads."""
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=2) as pool:
+    # spawned, not forked: a fork of a process whose OpenMP pool already ran can hang in the child
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_train_lenets, [1, 1], [1, 1], [1, 1]))  # start both workers before any timing
 
         def two_processes() -> None:
