@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from . import params as params_mod
 from .claims import CLAIM_COLUMNS
 from .experiments.base import Study
+from .jobs import job_threads
 from .report import save_table
 from .runtime import cache_root, project_root, publishing_outputs
 from .sweep import Point, run_point
@@ -163,13 +163,6 @@ def plot(ladder: pd.DataFrame, stem: str) -> Any:
     return fig
 
 
-def rung_threads(rungs: int, jobs: int) -> int:
-    """Intra-op threads per rung when `jobs` rungs run at once: the cores shared evenly, at least one each."""
-    if jobs < 1:
-        raise ValueError(f"ladder jobs must be at least 1, got {jobs}")
-    return max(1, (os.cpu_count() or 1) // max(1, min(jobs, rungs)))
-
-
 def run_ladder(
     stem: str,
     profile: str = "default",
@@ -187,7 +180,7 @@ def run_ladder(
     points = plan(stem, profile, fractions)
     tables = {f: Path(p.figures) / stem / Path(profile).stem / "claims.csv" for f, p in zip(sorted(fractions), points)}
     todo = [p for f, p in zip(sorted(fractions), points) if not (tables[f].is_file() and Path(p.notebook).is_file())]
-    threads = rung_threads(len(todo), jobs)
+    threads = job_threads(jobs, len(todo))
     home, cache = str(project_root()), str(cache_root())
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each rung is its own process; threads only wait on them
         futures = [pool.submit(run_point, stem, profile, point, threads, home, cache) for point in todo]

@@ -46,8 +46,12 @@ def home(tmp_path, monkeypatch):
 
 def test_runs_go_longest_first_two_at_a_time_with_one_core_each(home, monkeypatch):
     seen = _fake_spawn(monkeypatch)
+    jobs.run_side_by_side(["a", "b", "c"], "default", [], publish=True, jobs=1)
+    assert seen["order"] == ["b", "a", "c"]  # one at a time: the start order is the submission order
+    seen["order"].clear()
+    seen["threads"].clear()
     results = jobs.run_side_by_side(["a", "b", "c"], "default", ["seed=1"], publish=True, jobs=2)
-    assert seen["order"][:2] == ["b", "a"] and seen["order"][2] == "c"
+    assert sorted(seen["order"][:2]) == ["a", "b"] and seen["order"][2] == "c"  # the two longest start together
     assert seen["most"] == 2 and seen["threads"] == {"1"}
     assert [(r.stem, r.status) for r in results] == [("b", 0), ("a", 0), ("c", 0)]
     assert results[0].log == home / "runs" / "b" / "default.log"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from advlib import ladder, params
+from advlib import jobs, ladder, params
 from advlib.claims import CLAIM_COLUMNS
 
 
@@ -104,7 +104,7 @@ def _fake_rungs(monkeypatch, tmp_path, fail=""):
 
     monkeypatch.setattr(ladder, "plan", plan)
     monkeypatch.setattr(ladder, "run_point", run_point)
-    monkeypatch.setattr(ladder.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
     monkeypatch.setenv("ADVLIB_FIGURES", str(tmp_path / "out"))
     return seen
 
@@ -117,9 +117,9 @@ def test_rungs_run_jobs_at_a_time_with_the_cores_shared_and_finished_rungs_reuse
     assert table["budget"].tolist() == [0.5, 1.0] and table["margin"].tolist() == [-1.0, 0.0]
     ladder.run_ladder("quickstart", "default", [0.25, 0.5, 1.0], jobs=2)  # only the new rung runs, all cores
     assert seen["threads"] == [1, 1, 2]
-    assert ladder.rung_threads(3, 1) == 2 and ladder.rung_threads(3, 8) == 1
+    assert ladder.job_threads(1, 3) == 2 and ladder.job_threads(8, 3) == 1
     with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
-        ladder.rung_threads(1, 0)
+        ladder.job_threads(0, 1)
 
 
 def test_a_failed_rung_stops_the_ladder_with_its_error(monkeypatch, tmp_path):
