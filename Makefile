@@ -28,8 +28,8 @@ reproduce: $(STAMP)
 
 # style and types: ruff's lint and format check, mypy over advlib (configuration in pyproject.toml)
 lint: $(STAMP)
-	$(BIN)/ruff check advlib tests benchmarks
-	$(BIN)/ruff format --check advlib tests benchmarks
+	$(BIN)/ruff check advlib tests benchmarks investigations
+	$(BIN)/ruff format --check advlib tests benchmarks investigations
 	$(BIN)/mypy
 
 # two pytest-xdist workers of one thread each: the tests are many small independent jobs
