@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runtime import project_root
+from .runtime import cpu_model, project_root
 
 README_BEGIN = "<!-- portability:begin (written by `make portability`) -->"
 README_END = "<!-- portability:end -->"
@@ -112,23 +111,13 @@ def run_one(perturbation: Perturbation, root: Path) -> Outcome:
         )
 
 
-def _cpu_model() -> str:
-    """The CPU's model name with its family and model numbers (from /proc/cpuinfo where there is one)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    fields = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.+)$", info, re.M))
-    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
-
-
 def report(outcomes: list[Outcome], digest: str) -> str:
     """The README block: the CPU, each perturbation with the kernels in force, and the verdict."""
     passed = all(o.status == 0 for o in outcomes)
     lines = [
         README_BEGIN,
         "",
-        f"From `make portability` on {time.strftime('%Y-%m-%d')}, CPU {_cpu_model()}, goldens `{digest}`: "
+        f"From `make portability` on {time.strftime('%Y-%m-%d')}, CPU {cpu_model()}, goldens `{digest}`: "
         + ("every run passed." if passed else "FAILED (see the rows)."),
         "",
         "| kernels asked for | ATen capability in force | MKL_CBWR | oneDNN | threads | `make nbval` | minutes |",

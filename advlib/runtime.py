@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -201,6 +202,17 @@ def kernels_in_force() -> dict[str, str | int]:
     }
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name with its family and model numbers (from /proc/cpuinfo where there is one): float32
+    results depend on the CPU's kernels, so manifests and reports name it."""
+    try:
+        info = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.+)$", info, re.M))
+    return f"{fields.get('model name', '?')} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def git_commit() -> str:
     """The commit of the checkout, with '+dirty' when the tree has changes; 'unknown' outside git."""
     try:
@@ -263,9 +275,7 @@ class Run:
             "profile": self.profile,
             "seed": self.seed,
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device)
-            if self.device.type == "cuda"
-            else platform.processor() or platform.machine(),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else cpu_model(),
             "threads": self.threads,
             "dtype": str(self.dtype).removeprefix("torch."),
             "portable_kernels": self.portable_kernels,

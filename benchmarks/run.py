@@ -19,7 +19,6 @@ import argparse
 import datetime
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tqdm.auto import tqdm
 
 from advlib.attacks.pgd import in_layout, pgd, prefers_channels_last
 from advlib.models import create_model
+from advlib.runtime import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -725,15 +725,7 @@ def _cpu_seconds() -> tuple[float, float] | None:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {cpu}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:

@@ -21,14 +21,6 @@ from advlib.experiments.strength_in_numbers import EnsembleStudy
 from advlib.models import Ensemble
 
 
-def cpu_model() -> str:
-    """The CPU's model name (the trained weights, so every number here, depend on its float kernels)."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "an unknown CPU"
-
-
 def survives(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample correctness of `model` on `x_adv`."""
     with torch.no_grad():
@@ -68,9 +60,8 @@ def main(profile: str = "default") -> None:
     out.write_text(
         f"# Separate2Adv vs SingleAdv and Ensemble2Adv ({profile} profile, {len(y)} images, seed {seed})\n\n"
         f"Accuracy (%) under Table 1c's long PGD ({spec.steps} steps, Adam update, eps {spec.eps}); written by "
-        f"`python investigations/separate2adv.py {profile}` on {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s).\n\n"
-        + table.round(1).to_markdown()
-        + "\n"
+        f"`python investigations/separate2adv.py {profile}` on {runtime.cpu_model()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s).\n\n" + table.round(1).to_markdown() + "\n"
     )
     print(table.round(1).to_string())
 

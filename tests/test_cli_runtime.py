@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 from pathlib import Path
 
@@ -93,6 +94,17 @@ def test_run_manifest(project):
     assert manifest["seed"] == 3 and manifest["device"] == "cpu" and manifest["threads"] == torch.get_num_threads()
     assert manifest["params"]["seed"] == 3 and "torch" in manifest["versions"]
     assert manifest["wall_time_s"] >= 0
+    assert manifest["device_name"] == runtime.cpu_model()
+
+
+def test_cpu_model_names_the_model_family_and_number(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+        "model name\t: AMD EPYC 9R45\nprocessor\t: 1\nmodel name\t: AMD EPYC 9R45\n"
+    )
+    assert runtime.cpu_model(info) == "AMD EPYC 9R45 (family 26, model 2)"
+    assert runtime.cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())
 
 
 def test_run_sets_the_dtype_that_models_and_images_are_made_in(project):
