@@ -4,7 +4,8 @@ evidence, interval and reason follow from them.
 A comparison is a difference (left minus right, or left minus a constant) with a 95% interval from the test that fits
 how it was measured: Agresti-Caffo for two accuracies on separate samples, Agresti-Min for two accuracies on the same
 images (paired: only the images the two disagree on count), Wilson for one accuracy against a constant, Welch's t for
-means of repeated runs. Written here (not scipy.stats alone) because no library turns an interval into the three
+means of repeated runs, and for accuracies over training runs a t interval whose variance adds the runs' spread to
+the test images' (`Comparison.runs`). Written here (not scipy.stats alone) because no library turns an interval into the three
 verdicts below; scipy gives the t quantile.
 
 Verdicts (one per comparison; a claim combines its comparisons with its quantifier):
@@ -64,13 +65,70 @@ def correct_count(percent: float, n: int) -> int:
 
 
 @dataclass(frozen=True)
+class Runs:
+    """A system's accuracy (percent) in each of its training runs, every run scored on the same `n` images.
+
+    `spread`, if given, is the run-to-run variance of one run (points squared) with its degrees of freedom, pooled
+    over comparable systems' repeats (`pooled_spread`); it replaces the system's own estimate, which two runs give
+    with one degree of freedom and one run not at all. A system trained once needs it (else ValueError), so the
+    assumption of a common spread is always the caller's stated choice."""
+
+    name: str
+    values: tuple[float, ...]
+    n: int
+    spread: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError(f"{self.name}: no training run")
+        for value in self.values:
+            correct_count(value, self.n)  # checks n >= 1 and each value in [0, 100]
+        if self.spread is not None and (self.spread[0] < 0 or self.spread[1] <= 0):
+            raise ValueError(f"{self.name}: a spread is a variance >= 0 with degrees of freedom > 0, got {self.spread}")
+        if len(self.values) == 1 and self.spread is None:
+            raise ValueError(
+                f"{self.name}: one training run has no run-to-run spread; give one (borrowed from repeated systems) "
+                f"or compare its images with Comparison.accuracies"
+            )
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def run_variance(self) -> tuple[float, float]:
+        """The variance of the mean over runs (points squared) and its degrees of freedom."""
+        if self.spread is not None:
+            return self.spread[0] / len(self.values), self.spread[1]
+        return float(np.var(self.values, ddof=1)) / len(self.values), len(self.values) - 1.0
+
+    @property
+    def image_variance(self) -> float:
+        """The test images' sampling variance of the mean accuracy (points squared): every run is scored on the same
+        `n` images, so averaging runs does not shrink it (one success and one failure added, as Agresti-Caffo)."""
+        p = (correct_count(self.mean, self.n) + 1) / (self.n + 2)
+        return 1e4 * p * (1 - p) / (self.n + 2)
+
+
+def pooled_spread(samples: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """The run-to-run variance pooled over several systems' repeated runs (each about its own mean) and its degrees
+    of freedom: the spread a comparable system trained once is given. KeyError when no system was repeated."""
+    repeated = [np.asarray(s, dtype=float) for s in samples if len(s) >= 2]
+    dof = sum(len(s) - 1 for s in repeated)
+    if dof == 0:
+        raise KeyError("no system was trained more than once: no run-to-run spread to measure")
+    return float(sum(((s - s.mean()) ** 2).sum() for s in repeated)) / dof, float(dof)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """One measured comparison of a claim: `left` against `right` (another measurement or a constant).
 
     `difference` is left minus right in the comparison's unit and [`low`, `high`] its 95% interval; `relation` and
     `threshold` state the claim about the difference (`>`: difference > threshold; `within`: |difference| <=
     threshold); `n` is the sample size the interval rests on (`sample_name` says what it counts when not images or
-    runs) and `test` names the test. Build one with `accuracies`, `paired`, `against`, `means` or `variances`."""
+    runs) and `test` names the test. Build one with `accuracies`, `paired`, `against`, `exact`, `means`, `runs` or
+    `variances`."""
 
     left: str
     right: str
@@ -229,6 +287,70 @@ class Comparison:
         )
 
     @classmethod
+    def runs(
+        cls,
+        left: Runs | tuple[str, Mapping[Runs, float]],
+        right: Runs | tuple[str, Mapping[Runs, float]] | float,
+        relation: Relation,
+        threshold: float = 0.0,
+    ) -> Comparison:
+        """Accuracies over training runs: each side one system's mean over its runs, a linear combination of systems
+        (a name and {system: coefficient}, e.g. a drop between two attack sets) or, on the right, a constant.
+
+        The variance of the difference adds each system's run-to-run variance of its mean (coefficient squared) and
+        its test images' sampling variance, which repeating the training on the same images does not shrink; the t
+        quantile takes the Welch-Satterthwaite degrees of freedom of the run parts (the image parts count as
+        known; systems that share one pooled spread share its degrees of freedom). So the interval says how far
+        another set of training runs could move the result, which an interval on images alone does not
+        (investigations/cpu_variance.md)."""
+        sides = [left, right]
+        weights: dict[str, tuple[Runs, float]] = {}
+        values, names = [], []
+        for sign, side in zip((1.0, -1.0), sides):
+            if isinstance(side, (int, float)):
+                values.append(float(side))
+                names.append(f"{side:g}")
+                continue
+            name, terms = (side.name, {side: 1.0}) if isinstance(side, Runs) else side
+            values.append(sum(coefficient * system.mean for system, coefficient in terms.items()))
+            names.append(name)
+            for system, coefficient in terms.items():
+                known, previous = weights.get(system.name, (system, 0.0))
+                if known != system:
+                    raise ValueError(f"two different systems are named {system.name!r}")
+                weights[system.name] = (system, previous + sign * coefficient)
+        # run parts that rest on one pooled spread are one estimate (their degrees of freedom are not added up)
+        run_parts: dict[object, tuple[float, float]] = {}
+        for system, c in weights.values():
+            if c:
+                key = ("pooled", system.spread) if system.spread is not None else ("own", system.name)
+                part, dof = system.run_variance
+                run_parts[key] = (run_parts.get(key, (0.0, dof))[0] + c**2 * part, dof)
+        variance = sum(v for v, _ in run_parts.values()) + sum(
+            c**2 * s.image_variance for s, c in weights.values() if c
+        )
+        spread = sum(v**2 / dof for v, dof in run_parts.values() if v > 0)
+        quantile = float(stats.t.ppf(0.975, variance**2 / spread)) if spread > 0 else _Z
+        half = quantile * math.sqrt(variance)
+        difference = values[0] - values[1]
+        repeated = [len(s.values) for s, c in weights.values() if c and len(s.values) >= 2]
+        borrowed = any(c and s.spread is not None for s, c in weights.values())
+        constant = isinstance(right, (int, float))
+        return cls(
+            names[0],
+            names[1],
+            values[0],
+            values[1],
+            relation,
+            threshold,
+            difference,
+            difference - half,
+            difference + half,
+            min(repeated, default=1),
+            ("one-sample " if constant else "") + "t over runs" + (", pooled spread" if borrowed else ""),
+        )
+
+    @classmethod
     def variances(
         cls, left: tuple[str, Sequence[float]], right: tuple[str, Sequence[float]], relation: Relation
     ) -> Comparison:
@@ -285,7 +407,9 @@ class Comparison:
         """What `n` counts: `sample_name` if given (e.g. generators), else images, or runs for repeated runs."""
         if self.sample_name:
             return self.sample_name
-        return "runs" if self.test in ("Welch t", "t", "F (log variance ratio)") else "images"
+        return (
+            "runs" if self.test in ("Welch t", "t", "F (log variance ratio)") or " over runs" in self.test else "images"
+        )
 
     def images_to_decide(self) -> int | None:
         """For an undecided comparison, about how many images (or runs) would decide it at the observed effect: the
@@ -309,7 +433,7 @@ class Comparison:
         points = " points" if unit == "%" else ""
         right = f"{self.right} {self.right_value:.3g}{unit}" if unit != "%" else f"{self.right} {self.right_value:.1f}%"
         left = f"{self.left} {self.left_value:.3g}{unit}" if unit != "%" else f"{self.left} {self.left_value:.1f}%"
-        if self.test in ("Wilson", "t"):
+        if self.test in ("Wilson", "t") or self.test.startswith("one-sample "):
             right = f"{self.right_value:g}{unit}" if unit == "%" else f"{self.right_value:.3g}{unit}"
         digits = 1 if unit == "%" else 3
         claim = {"within": f"|difference| <= {self.threshold:g}"}.get(

@@ -82,6 +82,65 @@ def test_means_use_welch_t():
         Comparison.means(("a", [1.0]), ("b", [1.0, 2.0]), ">")
 
 
+def _images(mean: float, n: int) -> float:
+    """The images' sampling variance (points squared) of a mean accuracy on n images, one success and failure added."""
+    p = (round(mean * n / 100) + 1) / (n + 2)
+    return 1e4 * p * (1 - p) / (n + 2)
+
+
+def test_runs_add_the_run_spread_to_the_images_with_welch_satterthwaite_dof():
+    a, b = C.Runs("a", (30.0, 34.0, 32.0), 900), C.Runs("b", (20.0, 28.0), 900)
+    c = Comparison.runs(a, b, ">")
+    va, vb = np.var(a.values, ddof=1) / 3, np.var(b.values, ddof=1) / 2
+    variance = va + vb + _images(32.0, 900) + _images(24.0, 900)
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 1) * (variance / (va + vb)) ** 2  # the image parts count as known
+    half = stats.t.ppf(0.975, dof) * math.sqrt(variance)
+    assert c.difference == pytest.approx(8.0) and (c.low, c.high) == pytest.approx((8 - half, 8 + half))
+    assert c.verdict == C.UNDECIDED and c.n == 2 and c.sample == "runs" and c.test == "t over runs"
+    assert "a 32.0% vs b 24.0%: +8.0" in c.describe() and "points on 2 runs (t over runs;" in c.describe()
+    # the same means as single accuracies on 900 images each: the images alone would call it decided
+    assert Comparison.accuracies(("a", 32.0), ("b", 24.0), ">", 900).verdict == C.HOLDS
+
+
+def test_runs_against_a_constant_and_a_contrast_merge_each_systems_coefficients():
+    joint = {s: C.Runs(f"joint {s}", values, 300) for s, values in (("3", (60.0, 64.0)), ("5", (50.0, 52.0)))}
+    one = Comparison.runs(joint["3"], 10.0, ">")
+    assert one.right == "10" and one.test == "one-sample t over runs" and "vs 10%: +52.0" in one.describe()
+    nine = C.Runs("joint 9", (49.0, 47.0), 300)
+    drop = Comparison.runs(
+        ("drop 3->5", {joint["3"]: 1.0, joint["5"]: -1.0}), ("drop 5->9", {joint["5"]: 1.0, nine: -1.0}), ">"
+    )
+    assert (drop.left_value, drop.right_value, drop.difference) == pytest.approx((11.0, 3.0, 8.0))
+    parts = [(np.var(r.values, ddof=1) / 2, c) for r, c in ((joint["3"], 1), (joint["5"], -2), (nine, 1))]
+    variance = sum(
+        c**2 * (v + _images(np.mean(r.values), 300)) for (v, c), r in zip(parts, (joint["3"], joint["5"], nine))
+    )
+    dof = sum(c**2 * v for v, c in parts) ** 2 / sum((c**2 * v) ** 2 for v, c in parts)
+    half = stats.t.ppf(0.975, dof * (variance / sum(c**2 * v for v, c in parts)) ** 2) * math.sqrt(variance)
+    assert drop.high - drop.difference == pytest.approx(half)  # joint 5 counted once, with coefficient -2
+    with pytest.raises(ValueError, match="two different systems are named 'joint 3'"):
+        Comparison.runs(joint["3"], C.Runs("joint 3", (1.0, 2.0), 300), ">")
+
+
+def test_a_single_run_needs_a_pooled_spread():
+    with pytest.raises(ValueError, match="one training run has no run-to-run spread"):
+        C.Runs("separately", (70.0,), 900)
+    spread = C.pooled_spread([[1.0, 2.0, 3.0], [10.0, 12.0], [50.0]])  # squares about each mean: 2 + 2; 2 + 1 dof
+    assert spread == pytest.approx((4 / 3, 3.0))
+    with pytest.raises(KeyError, match="no system was trained more than once"):
+        C.pooled_spread([[1.0], [2.0]])
+    single = C.Runs("separately", (70.0,), 900, spread=(16.0, 10.0))
+    twice = C.Runs("joint", (60.0, 66.0), 900, spread=(16.0, 10.0))  # the pooled spread replaces its own
+    c = Comparison.runs(single, twice, ">")
+    variance = 16.0 + 16.0 / 2 + _images(70.0, 900) + _images(63.0, 900)
+    half = stats.t.ppf(0.975, variance**2 / (24.0**2 / 10)) * math.sqrt(variance)
+    assert c.high - c.difference == pytest.approx(half) and c.test == "t over runs, pooled spread"
+    with pytest.raises(ValueError, match="variance >= 0 with degrees of freedom > 0"):
+        C.Runs("a", (1.0,), 10, spread=(1.0, 0.0))
+    with pytest.raises(ValueError, match=r"\[0, 100\]"):
+        C.Runs("a", (120.0, 1.0), 10)
+
+
 def test_an_identity_is_exact_with_no_interval():
     c = Comparison.exact(("union", 7.8125), ("pgd", 4.6875), "<=", 64)
     assert (c.low, c.high) == (c.difference, c.difference) and c.verdict == C.FAILS

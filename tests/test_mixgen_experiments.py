@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from advlib import claims as C
 from advlib import params
@@ -177,7 +180,8 @@ BUDGET_PAPER = {
     "joint_repeats": 2,
     "faster_repeats": 10,
 }
-# Table 6 of the paper: the faster-initialisation runs per attack-set size (std 8.0, 2.3, 2.1)
+# Table 6 of the paper: the two joint runs and the ten faster-initialisation runs per attack-set size (std 8.0, 2.3, 2.1)
+PAPER_JOINT_RUNS = {"3": [74.1, 82.7], "5": [61.1, 69.8], "9": [65.1, 57.7]}
 PAPER_FASTER_RUNS = {
     "3": [83.6, 74.7, 81.6, 60.6, 81.8, 82.6, 72.0, 67.0, 67.4, 70.3],
     "5": [63.6, 68.0, 66.3, 66.4, 69.0, 69.0, 71.2, 65.7, 67.1, 70.2],
@@ -213,16 +217,19 @@ def _roles(per_size: dict[int, list[list[str]]]) -> pd.DataFrame:
     return pd.concat(frames, names=["system", "generator"])
 
 
-def _table6(runs: dict[str, list[float]]) -> pd.DataFrame:
-    """Table 6's faster rows as MixtureStudy.table6 writes them: one row per run, then mean, std and se."""
-    rows = [
-        {"kind": "faster", "experiment": str(r + 1), **{s: v[r] for s, v in runs.items()}}
-        for r in range(len(next(iter(runs.values()))))
-    ]
-    for stat in ("mean", "std", "se"):
-        rows.append(
-            {"kind": "faster", "experiment": stat, **{s: mog.mean_and_errors(v)[stat] for s, v in runs.items()}}
-        )
+def _table6(faster: dict[str, list[float]], joint: dict[str, list[float]] | None = None) -> pd.DataFrame:
+    """Table 6 as MixtureStudy.table6 writes it: per kind (joint, then faster) one row per run, then mean, std and se.
+    `joint` defaults to the paper's two joint runs."""
+    rows = []
+    for kind, runs in (("joint", PAPER_JOINT_RUNS if joint is None else joint), ("faster", faster)):
+        rows += [
+            {"kind": kind, "experiment": str(r + 1), **{s: v[r] for s, v in runs.items()}}
+            for r in range(len(next(iter(runs.values()))))
+        ]
+        for stat in ("mean", "std", "se"):
+            rows.append(
+                {"kind": kind, "experiment": stat, **{s: mog.mean_and_errors(v)[stat] for s, v in runs.items()}}
+            )
     return pd.DataFrame(rows)
 
 
@@ -259,14 +266,30 @@ def _evaluate(tables) -> pd.DataFrame:
     return table
 
 
-def test_every_claim_holds_on_the_papers_numbers():
+# On the paper's own numbers, over its runs (2 joint, 10 faster, 1 of everything else), four claims are undecided:
+# the spread of its Table 6 runs (8.0 points at 3 attacks) is wider than the gaps they rest on.
+UNDECIDED_ON_THE_PAPERS_RUNS = {"separate_beats_joint", "faster_about_joint", "drop_flattens", "large_about_mixture"}
+
+
+def test_the_papers_numbers_hold_or_are_undecided_over_its_runs():
     table = _evaluate(_paper_tables())
-    assert set(table["verdict"]) == {C.HOLDS}, table[["verdict", "reason"]]
-    assert (table["reason"] == "").all()
-    assert table.loc["above_chance", "evidence"].endswith(
-        "joint, 9 attacks 63.3% vs 10%: +53.3 [+53.0, +53.6] points on 90000 images (Wilson; claim: difference > 0)"
-    )  # a system of the 9-attack set is scored on 9 x n_test adversarials
-    assert "drop 3->5 20.2% vs drop 5->9 0.9%: +19.3" in table.loc["drop_flattens", "evidence"]
+    undecided = set(table.index[table["verdict"] == C.UNDECIDED])
+    assert undecided == UNDECIDED_ON_THE_PAPERS_RUNS, table[["verdict", "reason"]]
+    assert set(table["verdict"].drop(sorted(undecided))) == {C.HOLDS}
+    # the 9-attack joint system over its 2 runs (65.1, 57.7): the spread pooled with the 10 faster runs (10 dof)
+    joint9, faster9 = np.array(PAPER_JOINT_RUNS["9"]), np.array(PAPER_FASTER_RUNS["9"])
+    pooled = (((joint9 - joint9.mean()) ** 2).sum() + ((faster9 - faster9.mean()) ** 2).sum()) / 10
+    k = round(joint9.mean() * 900)  # the images' part: 90000 adversarials (9 x n_test), shared by both runs
+    images = 1e4 * (k + 1) / 90002 * (1 - (k + 1) / 90002) / 90002
+    variance = pooled / 2 + images
+    half = stats.t.ppf(0.975, variance**2 / ((pooled / 2) ** 2 / 10)) * math.sqrt(variance)
+    row = table.loc["above_chance"]
+    assert (row["margin"], row["margin_low"]) == pytest.approx((joint9.mean() - 10, joint9.mean() - 10 - half))
+    assert row["evidence"].startswith("3 of 3 comparisons hold; closest: joint, 9 attacks 61.4% vs 10%: +51.4")
+    assert "points on 2 runs (one-sample t over runs, pooled spread" in row["evidence"]
+    assert "drop 3->5 13.0% vs drop 5->9 4.1%: +8.9" in table.loc["drop_flattens", "evidence"]
+    reason = table.loc["large_about_mixture", "reason"]
+    assert "runs: joint 2, faster 10, separately and large generator 1 each" in reason and "(10 dof)" in reason
     assert "on 36 generators (paired Agresti-Min" in table.loc["generalists_most_common", "evidence"]
     assert table.loc["spread_shrinks", "evidence"].startswith(
         "2 of 2 comparisons hold; closest: std 3 attacks 7.99 vs 5 attacks 2.28: variance ratio 12.3 [3.05, 49.5] on 10 runs"
@@ -276,6 +299,11 @@ def test_every_claim_holds_on_the_papers_numbers():
 def _table2(**accuracy) -> pd.DataFrame:
     values = {**PAPER_TABLE2, **accuracy}
     return pd.DataFrame({"attack": list(values), "defended": list(values.values()), "undefended": 0.0})
+
+
+def _joint_runs(**runs: list[float]) -> pd.DataFrame:
+    """Table 6 with the paper's faster runs and its joint runs, some attack sets' joint runs replaced."""
+    return _table6(PAPER_FASTER_RUNS, {**PAPER_JOINT_RUNS, **runs})
 
 
 def _table3(**rows) -> pd.DataFrame:
@@ -294,23 +322,31 @@ def _table3(**rows) -> pd.DataFrame:
             {"table2": _table2(**{a: min(v, 60.0) for a, v in PAPER_TABLE2.items()})},
             "9 of 9 comparisons fail",
         ),
-        ("above_chance", {"table3": _table3(joint=[84.4, 64.2, 8.0])}, "joint, 9 attacks 8.0% vs 10%: -2.0"),
+        ("above_chance", {"table6": _joint_runs(**{"9": [4.0, 3.0]})}, "joint, 9 attacks 3.5% vs 10%: -6.5"),
         (
             "separate_beats_joint",
-            {"table3": _table3(separately=[94.9, 60.0, 73.9])},
-            "separately, 5 attacks 60.0% vs joint, 5 attacks 64.2%: -4.2",
+            {"table3": _table3(separately=[94.9, 50.0, 73.9])},
+            "separately, 5 attacks 50.0% vs joint, 5 attacks 65.5%: -15.5",
         ),
         (
             "faster_about_joint",
-            {"table3": _table3(faster=[50.0, 69.3, 62.5])},
-            "faster, 3 attacks 50.0% vs joint, 3 attacks 84.4%: -34.4",
+            {"table6": _table6({**PAPER_FASTER_RUNS, "3": [v - 30 for v in PAPER_FASTER_RUNS["3"]]})},
+            "faster, 3 attacks 44.2% vs joint, 3 attacks 78.4%: -34.2",
         ),
-        ("more_attacks_harder", {"table3": _table3(joint=[64.0, 70.0, 63.3])}, "3 attacks 64.0% vs 5 attacks 70.0%"),
-        ("drop_flattens", {"table3": _table3(joint=[84.4, 80.0, 60.0])}, "drop 3->5 4.4% vs drop 5->9 20.0%: -15.6"),
+        (
+            "more_attacks_harder",
+            {"table6": _joint_runs(**{"3": [40.0, 42.0], "5": [70.0, 72.0]})},
+            "joint, 3 attacks 41.0% vs joint, 5 attacks 71.0%: -30.0",
+        ),
+        (
+            "drop_flattens",
+            {"table6": _joint_runs(**{"3": [80.0, 80.0], "5": [78.0, 78.0], "9": [40.0, 40.0]})},
+            "drop 3->5 2.0% vs drop 5->9 38.0%: -36.0",
+        ),
         (
             "large_about_mixture",
             {"section45": _paper_tables()["section45"].assign(accuracy=[30.0, 63.3])},
-            "large generator 30.0% vs mixture 63.3%: -33.3",
+            "large generator 30.0% vs mixture 61.4%: -31.4",
         ),
         (
             "generalists_most_common",
@@ -361,8 +397,8 @@ def test_small_samples_leave_claims_undecided_with_the_sample_that_would_decide_
         assert "straddles the claim's boundary" in table.loc[claim, "reason"], claim
     assert table.loc["hardest_attacks", "verdict"] == C.HOLDS  # huge gaps decide even on 20 images
     large = table.loc["large_about_mixture"]
-    assert "large generator 66.7% vs mixture 63.3%: +3.3" in large["reason"] and "on 180 images" in large["reason"]
-    assert "images would decide it" in large["reason"] and "5 (paper 100) training" in large["reason"]
+    assert "large generator 66.7% vs mixture 61.4%: +5.3" in large["reason"] and "on 2 runs" in large["reason"]
+    assert "runs would decide it" in large["reason"] and "5 (paper 100) training" in large["reason"]
     assert large["margin_low"] < 0 < large["margin"]
     assert "runs would decide it" in table.loc["spread_shrinks", "reason"]
     assert "std of 3 faster-initialisation runs" in table.loc["spread_shrinks", "reason"]
@@ -407,7 +443,19 @@ def test_claims_without_their_results_are_not_measured():
     one_run = _paper_tables(table6=_table6({s: v[:1] for s, v in PAPER_FASTER_RUNS.items()}))
     row = _evaluate(one_run).loc["spread_shrinks"]
     assert row["verdict"] == C.NOT_MEASURED and "a spread needs at least 2" in row["reason"]
-    two_sets = _evaluate(_paper_tables(table3=_paper_tables()["table3"][["3", "5"]]))
+    alike = _paper_tables(table6=_table6({**PAPER_FASTER_RUNS, "5": [66.0] * 10}))
+    row = _evaluate(alike).loc["spread_shrinks"]
+    assert row["verdict"] == C.NOT_MEASURED and "runs of the 5-attack set(s) all scored the same" in row["reason"]
+    faster = _evaluate(one_run).loc["faster_about_joint"]  # measured: the 2 joint runs give the spread
+    assert faster["verdict"] == C.UNDECIDED and "on 2 runs (t over runs, pooled spread" in faster["evidence"]
+    no_repeat = _table6(
+        {s: v[:1] for s, v in PAPER_FASTER_RUNS.items()}, {s: v[:1] for s, v in PAPER_JOINT_RUNS.items()}
+    )
+    row = _evaluate(_paper_tables(table6=no_repeat)).loc["above_chance"]
+    assert row["verdict"] == C.NOT_MEASURED and "no run-to-run spread" in row["reason"]
+    two = ["3", "5"]
+    two_sets = _table6({s: PAPER_FASTER_RUNS[s] for s in two}, {s: PAPER_JOINT_RUNS[s] for s in two})
+    two_sets = _evaluate(_paper_tables(table3=_paper_tables()["table3"][two], table6=two_sets))
     assert two_sets.loc["drop_flattens", "verdict"] == C.NOT_MEASURED
     assert two_sets.loc["more_attacks_harder", "verdict"] == C.HOLDS
 
