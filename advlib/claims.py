@@ -253,11 +253,27 @@ class Comparison:
         relation: Relation,
         threshold: float = 0.0,
         unit: str = "",
+        spread: tuple[float, float] | None = None,
     ) -> Comparison:
         """The mean of repeated measurements (runs, seeds) against another sample's mean (Welch's t interval) or a
-        constant (one-sample t interval)."""
+        constant (one-sample t interval). With `spread` (a variance pooled over comparable samples and its degrees
+        of freedom, `pooled_spread`) both sides take that variance instead of their own: Student's t with the pooled
+        degrees of freedom, which two runs a side cannot give on their own (one each)."""
         a = np.asarray(left[1], dtype=float)
         b = None if isinstance(right[1], (int, float)) else np.asarray(right[1], dtype=float)
+        if spread is not None:
+            if spread[0] < 0 or spread[1] <= 0:
+                raise ValueError(f"a spread is a variance >= 0 with degrees of freedom > 0, got {spread}")
+            right_value = float(right[1]) if b is None else float(b.mean())  # type: ignore[arg-type]
+            difference = float(a.mean()) - right_value
+            variance = spread[0] * (1 / len(a) + (0.0 if b is None else 1 / len(b)))
+            half = float(stats.t.ppf(0.975, spread[1])) * math.sqrt(variance)
+            n = len(a) if b is None else min(len(a), len(b))
+            low, high = difference - half, difference + half
+            return cls(
+                left[0], right[0], float(a.mean()), right_value, relation, threshold, difference, low, high, n,
+                "Student t, pooled spread", unit,
+            )  # fmt: skip
         if len(a) < 2 or (b is not None and len(b) < 2):
             raise ValueError(f"means need at least two values per side, got {len(a)} and {0 if b is None else len(b)}")
         va = a.var(ddof=1) / len(a)
@@ -407,9 +423,8 @@ class Comparison:
         """What `n` counts: `sample_name` if given (e.g. generators), else images, or runs for repeated runs."""
         if self.sample_name:
             return self.sample_name
-        return (
-            "runs" if self.test in ("Welch t", "t", "F (log variance ratio)") or " over runs" in self.test else "images"
-        )
+        repeated = ("Welch t", "t", "Student t, pooled spread", "F (log variance ratio)")
+        return "runs" if self.test in repeated or " over runs" in self.test else "images"
 
     def images_to_decide(self) -> int | None:
         """For an undecided comparison, about how many images (or runs) would decide it at the observed effect: the

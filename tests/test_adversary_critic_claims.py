@@ -84,10 +84,10 @@ def test_every_claim_holds_on_paper_like_tables():
     assert "rho DeepFool: Our 0.29 vs Margin [19] 0.26: +0.030" in out.loc["critic_largest_rho", "evidence"]
     assert out.loc["critic_largest_rho", "n"] == 2
     assert out.loc["critic_beats_at", "evidence"].startswith("6 of 6 comparisons hold")
-    # the mean error over 2 runs counts every scored image: 2 x 1000
+    # the mean error over 2 runs: the same 1000 test images scored twice count once, plus the pooled run spread
     assert (
-        "mlp1200 Our error 1.2% vs Reference error 1.5%: -0.3 [-1.0, +0.4] points on 2000 images (Agresti-Caffo; "
-        "claim: difference < 1)" in out.loc["small_error_cost", "evidence"]
+        "mlp1200 Our error 1.2% vs Reference error 1.5%: -0.3 [-1.3, +0.7] points on 2 runs (t over runs, pooled "
+        "spread; claim: difference < 1)" in out.loc["small_error_cost", "evidence"]
     )
     assert "Our 88.0% vs Margin [19] 60.0%: +28.0" in out.loc["critic_changes_label", "evidence"]
     assert (
@@ -101,11 +101,12 @@ def test_largest_rho_fails_when_a_baseline_leads_beyond_the_run_to_run_spread():
     out = _evaluate(_runs(rho={("lenet5", "margin"): 0.31}))
     row = out.loc["critic_largest_rho"]
     assert row["verdict"] == C.FAILS
-    # Welch on 0.288/0.292 vs 0.308/0.312: -0.020 +- t(0.975, 2 dof) x sqrt(2 x 0.002^2) = 4.303 x 0.00283 = 0.012
+    # each defense's runs are +-0.002: pooled variance 8e-6 over the 5 defenses (5 dof); -0.020 +- t(0.975, 5) x
+    # sqrt(8e-6 x (1/2 + 1/2)) = 2.571 x 0.00283 = 0.0073
     assert row["reason"].startswith("the 95% interval excludes the claim (3 of 24 comparisons fail): lenet5 rho ")
     assert (
-        "Our 0.29 vs Margin [19] 0.31: -0.020 [-0.032, -0.008] on 2 runs (Welch t; claim: difference > 0)"
-        in (row["reason"])
+        "Our 0.29 vs Margin [19] 0.31: -0.020 [-0.027, -0.013] on 2 runs (Student t, pooled spread; claim: "
+        "difference > 0)" in (row["reason"])
     )
     assert row["reason"].endswith(BUDGET)  # the note: this run's budget against the paper's
     assert row["margin"] == pytest.approx(-0.02) and row["margin_high"] < 0
@@ -115,7 +116,7 @@ def test_largest_rho_fails_when_a_baseline_leads_beyond_the_run_to_run_spread():
 def test_largest_rho_is_undecided_when_the_runs_spread_wider_than_the_gap():
     row = _evaluate(_runs(rho={("lenet5", "margin"): 0.291}, spread=0.05)).loc["critic_largest_rho"]
     assert row["verdict"] == C.UNDECIDED
-    assert "Our 0.29 vs Margin [19] 0.291: -0.001 [-0.305, +0.303] on 2 runs" in row["reason"]
+    assert "Our 0.29 vs Margin [19] 0.291: -0.001 [-0.183, +0.181] on 2 runs" in row["reason"]
     assert "runs would decide it at the observed effect" in row["reason"]
 
 
@@ -129,21 +130,27 @@ def test_beats_at_fails_when_adversarial_training_is_more_robust():
 
 
 def test_error_cost_holds_fails_and_is_undecided_against_the_one_point_margin():
-    out = _evaluate(_runs(error={("lenet5", "critic"): 3.0, ("lenet5", "reference"): 0.8}))
+    out = _evaluate(_runs(error={("lenet5", "critic"): 3.5, ("lenet5", "reference"): 0.8}))
     row = out.loc["small_error_cost"]
     assert row["verdict"] == C.FAILS
-    # 60 vs 16 errors of 2000: Agresti-Caffo +2.2 [+1.3, +3.1], entirely above the claimed 1 point
+    # 35 vs 8 errors of the same 1000 images in each run: the images' variance (one success and failure added)
+    # 1e4 (36/1002)(966/1002)/1002 + 1e4 (9/1002)(993/1002)/1002 = 0.346 + 0.089 points^2, the pooled run spread
+    # 8e-6 with 5 dof adds next to nothing: +2.7 +- 1.96 x 0.659 = [+1.4, +4.0], entirely above the claimed 1 point
     assert (
-        "lenet5 Our error 3.0% vs Reference error 0.8%: +2.2 [+1.3, +3.1] points on 2000 images (Agresti-Caffo; "
-        "claim: difference < 1)" in row["reason"]
+        "lenet5 Our error 3.5% vs Reference error 0.8%: +2.7 [+1.4, +4.0] points on 2 runs (t over runs, pooled "
+        "spread; claim: difference < 1)" in row["reason"]
     )
     assert "the paper's costs: LeNet-5 0.29 points" in row["reason"] and row["reason"].endswith(BUDGET)
-    assert row["n"] == 2000 and row["margin"] == pytest.approx(1 - 2.2)
+    assert row["n"] == 2 and row["margin"] == pytest.approx(1 - 2.7)
     close = _evaluate(_runs(error={("lenet5", "critic"): 2.0, ("lenet5", "reference"): 1.2})).loc["small_error_cost"]
-    assert close["verdict"] == C.UNDECIDED  # +0.8 [+0.0, +1.6]: reaches past 1 point
-    assert "+0.8 [+0.0, +1.6] points on 2000 images" in close["reason"] and "images would decide it" in close["reason"]
+    assert close["verdict"] == C.UNDECIDED  # +0.8 [-0.3, +1.9]: reaches past 1 point
+    assert "+0.8 [-0.3, +1.9] points on 2 runs" in close["reason"] and "runs would decide it" in close["reason"]
+    # 3.0% vs 0.8% is undecided ([+1.0, +3.4]); counted as 2000 images (two runs on the same 1000), it would fail
+    wide = _evaluate(_runs(error={("lenet5", "critic"): 3.0, ("lenet5", "reference"): 0.8})).loc["small_error_cost"]
+    assert wide["verdict"] == C.UNDECIDED and "+2.2 [+1.0, +3.4] points on 2 runs" in wide["reason"]
+    assert C.Comparison.accuracies(("a", 3.0), ("b", 0.8), "<", 2000, threshold=1.0).verdict == C.FAILS
     one_run = _evaluate(_runs(seeds=(0,))).loc["small_error_cost"]
-    assert one_run["verdict"] == C.HOLDS and one_run["n"] == 1000  # an image-level test: one run suffices
+    assert one_run["verdict"] == C.NOT_MEASURED and "only 1 run per model" in one_run["reason"]
 
 
 def test_table2_claims_fail_beyond_the_noise_and_say_who_labelled():

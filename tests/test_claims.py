@@ -80,6 +80,12 @@ def test_means_use_welch_t():
     assert one.high == pytest.approx(2 - 5 + stats.t.ppf(0.975, 2) * math.sqrt(1 / 3))
     with pytest.raises(ValueError, match="at least two"):
         Comparison.means(("a", [1.0]), ("b", [1.0, 2.0]), ">")
+    # a pooled spread replaces both sides' own: Student's t with its degrees of freedom
+    pooled = Comparison.means(("ours", [1.0, 3.0]), ("at", [0.0, 2.0]), ">", spread=(2.0, 5.0))
+    assert pooled.high - pooled.difference == pytest.approx(stats.t.ppf(0.975, 5) * math.sqrt(2.0 * (1 / 2 + 1 / 2)))
+    assert pooled.test == "Student t, pooled spread" and pooled.sample == "runs" and pooled.difference == 1.0
+    with pytest.raises(ValueError, match="degrees of freedom > 0"):
+        Comparison.means(("a", [1.0, 2.0]), ("b", [1.0, 2.0]), ">", spread=(1.0, 0.0))
 
 
 def _images(mean: float, n: int) -> float:

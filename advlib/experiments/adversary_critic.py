@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from .. import report
 from ..cache import Cache, Trained, cached_model
-from ..claims import Claim, Comparison
+from ..claims import Claim, Comparison, Runs, pooled_spread
 from ..data import dataset_info, load_dataset, stratified_order, to_tensors
 from ..defenses.baselines import margin_regularizer, multiclass_hinge, vat_regularizer
 from ..defenses.critic import CriticStep
@@ -671,6 +671,12 @@ def _run_values(runs: pd.DataFrame, network: str, label: str, column: str) -> li
     return values
 
 
+def _errors(runs: pd.DataFrame, label: str, spread: tuple[float, float]) -> Runs:
+    """One defense's test error (percent) in each run, every run on the same test images, with the pooled spread."""
+    scored = _of(runs, label)
+    return Runs(label, tuple(scored["error"].astype(float)), int(scored["test images"].min()), spread)
+
+
 def _nearest_neighbour(rows: Mapping[str, pd.DataFrame], describe: Callable[[pd.Series], str]) -> str:
     """`describe` of each network's % labelled as the target by the nearest-neighbour annotator, when Table 2 carries
     it ('' otherwise): a second, model-free labelling of the same images."""
@@ -711,7 +717,10 @@ class CriticClaims:
 
     def rho(self, t: Tables, rival: str | None) -> list[Comparison]:
         """The critic's mean rho_adv over runs against `rival`'s (None: every other defense's), per network and
-        attack: Welch t on the runs of table1_runs, the sample Table 1's means summarise."""
+        attack: Student's t on the runs of table1_runs (the sample Table 1's means summarise), with the run-to-run
+        spread pooled over every defense of the network on that attack. Two runs a side give Welch's t one degree of
+        freedom or about two, so its interval swung with the last digits of two standard deviations; the pooled
+        spread of five defenses has five."""
         parts = self.table1(t, (OUR,) if rival is None else (OUR, rival))
         runs = t["table1_runs"]
         if _runs_per_model(runs) < 2:
@@ -726,9 +735,13 @@ class CriticClaims:
                 raise KeyError(f"{network}: Table 1 has no defense besides {OUR} to compare with")
             for column in _attacks(table):
                 ours = _run_values(own, network, OUR, column)
+                spread = pooled_spread([_of(own, d)[column].dropna().astype(float).tolist() for d in table.index])
                 comparisons += [
                     Comparison.means(
-                        (f"{network} {column}: {OUR}", ours), (other, _run_values(own, network, other, column)), ">"
+                        (f"{network} {column}: {OUR}", ours),
+                        (other, _run_values(own, network, other, column)),
+                        ">",
+                        spread=spread,
                     )
                     for other in rivals
                 ]
@@ -741,18 +754,24 @@ class CriticClaims:
         return self.rho(t, AT)
 
     def error_cost(self, t: Tables) -> list[Comparison]:
-        """The critic's mean test error against the reference's, per network, on every scored image (test images x
-        runs): Agresti-Caffo on the counts of misclassified images. Both are scored on the same test images, but the
-        per-image outcomes are not kept, so the unpaired interval, the conservative one, is used."""
+        """The critic's mean test error over runs against the reference's, per network (`Comparison.runs`): the
+        run-to-run spread, pooled over every defense of the network, plus the sampling error of the test images,
+        which every run shares (the same images scored twice are not twice the images)."""
+        runs = t["table1_runs"]
+        if _runs_per_model(runs) < 2:
+            raise KeyError(
+                f"only {_runs_per_model(runs)} run per model: one run gives no run-to-run spread, so the mean errors "
+                f"over runs have no interval at this profile; {_budget(runs)}"
+            )
         comparisons = []
         for network, table, own in self.table1(t, (OUR, REFERENCE)):
+            spread = pooled_spread([_of(own, d)["error"].astype(float).tolist() for d in table.index])
+            ours, reference = (_errors(own, label, spread) for label in (OUR, REFERENCE))
             comparisons.append(
-                Comparison.accuracies(
-                    (f"{network} {OUR} error", float(table.loc[OUR, ("error", "mean")])),
-                    (f"{REFERENCE} error", float(table.loc[REFERENCE, ("error", "mean")])),
+                Comparison.runs(
+                    replace(ours, name=f"{network} {OUR} error"),
+                    replace(reference, name=f"{REFERENCE} error"),
                     "<",
-                    int(_of(own, OUR)["test images"].sum()),
-                    int(_of(own, REFERENCE)["test images"].sum()),
                     threshold=MAX_ERROR_COST,
                 )
             )
