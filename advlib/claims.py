@@ -127,8 +127,9 @@ class Comparison:
     `difference` is left minus right in the comparison's unit and [`low`, `high`] its 95% interval; `relation` and
     `threshold` state the claim about the difference (`>`: difference > threshold; `within`: |difference| <=
     threshold); `n` is the sample size the interval rests on (`sample_name` says what it counts when not images or
-    runs) and `test` names the test. Build one with `accuracies`, `paired`, `against`, `exact`, `means`, `runs` or
-    `variances`."""
+    runs) and `test` names the test; `fixed_share` is the share of the interval's variance that a larger `n` does
+    not shrink (the test images' part of a comparison over training runs). Build one with `accuracies`, `paired`,
+    `against`, `exact`, `means`, `runs` or `variances`."""
 
     left: str
     right: str
@@ -143,6 +144,7 @@ class Comparison:
     test: str
     unit: str = "%"
     sample_name: str = ""
+    fixed_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.relation not in RELATIONS:
@@ -151,6 +153,8 @@ class Comparison:
             raise ValueError(f"a 'within' threshold must be >= 0, got {self.threshold}")
         if not self.low <= self.difference <= self.high:
             raise ValueError(f"interval [{self.low}, {self.high}] does not contain the difference {self.difference}")
+        if not 0 <= self.fixed_share < 1:
+            raise ValueError(f"fixed_share must be in [0, 1), got {self.fixed_share}")
 
     # -- constructors, one per test --
     @classmethod
@@ -342,9 +346,8 @@ class Comparison:
                 key = ("pooled", system.spread) if system.spread is not None else ("own", system.name)
                 part, dof = system.run_variance
                 run_parts[key] = (run_parts.get(key, (0.0, dof))[0] + c**2 * part, dof)
-        variance = sum(v for v, _ in run_parts.values()) + sum(
-            c**2 * s.image_variance for s, c in weights.values() if c
-        )
+        images = sum(c**2 * s.image_variance for s, c in weights.values() if c)
+        variance = sum(v for v, _ in run_parts.values()) + images
         spread = sum(v**2 / dof for v, dof in run_parts.values() if v > 0)
         quantile = float(stats.t.ppf(0.975, variance**2 / spread)) if spread > 0 else _Z
         half = quantile * math.sqrt(variance)
@@ -364,6 +367,7 @@ class Comparison:
             difference + half,
             min(repeated, default=1),
             ("one-sample " if constant else "") + "t over runs" + (", pooled spread" if borrowed else ""),
+            fixed_share=images / variance if variance > 0 else 0.0,
         )
 
     @classmethod
@@ -428,13 +432,16 @@ class Comparison:
 
     def images_to_decide(self) -> int | None:
         """For an undecided comparison, about how many images (or runs) would decide it at the observed effect: the
-        interval's half-width shrinks as 1/sqrt(n) until it no longer reaches the boundary. None for a zero effect."""
+        shrinking part of the interval's variance falls as 1/n until the half-width no longer reaches the boundary.
+        None for a zero effect, or when the part that does not shrink (`fixed_share`) already reaches it."""
         point, low, high = self.margin
         distance = abs(point)
         if distance == 0:
             return None
-        half = (high - low) / 2
-        return max(self.n + 1, math.ceil(self.n * (half / distance) ** 2))
+        reach = (distance / ((high - low) / 2)) ** 2  # the variance share the boundary leaves room for
+        if reach <= self.fixed_share:
+            return None
+        return max(self.n + 1, math.ceil(self.n * (1 - self.fixed_share) / (reach - self.fixed_share)))
 
     def describe(self) -> str:
         """`left 52.0% vs right 44.0%: +8.0 [+2.1, +13.9] points on 500 images (Agresti-Caffo; claim: ...)`."""
@@ -570,11 +577,12 @@ def _reason(verdict: str, comparisons: Sequence[Comparison], binding: Comparison
         count = f" ({failing} of {len(comparisons)} comparisons fail)" if len(comparisons) > 1 else ""
         return f"the 95% interval excludes the claim{count}: {binding.describe()}"
     needed = binding.images_to_decide()
-    size = (
-        f"about {needed} {binding.sample} would decide it at the observed effect"
-        if needed is not None
-        else "the observed effect is zero: no sample size decides it"
-    )
+    if needed is not None:
+        size = f"about {needed} {binding.sample} would decide it at the observed effect"
+    elif binding.margin[0] == 0:
+        size = "the observed effect is zero: no sample size decides it"
+    else:
+        size = f"more {binding.sample} alone would not decide it: the test images' error alone reaches the boundary"
     undecided = sum(c.verdict == UNDECIDED for c in comparisons)
     count = f" ({undecided} of {len(comparisons)} comparisons straddle)" if len(comparisons) > 1 else ""
     return f"the 95% interval straddles the claim's boundary{count}; {size}: {binding.describe()}"

@@ -128,6 +128,24 @@ def test_runs_against_a_constant_and_a_contrast_merge_each_systems_coefficients(
         Comparison.runs(joint["3"], C.Runs("joint 3", (1.0, 2.0), 300), ">")
 
 
+def test_runs_to_decide_shrink_only_the_run_part_of_the_variance():
+    # 8 points^2 of run spread (shrinks with runs), the images' part about 4 (does not)
+    spread = (8.0, 20.0)
+    left, right = C.Runs("a", (30.0, 30.0), 900, spread), C.Runs("b", (24.0, 24.0), 900, spread)
+    c = Comparison.runs(left, right, ">")
+    images = _images(30.0, 900) + _images(24.0, 900)
+    assert c.fixed_share == pytest.approx(images / (images + 8.0))
+    half, distance = (c.high - c.low) / 2, c.difference
+    needed = c.images_to_decide()
+    assert c.verdict == C.UNDECIDED and needed is not None and needed > 2
+    q2 = half**2 / (images + 8.0)  # the squared t quantile, held at its value here
+    assert q2 * (images + 8.0 * 2 / needed) <= distance**2 < q2 * (images + 8.0 * 2 / (needed - 1))
+    close = Comparison.runs(C.Runs("a", (25.0, 25.0), 900, spread), right, ">")  # 1 point: images alone reach it
+    assert close.verdict == C.UNDECIDED and close.images_to_decide() is None
+    with pytest.raises(ValueError, match="fixed_share must be in"):
+        Comparison("a", "b", 0.0, 0.0, ">", 0.0, 0.0, -1.0, 1.0, 2, "t over runs", fixed_share=1.0)
+
+
 def test_a_single_run_needs_a_pooled_spread():
     with pytest.raises(ValueError, match="one training run has no run-to-run spread"):
         C.Runs("separately", (70.0,), 900)

@@ -398,7 +398,7 @@ def test_small_samples_leave_claims_undecided_with_the_sample_that_would_decide_
     assert table.loc["hardest_attacks", "verdict"] == C.HOLDS  # huge gaps decide even on 20 images
     large = table.loc["large_about_mixture"]
     assert "large generator 66.7% vs mixture 61.4%: +5.3" in large["reason"] and "on 2 runs" in large["reason"]
-    assert "runs would decide it" in large["reason"] and "5 (paper 100) training" in large["reason"]
+    assert "more runs alone would not decide it" in large["reason"] and "5 (paper 100) training" in large["reason"]
     assert large["margin_low"] < 0 < large["margin"]
     assert "runs would decide it" in table.loc["spread_shrinks", "reason"]
     assert "std of 3 faster-initialisation runs" in table.loc["spread_shrinks", "reason"]
