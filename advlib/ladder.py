@@ -9,6 +9,7 @@ full-budget rung reuses a published run's models and adversarial sets.
 from __future__ import annotations
 
 import importlib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,7 +24,7 @@ from .claims import CLAIM_COLUMNS
 from .experiments.base import Study
 from .jobs import job_threads
 from .report import save_table
-from .runtime import cache_root, project_root, publishing_outputs
+from .runtime import cache_root, git_commit, project_root, publishing_outputs
 from .sweep import Point, run_point
 
 FRACTIONS = (0.25, 0.5, 1.0)
@@ -85,6 +86,25 @@ def plan(stem: str, profile: str = "default", fractions: Sequence[float] = FRACT
             Point(name, rung_overrides(stem, profile, fraction), str(folder / f"{name}.ipynb"), str(folder / name))
         )
     return points
+
+
+def finished(stem: str, profile: str, point: Point) -> bool:
+    """Whether a rung's outputs can stand for it: its notebook, claims and manifest exist, and the manifest records this
+    rung's parameters and this commit on a clean tree. A changed profile (e.g. more repeats) or changed code reruns
+    the rung (its cached trainings make that cheap); only an interrupted ladder at the same commit skips work."""
+    table = Path(point.figures) / stem / Path(profile).stem / "claims.csv"
+    manifest = table.with_name("manifest.json")
+    if not (table.is_file() and manifest.is_file() and Path(point.notebook).is_file()):
+        return False
+    recorded = json.loads(manifest.read_text())
+    expected = params_mod.load(stem, profile, point.values).model_dump(mode="json")
+    drop_threads = lambda values: {k: v for k, v in values.items() if k != "threads"}  # the rung's own choice
+    commit = git_commit()
+    return (
+        drop_threads(recorded.get("params", {})) == drop_threads(expected)
+        and not commit.endswith("+dirty")
+        and recorded.get("git_commit") == commit
+    )
 
 
 def margins(claims: dict[float, pd.DataFrame], settings: dict[float, dict[str, int]]) -> pd.DataFrame:
@@ -174,12 +194,12 @@ def run_ladder(
     """Run every rung, `jobs` at a time in separate processes sharing the cores (and the artifact cache), then write
     ladder.csv (margins against budget), claims.csv (the full-budget claims with their trend) and ladder.png/.pdf into
     figures/<stem>/ladder/ (with `publish`) or runs/<stem>/ladder/. A failed rung stops the ladder with its error;
-    finished rungs are reused on a rerun."""
+    a rerun reuses the rungs that ran with the same parameters at the same commit (`finished`)."""
     from .plots import save_figure
 
     points = plan(stem, profile, fractions)
     tables = {f: Path(p.figures) / stem / Path(profile).stem / "claims.csv" for f, p in zip(sorted(fractions), points)}
-    todo = [p for f, p in zip(sorted(fractions), points) if not (tables[f].is_file() and Path(p.notebook).is_file())]
+    todo = [p for p in points if not finished(stem, profile, p)]
     threads = job_threads(jobs, len(todo))
     home, cache = str(project_root()), str(cache_root())
     with ThreadPoolExecutor(max_workers=jobs) as pool:  # each rung is its own process; threads only wait on them

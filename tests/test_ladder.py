@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -97,11 +99,15 @@ def _fake_rungs(monkeypatch, tmp_path, fail=""):
         if point.name == fail:
             return PointResult(point.name, "failed", 0.3, "boom")
         folder = Path(point.figures) / stem / profile
-        folder.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         _claims({"c": (len(point.values) and -1.0, 1.0)}).to_csv(folder / "claims.csv", index=False)
         Path(point.notebook).write_text("{}")
+        rung = params.load(stem, profile, {**point.values, "threads": threads}).model_dump(mode="json")
+        manifest = {"params": rung, "git_commit": ladder.git_commit()}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
         return PointResult(point.name, "ok", 0.3)
 
+    monkeypatch.setattr(ladder, "git_commit", lambda: "abc")
     monkeypatch.setattr(ladder, "plan", plan)
     monkeypatch.setattr(ladder, "run_point", run_point)
     monkeypatch.setattr(jobs.os, "cpu_count", lambda: 2)
@@ -117,6 +123,19 @@ def test_rungs_run_jobs_at_a_time_with_the_cores_shared_and_finished_rungs_reuse
     assert table["budget"].tolist() == [0.5, 1.0] and table["margin"].tolist() == [-1.0, 0.0]
     ladder.run_ladder("quickstart", "default", [0.25, 0.5, 1.0], jobs=2)  # only the new rung runs, all cores
     assert seen["threads"] == [1, 1, 2]
+    # a rung made with other parameters (the profile changed since) or at another commit is run again
+    manifest = tmp_path / "budget-0.5" / "quickstart" / "default" / "manifest.json"
+    changed = json.loads(manifest.read_text())
+    changed["params"]["seed"] += 1
+    manifest.write_text(json.dumps(changed))
+    ladder.run_ladder("quickstart", "default", [0.25, 0.5, 1.0], jobs=2)
+    assert seen["threads"] == [1, 1, 2, 2]
+    monkeypatch.setattr(ladder, "git_commit", lambda: "def")
+    ladder.run_ladder("quickstart", "default", [0.25, 0.5, 1.0], jobs=2)
+    assert seen["threads"] == [1, 1, 2, 2, 1, 1, 1]
+    monkeypatch.setattr(ladder, "git_commit", lambda: "def+dirty")  # a dirty tree reuses nothing
+    ladder.run_ladder("quickstart", "default", [1.0], jobs=1)
+    assert len(seen["threads"]) == 8
     assert ladder.job_threads(1, 3) == 2 and ladder.job_threads(8, 3) == 1
     with pytest.raises(ValueError, match="jobs must be at least 1, got 0"):
         ladder.job_threads(0, 1)
