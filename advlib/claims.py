@@ -83,8 +83,8 @@ class Runs:
             raise ValueError(f"{self.name}: no training run")
         for value in self.values:
             correct_count(value, self.n)  # checks n >= 1 and each value in [0, 100]
-        if self.spread is not None and (self.spread[0] < 0 or self.spread[1] <= 0):
-            raise ValueError(f"{self.name}: a spread is a variance >= 0 with degrees of freedom > 0, got {self.spread}")
+        if self.spread is not None:
+            _check_spread(self.spread, f"{self.name}: ")
         if len(self.values) == 1 and self.spread is None:
             raise ValueError(
                 f"{self.name}: one training run has no run-to-run spread; give one (borrowed from repeated systems) "
@@ -108,6 +108,11 @@ class Runs:
         `n` images, so averaging runs does not shrink it (one success and one failure added, as Agresti-Caffo)."""
         p = (correct_count(self.mean, self.n) + 1) / (self.n + 2)
         return 1e4 * p * (1 - p) / (self.n + 2)
+
+
+def _check_spread(spread: tuple[float, float], owner: str = "") -> None:
+    if spread[0] < 0 or spread[1] <= 0:
+        raise ValueError(f"{owner}a spread is a variance >= 0 with degrees of freedom > 0, got {spread}")
 
 
 def pooled_spread(samples: Sequence[Sequence[float]]) -> tuple[float, float]:
@@ -266,28 +271,20 @@ class Comparison:
         a = np.asarray(left[1], dtype=float)
         b = None if isinstance(right[1], (int, float)) else np.asarray(right[1], dtype=float)
         if spread is not None:
-            if spread[0] < 0 or spread[1] <= 0:
-                raise ValueError(f"a spread is a variance >= 0 with degrees of freedom > 0, got {spread}")
-            right_value = float(right[1]) if b is None else float(b.mean())  # type: ignore[arg-type]
-            difference = float(a.mean()) - right_value
-            variance = spread[0] * (1 / len(a) + (0.0 if b is None else 1 / len(b)))
-            half = float(stats.t.ppf(0.975, spread[1])) * math.sqrt(variance)
-            n = len(a) if b is None else min(len(a), len(b))
-            low, high = difference - half, difference + half
-            return cls(
-                left[0], right[0], float(a.mean()), right_value, relation, threshold, difference, low, high, n,
-                "Student t, pooled spread", unit,
-            )  # fmt: skip
-        if len(a) < 2 or (b is not None and len(b) < 2):
+            _check_spread(spread)
+            va, vb, dof = spread[0] / len(a), 0.0 if b is None else spread[0] / len(b), spread[1]
+            test = "Student t, pooled spread"
+        elif len(a) < 2 or (b is not None and len(b) < 2):
             raise ValueError(f"means need at least two values per side, got {len(a)} and {0 if b is None else len(b)}")
-        va = a.var(ddof=1) / len(a)
-        if b is None:
-            right_value, vb, dof = float(right[1]), 0.0, len(a) - 1.0  # type: ignore[arg-type]
         else:
-            right_value, vb = float(b.mean()), b.var(ddof=1) / len(b)
-            dof = (
-                (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else len(a) + len(b) - 2.0
-            )
+            va = a.var(ddof=1) / len(a)
+            vb = 0.0 if b is None else b.var(ddof=1) / len(b)
+            if b is None:
+                dof, test = len(a) - 1.0, "t"
+            else:
+                welch = va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)
+                dof, test = (va + vb) ** 2 / welch if va + vb > 0 else len(a) + len(b) - 2.0, "Welch t"
+        right_value = float(right[1]) if b is None else float(b.mean())  # type: ignore[arg-type]
         difference = float(a.mean()) - right_value
         half = float(stats.t.ppf(0.975, dof)) * math.sqrt(va + vb)
         n = len(a) if b is None else min(len(a), len(b))
@@ -302,7 +299,7 @@ class Comparison:
             difference - half,
             difference + half,
             n,
-            "Welch t" if b is not None else "t",
+            test,
             unit,
         )
 
@@ -323,10 +320,9 @@ class Comparison:
         known; systems that share one pooled spread share its degrees of freedom). So the interval says how far
         another set of training runs could move the result, which an interval on images alone does not
         (investigations/cpu_variance.md)."""
-        sides = [left, right]
         weights: dict[str, tuple[Runs, float]] = {}
         values, names = [], []
-        for sign, side in zip((1.0, -1.0), sides):
+        for sign, side in zip((1.0, -1.0), (left, right)):
             if isinstance(side, (int, float)):
                 values.append(float(side))
                 names.append(f"{side:g}")

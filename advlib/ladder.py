@@ -88,11 +88,15 @@ def plan(stem: str, profile: str = "default", fractions: Sequence[float] = FRACT
     return points
 
 
+def _claims_table(stem: str, profile: str, point: Point) -> Path:
+    return Path(point.figures) / stem / Path(profile).stem / "claims.csv"
+
+
 def finished(stem: str, profile: str, point: Point) -> bool:
     """Whether a rung's outputs can stand for it: its notebook, claims and manifest exist, and the manifest records this
     rung's parameters and this commit on a clean tree. A changed profile (e.g. more repeats) or changed code reruns
     the rung (its cached trainings make that cheap); only an interrupted ladder at the same commit skips work."""
-    table = Path(point.figures) / stem / Path(profile).stem / "claims.csv"
+    table = _claims_table(stem, profile, point)
     manifest = table.with_name("manifest.json")
     if not (table.is_file() and manifest.is_file() and Path(point.notebook).is_file()):
         return False
@@ -198,7 +202,7 @@ def run_ladder(
     from .plots import save_figure
 
     points = plan(stem, profile, fractions)
-    tables = {f: Path(p.figures) / stem / Path(profile).stem / "claims.csv" for f, p in zip(sorted(fractions), points)}
+    tables = {f: _claims_table(stem, profile, p) for f, p in zip(sorted(fractions), points)}
     todo = [p for p in points if not finished(stem, profile, p)]
     threads = job_threads(jobs, len(todo))
     home, cache = str(project_root()), str(cache_root())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -671,10 +671,10 @@ def _run_values(runs: pd.DataFrame, network: str, label: str, column: str) -> li
     return values
 
 
-def _errors(runs: pd.DataFrame, label: str, spread: tuple[float, float]) -> Runs:
+def _errors(runs: pd.DataFrame, label: str, name: str, spread: tuple[float, float]) -> Runs:
     """One defense's test error (percent) in each run, every run on the same test images, with the pooled spread."""
     scored = _of(runs, label)
-    return Runs(label, tuple(scored["error"].astype(float)), int(scored["test images"].min()), spread)
+    return Runs(name, tuple(scored["error"].astype(float)), int(scored["test images"].min()), spread)
 
 
 def _nearest_neighbour(rows: Mapping[str, pd.DataFrame], describe: Callable[[pd.Series], str]) -> str:
@@ -766,11 +766,10 @@ class CriticClaims:
         comparisons = []
         for network, table, own in self.table1(t, (OUR, REFERENCE)):
             spread = pooled_spread([_of(own, d)["error"].astype(float).tolist() for d in table.index])
-            ours, reference = (_errors(own, label, spread) for label in (OUR, REFERENCE))
             comparisons.append(
                 Comparison.runs(
-                    replace(ours, name=f"{network} {OUR} error"),
-                    replace(reference, name=f"{REFERENCE} error"),
+                    _errors(own, OUR, f"{network} {OUR} error", spread),
+                    _errors(own, REFERENCE, f"{REFERENCE} error", spread),
                     "<",
                     threshold=MAX_ERROR_COST,
                 )

@@ -487,9 +487,10 @@ class MixtureStudy(Study):
 # runs, and the interval adds the runs' spread to the images' sampling error (`Comparison.runs`). The spread is pooled
 # over the joint and faster repeats of each attack set (2 + 10 runs, 10 degrees of freedom at the paper's counts; two
 # joint runs alone give one) and assumed for every mixture system of that set, including the ones trained once
-# (separately trained generators, the large generator); the claim's note states it. Table 2's single-attack systems have one run each and no
-# repeats to borrow from: their comparisons count images only, unpaired Agresti-Caffo (the tables keep no per-image
-# outcomes; outcomes on the same images are positively correlated, so the unpaired interval is the conservative one).
+# (separately trained generators, the large generator); the claim's note states it. Table 2's single-attack systems
+# have one run each and no repeats to borrow from: their comparisons count images only, unpaired Agresti-Caffo (the
+# tables keep no per-image outcomes; outcomes on the same images are positively correlated, so the unpaired interval
+# is the conservative one).
 # Spreads of repeated runs are compared by the F interval on their variance ratio. The role claims count generators:
 # each generator that won at least one sample is one draw of a role (idle generators have no role and are reported
 # apart), the draws taken as independent.
